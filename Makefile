@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make report` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= demo
+DATA_DIR ?=
+CORES ?= 1
+SNAKE_ARGS ?=
+
+.PHONY: report test venv clean-book
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(BIN)/.installed
+
+report: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete \
+	  --config experiment=$(EXPERIMENT) data_dir="$(DATA_DIR)" $(SNAKE_ARGS)
+	@echo "Book: file://$(abspath book/_build/html/index.html)"
+
+test: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-book:
+	rm -rf book/_build book/generated
