@@ -1,0 +1,789 @@
+"""Metrics recomputed from run folders, confidence intervals and paired tests.
+
+Everything here is computed again from ``predictions.csv`` and ``history.csv``
+(see CONTRACTS.md, "Run folder") with scikit-learn and scipy. ``metrics.json``
+is only read to be *checked* against the recomputation: a disagreement raises
+:class:`MetricsMismatch` (or is flagged on the run with ``on_mismatch="flag"``),
+and no number is ever copied from it.
+
+Definitions (also in :data:`METRIC_NOTES`, which the evaluation page prints):
+
+* accuracy: ``sklearn.metrics.accuracy_score``;
+* confusion matrix: ``sklearn.metrics.confusion_matrix`` (rows = true class);
+* AUC: ``sklearn.metrics.roc_auc_score``, one-vs-rest; macro = unweighted mean
+  of the per-class AUCs (``multi_class="ovr", average="macro"``);
+* precision/recall/F1: ``sklearn.metrics.precision_recall_fscore_support`` with
+  ``zero_division=0`` (a class never predicted gets precision 0);
+* mean ± 95% CI over seeds: Student t-interval (``scipy.stats.t``);
+* ImageNet vs scratch across seeds: paired t-test (``scipy.stats.ttest_rel``),
+  Wilcoxon signed-rank when there are at least 6 pairs, effect = mean
+  difference with its t-interval and Cohen's d_z;
+* one seed: McNemar's exact test on the same test images
+  (``scipy.stats.binomtest`` on the discordant counts);
+* single-run test accuracy: Wilson and Clopper-Pearson intervals
+  (``scipy.stats.binomtest(...).proportion_ci``).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+ARMS = ("imagenet", "scratch")
+ZERO_DIVISION = 0.0
+CONFIDENCE = 0.95
+WILCOXON_MIN_PAIRS = 6  # below 6 pairs the exact two-sided p can never reach 0.05
+ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
+
+# Parameters that do not define a configuration (seed is the replicate index;
+# the rest are bookkeeping). `pretrained` is the arm, handled separately.
+NON_CONFIG_PARAMS = frozenset(
+    {"seed", "run_dir", "force", "device", "prepared_dir", "class_names", "progress",
+     "pretrained", "num_workers"}
+)
+
+TABLE1_ROWS = {
+    "first_epoch_train_loss": "Training loss of the first epoch",
+    "first_epoch_val_acc": "Validation accuracy of the first epoch",
+    "final_train_loss": "Training loss (final epoch)",
+    "final_val_loss": "Validation loss (final epoch)",
+    "best_val_acc": "Highest validation accuracy",
+    "test_accuracy": "Testing accuracy",
+}
+
+# Paper A (Zhang, chest X-ray), Table 1, transcribed as printed. "MobileNet" is
+# MobileNetV3 without a named variant; we set it beside mobilenet_v3_large.
+_PAPER_A_COLUMNS = [
+    ("resnet18", "scratch"), ("vgg11", "scratch"), ("alexnet", "scratch"),
+    ("mobilenet_v3_large", "scratch"),
+    ("resnet18", "imagenet"), ("vgg11", "imagenet"), ("alexnet", "imagenet"),
+    ("mobilenet_v3_large", "imagenet"),
+]
+_PAPER_A_ROWS = {
+    "first_epoch_train_loss": [8.247, 12.714, 13.879, 13.931, 4.228, 5.056, 5.969, 8.590],
+    "first_epoch_val_acc": [0.865, 0.732, 0.749, 0.706, 0.926, 0.933, 0.906, 0.711],
+    "final_train_loss": [0.001, 0.345, 1.123, 1.452, 0.016, 0.110, 0.205, 0.353],
+    "final_val_loss": [6.688, 4.634, 5.239, 7.418, 2.070, 2.570, 5.0975, 2.586],
+    "best_val_acc": [0.927, 0.939, 0.915, 0.901, 0.970, 0.968, 0.9294, 0.964],
+    "test_accuracy": [0.923, 0.944, 0.933, 0.912, 0.971, 0.972, 0.963, 0.955],
+}
+# {dataset: {"name": ..., "values": {(arch, head, arm): {metric: value}}}}
+PAPER_VALUES: dict[str, dict] = {
+    "covid_radiography": {
+        "name": "paper A",
+        "values": {
+            (arch, "replace", arm): {row: vals[i] for row, vals in _PAPER_A_ROWS.items()}
+            for i, (arch, arm) in enumerate(_PAPER_A_COLUMNS)
+        },
+    },
+    # Paper B (Hsu, kidney CT) reports test accuracy only: VGG-16 + Dense1024.
+    "ct_kidney": {
+        "name": "paper B",
+        "values": {
+            ("vgg16", "dense1024", "imagenet"): {"test_accuracy": 0.9896},
+            ("vgg16", "dense1024", "scratch"): {"test_accuracy": 0.6894},
+        },
+    },
+}
+
+METRIC_NOTES = (
+    "Metrics follow scikit-learn's definitions: accuracy_score; confusion_matrix (rows = true "
+    "class, columns = predicted); roc_auc_score one-vs-rest per class, macro = unweighted mean "
+    "of the per-class AUCs; precision_recall_fscore_support with zero_division=0 (a class that "
+    "is never predicted has precision 0). Losses are per-image mean cross-entropy (nats) from "
+    "history.csv; 'final' is the last epoch run, 'highest validation accuracy' the best epoch. "
+    "Test metrics use the best-validation-accuracy checkpoint. Over seeds: mean ± half-width of "
+    "the 95% Student t-interval (scipy.stats.t). ImageNet vs scratch: paired t-test over seeds "
+    "(scipy.stats.ttest_rel), Wilcoxon signed-rank when there are at least 6 pairs, effect = "
+    "mean difference (ImageNet − scratch) with its 95% t-interval and Cohen's d_z; with one seed, "
+    "McNemar's exact test on the same test images (scipy.stats.binomtest on the discordant "
+    "counts b, c). Single-run test accuracy: Wilson and Clopper-Pearson 95% intervals."
+)
+
+
+class MetricsMismatch(ValueError):
+    """metrics.json disagrees with the recomputation from predictions/history."""
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One complete run folder, with its metrics recomputed."""
+
+    path: Path
+    params: dict
+    history: pd.DataFrame
+    predictions: pd.DataFrame
+    stored: dict
+    class_names: list[str]
+    metrics: dict = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    synthetic: bool | None = None
+    label: str = ""  # configuration label, set by load_runs (see config_label)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def dataset(self) -> str:
+        return str(self.params.get("dataset", ""))
+
+    @property
+    def arch(self) -> str:
+        return str(self.params.get("arch", ""))
+
+    @property
+    def head(self) -> str:
+        return str(self.params.get("head", "replace"))
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.params.get("pretrained"))
+
+    @property
+    def arm(self) -> str:
+        return "imagenet" if self.pretrained else "scratch"
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.predictions["label"].to_numpy(dtype=int)
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.predictions["pred"].to_numpy(dtype=int)
+
+    @property
+    def probs(self) -> np.ndarray:
+        cols = [f"prob_{k}" for k in range(len(self.class_names))]
+        return self.predictions[cols].to_numpy(dtype=float)
+
+    def config(self, with_arm: bool = True) -> str:
+        """Stable key of the configuration (all parameters except seed and bookkeeping)."""
+        cfg = {k: v for k, v in self.params.items() if k not in NON_CONFIG_PARAMS}
+        if with_arm:
+            cfg["pretrained"] = self.pretrained
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+
+@dataclass
+class RunSet:
+    """Complete runs plus every folder that could not be used, with its reason."""
+
+    dataset: str
+    runs: list[Run]
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (folder, missing.json reason)
+    incomplete: list[tuple[str, str]] = field(default_factory=list)  # (folder, why unusable)
+
+    @property
+    def synthetic(self) -> bool | None:
+        flags = [r.synthetic for r in self.runs]
+        if any(f is True for f in flags):
+            return True
+        if flags and all(f is False for f in flags):
+            return False
+        return None
+
+    @property
+    def mismatched(self) -> list[Run]:
+        return [r for r in self.runs if r.mismatches]
+
+    def inventory(self) -> pd.DataFrame:
+        """Every folder considered, with its status: nothing is dropped silently."""
+        rows = [{"run": r.name, "path": str(r.path), "status": "mismatch" if r.mismatches else "complete",
+                 "reason": "; ".join(r.mismatches)} for r in self.runs]
+        rows += [{"run": Path(p).name, "path": p, "status": "missing", "reason": why}
+                 for p, why in self.missing]
+        rows += [{"run": Path(p).name, "path": p, "status": "incomplete", "reason": why}
+                 for p, why in self.incomplete]
+        return pd.DataFrame(rows, columns=["run", "path", "status", "reason"])
+
+
+def find_run_dirs(dataset: str, runs: str | Sequence[str | Path] = "", root: str | Path = "runs") -> list[Path]:
+    """Run folders to evaluate: ``""`` = every folder under ``root/<dataset>``, a glob string, or a list."""
+    if isinstance(runs, (str, Path)) and str(runs) == "":
+        base = Path(root) / dataset
+        if not base.is_dir():
+            raise FileNotFoundError(f"no run folder {base}/ for dataset {dataset!r}: train runs first "
+                                    f"or pass runs= (a glob or a list of run folders)")
+        found = sorted(p for p in base.iterdir() if p.is_dir())
+        if not found:
+            raise FileNotFoundError(f"{base}/ holds no run folders")
+        return found
+    if isinstance(runs, (str, Path)):
+        matches = sorted(Path(p) for p in globlib.glob(str(runs)))
+        found = [p for p in matches if p.is_dir()]
+        if not found:
+            raise FileNotFoundError(f"runs={str(runs)!r} matches no run folder")
+        return found
+    found = [Path(p) for p in runs]
+    if not found:
+        raise ValueError("runs is an empty list: expected run folders, a glob, or '' for every run")
+    for p in found:
+        if not p.is_dir():
+            raise FileNotFoundError(f"run folder {p} does not exist (from runs=)")
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _is_synthetic(params: dict) -> bool | None:
+    prepared = params.get("prepared_dir")
+    if prepared:
+        info = Path(prepared) / "info.json"
+        if info.is_file():
+            return bool(_read_json(info).get("synthetic"))
+        if Path(prepared).name.startswith("synthetic-"):
+            return True
+        if Path(prepared).name.startswith("real-"):
+            return False
+    if "data_dir" in params:
+        return params["data_dir"] in ("", None)
+    return None
+
+
+def read_predictions(path: Path, n_classes: int) -> pd.DataFrame:
+    """predictions.csv with its columns and values checked."""
+    df = pd.read_csv(path)
+    want = ["path", "label", "pred"] + [f"prob_{k}" for k in range(n_classes)]
+    absent = [c for c in want if c not in df.columns]
+    if absent:
+        raise ValueError(f"{path}: missing columns {absent}; expected {want}")
+    if df.empty:
+        raise ValueError(f"{path} has no rows: the test split is empty")
+    for col in ("label", "pred"):
+        bad = ~df[col].isin(range(n_classes))
+        if bad.any():
+            raise ValueError(f"{path}: column {col!r} must hold class indices 0..{n_classes - 1}; "
+                             f"found {sorted(df.loc[bad, col].unique())[:5]}")
+    if df["path"].duplicated().any():
+        raise ValueError(f"{path}: duplicate test image paths {df.loc[df['path'].duplicated(), 'path'].head(3).tolist()}")
+    probs = df[want[3:]].to_numpy(dtype=float)
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError(f"{path}: probabilities must be finite and non-negative")
+    return df
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """history.csv sorted by epoch, with epochs 1..n checked."""
+    df = pd.read_csv(path)
+    want = ["epoch", "train_loss", "val_loss", "val_acc"]
+    absent = [c for c in want if c not in df.columns]
+    if absent:
+        raise ValueError(f"{path}: missing columns {absent}; expected at least {want}")
+    df = df.sort_values("epoch").reset_index(drop=True)
+    if df.empty or df["epoch"].tolist() != list(range(1, len(df) + 1)):
+        raise ValueError(f"{path}: epochs must run 1..n without gaps; found {df['epoch'].tolist()}")
+    return df
+
+
+def load_run(run_dir: str | Path, on_mismatch: str = "raise") -> Run:
+    """Read one complete run folder, recompute its metrics and check metrics.json."""
+    if on_mismatch not in ("raise", "flag"):
+        raise ValueError(f"on_mismatch must be 'raise' or 'flag', got {on_mismatch!r}")
+    run_dir = Path(run_dir)
+    for name in ("params.json", "history.csv", "predictions.csv", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} not found: not a complete run folder")
+    params = _read_json(run_dir / "params.json")
+    stored = _read_json(run_dir / "metrics.json")
+    class_names = list(params.get("class_names") or stored.get("class_names") or [])
+    if not class_names:
+        raise ValueError(f"{run_dir}: neither params.json nor metrics.json names class_names")
+    run = Run(
+        path=run_dir,
+        params=params,
+        history=read_history(run_dir / "history.csv"),
+        predictions=read_predictions(run_dir / "predictions.csv", len(class_names)),
+        stored=stored,
+        class_names=class_names,
+        synthetic=_is_synthetic(params),
+    )
+    run.metrics = {**compute_metrics(run.labels, run.preds, run.probs, class_names),
+                   **history_metrics(run.history)}
+    run.mismatches = check_stored(run.metrics, stored, class_names)
+    argmax_disagree = int((run.probs.argmax(axis=1) != run.preds).sum())
+    if argmax_disagree:
+        run.mismatches.append(f"pred differs from argmax(prob_*) on {argmax_disagree} rows")
+    if run.mismatches and on_mismatch == "raise":
+        raise MetricsMismatch(f"{run_dir}: metrics.json disagrees with predictions.csv/history.csv: "
+                              + "; ".join(run.mismatches))
+    return run
+
+
+def load_runs(dataset: str, runs: str | Sequence[str | Path] = "", root: str | Path = "runs",
+              on_mismatch: str = "raise") -> RunSet:
+    """Load run folders; folders with missing.json or without metrics.json are reported, not used."""
+    complete, missing, incomplete = [], [], []
+    for folder in find_run_dirs(dataset, runs, root):
+        if (folder / "missing.json").is_file():
+            reason = _read_json(folder / "missing.json").get("reason", "no reason given")
+            missing.append((str(folder), str(reason)))
+            continue
+        if not (folder / "metrics.json").is_file():
+            incomplete.append((str(folder), "no metrics.json: the run has not finished"))
+            continue
+        absent = [n for n in ("params.json", "history.csv", "predictions.csv") if not (folder / n).is_file()]
+        if absent:
+            incomplete.append((str(folder), f"metrics.json present but {', '.join(absent)} missing"))
+            continue
+        run = load_run(folder, on_mismatch=on_mismatch)
+        if run.dataset and run.dataset != dataset:
+            raise ValueError(f"{folder} is a run of dataset {run.dataset!r}, not {dataset!r}")
+        complete.append(run)
+    labels = config_labels(complete)
+    for run in complete:
+        run.label = labels[run.config(with_arm=False)]
+    return RunSet(dataset=dataset, runs=complete, missing=missing, incomplete=incomplete)
+
+
+def config_labels(runs: Iterable[Run]) -> dict[str, str]:
+    """Readable, stable label per configuration (arms together): arch, '-head' unless 'replace',
+    then any other parameter that differs between configurations as key=value."""
+    runs = list(runs)
+    cfgs = {r.config(with_arm=False): json.loads(r.config(with_arm=False)) for r in runs}
+    keys = set().union(*[c.keys() for c in cfgs.values()]) if cfgs else set()
+    varying = sorted(
+        k for k in keys - {"arch", "head", "dataset"}
+        if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in cfgs.values()}) > 1
+    )
+    labels = {}
+    for key, c in cfgs.items():
+        label = str(c.get("arch", "?"))
+        if c.get("head", "replace") != "replace":
+            label += f"-{c['head']}"
+        if varying:
+            label += " (" + ", ".join(f"{k}={c.get(k)}" for k in varying) + ")"
+        labels[key] = label
+    return labels
+
+
+# ----------------------------------------------------------------- recomputation
+
+
+def compute_metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
+                    class_names: Sequence[str]) -> dict:
+    """Test metrics from labels, predicted classes and class probabilities (scikit-learn)."""
+    labels, preds, probs = np.asarray(labels), np.asarray(preds), np.asarray(probs, dtype=float)
+    k = len(class_names)
+    ids = np.arange(k)
+    present = np.isin(ids, labels)
+    per_class_auc = [
+        float(roc_auc_score(labels == c, probs[:, c])) if present[c] and (labels != c).any()
+        else float("nan")
+        for c in ids
+    ]
+    if present.all() and k > 2:
+        auc_macro = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=ids))
+    elif present.all():
+        auc_macro = float(np.mean(per_class_auc))
+    else:
+        auc_macro = float("nan")  # a class absent from the test labels has no ROC curve
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=ids, zero_division=ZERO_DIVISION)
+    return {
+        "test_accuracy": float(accuracy_score(labels, preds)),
+        "test_correct": int((labels == preds).sum()),
+        "test_n": int(len(labels)),
+        "test_auc_macro": auc_macro,
+        "test_auc_per_class": per_class_auc,
+        "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "n_predicted": np.bincount(preds, minlength=k).tolist(),
+    }
+
+
+def history_metrics(history: pd.DataFrame) -> dict:
+    """Table 1's training numbers from history.csv (epochs from 1)."""
+    h = history.sort_values("epoch").reset_index(drop=True)
+    best = int(h["val_acc"].to_numpy().argmax())  # first epoch reaching the maximum
+    return {
+        "first_epoch_train_loss": float(h["train_loss"].iloc[0]),
+        "first_epoch_val_acc": float(h["val_acc"].iloc[0]),
+        "final_train_loss": float(h["train_loss"].iloc[-1]),
+        "final_val_loss": float(h["val_loss"].iloc[-1]),
+        "best_val_acc": float(h["val_acc"].iloc[best]),
+        "best_epoch": int(h["epoch"].iloc[best]),
+        "epochs_run": int(len(h)),
+    }
+
+
+CHECKED_KEYS = ("test_accuracy", "test_auc_macro", "test_auc_per_class", "confusion_matrix",
+                "first_epoch_train_loss", "first_epoch_val_acc", "final_train_loss",
+                "final_val_loss", "best_val_acc", "best_epoch", "epochs_run")
+
+
+def _close(a, b, atol: float) -> bool:
+    a = np.asarray([np.nan if v is None else v for v in np.ravel(a)], dtype=float)
+    b = np.asarray([np.nan if v is None else v for v in np.ravel(b)], dtype=float)
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=atol, rtol=0, equal_nan=True))
+
+
+def check_stored(recomputed: dict, stored: dict, class_names: Sequence[str], atol: float = ATOL) -> list[str]:
+    """Differences between metrics.json and the recomputation, as readable strings ([] = agree)."""
+    problems = []
+    if list(stored.get("class_names", class_names)) != list(class_names):
+        problems.append(f"class_names {stored.get('class_names')} != {list(class_names)}")
+    for key in CHECKED_KEYS:
+        if key not in stored:
+            problems.append(f"{key} missing from metrics.json")
+        elif not _close(stored[key], recomputed[key], atol):
+            problems.append(f"{key}: metrics.json {stored[key]} vs recomputed {recomputed[key]}")
+    return problems
+
+
+def roc_curves(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """One-vs-rest ROC curve (fpr, tpr, auc) per class of one run."""
+    out = {}
+    labels, probs = run.labels, run.probs
+    for c, name in enumerate(run.class_names):
+        positive = labels == c
+        if positive.all() or not positive.any():
+            continue  # undefined without both positives and negatives
+        fpr, tpr, _ = roc_curve(positive, probs[:, c])
+        out[name] = (fpr, tpr, run.metrics["test_auc_per_class"][c])
+    return out
+
+
+# ------------------------------------------------------------------- statistics
+
+
+class CI(NamedTuple):
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> CI:
+    """Mean with its Student t-interval; for one value the interval is undefined (nan)."""
+    x = np.asarray([v for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return CI(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n == 1:
+        return CI(mean, math.nan, math.nan, 1, math.nan)
+    sd = float(x.std(ddof=1))
+    if sd == 0:
+        return CI(mean, mean, mean, n, 0.0)
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    return CI(mean, float(low), float(high), n, sd)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:
+    """Paired comparison of a and b (a - b): t-test, Wilcoxon (n >= 6), mean difference with CI, Cohen's d_z."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    d = a - b
+    n = len(d)
+    ci = mean_ci(d, confidence)
+    out = {"n_pairs": n, "mean_a": float(a.mean()) if n else math.nan,
+           "mean_b": float(b.mean()) if n else math.nan, "mean_diff": ci.mean,
+           "diff_ci_low": ci.low, "diff_ci_high": ci.high, "t": math.nan, "p_ttest": math.nan,
+           "cohens_dz": math.nan, "wilcoxon_stat": math.nan, "p_wilcoxon": math.nan, "note": ""}
+    notes = []
+    if n < 2:
+        notes.append("fewer than 2 pairs: no paired t-test (see McNemar for single runs)")
+    elif ci.sd == 0:
+        notes.append("all paired differences are equal: t-test and d_z undefined")
+    else:
+        res = stats.ttest_rel(a, b)
+        out.update(t=float(res.statistic), p_ttest=float(res.pvalue), cohens_dz=ci.mean / ci.sd)
+    if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
+        res = stats.wilcoxon(a, b)
+        out.update(wilcoxon_stat=float(res.statistic), p_wilcoxon=float(res.pvalue))
+    elif n >= 2:
+        notes.append(f"Wilcoxon not run: {n} pairs (< {WILCOXON_MIN_PAIRS}) cannot reach p < 0.05"
+                     if n < WILCOXON_MIN_PAIRS else "Wilcoxon not run: all differences are zero")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
+    """McNemar's exact test for two classifiers on the same items.
+
+    b = items only a gets right, c = items only b gets right; under H0 b ~ Binomial(b + c, 1/2).
+    """
+    ca, cb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if ca.shape != cb.shape:
+        raise ValueError(f"McNemar needs the same items for both models, got {len(ca)} and {len(cb)}")
+    b = int((ca & ~cb).sum())
+    c = int((~ca & cb).sum())
+    n = len(ca)
+    p = float(stats.binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    return {"n_test": n, "acc_a": float(ca.mean()), "acc_b": float(cb.mean()),
+            "acc_diff": (b - c) / n if n else math.nan, "b": b, "c": c, "p_mcnemar": p}
+
+
+def accuracy_ci(n_correct: int, n: int, confidence: float = CONFIDENCE) -> dict:
+    """Wilson and Clopper-Pearson ('exact') intervals for one accuracy."""
+    res = stats.binomtest(int(n_correct), int(n))
+    wilson = res.proportion_ci(confidence, method="wilson")
+    exact = res.proportion_ci(confidence, method="exact")
+    return {"wilson_low": float(wilson.low), "wilson_high": float(wilson.high),
+            "exact_low": float(exact.low), "exact_high": float(exact.high)}
+
+
+# ------------------------------------------------------------------------ tables
+
+
+def run_table(runset: RunSet) -> pd.DataFrame:
+    """One row per complete run: identity and every scalar metric."""
+    rows = []
+    for r in runset.runs:
+        m = r.metrics
+        row = {"run": r.name, "label": r.label, "arch": r.arch, "head": r.head, "arm": r.arm,
+               "seed": r.seed, **{k: m[k] for k in TABLE1_ROWS}, "test_auc_macro": m["test_auc_macro"],
+               "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+               "test_n": m["test_n"], "test_correct": m["test_correct"]}
+        for c, name in enumerate(r.class_names):
+            row[f"auc[{name}]"] = m["test_auc_per_class"][c]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+SUMMARY_METRICS = (*TABLE1_ROWS, "test_auc_macro")
+
+
+def seed_summary(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Mean ± t-interval over seeds of every number, per configuration and arm (long format)."""
+    rows = []
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runset.runs:
+        groups.setdefault((r.label, r.arm), []).append(r)
+    for (label, arm), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: r.seed)
+        values: dict[str, list[float]] = {m: [r.metrics[m] for r in runs] for m in SUMMARY_METRICS}
+        for c, name in enumerate(runs[0].class_names):
+            values[f"auc[{name}]"] = [r.metrics["test_auc_per_class"][c] for r in runs]
+            for part in ("precision", "recall", "f1"):
+                values[f"{part}[{name}]"] = [r.metrics[part][c] for r in runs]
+        for metric, vals in values.items():
+            ci = mean_ci(vals, confidence)
+            rows.append({"label": label, "arch": runs[0].arch, "head": runs[0].head, "arm": arm,
+                         "metric": metric, "n": ci.n, "mean": ci.mean, "sd": ci.sd,
+                         "ci_low": ci.low, "ci_high": ci.high,
+                         "seeds": " ".join(str(r.seed) for r in runs)})
+    return pd.DataFrame(rows, columns=["label", "arch", "head", "arm", "metric", "n", "mean", "sd",
+                                       "ci_low", "ci_high", "seeds"])
+
+
+def per_class_table(runset: RunSet) -> pd.DataFrame:
+    """Per-class precision, recall, F1, support and number predicted, for every run."""
+    rows = []
+    for r in runset.runs:
+        m = r.metrics
+        for c, name in enumerate(r.class_names):
+            rows.append({"run": r.name, "label": r.label, "arm": r.arm, "seed": r.seed, "class": name,
+                         "precision": m["precision"][c], "recall": m["recall"][c], "f1": m["f1"][c],
+                         "support": m["support"][c], "n_predicted": m["n_predicted"][c],
+                         "auc": m["test_auc_per_class"][c]})
+    return pd.DataFrame(rows, columns=["run", "label", "arm", "seed", "class", "precision", "recall",
+                                       "f1", "support", "n_predicted", "auc"])
+
+
+def test_accuracy_table(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Single-run test accuracy with Wilson and Clopper-Pearson intervals."""
+    rows = []
+    for r in runset.runs:
+        m = r.metrics
+        rows.append({"run": r.name, "label": r.label, "arm": r.arm, "seed": r.seed, "n_test": m["test_n"],
+                     "correct": m["test_correct"], "accuracy": m["test_accuracy"],
+                     **accuracy_ci(m["test_correct"], m["test_n"], confidence)})
+    return pd.DataFrame(rows, columns=["run", "label", "arm", "seed", "n_test", "correct", "accuracy",
+                                       "wilson_low", "wilson_high", "exact_low", "exact_high"])
+
+
+def arm_pairs(runset: RunSet) -> dict[str, dict[int, dict[str, Run]]]:
+    """{label: {seed: {"imagenet": run, "scratch": run}}} for seeds that have both arms."""
+    by: dict[str, dict[int, dict[str, Run]]] = {}
+    for r in runset.runs:
+        slot = by.setdefault(r.label, {}).setdefault(r.seed, {})
+        if r.arm in slot:
+            raise ValueError(f"two {r.arm} runs of {r.label} seed {r.seed}: {slot[r.arm].path} and {r.path}")
+        slot[r.arm] = r
+    return {label: {s: arms for s, arms in sorted(seeds.items()) if len(arms) == 2}
+            for label, seeds in by.items()}
+
+
+def aligned_correct(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two runs on identical test images (matched by path)."""
+    pa, pb = set(a.predictions["path"]), set(b.predictions["path"])
+    if pa != pb:
+        raise ValueError(
+            f"{a.path} and {b.path} were tested on different images ({len(pa - pb)} only in the first, "
+            f"{len(pb - pa)} only in the second), so they cannot be paired image by image. Both arms of "
+            f"a comparison must use the same prepared data (prepared_dir {a.params.get('prepared_dir')!r} "
+            f"vs {b.params.get('prepared_dir')!r}).")
+    da = a.predictions.set_index("path")
+    db = b.predictions.set_index("path").loc[da.index]
+    if not (da["label"].to_numpy() == db["label"].to_numpy()).all():
+        raise ValueError(f"{a.path} and {b.path} disagree on the true labels of the same test images")
+    return (da["label"] == da["pred"]).to_numpy(), (db["label"] == db["pred"]).to_numpy()
+
+
+PAIRED_METRICS = ("test_accuracy", "test_auc_macro", "best_val_acc", "first_epoch_val_acc",
+                  "first_epoch_train_loss")
+
+
+def paired_tests(runset: RunSet, metrics: Sequence[str] = PAIRED_METRICS,
+                 confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """ImageNet vs scratch paired across seeds, per configuration and metric (difference = ImageNet − scratch)."""
+    rows = []
+    for label, seeds in sorted(arm_pairs(runset).items()):
+        if not seeds:
+            continue
+        for arms in seeds.values():
+            aligned_correct(arms["imagenet"], arms["scratch"])  # same test set, or a clear error
+        for metric in metrics:
+            a = [arms["imagenet"].metrics[metric] for arms in seeds.values()]
+            b = [arms["scratch"].metrics[metric] for arms in seeds.values()]
+            res = paired_test(a, b, confidence)
+            rows.append({"label": label, "metric": metric, "seeds": " ".join(map(str, seeds)),
+                         "n_pairs": res["n_pairs"], "imagenet": res["mean_a"], "scratch": res["mean_b"],
+                         **{k: res[k] for k in ("mean_diff", "diff_ci_low", "diff_ci_high", "t", "p_ttest",
+                                                "cohens_dz", "wilcoxon_stat", "p_wilcoxon", "note")}})
+    return pd.DataFrame(rows, columns=["label", "metric", "seeds", "n_pairs", "imagenet", "scratch",
+                                       "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p_ttest",
+                                       "cohens_dz", "wilcoxon_stat", "p_wilcoxon", "note"])
+
+
+def mcnemar_tests(runset: RunSet) -> pd.DataFrame:
+    """McNemar's exact test of ImageNet vs scratch for every seed with both arms, on the same test images."""
+    rows = []
+    for label, seeds in sorted(arm_pairs(runset).items()):
+        for seed, arms in seeds.items():
+            ca, cb = aligned_correct(arms["imagenet"], arms["scratch"])
+            res = mcnemar_exact(ca, cb)
+            rows.append({"label": label, "seed": seed, "n_test": res["n_test"], "imagenet_acc": res["acc_a"],
+                         "scratch_acc": res["acc_b"], "acc_diff": res["acc_diff"],
+                         "b_imagenet_only": res["b"], "c_scratch_only": res["c"], "p_mcnemar": res["p_mcnemar"]})
+    return pd.DataFrame(rows, columns=["label", "seed", "n_test", "imagenet_acc", "scratch_acc", "acc_diff",
+                                       "b_imagenet_only", "c_scratch_only", "p_mcnemar"])
+
+
+def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Table 1 in long form: one row per (configuration, arm, metric), ours and the paper's value."""
+    paper = PAPER_VALUES.get(runset.dataset, {"name": "", "values": {}})
+    ours = {}
+    for r in runset.runs:
+        ours.setdefault((r.label, r.arch, r.head, r.arm), []).append(r)
+    keys = set(ours)
+    for arch, head, arm in paper["values"]:
+        if not any(k[1] == arch and k[2] == head and k[3] == arm for k in keys):
+            label = arch + ("" if head == "replace" else f"-{head}")
+            keys.add((label, arch, head, arm))
+    try:
+        from .models import ARCHS  # arch order as the project lists it
+    except ImportError:
+        ARCHS = ()
+
+    def order(k):
+        label, arch, head, arm = k
+        return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS), label, ARMS.index(arm))
+
+    rows = []
+    for key in sorted(keys, key=order):
+        label, arch, head, arm = key
+        runs = ours.get(key, [])
+        pv = paper["values"].get((arch, head, arm), {})
+        for metric, title in TABLE1_ROWS.items():
+            ci = mean_ci([r.metrics[metric] for r in runs], confidence)
+            rows.append({"label": label, "arch": arch, "head": head, "arm": arm, "metric": metric,
+                         "row": title, "n": ci.n, "mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+                         "paper": paper["name"] if pv else "", "paper_value": pv.get(metric, math.nan)})
+    return pd.DataFrame(rows, columns=["label", "arch", "head", "arm", "metric", "row", "n", "mean",
+                                       "ci_low", "ci_high", "paper", "paper_value"])
+
+
+def _fmt(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
+    if n == 0 or not np.isfinite(mean):
+        return "—"
+    if n == 1 or not np.isfinite(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f} (n={n})"
+
+
+def table1(runset: RunSet, confidence: float = CONFIDENCE, formatted: bool = True) -> pd.DataFrame:
+    """Paper A's Table 1 for the runs at hand: rows = metrics, columns = (config, arm, source).
+
+    ``source`` is "ours" (mean ± 95% CI half-width over seeds, n seeds) or the paper's name;
+    the paper's columns appear only where the paper reports that arch/head.
+    """
+    long = table1_long(runset, confidence)
+    columns, data = [], {}
+    for (label, arm), part in long.groupby(["label", "arm"], sort=False):
+        part = part.set_index("metric").loc[list(TABLE1_ROWS)]
+        col = (label, arm, "ours")
+        columns.append(col)
+        data[col] = [_fmt(r.mean, r.ci_low, r.ci_high, r.n) if formatted else r.mean
+                     for r in part.itertuples()]
+        if part["paper"].iloc[0]:
+            pcol = (label, arm, f"{part['paper'].iloc[0]} (published)")
+            columns.append(pcol)
+            data[pcol] = [("—" if not np.isfinite(v) else f"{v:g}") if formatted else v
+                          for v in part["paper_value"]]
+    df = pd.DataFrame(data, index=list(TABLE1_ROWS.values()), columns=pd.MultiIndex.from_tuples(
+        columns, names=["model", "weights", "source"]) if columns else None)
+    df.index.name = "metric"
+    return df
+
+
+def loss_scale_note(runset: RunSet) -> str:
+    """Say plainly when the paper's losses are on another scale than ours (per-image means)."""
+    paper = PAPER_VALUES.get(runset.dataset)
+    if not paper:
+        return ""
+    losses = [v[m] for v in paper["values"].values() for m in ("first_epoch_train_loss", "final_val_loss")
+              if m in v]
+    if not losses:
+        return (f"{paper['name']} reports no losses for {runset.dataset}; only test accuracy is compared.")
+    k = len(runset.runs[0].class_names) if runset.runs else 3
+    first = [v["first_epoch_train_loss"] for v in paper["values"].values() if "first_epoch_train_loss" in v]
+    ours = [r.metrics["first_epoch_train_loss"] for r in runset.runs]
+    ours_txt = (f"Ours are per-image mean cross-entropies (first-epoch training loss "
+                f"{min(ours):.3f}–{max(ours):.3f} here). " if ours else "Ours are per-image mean cross-entropies. ")
+    return (
+        f"Loss scale: {paper['name']} reports first-epoch training losses of {min(first):g}–{max(first):g} "
+        f"and validation losses up to {max(losses):g}. These cannot be per-image mean cross-entropies: "
+        f"guessing uniformly over {k} classes costs ln {k} ≈ {math.log(k):.2f} nats per image, and a model "
+        f"that reaches {min(v['first_epoch_val_acc'] for v in paper['values'].values()):.0%}+ validation "
+        f"accuracy after one epoch cannot average {min(first):g}+ nats. The paper does not say how its losses "
+        f"were summed, so they are likely sums over batches or a different reduction. {ours_txt}"
+        f"Compare accuracies directly; compare losses only by their ordering (ImageNet vs scratch, "
+        f"first vs final epoch), not by value."
+    )

@@ -1,0 +1,312 @@
+"""Audit: duplicate detection, leakage-free grouped split, shortcut baseline, real kidney slices, notebook."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import audit
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
+
+
+def blobs(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """n distinct smooth grayscale images (random Gaussian blobs), (n, 3, size, size) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.zeros((n, 3, size, size), dtype=np.uint8)
+    for k in range(n):
+        img = np.zeros((size, size))
+        for _ in range(6):
+            cy, cx, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.25)
+            img += rng.uniform(-1, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img = (img - img.min()) / (np.ptp(img) + 1e-9) * 200 + 20
+        out[k] = img.astype(np.uint8)[None]
+    return out
+
+
+def noised(img, sigma=6.0, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
+
+
+def brightened(img, delta=20):
+    return np.clip(img.astype(int) + delta, 0, 255).astype(np.uint8)
+
+
+def jpeg_recompressed(img, quality=60):
+    buf = io.BytesIO()
+    Image.fromarray(img.transpose(1, 2, 0)).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).transpose(2, 0, 1).copy()
+
+
+def planted(images: np.ndarray):
+    """Originals plus an exact, a noised, a brightened and a JPEG copy of images 0..3.
+
+    Returns (images, sha256-like ids, expected pairs as a set of (i, j)).
+    """
+    n = len(images)
+    copies = [images[0].copy(), noised(images[1]), brightened(images[2]), jpeg_recompressed(images[3])]
+    allimg = np.concatenate([images, np.stack(copies)])
+    ids = [f"file{k}" for k in range(n)] + ["file0", "noised1", "bright2", "jpeg3"]
+    expected = {(0, n), (1, n + 1), (2, n + 2), (3, n + 3)}
+    return allimg, ids, expected
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def test_hamming_pairs_matches_bitwise_brute_force():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=(37, 4), dtype=np.int64).astype(np.uint64)
+    hashes[5] = hashes[2] ^ np.uint64(0b1011)  # 3 bits from image 2
+    i, j, d = audit.hamming_pairs(hashes, threshold=256, max_block_elements=50)  # many blocks
+    assert len(i) == 37 * 36 // 2 and (i < j).all()
+    for a, b, dist in zip(i, j, d):
+        assert dist == sum(bin(int(x)).count("1") for x in hashes[a] ^ hashes[b])
+    i, j, d = audit.hamming_pairs(hashes, threshold=3)
+    assert list(zip(i, j, d)) == [(2, 5, 3)]
+
+
+def test_planted_exact_and_near_copies_are_found_and_nothing_else():
+    images, ids, expected = planted(blobs(40, 64))
+    n = len(images)
+    classes = np.array(["A", "B"] * (n // 2))
+    splits = np.array(["train", "val", "test", "train"] * (n // 4))
+    pairs = audit.duplicate_pairs(images, [f"{c}/{k}.png" for k, c in enumerate(classes)], classes, splits, sha256=ids)
+    assert list(pairs.columns) == audit.PAIR_COLUMNS
+    assert set(zip(pairs["i"], pairs["j"])) == expected
+    assert pairs.set_index(["i", "j"]).loc[(0, 40), "exact"] and pairs["exact"].sum() == 1
+    assert (pairs["distance"] <= audit.HAMMING_THRESHOLD).all()
+
+    groups = audit.near_duplicate_groups(images)
+    assert len(np.unique(groups)) == n - 4
+    for a, b in expected:
+        assert groups[a] == groups[b]
+
+    summary = audit.duplicate_summary(pairs, splits).set_index("measure")["value"]
+    assert summary["near-duplicate pairs (incl. exact)"] == 4
+    assert summary["exact duplicate pairs (sha256)"] == 1
+    assert summary["pairs across splits"] == int((pairs["split_i"] != pairs["split_j"]).sum())
+
+
+def test_exact_duplicates_found_without_sha256_by_pixels():
+    images = blobs(6, 32)
+    images = np.concatenate([images, images[2:3]])
+    pairs = audit.duplicate_pairs(images, list("abcdefg"), ["x"] * 7, ["train"] * 7)
+    assert pairs[["i", "j", "exact", "distance"]].values.tolist() == [[2, 6, True, 0]]
+
+
+@pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
+def test_no_false_pairs_among_distinct_synthetic_images(dataset, tmp_path):
+    """The embedded synthetic phantoms are all distinct images: none may pair."""
+    from helpers.data import load_prepared, prepare
+
+    prepared = load_prepared(
+        prepare(dataset, image_size=64, balance=False, seed=0, n_per_class=25, out_dir=str(tmp_path / "prep"), progress=False)
+    )
+    assert prepared.manifest["sha256"].nunique() == len(prepared.images)
+    pairs = audit.find_duplicates(prepared, progress=False)
+    assert pairs.empty, pairs.head()
+    # The planted copies of four phantoms are still found among them.
+    images, ids, expected = planted(prepared.images)
+    found = audit.duplicate_pairs(images, ids, ids, ["train"] * len(ids), sha256=ids)
+    assert set(zip(found["i"], found["j"])) == expected
+
+
+# --------------------------------------------------------------------------- grouped split
+
+
+def clustered(n_groups_per_class=(8, 7, 9), copies=(1, 4), size=48, seed=0):
+    """Images in groups of near-copies (noised), returns (images, labels, true group ids)."""
+    rng = np.random.default_rng(seed)
+    base = blobs(sum(n_groups_per_class), size, seed)
+    images, labels, truth = [], [], []
+    g = 0
+    for label, n_groups in enumerate(n_groups_per_class):
+        for _ in range(n_groups):
+            for c in range(int(rng.integers(*copies, endpoint=True))):
+                images.append(base[g] if c == 0 else noised(base[g], 4, seed=g * 10 + c))
+                labels.append(label)
+                truth.append(g)
+            g += 1
+    return np.stack(images), np.array(labels), np.array(truth)
+
+
+def test_grouped_split_is_leakage_free_stratified_and_deterministic():
+    class_names = ["A", "B", "C"]
+    images, labels, truth = clustered((10, 10, 12))
+    groups = audit.near_duplicate_groups(images)
+    # The detector recovers the planted groups exactly.
+    assert pd.crosstab(groups, truth).astype(bool).sum(axis=1).max() == 1
+    assert len(np.unique(groups)) == len(np.unique(truth))
+
+    split = audit.grouped_split(labels, groups, class_names, seed=0)
+    assert set(split) == {"train", "val", "test"}
+    for g in np.unique(groups):
+        assert len(set(split[groups == g])) == 1, f"group {g} spans splits"
+    # Leakage check through the audit itself: no near-duplicate pair crosses splits.
+    pairs = audit.duplicate_pairs(images, [str(k) for k in range(len(images))], labels, split)
+    assert len(pairs) > 0
+    assert (pairs["split_i"] == pairs["split_j"]).all()
+    # Stratified: every class in every split, train the largest share of each class.
+    counts = pd.crosstab(labels, split)
+    assert (counts > 0).all().all()
+    share = counts.div(counts.sum(axis=1), axis=0)
+    assert (share["train"] > 0.4).all() and (share["train"] < 0.8).all()
+    assert (audit.grouped_split(labels, groups, class_names, seed=0) == split).all()
+
+
+def test_random_split_of_the_same_images_leaks():
+    """Control for the test above: the audit does see leakage when the split ignores groups."""
+    images, labels, _ = clustered((10, 10, 12))
+    split = np.random.default_rng(0).choice(["train", "val", "test"], size=len(labels), p=[0.6, 0.2, 0.2])
+    pairs = audit.duplicate_pairs(images, [str(k) for k in range(len(images))], labels, split)
+    assert (pairs["split_i"] != pairs["split_j"]).any()
+
+
+def test_grouped_split_mixed_group_goes_whole_and_counts_for_its_majority():
+    labels = np.array([0] * 30 + [1] * 30)
+    groups = np.arange(60) // 3  # groups of 3, each a single class
+    groups[28:32] = 100  # one group mixing 2 images of class 0 and 2 of class 1 (tie -> class 0)
+    split = audit.grouped_split(labels, groups, ["A", "B"], seed=1)
+    assert len(set(split[groups == 100])) == 1
+    table = audit.groups_per_class(labels, groups, ["A", "B"]).set_index("class")
+    assert table.loc["A", "groups"] + table.loc["B", "groups"] == len(np.unique(groups))
+
+
+def test_too_few_groups_is_refused_naming_class_and_count():
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 20)
+    groups = np.arange(60)  # classes A and C: 20 singleton groups each
+    groups[20:30], groups[30:40] = 500, 501  # class B: 2 groups (two scans)
+    with pytest.raises(ValueError, match=r"class 'B' has only 2 independent near-duplicate groups \(20 images\).*split='random' knowingly.*more data"):
+        audit.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
+    groups[20:40] = 500
+    with pytest.raises(ValueError, match=r"class 'B' has only 1 independent near-duplicate group \("):
+        audit.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
+
+
+def test_grouped_split_rejects_bad_ratios_and_shapes():
+    with pytest.raises(ValueError, match="ratios"):
+        audit.grouped_split(np.zeros(10, int), np.arange(10), ["A"], 0, ratios=(0.5, 0.5, 0))
+    with pytest.raises(ValueError, match="labels and groups"):
+        audit.grouped_split(np.zeros(10, int), np.arange(9), ["A"], 0)
+
+
+# --------------------------------------------------------------------------- shortcut baseline
+
+
+def test_shortcut_baseline_learns_brightness_and_reports_ci():
+    """Classes that differ only in brightness: the histogram model must find it."""
+    rng = np.random.default_rng(0)
+    base = blobs(120, 32)
+    labels = np.repeat([0, 1, 2], 40)
+    images = np.clip(base.astype(int) // 2 + labels[:, None, None, None] * 60, 0, 255).astype(np.uint8)
+    split = rng.choice(["train", "val", "test"], size=120, p=[0.6, 0.2, 0.2])
+    prepared = SimpleNamespace(images=images, labels=labels, split=split, class_names=["dark", "mid", "bright"])
+    table = audit.shortcut_baseline(prepared).set_index("model")
+    assert list(table.index) == ["majority class", "logistic regression", "gradient boosting"]
+    assert table.loc["logistic regression", "test_accuracy"] > 0.9
+    assert table.loc["majority class", "test_accuracy"] < 0.6
+    assert (table["ci_low"] <= table["test_accuracy"]).all() and (table["test_accuracy"] <= table["ci_high"]).all()
+    assert {"recall_dark", "recall_mid", "recall_bright", "test_auc_macro", "selected"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
+def test_shortcut_baseline_runs_on_both_synthetic_datasets(dataset, tmp_path):
+    from helpers.data import load_prepared, prepare
+
+    prepared = load_prepared(
+        prepare(dataset, image_size=32, balance=False, seed=0, n_per_class=20, out_dir=str(tmp_path / "p"), progress=False)
+    )
+    table = audit.shortcut_baseline(prepared)
+    assert len(table) == 3
+    assert table["n_test"].iloc[0] == int((np.asarray(prepared.split) == "test").sum())
+    assert table["test_accuracy"].between(0, 1).all()
+    assert {f"recall_{c}" for c in prepared.class_names} <= set(table.columns)
+
+
+# --------------------------------------------------------------------------- real kidney CT sample
+
+needs_real = pytest.mark.skipif(not (REAL / "ct_kidney").is_dir(), reason=f"real-image sample not found at {REAL}")
+
+
+@needs_real
+@pytest.mark.real
+def test_real_kidney_sample_neighbouring_slices_are_near_duplicates(tmp_path):
+    from helpers.data import load_prepared, prepare
+
+    prepared = load_prepared(
+        prepare("ct_kidney", data_dir=str(REAL / "ct_kidney"), image_size=128, balance=False, seed=0, out_dir=str(tmp_path / "k"), progress=False)
+    )
+    pairs, summary, groups = audit.audit_duplicates(prepared, progress=False)
+    slice_no = np.array([int(re.search(r"\((\d+)\)", Path(p).name).group(1)) for p in prepared.paths])
+    classes = np.asarray(prepared.class_names)[prepared.labels]
+
+    # Pairs of neighbouring slices (numbers 1 or 2 apart, same class folder) found as near-duplicates.
+    found = {(min(a, b), max(a, b)) for a, b in zip(pairs["i"], pairs["j"])}
+    neighbours = [
+        (a, b)
+        for a in range(len(slice_no))
+        for b in range(a + 1, len(slice_no))
+        if classes[a] == classes[b] and abs(slice_no[a] - slice_no[b]) <= 2
+    ]
+    hit = np.mean([pair in found for pair in neighbours])
+    assert hit > 0.8, f"only {hit:.0%} of neighbouring-slice pairs detected"
+    gap = np.abs(slice_no[pairs["i"]] - slice_no[pairs["j"]])
+    assert (gap <= 2).sum() >= 200
+    assert (pairs["class_i"] == pairs["class_j"]).all(), "a near-duplicate pair spans kidney classes"
+
+    # Random split leaks: most test slices have a neighbour in train.
+    s = summary.set_index("measure")["value"]
+    assert s["test images with a near-copy in train"] > 0.5 * s["test images"]
+    # Few scans per class: the grouped split is refused with the reason.
+    table = audit.groups_per_class(prepared.labels, groups, prepared.class_names).set_index("class")
+    assert (table["groups"] <= 6).all()
+    worst = table["groups"].idxmin()
+    with pytest.raises(ValueError, match=f"class '{worst}' has only {table.loc[worst, 'groups']} "):
+        audit.grouped_split(prepared.labels, groups, prepared.class_names, seed=0)
+
+
+@pytest.mark.skipif(not (REAL / "covid_radiography").is_dir(), reason=f"real-image sample not found at {REAL}")
+@pytest.mark.real
+def test_real_chest_xrays_of_different_patients_do_not_pair(tmp_path):
+    from helpers.data import load_prepared, prepare
+
+    prepared = load_prepared(
+        prepare("covid_radiography", data_dir=str(REAL / "covid_radiography"), image_size=128, balance=False, seed=0, out_dir=str(tmp_path / "c"), progress=False)
+    )
+    pairs = audit.find_duplicates(prepared, progress=False)
+    assert pairs.empty, pairs.head()
+
+
+# --------------------------------------------------------------------------- notebook
+
+
+@pytest.mark.slow
+def test_audit_notebook_runs_through_papermill(tmp_path):
+    import papermill
+
+    out_dir = tmp_path / "audit"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "audit.ipynb"),
+        str(tmp_path / "audit_out.ipynb"),
+        parameters={"dataset": "ct_kidney", "image_size": 32, "n_per_class": 15, "out_dir": str(out_dir)},
+        cwd=str(REPO),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv", "closest_pairs.png"]:
+        assert (out_dir / name).stat().st_size > 0, name
+    shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
+    assert set(shortcut["split"]) <= {"random", "grouped"} and "random" in set(shortcut["split"])
+    text = (tmp_path / "audit_out.ipynb").read_text()
+    assert "ct_kidney_audit_test_with_train_copy" in text
