@@ -172,17 +172,45 @@ def _pool_map(func, items: list, *, desc: str, progress: bool, chunksize: int | 
 # --------------------------------------------------------------------------------------
 
 
-def _grid(size: int, rng: np.random.Generator, jitter: float):
-    """Image coordinates in [-1, 1] after a small random similarity transform (pose)."""
-    t = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-    yy, xx = np.meshgrid(t, t, indexing="ij")
-    ang = rng.normal(0, 0.04 * jitter)
-    scale = 1 + rng.normal(0, 0.04 * jitter)
-    dx, dy = rng.normal(0, 0.03 * jitter, 2)
-    c, s = math.cos(ang), math.sin(ang)
-    x = (c * xx + s * yy) * scale + dx
-    y = (-s * xx + c * yy) * scale + dy
-    return x.astype(np.float32), y.astype(np.float32)
+class _Grid:
+    """Image coordinates in [-1, 1] after a small random similarity transform (the pose)."""
+
+    def __init__(self, size: int, rng: np.random.Generator, jitter: float):
+        self.size = size
+        self.ang = float(rng.normal(0, 0.04 * jitter))
+        self.scale = float(1 + rng.normal(0, 0.04 * jitter))
+        self.dx, self.dy = (float(v) for v in rng.normal(0, 0.03 * jitter, 2))
+        t = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+        yy, xx = np.meshgrid(t, t, indexing="ij")
+        c, s = math.cos(self.ang), math.sin(self.ang)
+        self.x = ((c * xx + s * yy) * self.scale + self.dx).astype(np.float32)
+        self.y = ((-s * xx + c * yy) * self.scale + self.dy).astype(np.float32)
+        self.px = 2.0 * self.scale / size          # one pixel in coordinate units
+
+    def box(self, cx: float, cy: float, r: float) -> tuple[slice, slice]:
+        """Pixel slices covering the disc of radius ``r`` around (cx, cy)."""
+        c, s = math.cos(self.ang), math.sin(self.ang)
+        u, v = (cx - self.dx) / self.scale, (cy - self.dy) / self.scale
+        col, row = c * u - s * v, s * u + c * v
+        half = r / self.scale * self.size / 2 + 2
+        to_px = lambda t: (t + 1) / 2 * self.size - 0.5  # noqa: E731
+        r0, r1 = int(to_px(row) - half), int(to_px(row) + half) + 2
+        c0, c1 = int(to_px(col) - half), int(to_px(col) + half) + 2
+        clamp = lambda a: min(max(a, 0), self.size)  # noqa: E731
+        return slice(clamp(r0), clamp(r1)), slice(clamp(c0), clamp(c1))
+
+    def ellipse(self, cx, cy, ax, ay, angle=0.0, soft=0.01) -> np.ndarray:
+        """Soft ellipse indicator in [0, 1]; ``soft`` is the edge width in coordinate units."""
+        out = np.zeros((self.size, self.size), np.float32)
+        reach = max(ax, ay) * (1 + soft / min(ax, ay)) + soft
+        rows, cols = self.box(cx, cy, reach)
+        x, y = self.x[rows, cols], self.y[rows, cols]
+        c, s = math.cos(angle), math.sin(angle)
+        u = (c * (x - cx) + s * (y - cy)) / ax
+        v = (-s * (x - cx) + c * (y - cy)) / ay
+        r = np.sqrt(u * u + v * v)
+        out[rows, cols] = np.clip(0.5 + (1 - r) * (min(ax, ay) / (2 * soft)), 0, 1)
+        return out
 
 
 def _noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -192,131 +220,123 @@ def _noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     return (field_ - field_.mean()) / (field_.std() + 1e-6)
 
 
-def _ellipse(x, y, cx, cy, ax, ay, angle=0.0, soft=0.01):
-    """Soft ellipse indicator in [0, 1] (``soft`` is the edge width in coordinate units)."""
-    c, s = math.cos(angle), math.sin(angle)
-    u = (c * (x - cx) + s * (y - cy)) / ax
-    v = (-s * (x - cx) + c * (y - cy)) / ay
-    r = np.sqrt(u * u + v * v)
-    return np.clip(0.5 + (1 - r) * min(ax, ay) / (2 * soft), 0, 1)
-
-
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(img, sigma, mode="nearest") if sigma > 0 else img
 
 
-def _finish(img: np.ndarray, rng: np.random.Generator, noise: float, blur: float) -> np.ndarray:
-    """Detector blur, exposure (gain/offset/gamma) and noise -> uint8; independent of class."""
+def _finish(img, rng, noise, blur, background=None) -> np.ndarray:
+    """Blur, exposure (gain/offset/gamma) and noise -> uint8. Drawn independently of the class,
+    so global brightness carries no label information."""
     img = _blur(img, blur)
     gain, offset = rng.uniform(0.85, 1.12), rng.normal(0, 0.04)
     img = np.clip(img * gain + offset, 0, 1) ** rng.uniform(0.8, 1.25)
-    img = img + rng.normal(0, noise, img.shape).astype(np.float32)
+    img = img + (rng.standard_normal(img.shape, dtype=np.float32) * noise)
+    if background is not None:                     # CT air stays black
+        img = np.where(background, img * 0.15, img)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _severity(rng: np.random.Generator) -> float:
-    """Lesion strength: mostly clear, a fifth subtle (hard cases)."""
-    return rng.uniform(0.12, 0.45) if rng.random() < 0.2 else rng.uniform(0.55, 1.0)
+    """Lesion strength in (0, 1]: mostly clear, about a quarter subtle (the hard cases)."""
+    return rng.uniform(0.1, 0.4) if rng.random() < 0.25 else rng.uniform(0.5, 1.0)
 
 
 def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
-    """Frontal chest radiograph: body, lungs, mediastinum, spine, ribs, clavicles, lesions."""
-    x, y = _grid(size, rng, 1.0)
-    ax_ = np.abs(x)
-    bw = rng.uniform(0.78, 0.92)                       # body half-width
-    body = np.clip((bw + 0.06 * y - ax_) / 0.03, 0, 1)
-    shoulders = np.clip((y + 0.95 - 0.35 * np.clip(ax_ - 0.35, 0, None)) / 0.05, 0, 1)
-    body = body * shoulders
-    tissue = 0.5 + 0.2 * (ax_ / bw) ** 2 + rng.uniform(-0.04, 0.04)
-    img = 0.04 + body * tissue
+    """Frontal chest radiograph: body, lungs, mediastinum, spine, ribs, clavicles, lesions.
 
-    # lungs: ellipses cut by diaphragm domes, right (image left) a bit larger
+    Returns (uint8 image, lung mask, lesion mask). Bright = dense, as on film.
+    """
+    g = _Grid(size, rng, 1.0)
+    x, y = g.x, g.y
+    ax_ = np.abs(x)
+    bw = rng.uniform(0.8, 0.95)                       # half-width of the chest
+    width = np.where(y > -0.72, bw + 0.05 * y, np.maximum(bw - 1.6 * (-0.72 - y), 0.24))
+    body = np.clip((width - ax_) / 0.03, 0, 1)
+    tissue = 0.52 + 0.22 * np.clip(ax_ / bw, 0, 1) ** 3 + rng.uniform(-0.05, 0.05)
+    img = 0.03 + body * tissue
+
     lung = np.zeros_like(x)
-    lung_mask = np.zeros(x.shape, bool)
     lungs = []
     for side in (-1, 1):
         cx = side * rng.uniform(0.33, 0.4)
         cy = rng.uniform(-0.12, -0.02)
-        lax = rng.uniform(0.24, 0.3)
-        lay = rng.uniform(0.52, 0.62)
-        dome = cy + lay * rng.uniform(0.55, 0.75) + 0.35 * ((x - cx) / lax) ** 2 * lay
-        if side == 1:
-            dome = dome - rng.uniform(0.0, 0.06)
-        shape = _ellipse(x, y, cx, cy, lax, lay, soft=0.02) * np.clip((dome - y) / 0.02, 0, 1)
+        lax, lay = rng.uniform(0.24, 0.3), rng.uniform(0.52, 0.62)
+        dome = cy + lay * rng.uniform(0.55, 0.75) + 0.35 * lay * ((x - cx) / lax) ** 2
+        dome = dome - (rng.uniform(0.0, 0.06) if side == 1 else 0.0)
+        shape = g.ellipse(cx, cy, lax, lay, soft=0.025) * np.clip((dome - y) / 0.02, 0, 1)
         lung = np.maximum(lung, shape)
         lungs.append((cx, cy, lax, lay))
-    heart = _ellipse(x, y, rng.uniform(0.05, 0.12), rng.uniform(0.18, 0.28),
-                     rng.uniform(0.2, 0.28), rng.uniform(0.17, 0.22), soft=0.03)
-    mediastinum = np.clip((rng.uniform(0.1, 0.14) - np.abs(x - 0.02)) / 0.02, 0, 1)
+    heart = g.ellipse(rng.uniform(0.05, 0.12), rng.uniform(0.18, 0.28),
+                      rng.uniform(0.2, 0.28), rng.uniform(0.17, 0.22), soft=0.04)
+    mediastinum = np.clip((rng.uniform(0.1, 0.14) - np.abs(x - 0.02)) / 0.03, 0, 1)
     lung = lung * (1 - heart) * (1 - mediastinum)
     lung_mask = lung > 0.5
 
+    # lungs: darker centrally and at the top, vessels fanning out from the hila
     lung_dark = rng.uniform(0.3, 0.42)
-    hilum_w = sum(np.exp(-((x - cx * 0.55) ** 2 + (y - cy) ** 2) / 0.05) for cx, cy, _, _ in lungs)
-    vessels = np.abs(_noise(rng, size, 24)) < 0.35
-    img = img - lung * lung_dark * (1 - 0.35 * hilum_w)
-    img = img + lung * vessels * 0.05 * (0.3 + hilum_w)
-    img = img + heart * 0.08 + mediastinum * 0.06
+    hila = sum(np.exp(-((x - cx * 0.5) ** 2 + (y - cy) ** 2) / 0.06) for cx, cy, _, _ in lungs)
+    base = np.clip((y + 0.1) / 0.6, 0, 1)
+    vessels = _blur((np.abs(_noise(rng, size, 26)) < 0.3).astype(np.float32), 1.0)
+    img = img - lung * lung_dark * (1 - 0.35 * hila - 0.2 * base)
+    img = img + lung * vessels * 0.06 * (0.25 + hila)
+    img = img + heart * 0.06 + mediastinum * 0.05
 
-    spine = np.clip((0.065 - np.abs(x - 0.01)) / 0.015, 0, 1) * (y > -0.95)
-    img = img + spine * (0.08 + 0.03 * (np.cos(y * 40 + rng.uniform(0, 6)) > 0.6))
+    spine = np.clip((0.065 - np.abs(x - 0.01)) / 0.015, 0, 1)
+    img = img + spine * (0.07 + 0.03 * (np.cos(y * 40 + rng.uniform(0, 6)) > 0.6))
 
-    # posterior ribs: periodic arcs, visible through the lungs
+    # posterior ribs: arcs running down laterally, visible through the lungs
     spacing = rng.uniform(0.14, 0.18)
-    phase = (y - 0.32 * ax_ ** 2 - 0.12 * ax_) / spacing + rng.uniform(0, 1)
+    phase = (y - 0.55 * ax_ ** 2 - 0.05 * ax_) / spacing + rng.uniform(0, 1)
     ribs = np.clip((np.cos(2 * np.pi * phase) - 0.55) * 3, 0, 1)
-    ribs = ribs * (ax_ > 0.07) * (ax_ < bw - 0.02) * (y < 0.45) * (y > -0.9)
-    img = img + ribs * rng.uniform(0.06, 0.11)
-    for side in (-1, 1):            # clavicles
-        y_c = -0.78 + 0.12 * (ax_ - 0.1) + rng.normal(0, 0.02)
-        clav = np.clip((0.03 - np.abs(y - y_c)) / 0.01, 0, 1) * (side * x > 0.08) * (side * x < 0.65)
+    ribs = ribs * np.clip((ax_ - 0.07) / 0.03, 0, 1) * (ax_ < width - 0.03) * (y < 0.45) * (y > -0.85)
+    img = img + ribs * rng.uniform(0.05, 0.1)
+    for side in (-1, 1):                              # clavicles
+        y_c = -0.76 + 0.14 * np.clip(ax_ - 0.1, 0, None) ** 1.2 + rng.normal(0, 0.02)
+        clav = np.clip((0.03 - np.abs(y - y_c)) / 0.012, 0, 1) * (side * x > 0.09) * (side * x < 0.68)
         img = img + clav * 0.1
 
-    # soft-tissue confounder for every class: breast shadows over the lower zones
+    # soft-tissue confounder in every class: breast shadows over the lower zones
     if rng.random() < 0.35:
         for cx, cy, lax, lay in lungs:
-            img = img + 0.08 * _ellipse(x, y, cx * 1.25, cy + lay * 0.7, lax * 1.3, lay * 0.45,
-                                        soft=0.12) * body
+            img = img + 0.07 * g.ellipse(cx * 1.25, cy + lay * 0.7, lax * 1.3, lay * 0.45,
+                                         soft=0.12) * body
 
     lesion = np.zeros_like(x)
     sev = _severity(rng)
     if cls == "COVID":
-        # bilateral (sometimes unilateral) peripheral, lower-zone ground-glass patches
+        # ground-glass patches, peripheral and lower-zone, mostly bilateral
         n = rng.integers(2, 6)
-        sides = rng.permutation([0, 1] * 3)[:n] if rng.random() < 0.85 else [rng.integers(2)] * n
+        sides = (rng.permutation([0, 1] * 3)[:n] if rng.random() < 0.85
+                 else [rng.integers(2)] * n)
         for k in sides:
             cx, cy, lax, lay = lungs[k]
-            lateral = np.sign(cx)
-            px = cx + lateral * lax * rng.uniform(0.35, 0.8)
-            py = cy + lay * rng.uniform(-0.2, 0.75)
+            px_ = cx + np.sign(cx) * lax * rng.uniform(0.35, 0.8)
+            py_ = cy + lay * rng.uniform(-0.2, 0.75)
             r = rng.uniform(0.07, 0.17)
-            blob = np.exp(-(((x - px) / r) ** 2 + ((y - py) / (r * rng.uniform(0.8, 1.6))) ** 2))
+            blob = np.exp(-(((x - px_) / r) ** 2 + ((y - py_) / (r * rng.uniform(0.8, 1.6))) ** 2))
             lesion = np.maximum(lesion, blob * (1 + 0.4 * _noise(rng, size, 16)))
         lesion = np.clip(lesion, 0, 1) * lung
-        amp = 0.22 * sev
-        img = img + amp * lesion * (0.8 + 0.2 * _noise(rng, size, 40))
+        img = img + 0.22 * sev * lesion * (0.8 + 0.2 * _noise(rng, size, 40))
     elif cls == "Viral Pneumonia":
         if rng.random() < 0.65:
-            # diffuse bilateral perihilar interstitial pattern: haze + reticular lines
+            # diffuse bilateral perihilar interstitial pattern: haze plus reticular lines
             spread = rng.uniform(0.25, 0.45)
             region = sum(np.exp(-((x - cx * 0.6) ** 2 + (y - cy - 0.1) ** 2) / spread)
                          for cx, cy, _, _ in lungs)
             region = np.clip(region, 0, 1) * lung
-            reticular = (np.abs(_noise(rng, size, rng.integers(30, 50))) < 0.3).astype(np.float32)
+            reticular = (np.abs(_noise(rng, size, int(rng.integers(30, 50)))) < 0.3)
             lesion = region
-            amp = 0.16 * sev
-            img = img + amp * region * (0.5 + 0.8 * _blur(reticular, 0.8))
+            img = img + 0.16 * sev * region * (0.5 + 0.8 * _blur(reticular.astype(np.float32), 0.8))
         else:
-            # lobar consolidation: dense, sharply bounded by a fissure, one lung
+            # lobar consolidation: dense, sharply bounded above by a fissure, one lung
             cx, cy, lax, lay = lungs[rng.integers(2)]
             fissure = cy + lay * rng.uniform(-0.05, 0.35) + rng.uniform(-0.2, 0.2) * (x - cx)
             region = lung * np.clip((y - fissure) / 0.02, 0, 1) * (np.abs(x - cx) < lax * 1.1)
             bronchi = (np.abs(_noise(rng, size, 20)) < 0.12).astype(np.float32)
             lesion = region
-            amp = 0.3 * sev
-            img = img + amp * region * (1 - 0.35 * bronchi)
+            img = img + 0.3 * sev * region * (1 - 0.35 * bronchi)
     lesion_mask = (lesion > 0.3) & lung_mask
 
     img = _finish(img, rng, noise=rng.uniform(0.01, 0.035), blur=rng.uniform(0.4, 1.2))
@@ -324,122 +344,130 @@ def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
 
 
 def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
-    """Axial abdominal CT at kidney level: body, fat, muscle, spine, vessels, bowel, kidneys."""
-    x, y = _grid(size, rng, 0.8)
-    px = 2.0 / size                                    # one pixel in coordinate units
+    """Axial abdominal CT at kidney level: body, fat, muscle, spine, vessels, bowel, liver,
+    kidneys, lesions. Returns (uint8 image, lesion mask)."""
+    g = _Grid(size, rng, 0.8)
+    x, y, px = g.x, g.y, g.px
     bax, bay = rng.uniform(0.7, 0.86), rng.uniform(0.5, 0.64)
     bcy = rng.uniform(-0.04, 0.06)
-    body = _ellipse(x, y, 0, bcy, bax, bay, soft=px)
-    fat_t = rng.uniform(0.05, 0.12)
-    inner = _ellipse(x, y, 0, bcy, bax - fat_t, bay - fat_t * 0.8, soft=0.01)
-    fat_level = rng.uniform(0.18, 0.26)
-    img = body * fat_level + inner * (rng.uniform(0.42, 0.5) - fat_level)
-    img = img + 0.12 * (body - _ellipse(x, y, 0, bcy, bax - 2 * px, bay - 2 * px, soft=px))
+    body = g.ellipse(0, bcy, bax, bay, soft=px)
+    fat_t = rng.uniform(0.04, 0.11)
+    inner = g.ellipse(0, bcy, bax - fat_t, bay - fat_t * 0.8, soft=0.01)
+    fat = rng.uniform(0.17, 0.25)
+    soft_tissue = rng.uniform(0.43, 0.5)
+    img = body * fat + inner * (soft_tissue - fat + 0.03 * _noise(rng, size, 12))
+    img = img + 0.12 * (body - g.ellipse(0, bcy, bax - 2 * px, bay - 2 * px, soft=px))  # skin
+    foreground = body > 0.01
     if rng.random() < 0.6:                            # scanner table under the patient
-        ty = bcy + bay + rng.uniform(0.08, 0.2) + 0.3 * x ** 2
-        img = img + 0.5 * np.clip((0.006 - np.abs(y - ty)) / px, 0, 1) * (np.abs(x) < 0.95)
+        ty = bcy + bay + rng.uniform(0.06, 0.16) + 0.25 - 0.3 * x ** 2
+        table = np.clip((0.006 - np.abs(y - ty)) / px, 0, 1) * (np.abs(x) < 0.95)
+        img = img + 0.5 * table
+        foreground |= table > 0
 
     spine_y = bcy + bay * rng.uniform(0.45, 0.58)
     for side in (-1, 1):                              # paraspinal and psoas muscles
-        img = img + 0.06 * _ellipse(x, y, side * 0.14, spine_y + 0.16, 0.12, 0.09, soft=0.02)
-        img = img + 0.05 * _ellipse(x, y, side * 0.13, spine_y - 0.04, 0.06, 0.07, soft=0.02)
-    vb = _ellipse(x, y, 0, spine_y, 0.085, 0.075, soft=px)
-    img = np.maximum(img, vb * (0.72 + 0.08 * _noise(rng, size, 30)))
-    img = np.maximum(img, 0.95 * (vb - _ellipse(x, y, 0, spine_y, 0.07, 0.06, soft=px)))
-    img = np.maximum(img, 0.9 * np.clip((0.014 - np.abs(x)) / px, 0, 1)
-                     * (y > spine_y + 0.09) * (y < spine_y + 0.22))
-    img = img - 0.2 * _ellipse(x, y, 0, spine_y + 0.11, 0.035, 0.03, soft=px)
+        img = img + 0.06 * g.ellipse(side * 0.15, spine_y + 0.15, 0.12, 0.09, soft=0.02)
+        img = img + 0.05 * g.ellipse(side * 0.13, spine_y - 0.04, 0.06, 0.07, soft=0.02)
+    vb = g.ellipse(0, spine_y, 0.085, 0.075, soft=px)
+    img = np.maximum(img, vb * (0.72 + 0.06 * _noise(rng, size, 40)))
+    img = np.maximum(img, 0.95 * (vb - g.ellipse(0, spine_y, 0.07, 0.06, soft=px)))
+    img = np.maximum(img, 0.9 * g.ellipse(0, spine_y + 0.16, 0.014, 0.07, soft=px))
+    img = img - 0.2 * g.ellipse(0, spine_y + 0.11, 0.035, 0.03, soft=px)   # spinal canal
     for side in (-1, 1):                              # transverse processes
-        img = np.maximum(img, 0.85 * _ellipse(x, y, side * 0.11, spine_y + 0.06, 0.06, 0.015,
-                                              angle=side * 0.4, soft=px))
+        img = np.maximum(img, 0.85 * g.ellipse(side * 0.11, spine_y + 0.06, 0.06, 0.015,
+                                               angle=side * 0.4, soft=px))
 
     enh = rng.uniform(0.0, 1.0)                       # contrast phase: plain to enhanced
-    img = np.maximum(img, (0.55 + 0.3 * enh) * _ellipse(
-        x, y, 0.05, spine_y - 0.14, 0.035, 0.035, soft=px))            # aorta
-    img = np.maximum(img, (0.5 + 0.15 * enh) * _ellipse(
-        x, y, -0.09, spine_y - 0.14, 0.05, 0.03, soft=px))             # IVC
-    if rng.random() < 0.3:                             # aortic wall calcification (stone look-alike)
+    ao_x, ao_y = 0.05, spine_y - 0.14
+    img = np.maximum(img, (0.55 + 0.3 * enh) * g.ellipse(ao_x, ao_y, 0.035, 0.035, soft=px))
+    img = np.maximum(img, (0.5 + 0.15 * enh) * g.ellipse(-0.09, ao_y, 0.05, 0.03, soft=px))
+    if rng.random() < 0.3:                            # aortic calcification: a stone look-alike
         a = rng.uniform(0, 2 * np.pi)
-        img = np.maximum(img, 0.97 * _ellipse(x, y, 0.05 + 0.035 * math.cos(a),
-                                              spine_y - 0.14 + 0.035 * math.sin(a), 0.01, 0.01,
-                                              soft=px))
-    liver = _ellipse(x, y, -bax * 0.55, bcy - bay * 0.25, bax * 0.5, bay * 0.6, soft=0.01) * inner
-    img = np.where(liver > 0, img * (1 - liver) + liver * rng.uniform(0.52, 0.6), img)
+        img = np.maximum(img, 0.97 * g.ellipse(ao_x + 0.035 * math.cos(a), ao_y + 0.035 * math.sin(a),
+                                               0.01, 0.01, soft=px))
+    organ_tex = 0.025 * _noise(rng, size, 30)
+    liver = g.ellipse(-bax * 0.55, bcy - bay * 0.25, bax * 0.5, bay * 0.6, soft=0.01) * inner
+    img = img * (1 - liver) + liver * (rng.uniform(0.52, 0.6) + organ_tex)
+    spleen = g.ellipse(bax * 0.6, spine_y - 0.08, 0.13, 0.09, angle=-0.6, soft=0.01) * inner
+    img = img * (1 - spleen) + spleen * (rng.uniform(0.5, 0.56) + organ_tex)
 
-    # bowel loops with gas and the odd bright content
-    for _ in range(rng.integers(6, 14)):
-        cx_, cy_ = rng.uniform(-0.45, 0.6), bcy + rng.uniform(-bay * 0.8, 0.05)
-        r = rng.uniform(0.04, 0.1)
-        loop = _ellipse(x, y, cx_, cy_, r, r * rng.uniform(0.7, 1.3), soft=0.008) * inner
-        level = rng.uniform(0.42, 0.62)
-        img = img * (1 - loop) + loop * level
-        if rng.random() < 0.5:
-            gas = _ellipse(x, y, cx_, cy_, r * 0.6, r * 0.5, soft=px) * inner
-            img = img * (1 - gas) + gas * 0.03
-        elif rng.random() < 0.15:
-            img = np.maximum(img, 0.85 * _ellipse(x, y, cx_, cy_, r * 0.4, r * 0.4, soft=px))
+    # bowel loops: walls, fluid, sometimes gas or bright content
+    for _ in range(rng.integers(5, 12)):
+        cx_, cy_ = rng.uniform(-0.4, 0.55), bcy + rng.uniform(-bay * 0.8, 0.0)
+        r = rng.uniform(0.04, 0.09)
+        loop = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
+                         soft=0.006) * inner
+        img = img * (1 - loop) + loop * (rng.uniform(0.4, 0.6) + organ_tex)
+        u = rng.random()
+        if u < 0.25:
+            gas = g.ellipse(cx_, cy_ - r * 0.2, r * 0.55, r * 0.45, soft=px) * inner
+            img = img * (1 - gas) + gas * 0.02
+        elif u < 0.32:
+            img = np.maximum(img, 0.8 * g.ellipse(cx_, cy_, r * 0.4, r * 0.4, soft=px))
 
-    # kidneys: bean = ellipse minus medial hilum, cortex bright, medulla/sinus darker
+    # kidneys: perirenal fat, bright cortex, darker medulla (enhanced) and sinus fat at the hilum
     lesion = np.zeros(x.shape, bool)
     kidneys = []
     for side in (-1, 1):
-        kcx = side * rng.uniform(0.27, 0.36)
+        kcx = side * rng.uniform(0.28, 0.36)
         kcy = spine_y - rng.uniform(0.02, 0.1)
-        scale = rng.uniform(0.7, 1.0)
-        kax, kay = rng.uniform(0.09, 0.12) * scale, rng.uniform(0.12, 0.16) * scale
+        scale = rng.uniform(0.75, 1.0)
+        kax, kay = rng.uniform(0.1, 0.13) * scale, rng.uniform(0.14, 0.18) * scale
         ang = side * rng.uniform(0.2, 0.6)
-        kidney = _ellipse(x, y, kcx, kcy, kax, kay, angle=ang, soft=px * 1.5)
-        sinus = _ellipse(x, y, kcx - side * kax * 0.45, kcy, kax * 0.55, kay * 0.45, angle=ang,
-                         soft=0.01)
-        perirenal = _ellipse(x, y, kcx, kcy, kax * 1.35, kay * 1.25, angle=ang, soft=0.02)
-        img = img * (1 - perirenal) + perirenal * fat_level
-        cortex = rng.uniform(0.6, 0.72) + 0.12 * enh
-        img = img * (1 - kidney) + kidney * (cortex - 0.12 * _ellipse(
-            x, y, kcx, kcy, kax * 0.7, kay * 0.75, angle=ang, soft=0.03) * enh)
-        img = img - sinus * kidney * rng.uniform(0.25, 0.35)
-        kidneys.append((kcx, kcy, kax, kay, ang, kidney, sinus))
+        perirenal = g.ellipse(kcx, kcy, kax * 1.35, kay * 1.25, angle=ang, soft=0.02)
+        img = img * (1 - perirenal) + perirenal * fat
+        kidney = g.ellipse(kcx, kcy, kax, kay, angle=ang, soft=px * 1.5)
+        cortex = rng.uniform(0.6, 0.7) + 0.12 * enh
+        medulla = g.ellipse(kcx, kcy, kax * 0.7, kay * 0.75, angle=ang, soft=0.03)
+        img = img * (1 - kidney) + kidney * (cortex - 0.12 * enh * medulla)
+        sinus = g.ellipse(kcx - side * kax * 0.5, kcy, kax * 0.5, kay * 0.4, angle=ang, soft=0.012)
+        img = img - sinus * kidney * rng.uniform(0.22, 0.32)
+        kidneys.append((kcx, kcy, kax, kay, cortex))
 
     sev = _severity(rng)
     if cls == "Cyst":
+        # round water-density lesions with sharp walls, cortical or exophytic
         for _ in range(rng.integers(1, 4)):
-            kcx, kcy, kax, kay, ang, kidney, _s = kidneys[rng.integers(2)]
-            t = rng.uniform(0, 2 * np.pi)
-            rr = rng.uniform(0.4, 1.0)              # cortical to exophytic
+            kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
+            t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)
             cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
             r = rng.uniform(0.025, 0.075) * (0.5 + 0.5 * sev)
-            cyst = _ellipse(x, y, cx_, cy_, r, r * rng.uniform(0.85, 1.15), soft=px)
+            cyst = g.ellipse(cx_, cy_, r, r * rng.uniform(0.85, 1.15), soft=px)
             level = rng.uniform(0.26, 0.34) + (1 - sev) * 0.15
             img = img * (1 - cyst) + cyst * level
             lesion |= cyst > 0.5
     elif cls == "Stone":
+        # small very dense foci in the collecting system
         for _ in range(rng.integers(1, 4)):
-            kcx, kcy, kax, kay, ang, kidney, sinus = kidneys[rng.integers(2)]
-            side = np.sign(kcx)
-            cx_ = kcx - side * kax * rng.uniform(0.1, 0.6)
+            kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
+            cx_ = kcx - np.sign(kcx) * kax * rng.uniform(0.1, 0.6)
             cy_ = kcy + kay * rng.uniform(-0.5, 0.5)
             r = rng.uniform(0.008, 0.022) * (0.5 + 0.5 * sev)
-            stone = _ellipse(x, y, cx_, cy_, r, r * rng.uniform(0.7, 1.3),
-                             angle=rng.uniform(0, 3), soft=px * 0.7)
+            stone = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
+                              soft=px * 0.7)
             img = np.maximum(img, stone * (0.8 + 0.2 * sev))
-            lesion |= _ellipse(x, y, cx_, cy_, r + 2 * px, r * 1.3 + 2 * px) > 0.5
+            lesion |= g.ellipse(cx_, cy_, r * 1.3 + 2 * px, r * 1.3 + 2 * px, soft=px) > 0.5
     elif cls == "Tumor":
-        kcx, kcy, kax, kay, ang, kidney, _s = kidneys[rng.integers(2)]
-        t = rng.uniform(0, 2 * np.pi)
-        rr = rng.uniform(0.3, 0.9)
+        # lobulated heterogeneous mass bulging from the kidney, sometimes necrotic
+        kcx, kcy, kax, kay, cortex = kidneys[rng.integers(2)]
+        t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.9)
         cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
         r = rng.uniform(0.06, 0.13) * (0.55 + 0.45 * sev)
-        theta = np.arctan2(y - cy_, x - cx_)
+        rows, cols = g.box(cx_, cy_, r * 1.3)
+        xs, ys = x[rows, cols], y[rows, cols]
+        theta = np.arctan2(ys - cy_, xs - cx_)
         lobes = 1 + 0.15 * np.sin(theta * rng.integers(3, 6) + rng.uniform(0, 6))
-        dist = np.sqrt((x - cx_) ** 2 + (y - cy_) ** 2) / (r * lobes)
+        dist = np.sqrt((xs - cx_) ** 2 + (ys - cy_) ** 2) / (r * lobes)
         mass = np.clip((1 - dist) * r / (2 * px), 0, 1)
-        texture = 0.1 * _noise(rng, size, 60) + 0.08 * _noise(rng, size, 20)
-        level = rng.uniform(0.42, 0.58) + texture - 0.18 * (dist < rng.uniform(0, 0.5))
+        tex = 0.1 * _noise(rng, size, 60)[rows, cols] + 0.08 * _noise(rng, size, 20)[rows, cols]
+        level = rng.uniform(0.42, 0.58) + tex - 0.18 * (dist < rng.uniform(0, 0.5))
         level = cortex + (level - cortex) * (0.35 + 0.65 * sev)
-        img = img * (1 - mass) + mass * level
-        lesion |= mass > 0.5
+        patch = img[rows, cols]
+        img[rows, cols] = patch * (1 - mass) + mass * level
+        lesion[rows, cols] |= mass > 0.5
 
-    img = img * body + (1 - body) * 0.0
-    img = _finish(img, rng, noise=rng.uniform(0.008, 0.03), blur=rng.uniform(0.5, 1.1))
+    img = _finish(img, rng, noise=rng.uniform(0.008, 0.03), blur=rng.uniform(0.5, 1.1),
+                  background=~foreground)
     return img, lesion
 
 
