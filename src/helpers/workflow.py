@@ -142,12 +142,12 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "") -> dict
             )
         _check_keys(f"{where}: grid[{i}].train", entry.get("train", {}), TRAIN_KEYS)
     datasets = list(exp["datasets"])
-    dirs = parse_data_dirs(data_dir, datasets)
-    if exp["synthetic"] and dirs:
+    if exp["synthetic"] and (data_dir or "").strip():
         raise ExperimentError(
             f"experiment {exp['name']!r} runs on the embedded synthetic data; "
             "DATA_DIR is for real-data experiments (e.g. EXPERIMENT=paper_a)"
         )
+    dirs = parse_data_dirs(data_dir, datasets)
     if not exp["synthetic"]:
         lacking = [d for d in datasets if not dirs.get(d)]
         if lacking:
