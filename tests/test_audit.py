@@ -16,20 +16,35 @@ from helpers import audit
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
+N_PER_CLASS = 25  # one synthetic set per dataset, shared by every test here
 
 
-def blobs(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
-    """n distinct smooth grayscale images (random Gaussian blobs), (n, 3, size, size) uint8."""
+@pytest.fixture(scope="module", autouse=True)
+def data_root(tmp_path_factory):
+    """Synthetic and prepared data under one temporary root for the module (never ./data)."""
+    root = tmp_path_factory.mktemp("audit-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HELPERS_DATA_ROOT", str(root))
+        yield root
+
+
+def textured(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """n distinct grayscale images with edges and texture, (n, 3, size, size) uint8 in 20..220.
+
+    Sharp-edged ellipses on a coarse random background: like medical images, they carry
+    detail at many scales. (Perfectly smooth images hash unstably: most of their DCT
+    coefficients sit near the median, so noise flips many bits.)
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = np.zeros((n, 3, size, size), dtype=np.uint8)
     for k in range(n):
-        img = np.zeros((size, size))
-        for _ in range(6):
-            cy, cx, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.25)
-            img += rng.uniform(-1, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        img = (img - img.min()) / (np.ptp(img) + 1e-9) * 200 + 20
-        out[k] = img.astype(np.uint8)[None]
+        coarse = (rng.uniform(0, 1, (8, 8)) * 255).astype(np.uint8)
+        img = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=float) * 0.4
+        for _ in range(10):
+            (cy, cx), (ry, rx) = rng.uniform(0.1, 0.9, 2), rng.uniform(0.04, 0.25, 2)
+            img += rng.uniform(-90, 90) * ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < 1)
+        out[k] = ((img - img.min()) / (np.ptp(img) + 1e-9) * 200 + 20).astype(np.uint8)[None]
     return out
 
 
@@ -67,7 +82,8 @@ def planted(images: np.ndarray):
 def test_hamming_pairs_matches_bitwise_brute_force():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, size=(37, 4), dtype=np.int64).astype(np.uint64)
-    hashes[5] = hashes[2] ^ np.uint64(0b1011)  # 3 bits from image 2
+    hashes[5] = hashes[2]
+    hashes[5, 1] ^= np.uint64(0b1011)  # 3 bits from image 2
     i, j, d = audit.hamming_pairs(hashes, threshold=256, max_block_elements=50)  # many blocks
     assert len(i) == 37 * 36 // 2 and (i < j).all()
     for a, b, dist in zip(i, j, d):
@@ -77,7 +93,7 @@ def test_hamming_pairs_matches_bitwise_brute_force():
 
 
 def test_planted_exact_and_near_copies_are_found_and_nothing_else():
-    images, ids, expected = planted(blobs(40, 64))
+    images, ids, expected = planted(textured(40, 64))
     n = len(images)
     classes = np.array(["A", "B"] * (n // 2))
     splits = np.array(["train", "val", "test", "train"] * (n // 4))
@@ -99,7 +115,7 @@ def test_planted_exact_and_near_copies_are_found_and_nothing_else():
 
 
 def test_exact_duplicates_found_without_sha256_by_pixels():
-    images = blobs(6, 32)
+    images = textured(6, 32)
     images = np.concatenate([images, images[2:3]])
     pairs = audit.duplicate_pairs(images, list("abcdefg"), ["x"] * 7, ["train"] * 7)
     assert pairs[["i", "j", "exact", "distance"]].values.tolist() == [[2, 6, True, 0]]
@@ -111,7 +127,7 @@ def test_no_false_pairs_among_distinct_synthetic_images(dataset, tmp_path):
     from helpers.data import load_prepared, prepare
 
     prepared = load_prepared(
-        prepare(dataset, image_size=64, balance=False, seed=0, n_per_class=25, out_dir=str(tmp_path / "prep"), progress=False)
+        prepare(dataset, image_size=64, balance=False, seed=0, n_per_class=N_PER_CLASS, out_dir=str(tmp_path / "prep"), progress=False)
     )
     assert prepared.manifest["sha256"].nunique() == len(prepared.images)
     pairs = audit.find_duplicates(prepared, progress=False)
@@ -125,10 +141,10 @@ def test_no_false_pairs_among_distinct_synthetic_images(dataset, tmp_path):
 # --------------------------------------------------------------------------- grouped split
 
 
-def clustered(n_groups_per_class=(8, 7, 9), copies=(1, 4), size=48, seed=0):
+def clustered(n_groups_per_class=(8, 7, 9), copies=(1, 4), size=64, seed=0):
     """Images in groups of near-copies (noised), returns (images, labels, true group ids)."""
     rng = np.random.default_rng(seed)
-    base = blobs(sum(n_groups_per_class), size, seed)
+    base = textured(sum(n_groups_per_class), size, seed)
     images, labels, truth = [], [], []
     g = 0
     for label, n_groups in enumerate(n_groups_per_class):
@@ -207,7 +223,7 @@ def test_grouped_split_rejects_bad_ratios_and_shapes():
 def test_shortcut_baseline_learns_brightness_and_reports_ci():
     """Classes that differ only in brightness: the histogram model must find it."""
     rng = np.random.default_rng(0)
-    base = blobs(120, 32)
+    base = textured(120, 32)
     labels = np.repeat([0, 1, 2], 40)
     images = np.clip(base.astype(int) // 2 + labels[:, None, None, None] * 60, 0, 255).astype(np.uint8)
     split = rng.choice(["train", "val", "test"], size=120, p=[0.6, 0.2, 0.2])
@@ -225,7 +241,7 @@ def test_shortcut_baseline_runs_on_both_synthetic_datasets(dataset, tmp_path):
     from helpers.data import load_prepared, prepare
 
     prepared = load_prepared(
-        prepare(dataset, image_size=32, balance=False, seed=0, n_per_class=20, out_dir=str(tmp_path / "p"), progress=False)
+        prepare(dataset, image_size=32, balance=False, seed=0, n_per_class=N_PER_CLASS, out_dir=str(tmp_path / "p"), progress=False)
     )
     table = audit.shortcut_baseline(prepared)
     assert len(table) == 3
@@ -299,8 +315,8 @@ def test_audit_notebook_runs_through_papermill(tmp_path):
     papermill.execute_notebook(
         str(REPO / "notebooks" / "audit.ipynb"),
         str(tmp_path / "audit_out.ipynb"),
-        parameters={"dataset": "ct_kidney", "image_size": 32, "n_per_class": 15, "out_dir": str(out_dir)},
-        cwd=str(REPO),
+        parameters={"dataset": "ct_kidney", "image_size": 32, "n_per_class": N_PER_CLASS, "out_dir": str(out_dir)},
+        cwd=str(tmp_path),  # relative paths (data/, results/) stay out of the repo
         kernel_name="python3",
         progress_bar=False,
     )
@@ -309,4 +325,8 @@ def test_audit_notebook_runs_through_papermill(tmp_path):
     shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
     assert set(shortcut["split"]) <= {"random", "grouped"} and "random" in set(shortcut["split"])
     text = (tmp_path / "audit_out.ipynb").read_text()
-    assert "ct_kidney_audit_test_with_train_copy" in text
+    assert "ct_kidney_audit_test_with_train_copy" in text and "ct_kidney_audit_shortcut_table" in text
+    assert "SYNTHETIC DATA" in text  # the banner and the prep summary say so
+    # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
+    assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
+    assert set(shortcut["split"]) == {"random", "grouped"}

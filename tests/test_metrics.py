@@ -43,7 +43,8 @@ def write_run(folder: Path, *, arch="resnet18", pretrained=True, seed=0, labels=
     folder.mkdir(parents=True, exist_ok=True)
     k = len(class_names)
     if labels is None:
-        labels, preds, probs = fake_predictions(seed=seed + (0 if pretrained else 100), k=k)
+        labels, preds, probs = fake_predictions(seed=seed + (0 if pretrained else 100), k=k,
+                                                acc=0.85 if pretrained else 0.6)
     if history is None:
         e = np.arange(1, 4)
         history = pd.DataFrame({"epoch": e, "train_loss": 1.1 / e, "val_loss": 1.0 / e + 0.1,
@@ -114,6 +115,11 @@ def test_auc_undefined_when_a_class_is_absent_from_labels():
     m = metrics.compute_metrics(labels, probs.argmax(1), probs, CLASSES)
     assert math.isnan(m["test_auc_macro"]) and math.isnan(m["test_auc_per_class"][2])
     assert m["test_auc_per_class"][0] == 1.0
+
+
+def test_arch_order_matches_models():
+    from helpers.models import ARCHS
+    assert metrics.ARCH_ORDER == ARCHS
 
 
 def test_history_metrics():

@@ -21,26 +21,30 @@ import pandas as pd
 HASH_SIZE = 16
 """Side of the phash DCT block: 16 -> 256-bit hashes (imagehash's default of 8 gives 64 bits)."""
 
-HAMMING_THRESHOLD = 32
-"""Two images are near-duplicates when their 256-bit phashes differ in at most 32 bits (12.5%).
+HAMMING_THRESHOLD = 20
+"""Two images are near-duplicates when their 256-bit phashes differ in at most 20 bits (7.8%).
 
-Chosen by measurement (images resized to 128 px, as prepared; phash with hash_size=16):
+phash distances here are always even (each hash has as many bits above the median as
+below), so 20 is the same cut as 21. Chosen by measurement, phash with hash_size=16 on
+images resized as prepared (64-256 px give the same picture within 2-4 bits):
 
-* Real kidney CT sample (``../shared/real-sample/ct_kidney``, 40 consecutive slices per
-  class): slices whose numbers differ by 1 are 0-14 bits apart, except at the 8 places
-  where the sample jumps to another scan (122-132 bits). Planted copies (Gaussian noise
-  sigma 8, brightness +25, JPEG quality 50, and all of these combined) are 0-14 bits
-  from their original on both real sets.
-* Distinct images: the closest pair of different kidney classes is 92 bits apart; the
-  closest pair of the 120 real chest X-rays (different patients, all aligned frontal
-  views) is 70 bits apart, with 5% of pairs under 100 bits.
-* Distinct synthetic phantoms of either dataset: no pair at or under the threshold
-  (``tests/test_audit.py`` checks this).
+* Near-copies. Real kidney CT sample (``../shared/real-sample/ct_kidney``, slices 1-40 of
+  each class): slices whose numbers differ by 1 are 0-14 bits apart at 128 px (at most 16
+  at 200 px, 18 at 256 px), except the 8 places where the sample jumps to another scan
+  (120-132 bits). Planted copies of real and synthetic images: Gaussian noise sigma 4-12
+  -> at most 14 bits; JPEG quality 30-75 -> at most 14; brightness +25 -> 8, +40 -> 20,
+  contrast x1.2 -> 20; noise + brightness + JPEG combined -> 18. Only darkening dark CT
+  slices by 25 grey levels, which clips much of the image to black, went further (up to 26).
+* Distinct images. Different kidney classes: at least 88 bits apart. 120 real chest
+  X-rays of different patients (aligned frontal views): at least 68 bits, 1% under 90.
+  Synthetic phantoms (100 per class, 64-128 px), which share one drawing template: chest
+  at least 22 bits (0.1% of pairs under 40), kidney at least 34.
 
-32 is about twice the largest near-copy distance seen and under half the smallest
-distance between distinct images, so both error margins are wide. The 64-bit default
-hash was rejected: there near-copies reach 4 bits while distinct chest X-rays come as
-close as 6, too narrow a gap for a fixed threshold.
+So 20 sits above every realistic copy seen and below the closest pair of distinct images
+(synthetic chest phantoms at 22); real distinct images are 3x further. The 64-bit default
+hash (hash_size=8) was rejected: there near-copies reach 4 bits while distinct real chest
+X-rays come as close as 6. Adding dhash did not separate better (it is more sensitive to
+noise: planted copies up to 53 of 256 bits, distinct chest X-rays from 18).
 """
 
 SPLITS = ("train", "val", "test")
@@ -215,7 +219,8 @@ def duplicate_summary(pairs: pd.DataFrame, splits) -> pd.DataFrame:
         ("% of test images with a near-copy in train", round(100 * test_copies / n_test, 1) if n_test else float("nan")),
         ("val images with a near-copy in train", with_copy_in("val", "train")),
     ]
-    return pd.DataFrame(rows, columns=["measure", "value"])
+    measures, values = zip(*rows)
+    return pd.DataFrame({"measure": measures, "value": pd.Series(values, dtype=object)})  # counts stay ints
 
 
 def _split_pair_mask(pairs: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -472,25 +477,30 @@ def _auc_macro(roc_auc_score, y_true, model, X, n_classes) -> float:
 
 def plot_closest_pairs(pairs: pd.DataFrame, images: np.ndarray, n: int = 6, cross_split: bool = True, synthetic: bool = False, title: str = ""):
     """Side-by-side figure of the ``n`` closest pairs (across splits by default): one column per pair."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global state, no double display in notebooks
 
     chosen = pairs[pairs["split_i"] != pairs["split_j"]] if cross_split else pairs
     chosen = chosen.head(n)
     cols = max(len(chosen), 1)
-    fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols, 5.0), squeeze=False)
-    for c in range(cols):
-        for r in range(2):
-            axes[r, c].axis("off")
+    fig = Figure(figsize=(max(2.3 * cols, 6.0), 5.4))
+    axes = fig.subplots(2, cols, squeeze=False)
     for c, row in enumerate(chosen.itertuples(index=False)):
         for r, (idx, path, cls, spl) in enumerate(
             [(row.i, row.path_i, row.class_i, row.split_i), (row.j, row.path_j, row.class_j, row.split_j)]
         ):
             ax = axes[r, c]
             ax.imshow(images[idx].transpose(1, 2, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
             name = Path(str(path)).name
-            name = name if len(name) <= 22 else name[:19] + "..."
-            ax.set_title(f"{spl} | {cls}\n{name}", fontsize=7)
-        axes[0, c].text(0.5, -0.06, f"d={row.distance}{' exact' if row.exact else ''}", transform=axes[0, c].transAxes, ha="center", va="top", fontsize=8)
+            label = f"{spl} | {cls}\n{name if len(name) <= 24 else name[:21] + '...'}"
+            if r == 0:  # top image: label above; bottom image: label below
+                ax.set_title(f"distance {row.distance}{' (exact)' if row.exact else ''}\n{label}", fontsize=7)
+            else:
+                ax.set_xlabel(label, fontsize=7)
+    for c in range(len(chosen), cols):
+        axes[0, c].axis("off")
+        axes[1, c].axis("off")
     if chosen.empty:
         axes[0, 0].text(0.5, 0.5, "no near-duplicate pairs\nacross splits", ha="center", va="center")
     kind = "across splits" if cross_split else "overall"
@@ -601,3 +611,39 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         "shortcut": shortcut,
         "figure": fig,
     }
+
+
+def headline(res: dict) -> dict:
+    """Scalars and short texts worth gluing from a ``run_audit`` result (keys are glue suffixes)."""
+    s = res["summary"].set_index("measure")["value"]
+    groups = res["groups_table"]
+    out = {
+        "synthetic": res["synthetic"],
+        "hamming_threshold": HAMMING_THRESHOLD,
+        "hash_bits": HASH_SIZE * HASH_SIZE,
+        "n_images": int(s["images"]),
+        "n_pairs": int(s["near-duplicate pairs (incl. exact)"]),
+        "n_exact_pairs": int(s["exact duplicate pairs (sha256)"]),
+        "n_cross_class_pairs": int(s["pairs across classes"]),
+        "n_cross_split_pairs": int(s["pairs across splits"]),
+        "n_train_test_pairs": int(s["train-test pairs"]),
+        "n_test": int(s["test images"]),
+        "test_with_train_copy": int(s["test images with a near-copy in train"]),
+        "test_with_train_copy_pct": float(s["% of test images with a near-copy in train"]),
+        "groups_per_class": ", ".join(f"{r['class']} {r['groups']}" for r in groups.to_dict("records")),
+        "min_groups": int(groups["groups"].min()),
+        "grouped_ok": res["grouped_error"] is None,
+        "grouped_status": "grouped split made" if res["grouped_error"] is None else res["grouped_error"],
+    }
+    if res["grouped_counts"] is not None:
+        out["grouped_cross_split_pairs"] = int(res["grouped_counts"].attrs.get("cross_split_pairs", -1))
+    for split_kind, rows in res["shortcut"].groupby("split"):
+        learned = rows[rows["model"] != "majority class"]
+        # The model a user would pick: best validation accuracy (first on ties), never best test.
+        best = learned.loc[learned["val_accuracy"].fillna(-1).idxmax()]
+        chance = rows[rows["model"] == "majority class"].iloc[0]
+        out[f"shortcut_{split_kind}_model"] = best["model"]
+        out[f"shortcut_{split_kind}_acc"] = round(100 * float(best["test_accuracy"]), 1)
+        out[f"shortcut_{split_kind}_ci"] = f"{100 * best['ci_low']:.1f}-{100 * best['ci_high']:.1f}%"
+        out[f"shortcut_{split_kind}_chance"] = round(100 * float(chance["test_accuracy"]), 1)
+    return out

@@ -240,7 +240,7 @@ def _finish(img, rng, noise, blur, background=None) -> np.ndarray:
 
 def _severity(rng: np.random.Generator) -> float:
     """Lesion strength in (0, 1]: mostly clear, about a quarter subtle (the hard cases)."""
-    return rng.uniform(0.1, 0.4) if rng.random() < 0.25 else rng.uniform(0.5, 1.0)
+    return rng.uniform(0.15, 0.45) if rng.random() < 0.2 else rng.uniform(0.6, 1.0)
 
 
 def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
@@ -307,18 +307,18 @@ def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
     sev = _severity(rng)
     if cls == "COVID":
         # ground-glass patches, peripheral and lower-zone, mostly bilateral
-        n = rng.integers(2, 6)
+        n = rng.integers(3, 8)
         sides = (rng.permutation([0, 1] * 3)[:n] if rng.random() < 0.85
                  else [rng.integers(2)] * n)
         for k in sides:
             cx, cy, lax, lay = lungs[k]
             px_ = cx + np.sign(cx) * lax * rng.uniform(0.35, 0.8)
             py_ = cy + lay * rng.uniform(-0.2, 0.75)
-            r = rng.uniform(0.07, 0.17)
+            r = rng.uniform(0.1, 0.2)
             blob = np.exp(-(((x - px_) / r) ** 2 + ((y - py_) / (r * rng.uniform(0.8, 1.6))) ** 2))
             lesion = np.maximum(lesion, blob * (1 + 0.4 * _noise(rng, size, 16)))
         lesion = np.clip(lesion, 0, 1) * lung
-        img = img + 0.22 * sev * lesion * (0.8 + 0.2 * _noise(rng, size, 40))
+        img = img + 0.35 * sev * lesion * (0.8 + 0.2 * _noise(rng, size, 40))
     elif cls == "Viral Pneumonia":
         if rng.random() < 0.65:
             # diffuse bilateral perihilar interstitial pattern: haze plus reticular lines
@@ -328,7 +328,7 @@ def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
             region = np.clip(region, 0, 1) * lung
             reticular = (np.abs(_noise(rng, size, int(rng.integers(30, 50)))) < 0.3)
             lesion = region
-            img = img + 0.16 * sev * region * (0.5 + 0.8 * _blur(reticular.astype(np.float32), 0.8))
+            img = img + 0.3 * sev * region * (0.5 + 0.8 * _blur(reticular.astype(np.float32), 0.8))
         else:
             # lobar consolidation: dense, sharply bounded above by a fissure, one lung
             cx, cy, lax, lay = lungs[rng.integers(2)]
@@ -336,7 +336,7 @@ def _chest_phantom(cls: str, rng: np.random.Generator, size: int = 299):
             region = lung * np.clip((y - fissure) / 0.02, 0, 1) * (np.abs(x - cx) < lax * 1.1)
             bronchi = (np.abs(_noise(rng, size, 20)) < 0.12).astype(np.float32)
             lesion = region
-            img = img + 0.3 * sev * region * (1 - 0.35 * bronchi)
+            img = img + 0.45 * sev * region * (1 - 0.35 * bronchi)
     lesion_mask = (lesion > 0.3) & lung_mask
 
     img = _finish(img, rng, noise=rng.uniform(0.01, 0.035), blur=rng.uniform(0.4, 1.2))
@@ -348,7 +348,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
     kidneys, lesions. Returns (uint8 image, lesion mask)."""
     g = _Grid(size, rng, 0.8)
     x, y, px = g.x, g.y, g.px
-    bax, bay = rng.uniform(0.7, 0.86), rng.uniform(0.5, 0.64)
+    bax, bay = rng.uniform(0.82, 0.95), rng.uniform(0.6, 0.72)
     bcy = rng.uniform(-0.04, 0.06)
     body = g.ellipse(0, bcy, bax, bay, soft=px)
     fat_t = rng.uniform(0.04, 0.11)
@@ -392,34 +392,34 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
     img = img * (1 - spleen) + spleen * (rng.uniform(0.5, 0.56) + organ_tex)
 
     # bowel loops: walls, fluid, sometimes gas or bright content
-    for _ in range(rng.integers(5, 12)):
+    for _ in range(rng.integers(2, 7)):
         cx_, cy_ = rng.uniform(-0.4, 0.55), bcy + rng.uniform(-bay * 0.8, 0.0)
         r = rng.uniform(0.04, 0.09)
         loop = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
                          soft=0.006) * inner
         img = img * (1 - loop) + loop * (rng.uniform(0.4, 0.6) + organ_tex)
         u = rng.random()
-        if u < 0.25:
+        if u < 0.1:
             gas = g.ellipse(cx_, cy_ - r * 0.2, r * 0.55, r * 0.45, soft=px) * inner
             img = img * (1 - gas) + gas * 0.02
-        elif u < 0.32:
+        elif u < 0.14:
             img = np.maximum(img, 0.8 * g.ellipse(cx_, cy_, r * 0.4, r * 0.4, soft=px))
 
     # kidneys: perirenal fat, bright cortex, darker medulla (enhanced) and sinus fat at the hilum
     lesion = np.zeros(x.shape, bool)
     kidneys = []
     for side in (-1, 1):
-        kcx = side * rng.uniform(0.28, 0.36)
+        kcx = side * rng.uniform(0.3, 0.38)
         kcy = spine_y - rng.uniform(0.02, 0.1)
         scale = rng.uniform(0.75, 1.0)
-        kax, kay = rng.uniform(0.1, 0.13) * scale, rng.uniform(0.14, 0.18) * scale
+        kax, kay = rng.uniform(0.14, 0.17) * scale, rng.uniform(0.18, 0.22) * scale
         ang = side * rng.uniform(0.2, 0.6)
         perirenal = g.ellipse(kcx, kcy, kax * 1.35, kay * 1.25, angle=ang, soft=0.02)
         img = img * (1 - perirenal) + perirenal * fat
         kidney = g.ellipse(kcx, kcy, kax, kay, angle=ang, soft=px * 1.5)
         cortex = rng.uniform(0.6, 0.7) + 0.12 * enh
         medulla = g.ellipse(kcx, kcy, kax * 0.7, kay * 0.75, angle=ang, soft=0.03)
-        img = img * (1 - kidney) + kidney * (cortex - 0.12 * enh * medulla)
+        img = img * (1 - kidney) + kidney * (cortex - 0.07 * enh * medulla)
         sinus = g.ellipse(kcx - side * kax * 0.5, kcy, kax * 0.5, kay * 0.4, angle=ang, soft=0.012)
         img = img - sinus * kidney * rng.uniform(0.22, 0.32)
         kidneys.append((kcx, kcy, kax, kay, cortex))
@@ -431,28 +431,34 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
             kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
             t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)
             cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
-            r = rng.uniform(0.025, 0.075) * (0.5 + 0.5 * sev)
+            r = rng.uniform(0.07, 0.14) * (0.5 + 0.5 * sev)
             cyst = g.ellipse(cx_, cy_, r, r * rng.uniform(0.85, 1.15), soft=px)
-            level = rng.uniform(0.26, 0.34) + (1 - sev) * 0.15
+            level = rng.uniform(0.14, 0.24) + (1 - sev) * 0.25
             img = img * (1 - cyst) + cyst * level
             lesion |= cyst > 0.5
     elif cls == "Stone":
-        # small very dense foci in the collecting system
-        for _ in range(rng.integers(1, 4)):
-            kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
-            cx_ = kcx - np.sign(kcx) * kax * rng.uniform(0.1, 0.6)
-            cy_ = kcy + kay * rng.uniform(-0.5, 0.5)
-            r = rng.uniform(0.008, 0.022) * (0.5 + 0.5 * sev)
+        # very dense foci in the collecting system: a few small stones or a branching
+        # (staghorn) cluster filling the renal pelvis
+        kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
+        staghorn = rng.random() < 0.4
+        n = rng.integers(3, 7) if staghorn else rng.integers(1, 5)
+        for _ in range(n):
+            if not staghorn:
+                kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
+            spread = 0.35 if staghorn else 0.6
+            cx_ = kcx - np.sign(kcx) * kax * rng.uniform(0.1, 0.1 + spread)
+            cy_ = kcy + kay * rng.uniform(-spread, spread)
+            r = rng.uniform(0.025, 0.05) * (0.5 + 0.5 * sev)
             stone = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
                               soft=px * 0.7)
-            img = np.maximum(img, stone * (0.8 + 0.2 * sev))
+            img = np.maximum(img, stone * (0.85 + 0.15 * sev))
             lesion |= g.ellipse(cx_, cy_, r * 1.3 + 2 * px, r * 1.3 + 2 * px, soft=px) > 0.5
     elif cls == "Tumor":
         # lobulated heterogeneous mass bulging from the kidney, sometimes necrotic
         kcx, kcy, kax, kay, cortex = kidneys[rng.integers(2)]
         t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.9)
         cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
-        r = rng.uniform(0.06, 0.13) * (0.55 + 0.45 * sev)
+        r = rng.uniform(0.12, 0.22) * (0.55 + 0.45 * sev)
         rows, cols = g.box(cx_, cy_, r * 1.3)
         xs, ys = x[rows, cols], y[rows, cols]
         theta = np.arctan2(ys - cy_, xs - cx_)
@@ -460,7 +466,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
         dist = np.sqrt((xs - cx_) ** 2 + (ys - cy_) ** 2) / (r * lobes)
         mass = np.clip((1 - dist) * r / (2 * px), 0, 1)
         tex = 0.1 * _noise(rng, size, 60)[rows, cols] + 0.08 * _noise(rng, size, 20)[rows, cols]
-        level = rng.uniform(0.42, 0.58) + tex - 0.18 * (dist < rng.uniform(0, 0.5))
+        level = rng.uniform(0.32, 0.46) + 1.5 * tex - 0.18 * (dist < rng.uniform(0, 0.6))
         level = cortex + (level - cortex) * (0.35 + 0.65 * sev)
         patch = img[rows, cols]
         img[rows, cols] = patch * (1 - mass) + mass * level
@@ -565,3 +571,687 @@ def _write_kidney_csv(root: Path, spec: DatasetSpec, counts: dict[str, int]) -> 
                 name = _synthetic_name(spec.name, cls, i)
                 w.writerow([row, Path(name).stem, "/".join([*spec.layout, cls, name]), cls, target, cls])
                 row += 1
+
+
+# --------------------------------------------------------------------------------------
+# Discovery of the Kaggle layouts
+# --------------------------------------------------------------------------------------
+
+
+def _skip_descend(name: str) -> bool:
+    return name.startswith(".") or name in (LESION_DIR, "masks")
+
+
+def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 6) -> Path:
+    """The shallowest folder at or below ``data_dir`` that holds every class folder of ``dataset``.
+
+    Accepts the class-folder parent itself or any parent of it (e.g. the unzipped Kaggle download,
+    which nests ``CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/`` twice for ct_kidney).
+    """
+    spec = get_spec(dataset)
+    root = Path(data_dir).expanduser()
+    expected = ", ".join(repr(c) for c in spec.classes)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"data_dir {str(root)!r} does not exist; expected a folder holding the {dataset} class "
+            f"folders {expected} (or any parent of it, e.g. the unzipped Kaggle download)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data_dir {str(root)!r} is not a folder; expected a folder holding "
+                                 f"the {dataset} class folders {expected}")
+    level, partial = [root], None
+    for _depth in range(max_depth + 1):
+        hits, below = [], []
+        for folder in level:
+            try:
+                subdirs = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+            except OSError:
+                continue
+            present = [c for c in spec.classes if c in subdirs]
+            if len(present) == len(spec.classes):
+                hits.append(folder)
+            elif present and (partial is None or len(present) > len(partial[1])):
+                partial = (folder, present)
+            below += [folder / n for n in subdirs if not _skip_descend(n) and n not in spec.classes]
+        if len(hits) > 1:
+            raise ValueError(f"data_dir {str(root)!r} holds several {dataset} datasets at the same depth: "
+                             + ", ".join(str(h) for h in hits) + "; pass one of them as data_dir")
+        if hits:
+            return hits[0]
+        level = below
+    if partial is not None:
+        folder, present = partial
+        missing = [c for c in spec.classes if c not in present]
+        raise FileNotFoundError(
+            f"{str(folder)!r} is missing the class folder(s) {', '.join(map(repr, missing))} of {dataset}; "
+            f"expected all of {expected}")
+    raise FileNotFoundError(
+        f"no folder at or below data_dir {str(root)!r} holds the {dataset} class folders {expected} "
+        f"(searched {max_depth} levels deep)")
+
+
+def _find_marker(class_root: Path) -> Path | None:
+    """The synthetic root (folder with SYNTHETIC.json) at or up to 3 levels above the class root."""
+    for folder in [class_root, *list(class_root.parents)[:3]]:
+        if (folder / MARKER).is_file():
+            return folder
+    return None
+
+
+@dataclass
+class _Listing:
+    candidates: list[tuple[str, str, str | None]]   # (relative path, class, mask path)
+    skipped: list[tuple[str, str]]                  # (relative path, reason)
+    files: list[tuple[str, int, int]]               # (relative path, size, mtime_ns) for the fingerprint
+
+
+def _skip_reason_by_name(name: str) -> str | None:
+    if name.startswith("."):
+        return f"hidden/system file ({name})"
+    if name.lower() in SYSTEM_FILES:
+        return f"system file ({name})"
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        return f"not an image file extension ({ext or 'none'})"
+    return None
+
+
+def _scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> _Listing:
+    """List images per class; record every other file with a reason; stat everything."""
+    listing = _Listing([], [], [])
+
+    def stat(path: Path, rel: str) -> None:
+        st = path.stat()
+        listing.files.append((rel, st.st_size, st.st_mtime_ns))
+
+    for entry in sorted(os.scandir(class_root), key=lambda e: e.name):
+        if entry.name in spec.classes:
+            continue
+        kind = "folder" if entry.is_dir() else "file"
+        listing.skipped.append((entry.name + ("/" if kind == "folder" else ""),
+                                f"ignored: {kind} is not one of the {spec.name} class folders"))
+        listing.files.append((entry.name, 0, 0))
+    for cls in spec.classes:
+        cls_dir = class_root / cls
+        found = 0
+        masks: set[str] = set()
+        per_class = []
+        for dirpath, dirnames, filenames in os.walk(cls_dir):
+            here = Path(dirpath)
+            rel_here = here.relative_to(class_root).as_posix()
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    listing.skipped.append((f"{rel_here}/{d}/", f"hidden folder ({d})"))
+                    listing.files.append((f"{rel_here}/{d}/", 0, 0))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            is_mask_dir = spec.mask_dir is not None and here.name == spec.mask_dir
+            for name in sorted(filenames):
+                rel = f"{rel_here}/{name}"
+                stat(here / name, rel)
+                if is_mask_dir:
+                    masks.add(rel)
+                    continue
+                reason = _skip_reason_by_name(name)
+                if reason:
+                    listing.skipped.append((rel, reason))
+                else:
+                    per_class.append(rel)
+                    found += 1
+        if found == 0:
+            raise FileNotFoundError(
+                f"class folder {str(cls_dir)!r} holds no image files; expected {spec.ext} images of "
+                f"class {cls!r} (directly or in an images/ subfolder)")
+        for rel in per_class:
+            mask = None
+            if synthetic_root is not None:
+                lesion = synthetic_root / LESION_DIR / cls / (Path(rel).stem + ".png")
+                if lesion.is_file():
+                    mask = str(lesion)
+                    stat(lesion, lesion.relative_to(synthetic_root).as_posix())
+            elif spec.mask_dir is not None:
+                parent = Path(rel).parent
+                base = parent.parent if parent.name == "images" else parent
+                guess = (base / spec.mask_dir / Path(rel).name).as_posix()
+                if guess in masks:
+                    mask = str(class_root / guess)
+            listing.candidates.append((rel, cls, mask))
+    listing.candidates.sort(key=lambda c: (spec.classes.index(c[1]), _natural_key(c[0])))
+    return listing
+
+
+# --------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    """An input file that cannot be used; the message is the reason recorded in skipped.csv."""
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; 16-bit scaled by its full range, alpha composited on black."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        finite = a[np.isfinite(a)]
+        if mode != "F" and finite.size and finite.min() >= 0 and finite.max() <= 65535:
+            a = a / 257.0                                    # 16-bit container -> 8 bit
+        else:
+            lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+            a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        a = np.nan_to_num(a, nan=0.0)
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if "A" in mode or "a" in mode or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _open_checked(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise _Skip(f"decompression bomb: {e}") from None
+        except Image.UnidentifiedImageError:
+            raise _Skip("not an image: content is not a recognised image format") from None
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise _Skip(f"decompression bomb: header claims {w}x{h} = {w * h} pixels "
+                        f"(limit {MAX_IMAGE_PIXELS})")
+        if w == 0 or h == 0:
+            raise _Skip(f"empty image ({w}x{h})")
+        try:
+            im.load()
+        except OSError as e:
+            kind = "truncated image" if "truncated" in str(e).lower() else "corrupt image"
+            raise _Skip(f"{kind}: {e}") from None
+        except (ValueError, SyntaxError, EOFError) as e:
+            raise _Skip(f"corrupt image: {e}") from None
+    return im
+
+
+def _decode_one(job: tuple) -> tuple:
+    """Decode one image (and its mask) -> (reason | None, sha256, image (3,S,S), mask (S,S) | None)."""
+    path, size, mask_path, mask_kind = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"unreadable file: {e.strerror or e}", "", None, None
+    sha = hashlib.sha256(data).hexdigest()
+    if not data:
+        return "empty file (0 bytes)", sha, None, None
+    try:
+        im = _to_rgb8(_open_checked(data))
+    except _Skip as e:
+        return str(e), sha, None, None
+    image = np.asarray(im.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1).copy()
+    mask = None
+    if mask_path:
+        try:
+            m = _open_checked(Path(mask_path).read_bytes()).convert("L")
+            if mask_kind == "lesion":   # any coverage counts, so tiny stones survive downscaling
+                mask = np.asarray(m.resize((size, size), Image.BOX)) > 0
+            else:
+                mask = np.asarray(m.resize((size, size), Image.NEAREST)) > 127
+            mask = mask.astype(np.uint8)
+        except (OSError, _Skip):
+            mask = None
+    return None, sha, image, mask
+
+
+# --------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def validate_prep_params(dataset, data_dir="", image_size=128, balance=True, seed=0, out_dir="",
+                         split="random", n_per_class=100, progress=True) -> dict:
+    """Check the data-prep parameters; raise ValueError (or FileNotFoundError for a missing
+    ``data_dir``) naming the parameter and what was expected. Returns them normalised."""
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+
+    def need_bool(name, v):
+        if not isinstance(v, (bool, np.bool_)):
+            hint = (" (papermill -p passes 'true'/'false' as text: write True or False)"
+                    if isinstance(v, str) else "")
+            raise ValueError(f"{name} must be True or False; got {type(v).__name__} {v!r}{hint}")
+        return bool(v)
+
+    def need_int(name, v, lo, hi):
+        if not _is_int(v):
+            raise ValueError(f"{name} must be an int in [{lo}, {hi}]; got {type(v).__name__} {v!r}")
+        if not lo <= int(v) <= hi:
+            raise ValueError(f"{name} must be an int in [{lo}, {hi}]; got {v!r}")
+        return int(v)
+
+    def need_path(name, v):
+        if v is None:
+            return ""
+        if not isinstance(v, (str, os.PathLike)):
+            raise ValueError(f"{name} must be a path string ('' for the default); got "
+                             f"{type(v).__name__} {v!r}")
+        return os.fspath(v)
+
+    params = {
+        "dataset": dataset,
+        "data_dir": need_path("data_dir", data_dir),
+        "image_size": need_int("image_size", image_size, 16, 1024),
+        "balance": need_bool("balance", balance),
+        "seed": need_int("seed", seed, 0, 2**32 - 1),
+        "out_dir": need_path("out_dir", out_dir),
+        "split": split,
+        "n_per_class": need_int("n_per_class", n_per_class, MIN_PER_CLASS, 1_000_000),
+        "progress": need_bool("progress", progress),
+    }
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    if params["data_dir"]:
+        find_class_root(params["data_dir"], dataset)      # missing folders fail here, before work
+    return params
+
+
+# --------------------------------------------------------------------------------------
+# prepare / load_prepared
+# --------------------------------------------------------------------------------------
+
+
+def default_prepared_dir(dataset: str, synthetic: bool, image_size: int, split: str, balance: bool,
+                         seed: int) -> Path:
+    source = "synthetic" if synthetic else "real"
+    name = f"{source}-{image_size}px-{split}-{'bal' if balance else 'all'}-s{seed}"
+    return data_root() / "prepared" / dataset / name
+
+
+def _fingerprint(params: dict, class_root: Path, listing: _Listing) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"prep_version": PREP_VERSION, "source_dir": str(class_root.resolve()),
+                         **{k: params[k] for k in ("dataset", "image_size", "balance", "seed", "split")}},
+                        sort_keys=True).encode())
+    for rel, size, mtime in sorted(listing.files):
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
+
+
+PREPARED_FILES = ("manifest.csv", "images.npy", "masks.npy", "skipped.csv", "samples.png", "info.json")
+
+
+def _cache_valid(out: Path, fingerprint: str) -> bool:
+    try:
+        info = json.loads((out / "info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("fingerprint") == fingerprint and all((out / f).is_file() for f in PREPARED_FILES)
+
+
+def _random_split(labels: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    trainval, test = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
+    train, val = train_test_split(trainval, test_size=0.25, stratify=labels[trainval], random_state=seed)
+    split = np.empty(len(labels), dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split.astype(str)
+
+
+def _channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std on the [0, 1] scale, in chunks to bound memory."""
+    n_px = 0
+    s = np.zeros(images.shape[1])
+    ss = np.zeros(images.shape[1])
+    for i in range(0, len(images), chunk):
+        block = images[i:i + chunk].astype(np.float64) / 255.0
+        s += block.sum(axis=(0, 2, 3))
+        ss += (block ** 2).sum(axis=(0, 2, 3))
+        n_px += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = s / max(n_px, 1)
+    std = np.sqrt(np.maximum(ss / max(n_px, 1) - mean ** 2, 0))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _save_samples(path: Path, images, labels, split, class_names, mean, std, synthetic: bool,
+                  title: str, seed: int, per_class: int = 4) -> None:
+    """Figure: per class, ``per_class`` raw train images then the same ones normalised."""
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(seed)
+    k = len(class_names)
+    fig = Figure(figsize=(2.0 * per_class * 2, 2.1 * k + 1.0), dpi=90)
+    axes = fig.subplots(k, 2 * per_class, squeeze=False)
+    m = np.asarray(mean)[:, None, None]
+    s = np.asarray(std)[:, None, None] + 1e-8
+    for row, cls in enumerate(class_names):
+        pool = np.flatnonzero((labels == row) & (split == "train"))
+        pick = rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else []
+        for j in range(per_class):
+            for half in (0, 1):
+                ax = axes[row, j + half * per_class]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j >= len(pick):
+                    ax.axis("off")
+                    continue
+                img = images[pick[j]]
+                if half == 0:
+                    ax.imshow(img.transpose(1, 2, 0))
+                else:
+                    z = (img / 255.0 - m) / s
+                    ax.imshow(np.clip((z + 2.5) / 5.0, 0, 1).transpose(1, 2, 0))
+                if row == 0 and j == 0:
+                    ax.set_title("raw (uint8)" if half == 0 else "normalised (z, ±2.5)", fontsize=9)
+            axes[row, 0].set_ylabel(cls, fontsize=11)
+    if synthetic:
+        fig.suptitle(f"SYNTHETIC DATA (phantoms, not patient images)\n{title}",
+                     color="crimson", fontweight="bold", fontsize=12)
+    else:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path)
+
+
+def _reason_counts(skipped: list[tuple[str, str]]) -> dict[str, int]:
+    return dict(Counter(reason.split(":")[0].split(" (")[0] for _, reason in skipped))
+
+
+def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 128, balance: bool = True,
+            seed: int = 0, out_dir: str | os.PathLike = "", split: str = "random", n_per_class: int = 100,
+            progress: bool = True) -> Path:
+    """Decode, balance, split and cache a dataset; return the prepared folder (see CONTRACTS.md).
+
+    ``data_dir`` "" uses the synthetic phantoms (``n_per_class`` per class, generator seed 0, so
+    that ``seed`` only changes the balance and the split). A folder whose info.json fingerprint
+    matches the inputs and parameters is reused without decoding anything.
+    """
+    p = validate_prep_params(dataset, data_dir, image_size, balance, seed, out_dir, split,
+                             n_per_class, progress)
+    spec = DATASETS[dataset]
+    source = Path(p["data_dir"]) if p["data_dir"] else synthesize(
+        dataset, n_per_class=p["n_per_class"], seed=0, progress=p["progress"])
+    class_root = find_class_root(source, dataset)
+    synthetic_root = _find_marker(class_root)
+    synthetic = synthetic_root is not None
+    listing = _scan(class_root, spec, synthetic_root)
+    out = Path(p["out_dir"]) if p["out_dir"] else default_prepared_dir(
+        dataset, synthetic, p["image_size"], p["split"], p["balance"], p["seed"])
+    fingerprint = _fingerprint(p, class_root, listing)
+    tag = "SYNTHETIC DATA" if synthetic else "real data"
+    if _cache_valid(out, fingerprint):
+        print(f"[data] {dataset} ({tag}): inputs unchanged, reusing {out}")
+        return out
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)
+    tmp = _tmp_sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        _build(tmp, p, spec, class_root, synthetic, listing, fingerprint)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info = json.loads((out / "info.json").read_text())
+    _print_summary(info, out)
+    return out
+
+
+def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: bool,
+           listing: _Listing, fingerprint: str) -> None:
+    import pandas as pd
+
+    size, seed = p["image_size"], p["seed"]
+    cands = listing.candidates
+    jobs = [(str(class_root / rel), size, mask, "lesion" if synthetic else "lung")
+            for rel, _cls, mask in cands]
+    images = np.zeros((len(cands), 3, size, size), np.uint8)
+    masks = np.zeros((len(cands), size, size), np.uint8)
+    has_mask = np.zeros(len(cands), bool)
+    shas = [""] * len(cands)
+    ok = np.zeros(len(cands), bool)
+    skipped = list(listing.skipped)
+    results = _pool_map(_decode_one, jobs, desc=f"decode {spec.name}", progress=p["progress"])
+    for i, (reason, sha, image, mask) in enumerate(results):
+        if reason is not None:
+            skipped.append((cands[i][0], reason))
+            continue
+        ok[i], shas[i], images[i] = True, sha, image
+        if mask is not None and mask.any():
+            masks[i], has_mask[i] = mask, True
+    labels_all = np.array([spec.classes.index(c) for _, c, _ in cands], dtype=np.int64)
+    for k, cls in enumerate(spec.classes):
+        n_ok = int((ok & (labels_all == k)).sum())
+        if n_ok < MIN_PER_CLASS:
+            raise ValueError(f"class {cls!r} in {str(class_root)!r} has {n_ok} usable images after "
+                             f"skipping unreadable files; at least {MIN_PER_CLASS} are needed for a "
+                             "stratified 6:2:2 split")
+    n_skipped = len(skipped)
+
+    keep = ok.copy()
+    if p["balance"]:
+        rng = np.random.default_rng(seed)
+        smallest = min(int((ok & (labels_all == k)).sum()) for k in range(len(spec.classes)))
+        for k in range(len(spec.classes)):
+            idx = np.flatnonzero(ok & (labels_all == k))
+            drop = rng.choice(idx, size=len(idx) - smallest, replace=False)
+            keep[drop] = False
+            skipped += [(cands[i][0], f"discarded to balance classes ({smallest} per class, seed {seed})")
+                        for i in sorted(drop)]
+    sel = np.flatnonzero(keep)
+    images, masks, has_mask, labels = images[sel], masks[sel], has_mask[sel], labels_all[sel]
+
+    if p["split"] == "grouped":
+        try:
+            from helpers.audit import grouped_split, near_duplicate_groups
+        except ImportError as e:
+            raise RuntimeError(f"split='grouped' needs helpers.audit ({e})") from e
+        groups = near_duplicate_groups(images)
+        split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed)).astype(str)
+    else:
+        split = _random_split(labels, seed)
+
+    mean, std = _channel_stats(images[split == "train"])
+    manifest = pd.DataFrame({
+        "path": [cands[i][0] for i in sel],
+        "class": [cands[i][1] for i in sel],
+        "label": labels,
+        "split": split,
+        "sha256": [shas[i] for i in sel],
+        "has_mask": has_mask.astype(int),
+    })
+    counts = {cls: {s: int(((labels == k) & (split == s)).sum()) for s in SPLIT_NAMES}
+              for k, cls in enumerate(spec.classes)}
+    np.save(tmp / "images.npy", images)
+    np.save(tmp / "masks.npy", masks)
+    manifest.to_csv(tmp / "manifest.csv", index=False)
+    pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(tmp / "skipped.csv", index=False)
+    title = (f"{spec.name}: {len(labels)} images, {size} px, {p['split']} split, seed {seed}"
+             + (", balanced" if p["balance"] else ""))
+    _save_samples(tmp / "samples.png", images, labels, split, spec.classes, mean, std, synthetic,
+                  title, seed)
+    info = {
+        "dataset": spec.name,
+        "class_names": list(spec.classes),
+        "image_size": size,
+        "split": p["split"],
+        "balance": p["balance"],
+        "seed": seed,
+        "synthetic": synthetic,
+        "source_dir": str(class_root.resolve()),
+        "mean": mean,
+        "std": std,
+        "counts": counts,
+        "n_skipped": n_skipped,
+        "fingerprint": fingerprint,
+        # extensions
+        "n_images": int(len(labels)),
+        "n_discarded_by_balance": len(skipped) - n_skipped,
+        "skipped_reasons": _reason_counts(skipped),
+        "n_per_class_synthetic": p["n_per_class"] if synthetic else None,
+        "prep_version": PREP_VERSION,
+    }
+    _write_json_atomic(tmp / "info.json", info)        # last: marks the folder complete
+
+
+def _print_summary(info: dict, out: Path) -> None:
+    import pandas as pd
+
+    tag = "SYNTHETIC DATA" if info["synthetic"] else "real data"
+    print(f"[data] {info['dataset']} ({tag}) from {info['source_dir']}")
+    print(f"[data] {info['n_images']} images at {info['image_size']} px, {info['split']} split, "
+          f"seed {info['seed']}; {info['n_skipped']} files skipped, "
+          f"{info['n_discarded_by_balance']} discarded to balance")
+    reasons = {k: v for k, v in info["skipped_reasons"].items()}
+    if reasons:
+        print("[data] not used: " + "; ".join(f"{v} {k}" for k, v in sorted(reasons.items())))
+        print(f"[data] every file not used is listed with its reason in {out / 'skipped.csv'}")
+    table = pd.DataFrame(info["counts"]).T
+    table["total"] = table.sum(axis=1)
+    print(table.to_string())
+    print(f"[data] prepared -> {out}")
+
+
+@dataclass
+class Prepared:
+    images: np.ndarray          # uint8 (N, 3, S, S)
+    labels: np.ndarray          # int64 (N,)
+    split: np.ndarray           # str (N,): train/val/test
+    paths: list[str]
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    masks: np.ndarray           # uint8 (N, S, S), 0/1
+    has_mask: np.ndarray        # bool (N,)
+    synthetic: bool
+    info: dict
+    manifest: Any               # pandas.DataFrame
+    folder: Path = field(default=Path("."))
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def load_prepared(folder: str | os.PathLike, mmap: bool = False) -> Prepared:
+    """Load a folder written by ``prepare``; refuses incomplete folders (no info.json)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    if not (folder / "info.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a complete prepared folder (no info.json); "
+                                "run helpers.data.prepare first")
+    info = json.loads((folder / "info.json").read_text())
+    manifest = pd.read_csv(folder / "manifest.csv", dtype={"path": str, "class": str, "split": str,
+                                                             "sha256": str}, keep_default_na=False)
+    images = np.load(folder / "images.npy", mmap_mode="r" if mmap else None)
+    masks = np.load(folder / "masks.npy", mmap_mode="r" if mmap else None)
+    if not (len(images) == len(masks) == len(manifest)):
+        raise ValueError(f"{str(folder)!r} is inconsistent: {len(images)} images, {len(masks)} masks, "
+                         f"{len(manifest)} manifest rows")
+    return Prepared(
+        images=images,
+        labels=manifest["label"].to_numpy(np.int64),
+        split=manifest["split"].to_numpy(str),
+        paths=manifest["path"].tolist(),
+        class_names=list(info["class_names"]),
+        mean=tuple(info["mean"]),
+        std=tuple(info["std"]),
+        masks=masks,
+        has_mask=manifest["has_mask"].to_numpy(bool),
+        synthetic=bool(info["synthetic"]),
+        info=info,
+        manifest=manifest,
+        folder=folder,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Download and command line
+# --------------------------------------------------------------------------------------
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def manual_download_help(dataset: str) -> str:
+    spec = get_spec(dataset)
+    return (f"Manual download: open {spec.kaggle_url} in a browser, download and unzip it anywhere "
+            f"(for example data/raw/{dataset}/), then pass that folder as data_dir: "
+            f"prepare('{dataset}', data_dir=...), papermill ... -p data_dir <folder>, "
+            f"or make report DATA_DIR=<folder>. Any parent of the class folders works.")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def download(dataset: str, to: str | os.PathLike | None = None) -> Path:
+    """Fetch the Kaggle dataset with kagglehub (needs network and Kaggle credentials).
+
+    Returns the download folder, or ``to`` after linking/copying the files there.
+    """
+    spec = get_spec(dataset)
+    try:
+        import kagglehub
+    except ImportError as e:
+        raise DownloadError(f"kagglehub is not installed ({e}). {manual_download_help(dataset)}") from e
+    try:
+        path = Path(kagglehub.dataset_download(spec.kaggle_slug))
+    except Exception as e:  # kagglehub raises requests/HTTP/credential errors of many types
+        raise DownloadError(
+            f"could not download {dataset} ({spec.kaggle_slug}) from Kaggle: {type(e).__name__}: {e}. "
+            "This needs network access and Kaggle credentials (~/.kaggle/kaggle.json or "
+            f"KAGGLE_USERNAME/KAGGLE_KEY). {manual_download_help(dataset)}") from e
+    if to:
+        dest = Path(to)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(path, dest, dirs_exist_ok=True, copy_function=_link_or_copy)
+        return dest
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("download", help="fetch a Kaggle dataset with kagglehub")
+    d.add_argument("dataset", choices=list(DATASETS))
+    d.add_argument("--to", default=None, help="folder to link/copy the download into")
+    s = sub.add_parser("synthesize", help="write the synthetic phantoms in the Kaggle layout")
+    s.add_argument("dataset", choices=list(DATASETS))
+    s.add_argument("--n-per-class", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--root", default=None, help="default: data/synthetic/<dataset>")
+    pr = sub.add_parser("prepare", help="decode, balance, split and cache a dataset")
+    pr.add_argument("dataset", choices=list(DATASETS))
+    pr.add_argument("--data-dir", default="", help="real data folder; empty = synthetic")
+    pr.add_argument("--image-size", type=int, default=128)
+    pr.add_argument("--no-balance", dest="balance", action="store_false")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out-dir", default="")
+    pr.add_argument("--split", choices=SPLITS, default="random")
+    pr.add_argument("--n-per-class", type=int, default=100)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            print(download(args.dataset, args.to))
+        elif args.command == "synthesize":
+            print(synthesize(args.dataset, args.root, args.n_per_class, args.seed))
+        else:
+            prepare(args.dataset, args.data_dir, args.image_size, args.balance, args.seed,
+                    args.out_dir, args.split, args.n_per_class)
+    except (DownloadError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,7 +62,7 @@ def saliency_maps(model: nn.Module, images: torch.Tensor, targets: Sequence[int]
         x = images[start:start + batch_size].to(device=device, dtype=torch.float32).clone().requires_grad_(True)
         t = targets[start:start + batch_size].to(device)
         with torch.enable_grad():
-            scores = model(x)
+            scores = model(x.clone())  # a non-leaf copy, so an inplace first op cannot touch the leaf
             # eval mode: images are independent, so the gradient of the sum is per image
             (grad,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), x)
         m = grad.abs().amax(dim=1)

@@ -46,6 +46,8 @@ from sklearn.metrics import (
 )
 
 ARMS = ("imagenet", "scratch")
+# helpers.models.ARCHS, repeated so that evaluation does not import torch (a test keeps them equal)
+ARCH_ORDER = ("resnet18", "vgg11", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small")
 ZERO_DIVISION = 0.0
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6  # below 6 pairs the exact two-sided p can never reach 0.05
@@ -54,8 +56,8 @@ ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, floa
 # Parameters that do not define a configuration (seed is the replicate index;
 # the rest are bookkeeping). `pretrained` is the arm, handled separately.
 NON_CONFIG_PARAMS = frozenset(
-    {"seed", "run_dir", "force", "device", "prepared_dir", "class_names", "progress",
-     "pretrained", "num_workers"}
+    {"seed", "run_dir", "force", "device", "compile", "prepared_dir", "prepared_fingerprint",
+     "class_names", "progress", "pretrained", "num_workers"}
 )
 
 TABLE1_ROWS = {
@@ -255,6 +257,8 @@ def _read_json(path: Path) -> dict:
 
 
 def _is_synthetic(params: dict) -> bool | None:
+    if isinstance(params.get("synthetic"), bool):
+        return params["synthetic"]
     prepared = params.get("prepared_dir")
     if prepared:
         info = Path(prepared) / "info.json"
@@ -379,8 +383,11 @@ def config_labels(runs: Iterable[Run]) -> dict[str, str]:
         label = str(c.get("arch", "?"))
         if c.get("head", "replace") != "replace":
             label += f"-{c['head']}"
-        if varying:
-            label += " (" + ", ".join(f"{k}={c.get(k)}" for k in varying) + ")"
+        extras = [f"{k}={c.get(k)}" for k in varying if k != "init_from"]
+        if "init_from" in varying and c.get("init_from"):
+            extras.insert(0, f"init from {Path(str(c['init_from'])).parent.name}")
+        if extras:
+            label += " (" + ", ".join(extras) + ")"
         labels[key] = label
     return labels
 
@@ -707,14 +714,9 @@ def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
         if not any(k[1] == arch and k[2] == head and k[3] == arm for k in keys):
             label = arch + ("" if head == "replace" else f"-{head}")
             keys.add((label, arch, head, arm))
-    try:
-        from .models import ARCHS  # arch order as the project lists it
-    except ImportError:
-        ARCHS = ()
-
     def order(k):
         label, arch, head, arm = k
-        return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS), label, ARMS.index(arm))
+        return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), label, ARMS.index(arm))
 
     rows = []
     for key in sorted(keys, key=order):
@@ -768,9 +770,8 @@ def loss_scale_note(runset: RunSet) -> str:
     paper = PAPER_VALUES.get(runset.dataset)
     if not paper:
         return ""
-    losses = [v[m] for v in paper["values"].values() for m in ("first_epoch_train_loss", "final_val_loss")
-              if m in v]
-    if not losses:
+    val_losses = [v["final_val_loss"] for v in paper["values"].values() if "final_val_loss" in v]
+    if not val_losses:
         return (f"{paper['name']} reports no losses for {runset.dataset}; only test accuracy is compared.")
     k = len(runset.runs[0].class_names) if runset.runs else 3
     first = [v["first_epoch_train_loss"] for v in paper["values"].values() if "first_epoch_train_loss" in v]
@@ -779,7 +780,7 @@ def loss_scale_note(runset: RunSet) -> str:
                 f"{min(ours):.3f}–{max(ours):.3f} here). " if ours else "Ours are per-image mean cross-entropies. ")
     return (
         f"Loss scale: {paper['name']} reports first-epoch training losses of {min(first):g}–{max(first):g} "
-        f"and validation losses up to {max(losses):g}. These cannot be per-image mean cross-entropies: "
+        f"and final validation losses up to {max(val_losses):g}. These cannot be per-image mean cross-entropies: "
         f"guessing uniformly over {k} classes costs ln {k} ≈ {math.log(k):.2f} nats per image, and a model "
         f"that reaches {min(v['first_epoch_val_acc'] for v in paper['values'].values()):.0%}+ validation "
         f"accuracy after one epoch cannot average {min(first):g}+ nats. The paper does not say how its losses "

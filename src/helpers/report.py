@@ -57,6 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from . import metrics
 
@@ -236,6 +237,7 @@ def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
         seeds = sorted({r.seed for rs in arms.values() for r in rs})
         ax.set_title(f"{label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("loss (mean cross-entropy per image)")
         ax.legend(fontsize=7)
     fig.suptitle(f"{runset.dataset}: training and validation loss{synthetic_suffix(runset.synthetic)}")

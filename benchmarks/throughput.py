@@ -1,0 +1,342 @@
+"""Training throughput: the project's engine against the papers' way of doing it.
+
+    python -m benchmarks.throughput                        # every arch, both settings, this device
+    python -m benchmarks.throughput --arch mobilenet_v3_small resnet18 --setting paper_a
+    python -m benchmarks.throughput --scale                # wall time vs images / resolution
+
+For each arch and setting, on the same prepared synthetic data, the same model and the same
+hyperparameters, in the same process run (each variant in its own child process, so peak
+memory is its own):
+
+- ``ours``: helpers.training's engine (uint8 data resident on the device, on-device
+  normalisation; on CUDA channels_last, bf16 autocast, torch.compile, no per-batch syncs);
+- ``naive``: torchvision ImageFolder + transforms + DataLoader decoding the files every
+  epoch, fp32, default memory format, with its best number of loader workers (0 or all cores).
+
+One warm-up epoch, then one timed epoch of training plus validation. Results (images/s, the
+ratio ours/naive, peak memory, and on CUDA the model FLOP/s from torch's FLOP counter and its
+share of the GPU's dense bf16 peak) are printed and written as JSON with the device, library
+versions and git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+SETTINGS = {
+    # name: dataset, image size, batch size, head
+    "paper_a": ("covid_radiography", 128, 16, "replace"),
+    "paper_b": ("ct_kidney", 200, 100, "dense1024"),
+}
+PAPER_A_ARCHS = ("resnet18", "vgg11", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small")
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from NVIDIA's data sheets.
+PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0,
+                    "H100 NVL": 835.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+RESULTS_DIR = Path("benchmarks") / "results"
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+
+def _peak_tflops(name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def _prepare(dataset: str, image_size: int, n_per_class: int):
+    from helpers import data
+
+    folder = data.prepare(dataset, image_size=image_size, balance=False, seed=0,
+                          n_per_class=n_per_class, progress=False)
+    return data.load_prepared(folder)
+
+
+def _params(arch, head, image_size, batch_size, device, compile_):
+    from helpers import training
+
+    return training.validate_params({
+        "arch": arch, "head": head, "pretrained": False, "image_size": image_size,
+        "batch_size": batch_size, "epochs": 2, "device": device, "compile": compile_,
+        "normalize": "dataset", "lr": 1e-4,
+    })
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _flops_per_image(model, image_size, device, train: bool) -> float:
+    """Model FLOPs of one image (forward, or forward + backward) from torch's counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, image_size, image_size, device=device)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model.train()
+            model(x).sum().backward()
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(x)
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def run_ours(arch, setting, n_per_class, device_name) -> dict:
+    import torch
+
+    from helpers import training
+
+    dataset, size, batch, head = SETTINGS[setting]
+    prepared = _prepare(dataset, size, n_per_class)
+    params = _params(arch, head, size, batch, device_name, "auto")
+    device = training.resolve_device(params["device"])
+    params = {**params, "compile": device.type == "cuda"}
+    torch.manual_seed(0)
+    model = training._build(params, len(prepared.class_names), device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"],
+                                 fused=True if device.type == "cuda" else None)
+    engine = training._Engine(prepared, params, device)
+    step_model = training._compile(model, params["compile"], device)
+    times = []
+    for epoch in (1, 2):  # warm-up (compile, cudnn autotune), then timed
+        _sync(device)
+        t0 = time.perf_counter()
+        engine.train_epoch(step_model, optimizer, 0, epoch, _NullBar())
+        _sync(device)
+        t1 = time.perf_counter()
+        val_loss, val_acc = engine.evaluate(model, "val")
+        float(val_acc)
+        _sync(device)
+        times.append((t1 - t0, time.perf_counter() - t1))
+    n_train, n_val = len(engine.y["train"]), len(engine.y["val"])
+    return _result("ours", arch, setting, device, model, size, n_train, n_val, *times[-1])
+
+
+def run_naive(arch, setting, n_per_class, device_name, workers) -> dict:
+    """The papers' loop: ImageFolder + transforms + DataLoader, fp32, default memory format."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from helpers import data, training
+
+    dataset, size, batch, head = SETTINGS[setting]
+    prepared = _prepare(dataset, size, n_per_class)
+    params = _params(arch, head, size, batch, device_name, False)
+    device = training.resolve_device(params["device"])
+    root = data.find_class_root(prepared.info["source_dir"], dataset)
+    mean, std = training.run_stats(params, prepared)
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                             transforms.Normalize(mean, std)])
+    folder = datasets.ImageFolder(str(root), transform=tf,
+                                  is_valid_file=lambda p: os.sep + "masks" + os.sep not in p)
+    by_path = {Path(p).resolve(): i for i, (p, _) in enumerate(folder.samples)}
+    split = dict(zip((Path(prepared.info["source_dir"]) / p for p in prepared.paths), prepared.split))
+    index = {"train": [], "val": []}
+    for path, part in split.items():
+        if part in index:
+            index[part].append(by_path[path.resolve()])
+    loaders = {part: DataLoader(Subset(folder, idx), batch_size=batch, shuffle=part == "train",
+                                num_workers=workers, persistent_workers=workers > 0,
+                                pin_memory=device.type == "cuda")
+               for part, idx in index.items()}
+    torch.manual_seed(0)
+    model = training._build({**params, "compile": False}, len(prepared.class_names), device)
+    model = model.to(memory_format=torch.contiguous_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
+    times = []
+    for _ in (1, 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        model.train()
+        for x, y in loaders["train"]:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the usual per-batch logging sync
+        _sync(device)
+        t1 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            for x, y in loaders["val"]:
+                model(x.to(device)).argmax(1).eq(y.to(device)).sum().item()
+        _sync(device)
+        times.append((t1 - t0, time.perf_counter() - t1))
+    result = _result("naive", arch, setting, device, model, size, len(index["train"]),
+                     len(index["val"]), *times[-1])
+    result["workers"] = workers
+    return result
+
+
+def _result(variant, arch, setting, device, model, size, n_train, n_val, train_s, val_s) -> dict:
+    import torch
+
+    seconds = train_s + val_s
+    out = {"variant": variant, "arch": arch, "setting": setting, "device": device.type,
+           "n_train": n_train, "n_val": n_val, "train_seconds": train_s, "val_seconds": val_s,
+           "images_per_s": (n_train + n_val) / seconds}
+    if device.type == "cuda":
+        out["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        base = getattr(model, "_orig_mod", model)
+        flops = (_flops_per_image(base, size, device, True) * n_train
+                 + _flops_per_image(base, size, device, False) * n_val)
+        out["model_tflops_per_s"] = flops / seconds / 1e12
+        name = torch.cuda.get_device_name()
+        peak = _peak_tflops(name)
+        out["gpu"] = name
+        out["mfu"] = out["model_tflops_per_s"] / peak if peak else None
+    else:
+        out["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _child(args: list[str]) -> dict:
+    """Run one measurement in a fresh process; its last stdout line is the JSON result."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--child", *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "numpy", "pillow"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def compare(archs, settings, n_per_class, device, workers_options) -> list[dict]:
+    rows = []
+    for setting in settings:
+        for arch in (archs or (PAPER_A_ARCHS if setting == "paper_a" else ("vgg16",))):
+            common = [arch, setting, str(n_per_class), device]
+            ours = _child(["ours", *common])
+            naive = [_child(["naive", *common, str(w)]) for w in workers_options]
+            ok = [n for n in naive if "error" not in n]
+            best = max(ok, key=lambda r: r["images_per_s"]) if ok else naive[0]
+            row = {"arch": arch, "setting": setting, "ours": ours, "naive": best,
+                   "naive_tried": naive}
+            if "error" not in ours and "error" not in best:
+                row["ratio"] = ours["images_per_s"] / best["images_per_s"]
+            rows.append(row)
+            _print_row(row)
+    return rows
+
+
+def _print_row(row):
+    o, n = row["ours"], row["naive"]
+    if "error" in o or "error" in n:
+        print(f"{row['setting']:8s} {row['arch']:20s} error: {o.get('error') or n.get('error')}")
+        return
+    mfu = f"  MFU {o['mfu']:.1%}" if o.get("mfu") is not None else ""
+    print(f"{row['setting']:8s} {row['arch']:20s} ours {o['images_per_s']:8.1f} img/s  "
+          f"naive {n['images_per_s']:8.1f} img/s (workers={n['workers']})  "
+          f"ratio {row['ratio']:5.2f}x  peak mem ours {o['peak_mem_mb']:.0f} MB / "
+          f"naive {n['peak_mem_mb']:.0f} MB{mfu}", flush=True)
+
+
+def scale(device, arch="resnet18") -> list[dict]:
+    """Wall time of one training epoch of ours at three data sizes and three resolutions."""
+    rows = []
+    for n_per_class, size in [(50, 64), (100, 64), (200, 64), (100, 32), (100, 128)]:
+        setting_size = ["ours", arch, "paper_a", str(n_per_class), device]
+        os.environ["BENCH_IMAGE_SIZE"] = str(size)
+        result = _child(setting_size)
+        result.update(n_per_class=n_per_class, image_size=size)
+        rows.append(result)
+        if "error" not in result:
+            print(f"scale {arch} {n_per_class:4d}/class {size:4d}px: {result['n_train']} train "
+                  f"images, {result['train_seconds'] + result['val_seconds']:.2f} s/epoch, "
+                  f"{result['images_per_s']:.1f} img/s", flush=True)
+    os.environ.pop("BENCH_IMAGE_SIZE", None)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--arch", nargs="*", default=None)
+    parser.add_argument("--setting", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--n-per-class", type=int, default=100,
+                        help="synthetic images per class (default 100)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", nargs="*", type=int, default=None,
+                        help="loader workers to try for naive (default: 0 and all cores)")
+    parser.add_argument("--scale", action="store_true", help="measure wall time vs data size")
+    parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/<device>.json)")
+    args = parser.parse_args(argv)
+
+    if args.child:
+        variant, arch, setting, n, device, *rest = args.child
+        if os.environ.get("BENCH_IMAGE_SIZE"):
+            ds, _, batch, head = SETTINGS[setting]
+            SETTINGS[setting] = (ds, int(os.environ["BENCH_IMAGE_SIZE"]), batch, head)
+        if variant == "ours":
+            result = run_ours(arch, setting, int(n), device)
+        else:
+            result = run_naive(arch, setting, int(n), device, int(rest[0]))
+        print(json.dumps(result))
+        return 0
+
+    import torch
+
+    from helpers import training
+
+    device = training.resolve_device(args.device)
+    workers = args.workers if args.workers is not None else sorted({0, os.cpu_count() or 1})
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "n_per_class": args.n_per_class,
+        "versions": _versions(), "git_commit": _git_commit(),
+    }
+    if args.scale:
+        report["scale"] = scale(args.device)
+    else:
+        report["rows"] = compare(args.arch, args.setting, args.n_per_class, args.device, workers)
+    out = Path(args.out) if args.out else RESULTS_DIR / f"{device.type}{'-scale' if args.scale else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

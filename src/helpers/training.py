@@ -1,0 +1,759 @@
+"""Parameter validation, the training engine and the run folder (see CONTRACTS.md).
+
+``train(**params)`` prepares the data, trains, and leaves a complete run folder::
+
+    runs/<dataset>/<arch>-<imagenet|scratch>-s<seed>/
+        params.json history.csv best.pt last.pt predictions.csv metrics.json
+
+Design notes:
+- The prepared uint8 images are moved to the device once; each batch is gathered and
+  normalised there. No augmentation (neither paper used any). On CUDA: channels_last, bf16
+  autocast, fused Adam, optional ``torch.compile``; losses are summed on the device and read
+  once per epoch.
+- Each epoch's shuffle comes from a generator seeded with (seed, epoch), and the global RNG
+  state (dropout) is checkpointed, so a resumed run repeats an uninterrupted one exactly on CPU.
+- The best epoch is chosen by validation accuracy (ties keep the earlier epoch) and scores
+  the test split. Early stopping, when on, monitors validation loss as Keras does by default
+  (paper B used Keras).
+- Checkpoints hold only tensors and plain Python values (``torch.load(weights_only=True)``)
+  and are written atomically after every epoch; ``metrics.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+import types
+import warnings
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data, models
+
+# Executed notebooks are rendered statically in the book, where text bars read better than
+# widgets; tqdm.auto falls back to text when ipywidgets is absent, so silence its warning.
+warnings.filterwarnings("ignore", message="IProgress not found")
+from tqdm.auto import tqdm  # noqa: E402
+
+DEFAULTS: dict = {
+    # the issue's table (paper A's settings)
+    "dataset": "covid_radiography",
+    "data_dir": "",
+    "arch": "resnet18",
+    "pretrained": True,
+    "head": "replace",
+    "image_size": 128,
+    "epochs": 20,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "early_stopping_patience": 0,
+    "seed": 0,
+    "device": "auto",
+    "run_dir": "",
+    "force": False,
+    # beyond the table
+    "normalize": "dataset",   # dataset | imagenet | paper_a
+    "balance": True,          # balance classes to the smallest (paper A)
+    "split": "random",        # random (the papers') | grouped (near-duplicate aware)
+    "split_seed": 0,          # data split seed, fixed across training seeds so runs pair
+    "n_per_class": 100,       # synthetic images per class when data_dir is ""
+    "init_from": "",          # another run's best.pt of the same arch (backbone only)
+    "compile": "auto",        # torch.compile: auto = on for CUDA, off otherwise
+}
+PARAM_NAMES = tuple(DEFAULTS)
+
+NORMALIZATIONS = {
+    "dataset": None,  # the prepared train split's mean/std
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "paper_a": ((0.5144,) * 3, (0.2258,) * 3),
+}
+EARLY_STOPPING_MONITOR = "val_loss"
+# Not part of a run's identity: a folder may be reached by another spelling of run_dir.
+_NOT_COMPARED = ("force", "run_dir")
+RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------- parameters
+
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _fail(name: str, expected: str, value) -> None:
+    raise ValueError(f"parameter {name!r} must be {expected}; got {value!r} ({type(value).__name__})")
+
+
+def _check_bool(name: str, value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    hint = ""
+    if isinstance(value, str):
+        hint = (f". papermill's `-p {name} {value}` passes a string; write "
+                f"`-p {name} True` or `-p {name} False` (capitalised)")
+    raise ValueError(f"parameter {name!r} must be True or False (a bool); "
+                     f"got {value!r} ({type(value).__name__}){hint}")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if not _is_int(value):
+        _fail(name, f"an integer >= {minimum}", value)
+    if value < minimum:
+        raise ValueError(f"parameter {name!r} must be an integer >= {minimum}; got {value}")
+    return int(value)
+
+
+def _check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"parameter {name!r} must be one of {', '.join(map(repr, choices))}; "
+                         f"got {value!r}")
+    return value
+
+
+def _check_str(name: str, value) -> str:
+    if not isinstance(value, str):
+        _fail(name, "a string", value)
+    return value
+
+
+def _check_device(value) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"parameter 'device' must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; "
+                         f"got {value!r}")
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"parameter 'device' is {value!r} but CUDA is not available here; "
+                             f"use 'auto' or 'cpu'")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"parameter 'device' is {value!r} but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) exist")
+    if value == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("parameter 'device' is 'mps' but MPS is not available here; use 'auto' or 'cpu'")
+    return value
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A ``best.pt``/``last.pt`` dict, loaded without unpickling code."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
+        raise ValueError(f"{path} is not a run checkpoint (a dict with 'model' and 'params')")
+    return ckpt
+
+
+def _check_init_from(value, arch: str, pretrained: bool) -> str:
+    value = _check_str("init_from", value)
+    if not value:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"parameter 'init_from' must be '' or the path of another run's best.pt; "
+                         f"no file {path}")
+    if pretrained:
+        raise ValueError("parameters 'init_from' and 'pretrained' exclude each other: init_from "
+                         "replaces the backbone, so set pretrained=False")
+    try:
+        source_arch = read_checkpoint(path)["params"].get("arch")
+    except Exception as e:
+        raise ValueError(f"parameter 'init_from': cannot read {path} as a run checkpoint: {e}") from e
+    if source_arch != arch:
+        raise ValueError(f"parameter 'init_from': {path} holds a {source_arch!r} model, but this run's "
+                         f"arch is {arch!r}; init_from needs a checkpoint of the same arch")
+    return value
+
+
+def validate_params(params: dict) -> dict:
+    """Fill defaults and check every parameter before any work is done.
+
+    Raises ValueError naming the parameter and the allowed values (and
+    :class:`helpers.weights.MissingWeightsError` when ImageNet weights are needed but absent).
+    """
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(PARAM_NAMES)}")
+    p = {**DEFAULTS, **params}
+    out = {}
+    out["dataset"] = _check_choice("dataset", p["dataset"], tuple(data.DATASETS))
+    out["data_dir"] = _check_str("data_dir", p["data_dir"])
+    if out["data_dir"] and not Path(out["data_dir"]).is_dir():
+        raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing folder; "
+                         f"no folder {out['data_dir']}")
+    out["arch"] = _check_choice("arch", p["arch"], models.ARCHS)
+    out["pretrained"] = _check_bool("pretrained", p["pretrained"])
+    out["head"] = _check_choice("head", p["head"], models.HEADS)
+    min_size = models.MIN_IMAGE_SIZE[out["arch"]]
+    out["image_size"] = _check_int("image_size", p["image_size"], 1)
+    if out["image_size"] < min_size:
+        raise ValueError(f"parameter 'image_size' must be at least {min_size} px for {out['arch']}; "
+                         f"got {out['image_size']} (minimums: {models.MIN_IMAGE_SIZE})")
+    out["epochs"] = _check_int("epochs", p["epochs"], 1)
+    out["batch_size"] = _check_int("batch_size", p["batch_size"], 1)
+    lr = p["lr"]
+    if not isinstance(lr, Real) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        _fail("lr", "a finite number > 0", lr)
+    out["lr"] = float(lr)
+    out["early_stopping_patience"] = _check_int("early_stopping_patience", p["early_stopping_patience"], 0)
+    out["seed"] = _check_int("seed", p["seed"], 0)
+    out["device"] = _check_device(p["device"])
+    out["run_dir"] = _check_str("run_dir", p["run_dir"])
+    out["force"] = _check_bool("force", p["force"])
+    out["normalize"] = _check_choice("normalize", p["normalize"], tuple(NORMALIZATIONS))
+    out["balance"] = _check_bool("balance", p["balance"])
+    out["split"] = _check_choice("split", p["split"], data.SPLITS)
+    out["split_seed"] = _check_int("split_seed", p["split_seed"], 0)
+    out["n_per_class"] = _check_int("n_per_class", p["n_per_class"], data.MIN_PER_CLASS)
+    out["init_from"] = _check_init_from(p["init_from"], out["arch"], out["pretrained"])
+    if p["compile"] != "auto" and not isinstance(p["compile"], (bool, np.bool_)):
+        raise ValueError(f"parameter 'compile' must be 'auto', True or False; got {p['compile']!r}")
+    out["compile"] = p["compile"] if p["compile"] == "auto" else bool(p["compile"])
+    # data prep's own checks (e.g. data_dir must contain the dataset's class folders)
+    data.validate_prep_params(out["dataset"], out["data_dir"], out["image_size"], out["balance"],
+                              out["split_seed"], "", out["split"], out["n_per_class"])
+    if out["pretrained"]:
+        from . import weights
+        weights.require(out["arch"])  # names the missing file, before any work
+    return {k: out[k] for k in PARAM_NAMES}
+
+
+# Names IPython itself defines as cells run (_, __, _i, _i3, _3, ...).
+_IPYTHON_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+|_ih|_oh|_dh|In|Out|get_ipython|exit|quit|open")
+
+
+def collect(namespace: dict, before=()) -> dict:
+    """Validated parameters from a notebook's globals.
+
+    ``before`` is the set of global names that existed before the parameters cell; every
+    name defined since (the parameters cell and papermill's injected cell) must be a known
+    parameter, so a mistyped ``-p bogus 1`` stops the notebook instead of being ignored.
+    """
+    snapshot, before = before, set(before)
+    new = [k for k, v in namespace.items() if k not in before and v is not snapshot  # the snapshot's own name
+           and not _IPYTHON_NAMES.fullmatch(k)
+           and not (k.startswith("__") and k.endswith("__"))
+           and not isinstance(v, types.ModuleType) and not callable(v)]  # papermill injects values only
+    unknown = sorted(k for k in new if k not in DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(PARAM_NAMES)}")
+    return validate_params({k: namespace[k] for k in PARAM_NAMES if k in namespace})
+
+
+# ---------------------------------------------------------------- small pieces
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def default_run_dir(params: dict) -> Path:
+    """``runs/<dataset>/<arch>-<imagenet|scratch>-s<seed>``; ``<arch>-from-<dataset>-s<seed>``
+    for init_from runs (the source run's dataset), so they never share a scratch run's folder."""
+    if params["init_from"]:
+        source = read_checkpoint(params["init_from"])["params"].get("dataset", "run")
+        arm = f"from-{source}"
+    else:
+        arm = "imagenet" if params["pretrained"] else "scratch"
+    return Path("runs") / params["dataset"] / f"{params['arch']}-{arm}-s{params['seed']}"
+
+
+def run_stats(params: dict, prepared) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) 3-tuples the run normalised with."""
+    fixed = NORMALIZATIONS[params.get("normalize", "dataset")]
+    if fixed is not None:
+        return tuple(fixed[0]), tuple(fixed[1])
+    return tuple(float(v) for v in prepared.mean), tuple(float(v) for v in prepared.std)
+
+
+def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(N, 3, S, S)`` or ``(3, S, S)`` -> float32 ``(x / 255 - mean) / std`` on the same device."""
+    x = images_uint8.float().div_(255)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch bounds; a trailing batch of one joins the previous one, because BatchNorm
+    cannot train on a single image whose last feature map is 1x1."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_clean(obj):
+    """NaN/inf -> None so metrics.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the repository holding this package; (None, None) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=_REPO, capture_output=True,
+                                text=True, timeout=30)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return commit.stdout.strip(), dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or previous)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+# ---------------------------------------------------------------- model pieces
+
+def _load_backbone(model: nn.Module, arch: str, head: str, init_from: str) -> list[str]:
+    """Copy every non-head tensor from another run's checkpoint; the head stays freshly initialised."""
+    ckpt = read_checkpoint(init_from)
+    source = ckpt["params"]
+    if source.get("arch") != arch:
+        raise ValueError(f"init_from {init_from} holds a {source.get('arch')!r} model, not {arch!r}")
+    skip = models.head_prefixes(arch, head) + models.head_prefixes(arch, source.get("head", "replace"))
+    target = model.state_dict()
+    wanted = [k for k in target if not k.startswith(skip)]
+    missing = [k for k in wanted if k not in ckpt["model"]]
+    wrong = [k for k in wanted if k in ckpt["model"] and ckpt["model"][k].shape != target[k].shape]
+    if missing or wrong:
+        raise ValueError(f"init_from {init_from}: backbone does not fit this {arch}/{head} model "
+                         f"(missing: {missing[:5]}, shape mismatch: {wrong[:5]})")
+    model.load_state_dict({k: ckpt["model"][k] for k in wanted}, strict=False)
+    return wanted
+
+
+def _build(params: dict, num_classes: int, device: torch.device) -> nn.Module:
+    model = models.get_model(params["arch"], weights=params["pretrained"], head=params["head"],
+                             num_classes=num_classes, image_size=params["image_size"])
+    if params["init_from"]:
+        _load_backbone(model, params["arch"], params["head"], params["init_from"])
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class _Engine:
+    """Device-resident data and the per-epoch loops."""
+
+    def __init__(self, prepared, params: dict, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        mean, std = run_stats(params, prepared)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+        images, labels = prepared.images, np.asarray(prepared.labels, dtype=np.int64)
+        split = np.asarray(prepared.split)
+        self.x, self.y, self.index = {}, {}, {}
+        for part in ("train", "val", "test"):
+            idx = np.flatnonzero(split == part)
+            if len(idx) == 0:
+                raise ValueError(f"the prepared data {params.get('prepared_dir', '')} has no "
+                                 f"{part!r} images")
+            self.index[part] = idx
+            x = torch.from_numpy(images[idx]).to(device)  # fancy indexing copies: writable
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.x[part], self.y[part] = x, torch.from_numpy(labels[idx]).to(device)
+        self.batch_size = params["batch_size"]
+        self.eval_batch = 512 if self.cuda else 2 * params["batch_size"]
+
+    def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = normalize(x_uint8, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _autocast(self):
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def n_batches(self) -> int:
+        return len(_batches(len(self.y["train"]), self.batch_size))
+
+    def train_epoch(self, step_model: nn.Module, optimizer, seed: int, epoch: int, bar) -> torch.Tensor:
+        """One pass over the train split; returns the mean per-image loss as a device tensor."""
+        step_model.train()
+        x, y = self.x["train"], self.y["train"]
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+        order = order.to(self.device)
+        total = torch.zeros((), device=self.device)
+        for start, stop in _batches(len(y), self.batch_size):
+            idx = order[start:stop]
+            with self._autocast():
+                logits = step_model(self._input(x[idx]))
+            loss = F.cross_entropy(logits.float(), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * (stop - start)
+            bar.update(1)
+        return total / len(y)
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, part: str) -> torch.Tensor:
+        model.eval()
+        x = self.x[part]
+        out = []
+        for start in range(0, len(x), self.eval_batch):
+            with self._autocast():
+                out.append(model(self._input(x[start:start + self.eval_batch])).float())
+        return torch.cat(out)
+
+    def evaluate(self, model: nn.Module, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(model, part)
+        y = self.y[part]
+        return F.cross_entropy(logits, y, reduction="sum") / len(y), (logits.argmax(1) == y).float().mean()
+
+
+def _compile(model: nn.Module, wanted, device: torch.device) -> nn.Module:
+    enabled = device.type == "cuda" if wanted == "auto" else bool(wanted)
+    if not enabled:
+        return model
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a run
+    return torch.compile(model)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ---------------------------------------------------------------- run folder
+
+def _identity(params: dict) -> dict:
+    return {k: params[k] for k in PARAM_NAMES if k not in _NOT_COMPARED}
+
+
+def _check_existing(run_dir: Path, run_params: dict) -> bool:
+    """True when run_dir already holds this exact run, complete. Refuses a different run."""
+    params_file = run_dir / "params.json"
+    if not params_file.exists():
+        leftovers = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if leftovers:
+            raise ValueError(f"{run_dir} holds {leftovers} but no params.json, so it cannot be "
+                             f"resumed safely; remove it or pass force=True")
+        return False
+    old = json.loads(params_file.read_text())
+    new = _identity(run_params)
+    diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
+    if diff:
+        lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(f"{run_dir} holds a run with other parameters ({lines}). Not mixing runs: "
+                         f"choose another run_dir, or pass force=True to replace it")
+    return (run_dir / "metrics.json").exists()
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    _atomic_text(frame.to_csv(index=False), run_dir / "history.csv")
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[float, list, list[str]]:
+    from sklearn.metrics import roc_auc_score
+    notes, per_class = [], []
+    for k, name in enumerate(class_names):
+        positives = labels == k
+        if positives.all() or not positives.any():
+            per_class.append(float("nan"))
+            notes.append(f"AUC for class {name!r} is undefined: the test split has "
+                         f"{'only' if positives.all() else 'no'} images of it")
+        else:
+            per_class.append(float(roc_auc_score(positives, probs[:, k])))
+    macro = float(np.mean(per_class)) if all(math.isfinite(v) for v in per_class) else float("nan")
+    if not math.isfinite(macro):
+        notes.append("test_auc_macro is undefined because a per-class AUC is")
+    return macro, per_class, notes
+
+
+def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_params: dict,
+            state: dict, device: torch.device) -> None:
+    from sklearn.metrics import confusion_matrix
+
+    best = read_checkpoint(run_dir / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    probs = torch.softmax(engine.logits(model, "test"), dim=1).cpu().numpy().astype(np.float64)
+    labels = engine.y["test"].cpu().numpy()
+    pred = probs.argmax(1)
+    class_names = list(prepared.class_names)
+    paths = np.asarray(prepared.paths)[engine.index["test"]]
+    frame = pd.DataFrame({"path": paths, "label": labels, "pred": pred})
+    for k in range(len(class_names)):
+        frame[f"prob_{k}"] = probs[:, k]
+    _atomic_text(frame.to_csv(index=False), run_dir / "predictions.csv")
+
+    history = state["history"]
+    macro, per_class, notes = _auc(labels, probs, class_names)
+    commit, dirty = git_state()
+    metrics = {
+        "class_names": class_names,
+        "test_accuracy": float((pred == labels).mean()),
+        "test_auc_macro": macro,
+        "test_auc_per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(len(class_names)))).tolist(),
+        "first_epoch_train_loss": history[0]["train_loss"],
+        "first_epoch_val_acc": history[0]["val_acc"],
+        "final_train_loss": history[-1]["train_loss"],
+        "final_val_loss": history[-1]["val_loss"],
+        "best_val_acc": state["best_val_acc"],
+        "best_epoch": state["best_epoch"],
+        "epochs_run": len(history),
+        "train_seconds": float(sum(row["seconds"] for row in history)),
+        "device": device.type,
+        "torch_version": torch.__version__,
+        "git_commit": commit,
+        # beyond the contract
+        "git_dirty": dirty,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "stopped_early": state["stopped_early"],
+        "early_stopping_monitor": EARLY_STOPPING_MONITOR,
+        "synthetic": bool(prepared.synthetic),
+        "n_test": int(len(labels)),
+        "notes": notes,
+    }
+    _atomic_text(json.dumps(_json_clean(metrics), indent=2) + "\n", run_dir / "metrics.json")
+
+
+def train(**params) -> Path:
+    """Train one run into its run folder and return the folder.
+
+    A complete run with the same parameters is skipped unless ``force=True``; an interrupted
+    one resumes from its last finished epoch; a folder holding other parameters is refused.
+    """
+    p = validate_params(params)
+    device = resolve_device(p["device"])
+    run_dir = Path(p["run_dir"]) if p["run_dir"] else default_run_dir(p)
+    run_params = {**p, "device": device.type,
+                  "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
+                  "run_dir": str(run_dir)}
+
+    if p["force"]:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    elif _check_existing(run_dir, run_params):
+        print(f"{run_dir}: complete run with these parameters, skipped (force=True retrains)")
+        return run_dir
+
+    prepared_dir = data.prepare(p["dataset"], data_dir=p["data_dir"], image_size=p["image_size"],
+                                balance=p["balance"], seed=p["split_seed"], split=p["split"],
+                                n_per_class=p["n_per_class"])
+    prepared = data.load_prepared(prepared_dir)
+    run_params.update(prepared_dir=_relative(prepared_dir), class_names=list(prepared.class_names),
+                      prepared_fingerprint=prepared.info.get("fingerprint"),
+                      synthetic=bool(prepared.synthetic))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params_file = run_dir / "params.json"
+    if params_file.exists():
+        old = json.loads(params_file.read_text())
+        if old.get("prepared_fingerprint") != run_params["prepared_fingerprint"]:
+            raise ValueError(f"{run_dir} was trained on prepared data with fingerprint "
+                             f"{old.get('prepared_fingerprint')}, but {prepared_dir} now has "
+                             f"{run_params['prepared_fingerprint']}; pass force=True to retrain")
+    else:
+        _atomic_text(json.dumps(run_params, indent=2) + "\n", params_file)
+
+    with _deterministic(device.type == "cpu"):
+        _fit(run_dir, run_params, prepared, device)
+    return run_dir
+
+
+def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    torch.manual_seed(run_params["seed"])
+    num_classes = len(prepared.class_names)
+    model = _build(run_params, num_classes, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run_params["lr"],
+                                 fused=True if device.type == "cuda" else None)
+    engine = _Engine(prepared, run_params, device)
+
+    state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
+             "es_best_val_loss": math.inf, "es_wait": 0, "stopped_early": False}
+    last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
+    if last_file.exists():
+        last = read_checkpoint(last_file, map_location=device)
+        model.load_state_dict(last["model"])
+        optimizer.load_state_dict(last["optimizer"])
+        state = {k: last[k] for k in state}
+        _set_rng_state(last["rng"], device)
+        # A kill between writing last.pt and best.pt leaves best.pt one improvement behind;
+        # the model of that epoch is the one in last.pt.
+        if state["best_epoch"] == state["epoch"] and (
+                not best_file.exists() or read_checkpoint(best_file)["epoch"] != state["epoch"]):
+            _atomic_save({"model": last["model"], "params": run_params, "epoch": state["epoch"],
+                          "val_acc": state["best_val_acc"]}, best_file)
+        print(f"{run_dir}: resuming after epoch {state['epoch']}")
+
+    step_model = _compile(model, run_params["compile"], device)
+    epochs, patience = run_params["epochs"], run_params["early_stopping_patience"]
+    overall = tqdm(total=epochs, initial=state["epoch"], desc=str(run_dir), unit="epoch")
+    while state["epoch"] < epochs and not state["stopped_early"]:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
+            train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
+        val_loss, val_acc = engine.evaluate(model, "val")
+        train_loss, val_loss, val_acc = torch.stack([train_loss, val_loss, val_acc]).tolist()
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+               "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(row)
+        state["epoch"] = epoch
+        improved = val_acc > state["best_val_acc"]  # ties keep the earlier epoch
+        if improved:
+            state["best_epoch"], state["best_val_acc"] = epoch, val_acc
+        if val_loss < state["es_best_val_loss"]:
+            state["es_best_val_loss"], state["es_wait"] = val_loss, 0
+        else:
+            state["es_wait"] += 1
+        state["stopped_early"] = bool(patience) and state["es_wait"] >= patience
+
+        model_state = model.state_dict()
+        _atomic_save({**state, "model": model_state, "optimizer": optimizer.state_dict(),
+                      "rng": _rng_state(device), "params": run_params}, last_file)
+        if improved:
+            _atomic_save({"model": model_state, "params": run_params, "epoch": epoch,
+                          "val_acc": val_acc}, best_file)
+        _write_history(run_dir, state["history"])
+        overall.update(1)
+        overall.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
+                            val_acc=f"{val_acc:.3f}")
+    overall.close()
+    if state["stopped_early"]:
+        print(f"early stopping after epoch {state['epoch']}: {EARLY_STOPPING_MONITOR} did not "
+              f"improve for {patience} epochs")
+    _write_history(run_dir, state["history"])
+    _finish(run_dir, engine, model, prepared, run_params, state, device)
+
+
+# ---------------------------------------------------------------- reading runs
+
+def load_run(run_dir: str | os.PathLike, which: str = "best", device="cpu"):
+    """(eval-mode model, params.json, prepared data) of a finished or running run."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last'; got {which!r}")
+    run_dir = Path(run_dir)
+    params_file = run_dir / "params.json"
+    if not params_file.exists():
+        raise FileNotFoundError(f"{params_file} not found: {run_dir} is not a run folder")
+    params = json.loads(params_file.read_text())
+    ckpt = read_checkpoint(run_dir / f"{which}.pt", map_location=device)
+    model = models.get_model(params["arch"], weights=False, head=params["head"],
+                             num_classes=len(params["class_names"]), image_size=params["image_size"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, params, data.load_prepared(params["prepared_dir"])
+
+
+def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "history.csv")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def describe_run(run_dir: str | os.PathLike) -> str:
+    """One line saying what was trained, flagging synthetic data."""
+    params = json.loads((Path(run_dir) / "params.json").read_text())
+    arm = ("init from " + params["init_from"]) if params["init_from"] else (
+        "ImageNet weights" if params["pretrained"] else "random initialisation")
+    line = (f"{params['arch']} ({params['head']} head) on {params['dataset']}, {arm}, "
+            f"{params['image_size']} px, seed {params['seed']}, device {params['device']}")
+    if params.get("synthetic"):
+        line = "SYNTHETIC DATA (phantoms, not the Kaggle images) - " + line
+    return line
+
+
+def plot_history(run_dir: str | os.PathLike):
+    """Loss curves and validation accuracy of one run, as a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    history = read_history(run_dir)
+    params = json.loads((Path(run_dir) / "params.json").read_text())
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    ax_loss.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy (per image)", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(history["epoch"], history["val_acc"], marker="o", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1.02))
+    title = f"{params['arch']} {'ImageNet' if params['pretrained'] else 'scratch'} on {params['dataset']}"
+    if params.get("synthetic"):
+        title += " (SYNTHETIC data)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

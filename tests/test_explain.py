@@ -1,0 +1,100 @@
+"""Saliency, Grad-CAM and explanation-quality scores."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from helpers import explain, models  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def _check(maps, n, size):
+    assert maps.shape == (n, size, size)
+    assert np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_maps_shape_finite_unit_range(arch, head):
+    size = max(64, models.MIN_IMAGE_SIZE[arch])
+    torch.manual_seed(0)
+    model = models.get_model(arch, weights=False, head=head, num_classes=3, image_size=size).eval()
+    x = torch.randn(2, 3, size, size)
+    sal = explain.saliency_maps(model, x, [0, 2])
+    _check(sal, 2, size)
+    assert sal.reshape(2, -1).max(axis=1) == pytest.approx([1.0, 1.0])  # normalised per image
+    cam = explain.gradcam_maps(model, arch, x, [1, 2])
+    _check(cam, 2, size)
+    # the hooks were released: a plain forward leaves no recorded activations behind
+    assert not any(m._forward_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_saliency_equals_analytic_gradient_with_inplace_relu():
+    """score = w . relu(x): d score/dx = w where x > 0, else 0; the first op is an inplace ReLU."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    x = torch.randn(3, 3, 4, 4)
+    x_before = x.clone()
+    sal = explain.saliency_maps(model, x, [1, 0, 1])
+    assert torch.equal(x, x_before)  # the caller's images are untouched
+    for i, t in enumerate([1, 0, 1]):
+        w = model[2].weight[t].detach().view(3, 4, 4)
+        grad = torch.where(x[i] > 0, w, torch.zeros_like(w)).abs().amax(dim=0)
+        np.testing.assert_allclose(sal[i], (grad / grad.max()).numpy(), rtol=1e-6)
+
+
+def test_saliency_per_image_independent_of_batch():
+    torch.manual_seed(1)
+    model = models.get_model("resnet18", weights=False, num_classes=3, image_size=32).eval()
+    x = torch.randn(3, 3, 32, 32)
+    together = explain.saliency_maps(model, x, [0, 1, 2])
+    alone = np.concatenate([explain.saliency_maps(model, x[i:i + 1], [t]) for i, t in enumerate([0, 1, 2])])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_energy_share_and_pointing_known_answers():
+    maps = np.zeros((3, 10, 10))
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[:, 2:4, 2:4] = 1  # 4 pixels
+    maps[0, 2, 2], maps[0, 8, 8] = 3.0, 1.0  # 3/4 inside, peak inside
+    maps[1, 5, 5] = 1.0  # peak 2.8 px from the mask corner (3, 3): outside, within 3 px
+    maps[2] = 0  # all zero: undefined
+    share = explain.energy_share(maps, masks)
+    assert share[0] == pytest.approx(0.75) and share[1] == 0 and np.isnan(share[2])
+    hits0 = explain.pointing_hits(maps, masks, tolerance_px=0)
+    assert hits0[0] == 1 and hits0[1] == 0 and np.isnan(hits0[2])
+    hits3 = explain.pointing_hits(maps, masks, tolerance_px=3)
+    assert hits3[1] == 1
+    assert explain.pointing_tolerance(224) == 15 and explain.pointing_tolerance(64) == 4
+
+
+def test_random_baseline_matches_area_fraction():
+    masks = np.zeros((4, 32, 32), np.uint8)
+    masks[:, :8, :] = 1  # a quarter of the image
+    base = explain.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
+    assert base["mask_area_fraction"].tolist() == [0.25] * 4
+    assert base["random_energy_share"].mean() == pytest.approx(0.25, abs=0.01)
+    assert base["random_pointing"].mean() == pytest.approx(0.25, abs=0.1)
+    assert base["dilated_area_fraction"].tolist() == [0.25] * 4
+    again = explain.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
+    assert again.equals(base)  # seeded
+
+
+def test_select_images_deterministic():
+    labels = np.array([0, 1, 0, 1, 0, 2, 1])
+    split = np.array(["test", "test", "test", "train", "test", "test", "test"])
+    paths = ["c.png", "b.png", "a.png", "z.png", "b0.png", "q.png", "a.png"]
+    idx = explain.select_images(labels, split, paths, 2)
+    assert idx.tolist() == [2, 4, 6, 1, 5]
+    eligible = np.array([1, 1, 0, 1, 1, 1, 1], bool)
+    assert explain.select_images(labels, split, paths, 1, eligible=eligible).tolist() == [4, 6, 5]

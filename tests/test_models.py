@@ -1,0 +1,138 @@
+"""Every arch and head builds, ImageNet files load exactly, Grad-CAM layers are the last conv blocks."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from helpers import models, weights
+
+SIZE = 64
+NUM_CLASSES = 3
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@functools.lru_cache(maxsize=None)
+def built(arch: str, head: str) -> nn.Module:
+    torch.manual_seed(0)
+    return models.get_model(arch, weights=False, head=head, num_classes=NUM_CLASSES, image_size=SIZE).eval()
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_every_arch_and_head_gives_class_logits(arch, head):
+    model = built(arch, head)
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, SIZE, SIZE))
+    assert out.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert last_linear.out_features == NUM_CLASSES
+    if head == "dense1024":
+        dense = model.fc if arch == "resnet18" else model.classifier
+        kinds = [type(m) for m in dense]
+        assert kinds == [nn.Linear, nn.ReLU, nn.Linear]
+        assert dense[0].out_features == models.DENSE_WIDTH
+        assert isinstance(model.avgpool, nn.Identity)  # Flatten of the raw conv base
+
+
+def test_dense1024_width_follows_image_size():
+    # paper B: VGG-16 at 200 px flattens 512 x 6 x 6 features
+    assert models._conv_base_features(built("vgg16", "replace"), "vgg16", 200) == 512 * 6 * 6
+    assert built("vgg16", "dense1024").classifier[0].in_features == 512 * 2 * 2  # 64 px
+    assert built("resnet18", "dense1024").fc[0].in_features == 512 * 2 * 2
+    assert built("alexnet", "dense1024").classifier[0].in_features == 256 * 1 * 1
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11"])
+def test_min_image_size_is_where_torch_stops(arch):
+    features = built(arch, "replace").features
+    smallest = models.MIN_IMAGE_SIZE[arch]
+    with torch.no_grad():
+        assert features(torch.zeros(1, 3, smallest, smallest)).shape[-1] == 1
+        with pytest.raises(RuntimeError):
+            features(torch.zeros(1, 3, smallest - 1, smallest - 1))
+    with pytest.raises(ValueError, match=f"at least {smallest} px for {arch}"):
+        models.get_model(arch, weights=False, num_classes=3, image_size=smallest - 1)
+
+
+def test_unknown_arch_and_head_are_named():
+    with pytest.raises(ValueError, match="arch must be one of resnet18, vgg11"):
+        models.get_model("resnet50", weights=False, num_classes=3)
+    with pytest.raises(ValueError, match="head must be one of replace, dense1024"):
+        models.get_model("resnet18", weights=False, head="dense", num_classes=3)
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_gradcam_layer_is_the_last_conv_block(arch, head):
+    model = built(arch, head)
+    layer = models.gradcam_target_layer(model, arch)
+    assert any(m is layer for m in model.modules())
+    order, outputs = [], {}
+
+    def record(module, inputs, output):
+        order.append(module)
+        outputs[id(module)] = output
+
+    hooks = [m.register_forward_hook(record)
+             for m in model.modules() if isinstance(m, nn.Conv2d) or m is layer]
+    with torch.no_grad():
+        model(torch.rand(1, 3, SIZE, SIZE))
+    for h in hooks:
+        h.remove()
+    # no convolution runs after the target layer, and it yields a spatial feature map
+    assert order[-1] is layer
+    assert outputs[id(layer)].dim() == 4
+
+
+# ---------------------------------------------------------------- ImageNet weights (planted)
+
+def test_weights_use_torchvision_file_names():
+    assert weights.file_name("resnet18") == "resnet18-f37072fd.pth"
+    assert weights.file_name("alexnet") == "alexnet-owt-7be5be79.pth"
+    assert weights.file_name("mobilenet_v3_large") == "mobilenet_v3_large-8738ca79.pth"  # V1, as pretrained=True
+    for arch in models.ARCHS:
+        assert weights.imagenet_weights(arch) is torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+
+
+def plant(torch_home, arch: str, seed: int = 123) -> dict[str, torch.Tensor]:
+    """A random state_dict saved where torch.hub looks for the arch's ImageNet file."""
+    torch.manual_seed(seed)
+    state = torchvision.models.get_model(arch, weights=None).state_dict()
+    for value in state.values():  # make buffers (BN running stats) distinctive too
+        if value.is_floating_point():
+            value.add_(torch.rand_like(value))
+    path = torch_home / "hub" / "checkpoints" / weights.file_name(arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_pretrained_loads_exactly_the_planted_file(tmp_path, monkeypatch, arch, head):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("a download was attempted"))
+    planted = plant(tmp_path, arch)
+    model = models.get_model(arch, weights=True, head=head, num_classes=NUM_CLASSES, image_size=SIZE)
+    state = model.state_dict()
+    backbone = [k for k in state if not models.is_head_key(k, arch, head)]
+    assert len(backbone) > 10
+    for key in backbone:
+        assert torch.equal(state[key], planted[key]), key
+    # the head is new: right shape, not the file's ImageNet classifier
+    head_keys = [k for k in state if models.is_head_key(k, arch, head)]
+    assert head_keys and state[head_keys[-1]].shape[0] == NUM_CLASSES
+    # and a scratch model differs from the file, so the comparison above can fail
+    scratch = models.get_model(arch, weights=False, head=head, num_classes=NUM_CLASSES, image_size=SIZE)
+    assert not torch.equal(scratch.state_dict()[backbone[0]], planted[backbone[0]])

@@ -1,0 +1,176 @@
+"""ImageNet weights: clear failure without a cached file, fetch/pack/unpack/status CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import models, training, weights
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("a download was attempted"))
+    return home
+
+
+def fake_file(home: Path, arch: str, payload: bytes) -> Path:
+    """Bytes under the arch's torchvision file name (pack/unpack never parse them)."""
+    path = home / "hub" / "checkpoints" / weights.file_name(arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
+
+
+def test_missing_weights_name_the_file_and_the_fix(torch_home):
+    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert weights.expected_path("resnet18") == expected
+    for attempt in (lambda: weights.require("resnet18"),
+                    lambda: models.get_model("resnet18", weights=True, num_classes=3, image_size=64),
+                    lambda: training.validate_params({"arch": "resnet18", "pretrained": True})):
+        with pytest.raises(weights.MissingWeightsError) as err:
+            attempt()
+        message = str(err.value)
+        assert str(expected) in message
+        assert "python -m helpers.weights fetch resnet18" in message
+        assert "pack" in message and "unpack" in message
+        assert "pretrained=False" in message
+
+
+def test_fetch_skips_cached_files_and_explains_offline_failure(torch_home, monkeypatch, capsys):
+    fake_file(torch_home, "alexnet", b"cached")
+    weights.fetch(["alexnet"])  # download_url_to_file is booby-trapped: must not be called
+    assert "already cached" in capsys.readouterr().out
+
+    def offline(self, *args, **kwargs):
+        assert kwargs.get("check_hash") is True
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(type(weights.imagenet_weights("vgg11")), "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="could not download the vgg11 weights.*pack"):
+        weights.fetch(["vgg11"])
+    assert weights.main(["fetch", "vgg11"]) == 1
+    assert "error: could not download" in capsys.readouterr().err
+
+
+def pack_two(home: Path, out: Path) -> dict[str, bytes]:
+    payloads = {"resnet18": b"resnet-bytes" * 100, "mobilenet_v3_small": b"mobilenet" * 50}
+    for arch, payload in payloads.items():
+        fake_file(home, arch, payload)
+    assert weights.main(["pack", str(out)]) == 0
+    return payloads
+
+
+def test_pack_unpack_roundtrip(tmp_path, torch_home, monkeypatch):
+    archive = tmp_path / "weights.tar"
+    payloads = pack_two(torch_home, archive)
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+        manifest = tar.extractfile(weights.MANIFEST).read().decode()
+    assert names == sorted([weights.MANIFEST] + [f"checkpoints/{weights.file_name(a)}" for a in payloads])
+    for arch, payload in payloads.items():
+        assert f"{hashlib.sha256(payload).hexdigest()}  checkpoints/{weights.file_name(arch)}" in manifest
+
+    target = tmp_path / "other_home"
+    monkeypatch.setenv("TORCH_HOME", str(target))
+    assert not weights.is_cached("resnet18")
+    assert weights.main(["unpack", str(archive)]) == 0
+    for arch, payload in payloads.items():
+        assert weights.expected_path(arch).read_bytes() == payload
+    assert sorted(p.name for p in (target / "hub" / "checkpoints").iterdir()) == sorted(
+        weights.file_name(a) for a in payloads)  # no staging leftovers
+
+
+def rewrite(archive: Path, out: Path, change) -> Path:
+    """Copy a tar, letting change(name, bytes) return new bytes (or None to drop the member)."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            content = change(member.name, src.extractfile(member).read())
+            if content is None:
+                continue
+            info = tarfile.TarInfo(member.name)
+            info.size = len(content)
+            dst.addfile(info, io.BytesIO(content))
+    return out
+
+
+def test_unpack_refuses_tampered_archives(tmp_path, torch_home, monkeypatch, capsys):
+    archive = tmp_path / "weights.tar"
+    pack_two(torch_home, archive)
+    target = tmp_path / "other_home"
+    monkeypatch.setenv("TORCH_HOME", str(target))
+    resnet = f"checkpoints/{weights.file_name('resnet18')}"
+
+    tampered = rewrite(archive, tmp_path / "tampered.tar",
+                       lambda name, b: b[:-1] + b"X" if name == resnet else b)
+    with pytest.raises(ValueError, match=f"checksum mismatch for {resnet}.*Nothing was installed"):
+        weights.unpack(tampered)
+    assert weights.main(["unpack", str(tampered)]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+
+    dropped = rewrite(archive, tmp_path / "dropped.tar", lambda name, b: None if name == resnet else b)
+    with pytest.raises(ValueError, match="missing from archive"):
+        weights.unpack(dropped)
+
+    extra = rewrite(archive, tmp_path / "extra.tar", lambda name, b: b)
+    with tarfile.open(extra, "a") as tar:
+        info = tarfile.TarInfo("../evil.pth")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(ValueError, match="not in manifest"):
+        weights.unpack(extra)
+
+    bogus_manifest = rewrite(archive, tmp_path / "bogus.tar",
+                             lambda name, b: b + b"0" * 64 + b"  checkpoints/other.pth\n"
+                             if name == weights.MANIFEST else b)
+    with pytest.raises(ValueError, match="not one of the torchvision weight files"):
+        weights.unpack(bogus_manifest)
+
+    # nothing from any refused archive reached the cache
+    checkpoints = target / "hub" / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
+    assert not (tmp_path / "evil.pth").exists()
+
+
+def test_pack_without_cached_weights_is_a_clear_error(tmp_path, torch_home, capsys):
+    assert weights.main(["pack", str(tmp_path / "w.tar")]) == 1
+    assert "no ImageNet weights cached" in capsys.readouterr().err
+    assert weights.main(["pack", str(tmp_path / "w.tar"), "--arch", "vgg16"]) == 1
+    assert str(weights.expected_path("vgg16")) in capsys.readouterr().err
+    assert not (tmp_path / "w.tar").exists()
+
+
+def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home):
+    fake_file(torch_home, "alexnet", b"not the real alexnet")
+    found = weights.status()
+    assert found["alexnet"] == weights.expected_path("alexnet")
+    assert all(found[a] is None for a in models.ARCHS if a != "alexnet")
+    assert weights.name_hash_ok(weights.expected_path("alexnet")) is False
+    payload = b"some weights"
+    good = tmp_path / f"x-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    good.write_bytes(payload)
+    assert weights.name_hash_ok(good) is True
+
+    out = subprocess.run([sys.executable, "-m", "helpers.weights", "status"], capture_output=True,
+                         text=True, env={**os.environ, "TORCH_HOME": str(torch_home)})
+    assert out.returncode == 0, out.stderr
+    assert "alexnet" in out.stdout and "cached" in out.stdout and "HASH MISMATCH" in out.stdout
+    assert "resnet18" in out.stdout and "missing" in out.stdout
+
+
+def test_cli_rejects_unknown_arch(capsys):
+    with pytest.raises(SystemExit):
+        weights.main(["fetch", "resnet50"])
+    assert "unknown arch 'resnet50'" in capsys.readouterr().err
