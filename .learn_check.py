@@ -25,6 +25,11 @@ def run(ds, size, epochs, seed, lr=1e-3, bs=32, n=100):
             loss = torch.nn.functional.cross_entropy(model(X[b]), y[b])
             opt.zero_grad(); loss.backward(); opt.step()
         if ep + 1 in epochs: out.append(f"e{ep+1}:{acc(te):.2f}")
+    if seed == 0:
+        from sklearn.metrics import confusion_matrix
+        model.eval()
+        with torch.no_grad(): p = model(X[te]).argmax(1)
+        print(confusion_matrix(y[te].cpu(), p.cpu()).tolist())
     return " ".join(out)
 if __name__ == "__main__":
     for spec in sys.argv[1:]:

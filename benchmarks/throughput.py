@@ -287,6 +287,44 @@ def scale(device, arch="resnet18") -> list[dict]:
     return rows
 
 
+def load_results(folder: str | os.PathLike = RESULTS_DIR):
+    """Every saved comparison as one table (for the book's performance page)."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        report = json.loads(path.read_text())
+        for row in report.get("rows", []):
+            o, n = row["ours"], row["naive"]
+            if "error" in o or "error" in n:
+                continue
+            rows.append({
+                "file": path.name, "device": report["device_name"], "setting": row["setting"],
+                "arch": row["arch"], "ours img/s": round(o["images_per_s"], 1),
+                "naive img/s": round(n["images_per_s"], 1), "naive workers": n.get("workers"),
+                "ours/naive": round(row["ratio"], 2),
+                "peak MB ours": round(o["peak_mem_mb"]), "peak MB naive": round(n["peak_mem_mb"]),
+                "MFU": None if o.get("mfu") is None else round(o["mfu"], 3),
+                "torch": report["versions"].get("torch"), "commit": (report.get("git_commit") or "")[:10],
+            })
+    return pd.DataFrame(rows)
+
+
+def load_scale(folder: str | os.PathLike = RESULTS_DIR):
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(folder).glob("*-scale.json")):
+        report = json.loads(path.read_text())
+        for r in report.get("scale", []):
+            if "error" not in r:
+                rows.append({"device": report["device_name"], "images/class": r["n_per_class"],
+                             "train images": r["n_train"], "image px": r["image_size"],
+                             "s/epoch": round(r["train_seconds"] + r["val_seconds"], 2),
+                             "img/s": round(r["images_per_s"], 1)})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,6 +28,24 @@ def data_root(tmp_path_factory):
         yield root
 
 
+@pytest.fixture(scope="module")
+def synthetic(data_root):
+    """dataset -> Prepared synthetic set at 64 px (random split), made once per module.
+
+    Default prepared folder under the module's data root, so the notebook test reuses it.
+    """
+    from helpers.data import load_prepared, prepare
+
+    cache = {}
+
+    def get(dataset):
+        if dataset not in cache:
+            cache[dataset] = load_prepared(prepare(dataset, image_size=64, balance=False, seed=0, n_per_class=N_PER_CLASS, progress=False))
+        return cache[dataset]
+
+    return get
+
+
 def textured(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """n distinct grayscale images with edges and texture, (n, 3, size, size) uint8 in 20..220.
 
@@ -122,13 +140,9 @@ def test_exact_duplicates_found_without_sha256_by_pixels():
 
 
 @pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
-def test_no_false_pairs_among_distinct_synthetic_images(dataset, tmp_path):
+def test_no_false_pairs_among_distinct_synthetic_images(dataset, synthetic):
     """The embedded synthetic phantoms are all distinct images: none may pair."""
-    from helpers.data import load_prepared, prepare
-
-    prepared = load_prepared(
-        prepare(dataset, image_size=64, balance=False, seed=0, n_per_class=N_PER_CLASS, out_dir=str(tmp_path / "prep"), progress=False)
-    )
+    prepared = synthetic(dataset)
     assert prepared.manifest["sha256"].nunique() == len(prepared.images)
     pairs = audit.find_duplicates(prepared, progress=False)
     assert pairs.empty, pairs.head()
@@ -189,6 +203,17 @@ def test_random_split_of_the_same_images_leaks():
     assert (pairs["split_i"] != pairs["split_j"]).any()
 
 
+def test_grouped_split_fills_every_split_from_three_unequal_groups():
+    # Like the real kidney 'Tumor' sample: one scan of 38 slices and two single slices.
+    labels = np.array([0] * 40 + [1] * 30)
+    groups = np.array([0] * 38 + [1, 2] + list(range(3, 33)))
+    for seed in range(5):
+        split = audit.grouped_split(labels, groups, ["Tumor", "Other"], seed=seed)
+        assert (split[:38] == "train").all()
+        assert sorted(split[38:40]) == ["test", "val"]
+        assert pd.Series(split[40:]).value_counts().to_dict() == {"train": 18, "val": 6, "test": 6}
+
+
 def test_grouped_split_mixed_group_goes_whole_and_counts_for_its_majority():
     labels = np.array([0] * 30 + [1] * 30)
     groups = np.arange(60) // 3  # groups of 3, each a single class
@@ -237,12 +262,8 @@ def test_shortcut_baseline_learns_brightness_and_reports_ci():
 
 
 @pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
-def test_shortcut_baseline_runs_on_both_synthetic_datasets(dataset, tmp_path):
-    from helpers.data import load_prepared, prepare
-
-    prepared = load_prepared(
-        prepare(dataset, image_size=32, balance=False, seed=0, n_per_class=N_PER_CLASS, out_dir=str(tmp_path / "p"), progress=False)
-    )
+def test_shortcut_baseline_runs_on_both_synthetic_datasets(dataset, synthetic):
+    prepared = synthetic(dataset)
     table = audit.shortcut_baseline(prepared)
     assert len(table) == 3
     assert table["n_test"].iloc[0] == int((np.asarray(prepared.split) == "test").sum())
@@ -258,17 +279,13 @@ needs_real = pytest.mark.skipif(not (REAL / "ct_kidney").is_dir(), reason=f"real
 @needs_real
 @pytest.mark.real
 def test_real_kidney_sample_neighbouring_slices_are_near_duplicates(tmp_path):
-    from helpers.data import load_prepared, prepare
-
-    prepared = load_prepared(
-        prepare("ct_kidney", data_dir=str(REAL / "ct_kidney"), image_size=128, balance=False, seed=0, out_dir=str(tmp_path / "k"), progress=False)
-    )
-    pairs, summary, groups = audit.audit_duplicates(prepared, progress=False)
+    res = audit.run_audit("ct_kidney", data_dir=str(REAL / "ct_kidney"), image_size=128, out_dir=str(tmp_path / "audit"), progress=False)
+    prepared, pairs = res["prepared"], res["pairs"]
     slice_no = np.array([int(re.search(r"\((\d+)\)", Path(p).name).group(1)) for p in prepared.paths])
     classes = np.asarray(prepared.class_names)[prepared.labels]
 
     # Pairs of neighbouring slices (numbers 1 or 2 apart, same class folder) found as near-duplicates.
-    found = {(min(a, b), max(a, b)) for a, b in zip(pairs["i"], pairs["j"])}
+    found = set(zip(pairs["i"], pairs["j"]))
     neighbours = [
         (a, b)
         for a in range(len(slice_no))
@@ -282,14 +299,17 @@ def test_real_kidney_sample_neighbouring_slices_are_near_duplicates(tmp_path):
     assert (pairs["class_i"] == pairs["class_j"]).all(), "a near-duplicate pair spans kidney classes"
 
     # Random split leaks: most test slices have a neighbour in train.
-    s = summary.set_index("measure")["value"]
+    s = res["summary"].set_index("measure")["value"]
     assert s["test images with a near-copy in train"] > 0.5 * s["test images"]
-    # Few scans per class: the grouped split is refused with the reason.
-    table = audit.groups_per_class(prepared.labels, groups, prepared.class_names).set_index("class")
+    # Few scans per class: prepare(split="grouped") refuses, naming the class with fewest groups,
+    # and the audit reports that instead of crashing.
+    table = res["groups_table"].set_index("class")
     assert (table["groups"] <= 6).all()
     worst = table["groups"].idxmin()
-    with pytest.raises(ValueError, match=f"class '{worst}' has only {table.loc[worst, 'groups']} "):
-        audit.grouped_split(prepared.labels, groups, prepared.class_names, seed=0)
+    assert res["grouped_counts"] is None
+    assert f"class '{worst}' has only {table.loc[worst, 'groups']} " in res["grouped_error"]
+    assert set(res["shortcut"]["split"]) == {"random"}
+    assert (tmp_path / "audit" / "closest_pairs.png").stat().st_size > 0
 
 
 @pytest.mark.skipif(not (REAL / "covid_radiography").is_dir(), reason=f"real-image sample not found at {REAL}")
@@ -308,14 +328,15 @@ def test_real_chest_xrays_of_different_patients_do_not_pair(tmp_path):
 
 
 @pytest.mark.slow
-def test_audit_notebook_runs_through_papermill(tmp_path):
+def test_audit_notebook_runs_through_papermill(tmp_path, synthetic):
+    synthetic("ct_kidney")  # the notebook reuses this prepared random split
     import papermill
 
     out_dir = tmp_path / "audit"
     papermill.execute_notebook(
         str(REPO / "notebooks" / "audit.ipynb"),
         str(tmp_path / "audit_out.ipynb"),
-        parameters={"dataset": "ct_kidney", "image_size": 32, "n_per_class": N_PER_CLASS, "out_dir": str(out_dir)},
+        parameters={"dataset": "ct_kidney", "image_size": 64, "n_per_class": N_PER_CLASS, "out_dir": str(out_dir)},
         cwd=str(tmp_path),  # relative paths (data/, results/) stay out of the repo
         kernel_name="python3",
         progress_bar=False,

@@ -110,7 +110,7 @@ def test_page_keys_are_read_from_the_pages(tmp_path):
         "Accuracy {glue:text}`generated/evaluate_ct_kidney.ipynb::acc:.1%`.\n"
         "```{glue} other\n:doc: generated/summary.ipynb\n```\n")
     keys = wf.page_keys("generated/evaluate_ct_kidney.ipynb", pages=tmp_path)
-    assert keys == {"fig_a": "block", "acc": "text"}
+    assert keys == {"fig_a": "block", "acc": "number"}
 
 
 def _dry_run(experiment, data_dir):

@@ -427,11 +427,11 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
     sev = _severity(rng)
     if cls == "Cyst":
         # round water-density lesions with sharp walls, cortical or exophytic
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 5)):
             kcx, kcy, kax, kay, _c = kidneys[rng.integers(2)]
             t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0)
             cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
-            r = rng.uniform(0.07, 0.14) * (0.5 + 0.5 * sev)
+            r = rng.uniform(0.08, 0.16) * (0.5 + 0.5 * sev)
             cyst = g.ellipse(cx_, cy_, r, r * rng.uniform(0.85, 1.15), soft=px)
             level = rng.uniform(0.14, 0.24) + (1 - sev) * 0.25
             img = img * (1 - cyst) + cyst * level
@@ -448,7 +448,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
             spread = 0.35 if staghorn else 0.6
             cx_ = kcx - np.sign(kcx) * kax * rng.uniform(0.1, 0.1 + spread)
             cy_ = kcy + kay * rng.uniform(-spread, spread)
-            r = rng.uniform(0.025, 0.05) * (0.5 + 0.5 * sev)
+            r = rng.uniform(0.03, 0.06) * (0.5 + 0.5 * sev)
             stone = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
                               soft=px * 0.7)
             img = np.maximum(img, stone * (0.85 + 0.15 * sev))
@@ -458,7 +458,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
         kcx, kcy, kax, kay, cortex = kidneys[rng.integers(2)]
         t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.9)
         cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
-        r = rng.uniform(0.12, 0.22) * (0.55 + 0.45 * sev)
+        r = rng.uniform(0.14, 0.24) * (0.55 + 0.45 * sev)
         rows, cols = g.box(cx_, cy_, r * 1.3)
         xs, ys = x[rows, cols], y[rows, cols]
         theta = np.arctan2(ys - cy_, xs - cx_)
@@ -466,7 +466,9 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
         dist = np.sqrt((xs - cx_) ** 2 + (ys - cy_) ** 2) / (r * lobes)
         mass = np.clip((1 - dist) * r / (2 * px), 0, 1)
         tex = 0.1 * _noise(rng, size, 60)[rows, cols] + 0.08 * _noise(rng, size, 20)[rows, cols]
-        level = rng.uniform(0.32, 0.46) + 1.5 * tex - 0.18 * (dist < rng.uniform(0, 0.6))
+        # heterogeneous enhancement around the cortex level, sometimes a necrotic core
+        level = np.minimum(cortex * rng.uniform(0.78, 0.95) + 1.3 * tex, cortex + 0.1)
+        level = level - 0.2 * (dist < rng.uniform(0, 0.5))
         level = cortex + (level - cortex) * (0.35 + 0.65 * sev)
         patch = img[rows, cols]
         img[rows, cols] = patch * (1 - mass) + mass * level
@@ -1099,8 +1101,6 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
 
 
 def _print_summary(info: dict, out: Path) -> None:
-    import pandas as pd
-
     tag = "SYNTHETIC DATA" if info["synthetic"] else "real data"
     print(f"[data] {info['dataset']} ({tag}) from {info['source_dir']}")
     print(f"[data] {info['n_images']} images at {info['image_size']} px, {info['split']} split, "
@@ -1110,10 +1110,47 @@ def _print_summary(info: dict, out: Path) -> None:
     if reasons:
         print("[data] not used: " + "; ".join(f"{v} {k}" for k, v in sorted(reasons.items())))
         print(f"[data] every file not used is listed with its reason in {out / 'skipped.csv'}")
-    table = pd.DataFrame(info["counts"]).T
-    table["total"] = table.sum(axis=1)
-    print(table.to_string())
+    print(counts_table(info).to_string())
     print(f"[data] prepared -> {out}")
+
+
+def source_note(info: dict) -> str:
+    """One Markdown line saying where the images came from; loud when they are synthetic."""
+    if info["synthetic"]:
+        return ("**SYNTHETIC DATA**: phantom images drawn by `helpers.data`, not patient images. "
+                "Nothing here says anything about real radiographs or CT scans. "
+                "Pass `data_dir` to use the real Kaggle download.")
+    return f"Real data from `{info['source_dir']}`."
+
+
+def counts_table(info: dict):
+    """Images per class and split, with totals (a pandas DataFrame)."""
+    import pandas as pd
+
+    table = pd.DataFrame(info["counts"]).T.reindex(columns=list(SPLIT_NAMES))
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
+    return table
+
+
+def stats_table(info: dict):
+    """Per-channel normalisation statistics of the train split ([0, 1] scale)."""
+    import pandas as pd
+
+    return pd.DataFrame({"mean": info["mean"], "std": info["std"]}, index=["R", "G", "B"])
+
+
+def skipped_summary(folder: str | os.PathLike):
+    """Files not used, counted by reason, from skipped.csv (empty table when none)."""
+    import pandas as pd
+
+    skipped = pd.read_csv(Path(folder) / "skipped.csv", keep_default_na=False)
+    if skipped.empty:
+        return pd.DataFrame({"files": []}, index=pd.Index([], name="reason"))
+    kind = skipped["reason"].str.split(":").str[0].str.split(" \\(").str[0]
+    table = skipped.assign(reason=kind).groupby("reason").agg(files=("path", "size"),
+                                                               example=("path", "first"))
+    return table.sort_values("files", ascending=False)
 
 
 @dataclass

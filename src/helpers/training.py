@@ -465,9 +465,10 @@ class _Engine:
         return torch.cat(out)
 
     def evaluate(self, model: nn.Module, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss, number correct) as device tensors; read once per epoch."""
         logits = self.logits(model, part)
         y = self.y[part]
-        return F.cross_entropy(logits, y, reduction="sum") / len(y), (logits.argmax(1) == y).float().mean()
+        return F.cross_entropy(logits, y, reduction="sum") / len(y), (logits.argmax(1) == y).sum()
 
 
 def _compile(model: nn.Module, wanted, device: torch.device) -> nn.Module:
@@ -664,10 +665,12 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     while state["epoch"] < epochs and not state["stopped_early"]:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
+        with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False,
+                  mininterval=1.0) as bar:
             train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
-        val_loss, val_acc = engine.evaluate(model, "val")
-        train_loss, val_loss, val_acc = torch.stack([train_loss, val_loss, val_acc]).tolist()
+        val_loss, val_correct = engine.evaluate(model, "val")
+        train_loss, val_loss, val_correct = torch.stack([train_loss, val_loss, val_correct.float()]).tolist()
+        val_acc = val_correct / len(engine.y["val"])
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
                "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
         state["history"].append(row)

@@ -448,12 +448,13 @@ def report_command(exp: dict) -> str:
 
 
 _DIRECTIVE = re.compile(r"```\{glue\}\s+(?P<key>\S+)\s*\n:doc:\s*(?P<doc>\S+)")
-_ROLE = re.compile(r"\{glue:text\}`(?P<doc>[^`:]+)::(?P<key>[^`:]+)(?::[^`]*)?`")
+_ROLE = re.compile(r"\{glue:text\}`(?P<doc>[^`:]+)::(?P<key>[^`:]+)(?::(?P<fmt>[^`]*))?`")
 
 
 def page_keys(doc: str, pages: Path = BOOK_DIR) -> dict[str, str]:
     """Glue keys the book's pages take from ``doc`` (e.g. ``generated/evaluate_ct_kidney.ipynb``),
-    mapped to how they are pasted: ``"block"`` (directive) or ``"text"`` (inline role)."""
+    mapped to how they are pasted: ``"block"`` (directive), ``"text"`` (inline role) or
+    ``"number"`` (inline role with a numeric format such as ``.3f``)."""
     keys: dict[str, str] = {}
     for page in sorted(pages.glob("*.md")):
         text = page.read_text()
@@ -462,7 +463,8 @@ def page_keys(doc: str, pages: Path = BOOK_DIR) -> dict[str, str]:
                 keys.setdefault(m["key"], "block")
         for m in _ROLE.finditer(text):
             if m["doc"] == doc:
-                keys[m["key"]] = "text"
+                numeric = (m["fmt"] or "")[-1:] in tuple("eEfFgGn%d")
+                keys[m["key"]] = "number" if numeric else "text"
     return keys
 
 
@@ -477,7 +479,9 @@ def glue_gap(step: str, dataset: str, reason: str) -> dict[str, str]:
     note = HTML(f'<div class="admonition warning"><p class="admonition-title">Not available</p>'
                 f"<p>{escape(step)} of {escape(dataset)}: {escape(reason)}</p></div>")
     for key, kind in keys.items():
-        glue(key, f"n/a ({reason})" if kind == "text" else note, display=False)
+        # A number pasted with a format spec must stay a number: NaN reads "nan".
+        value = {"text": f"n/a ({reason})", "number": float("nan")}.get(kind, note)
+        glue(key, value, display=False)
     return keys
 
 
