@@ -20,7 +20,7 @@ N_PER_CLASS = 25  # one synthetic set per dataset, shared by every test here
 
 
 @pytest.fixture(scope="module", autouse=True)
-def data_root(tmp_path_factory):
+def module_data_root(tmp_path_factory):
     """Synthetic and prepared data under one temporary root for the module (never ./data)."""
     root = tmp_path_factory.mktemp("audit-data")
     with pytest.MonkeyPatch.context() as mp:
@@ -29,7 +29,7 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def synthetic(data_root):
+def synthetic(module_data_root):
     """dataset -> Prepared synthetic set at 64 px (random split), made once per module.
 
     Default prepared folder under the module's data root, so the notebook test reuses it.

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import sys
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -152,7 +149,7 @@ def test_pack_without_cached_weights_is_a_clear_error(tmp_path, torch_home, caps
     assert not (tmp_path / "w.tar").exists()
 
 
-def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home):
+def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home, capsys):
     fake_file(torch_home, "alexnet", b"not the real alexnet")
     found = weights.status()
     assert found["alexnet"] == weights.expected_path("alexnet")
@@ -163,11 +160,10 @@ def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home):
     good.write_bytes(payload)
     assert weights.name_hash_ok(good) is True
 
-    out = subprocess.run([sys.executable, "-m", "helpers.weights", "status"], capture_output=True,
-                         text=True, env={**os.environ, "TORCH_HOME": str(torch_home)})
-    assert out.returncode == 0, out.stderr
-    assert "alexnet" in out.stdout and "cached" in out.stdout and "HASH MISMATCH" in out.stdout
-    assert "resnet18" in out.stdout and "missing" in out.stdout
+    assert weights.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "alexnet" in out and "cached" in out and "HASH MISMATCH" in out
+    assert "resnet18" in out and "missing" in out
 
 
 def test_cli_rejects_unknown_arch(capsys):

@@ -98,7 +98,7 @@ def test_init_from_points_at_the_source_best_checkpoint(tmp_path):
         {"dataset": "ct_kidney", "archs": ["resnet18"],
          "arms": [{"init_from": {"dataset": "covid_radiography", "arm": "imagenet"}}], "seeds": [0]}])
     specs = {s.key: s for s in wf.runs(wf.load_experiment(path))}
-    target = specs["ct_kidney/resnet18-from-covid_radiography-s0"]
+    target = specs["ct_kidney/resnet18-from-covid_radiography-imagenet-s0"]
     assert target.depends_on == ["covid_radiography/resnet18-imagenet-s0"]
     assert target.params["init_from"].endswith("covid_radiography/resnet18-imagenet-s0/best.pt")
     assert target.params["pretrained"] is False

@@ -958,8 +958,13 @@ def _save_samples(path: Path, images, labels, split, class_names, mean, std, syn
     fig.savefig(path)
 
 
+def _reason_kind(reason: str) -> str:
+    """'truncated image: ...' -> 'truncated image'; 'hidden file (.x)' -> 'hidden file'."""
+    return reason.split(":")[0].split(" (")[0]
+
+
 def _reason_counts(skipped: list[tuple[str, str]]) -> dict[str, int]:
-    return dict(Counter(reason.split(":")[0].split(" (")[0] for _, reason in skipped))
+    return dict(Counter(_reason_kind(reason) for _, reason in skipped))
 
 
 def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 128, balance: bool = True,
@@ -1146,8 +1151,8 @@ def skipped_summary(folder: str | os.PathLike):
 
     skipped = pd.read_csv(Path(folder) / "skipped.csv", keep_default_na=False)
     if skipped.empty:
-        return pd.DataFrame({"files": []}, index=pd.Index([], name="reason"))
-    kind = skipped["reason"].str.split(":").str[0].str.split(" \\(").str[0]
+        return pd.DataFrame({"files": [0], "example": [""]}, index=pd.Index(["(no file skipped)"], name="reason"))
+    kind = skipped["reason"].map(_reason_kind)
     table = skipped.assign(reason=kind).groupby("reason").agg(files=("path", "size"),
                                                                example=("path", "first"))
     return table.sort_values("files", ascending=False)

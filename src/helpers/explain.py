@@ -246,6 +246,11 @@ class ExplainResult:
     figure: plt.Figure | None = None
     files: list[Path] = field(default_factory=list)
 
+    def banner(self) -> str:
+        """Synthetic-data / missing-arm admonition (HTML), "" when neither applies."""
+        from .report import banner
+        return banner(synthetic=self.synthetic, missing=[(a, w) for a, w in self.missing.items()])
+
     @property
     def note(self) -> str:
         parts = [f"The {ARM_TITLES.get(a, a)} run is not available ({why}); only the other arm is shown."
@@ -291,14 +296,18 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     """
     from .training import load_run, normalize, run_stats
 
+    if isinstance(methods, str):  # papermill -p methods saliency,gradcam
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
+    if not methods:
+        raise ValueError(f"methods must name at least one of {list(METHODS)}")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"methods must be a list drawn from {list(METHODS)}; got {m!r}")
     if target not in ("true", "pred"):
         raise ValueError(f"target must be 'true' or 'pred'; got {target!r}")
-    if int(n_per_class) < 1:
-        raise ValueError(f"n_per_class must be at least 1; got {n_per_class}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be an integer of at least 1; got {n_per_class!r}")
     if isinstance(runs, (str, Path)) and str(runs) == "":
         run_dirs = default_runs(dataset, arch, root)
     elif isinstance(runs, (str, Path)):
@@ -394,6 +403,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     out = Path(out_dir) if str(out_dir) else Path("results") / dataset / "explain" / arch
     from . import report
     result.files = report.save_figure(result.figure, out, "explanations")
+    plt.close(result.figure)
     result.files += report.write_table(result.scores, out, "explain_scores", markdown=False)
     if len(result.summary):
         result.files += report.write_table(result.summary, out, "explain_summary")

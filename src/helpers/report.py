@@ -352,6 +352,7 @@ def evaluate(dataset: str, runs: str | Sequence[str] = "", out_dir: str | Path =
                   "roc": roc_figure(runset)}
     for stem, fig in ev.figures.items():
         ev.files += save_figure(fig, out, stem)
+        plt.close(fig)  # shown by display(fig) where wanted, not by the inline backend at cell end
     return ev
 
 

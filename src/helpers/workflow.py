@@ -37,7 +37,7 @@ class RunSpec:
     dataset: str
     arch: str
     head: str
-    arm: str  # "imagenet", "scratch" or "from-<dataset>"
+    arm: str  # "imagenet", "scratch" or "from-<dataset>-<source arm>"
     seed: int
     split: str
     params: dict = field(default_factory=dict)
@@ -168,7 +168,7 @@ def _arm_fields(arm, where: str) -> tuple[str, dict]:
         src = arm["init_from"]
         if not isinstance(src, dict) or "dataset" not in src:
             raise ExperimentError(f"{where}: init_from needs {{dataset: ..., arm: imagenet|scratch}}")
-        return f"from-{src['dataset']}", {"pretrained": False, "init_from": src}
+        return f"from-{src['dataset']}-{src.get('arm', 'imagenet')}", {"pretrained": False, "init_from": src}
     raise ExperimentError(
         f"{where}: arm {arm!r} must be imagenet, scratch or {{init_from: {{dataset, arm}}}}"
     )

@@ -1,0 +1,523 @@
+"""helpers.data: specs, Kaggle layouts, phantoms, prepare/cache, bad input, notebook, real sample."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import data
+from helpers.data import DATASETS, find_class_root, load_prepared, prepare, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+COVID_ROOT = "COVID-19_Radiography_Dataset"
+KIDNEY_NEST = ("CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone",) * 2
+CONTRACT_INFO_KEYS = {"dataset", "class_names", "image_size", "split", "balance", "seed", "synthetic",
+                      "source_dir", "mean", "std", "counts", "n_skipped", "fingerprint"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def synthetic_images(root: Path, dataset: str, cls: str) -> list[Path]:
+    spec = DATASETS[dataset]
+    folder = root.joinpath(*spec.layout, cls)
+    return sorted((folder / "images" if spec.mask_dir else folder).glob("*" + spec.ext))
+
+
+def real_like(tiny_synthetic, dest: Path, dataset="covid_radiography", layout="flat", n=None) -> Path:
+    """Copy tiny phantoms into a Kaggle layout *without* the synthetic marker (so: 'real').
+
+    covid layouts: 'flat' (dest/<Class>/*.png) or 'kaggle' (dest/COVID-19_Radiography_Dataset/
+    <Class>/images + masks, plus Lung_Opacity and metadata files). ct_kidney: the download with
+    the doubly nested folder and kidneyData.csv. ``n`` maps class -> number of images.
+    """
+    src = tiny_synthetic(dataset)
+    spec = DATASETS[dataset]
+    for cls in spec.classes:
+        files = synthetic_images(src, dataset, cls)[: (n or {}).get(cls, 99)]
+        if dataset == "ct_kidney":
+            out = dest.joinpath(*KIDNEY_NEST, cls)
+        elif layout == "flat":
+            out = dest / cls
+        else:
+            out = dest / COVID_ROOT / cls / "images"
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, out / f.name)
+            if dataset == "covid_radiography" and layout == "kaggle":
+                (out.parent / "masks").mkdir(exist_ok=True)
+                shutil.copy(f.parent.parent / "masks" / f.name, out.parent / "masks" / f.name)
+    if dataset == "ct_kidney":
+        shutil.copy(src / "kidneyData.csv", dest / "kidneyData.csv")
+    elif layout == "kaggle":
+        lung_opacity = dest / COVID_ROOT / "Lung_Opacity" / "images"
+        lung_opacity.mkdir(parents=True)
+        shutil.copy(synthetic_images(src, dataset, "Normal")[0], lung_opacity / "Lung_Opacity-1.png")
+        for name in ("COVID.metadata.xlsx", "Normal.metadata.xlsx", "README.md.txt"):
+            (dest / COVID_ROOT / name).write_text("metadata")
+    return dest
+
+
+def png_bytes(im: Image.Image, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb), with a tiny body."""
+    def chunk(tag, payload):
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def rows(folder: Path, name="manifest.csv") -> pd.DataFrame:
+    return pd.read_csv(folder / name, keep_default_na=False)
+
+
+# ----------------------------------------------------------------------------- specs, phantoms
+
+
+def test_dataset_specs_follow_the_contract():
+    assert list(DATASETS) == ["covid_radiography", "ct_kidney"]
+    covid, kidney = DATASETS["covid_radiography"], DATASETS["ct_kidney"]
+    assert covid.classes == ("COVID", "Normal", "Viral Pneumonia")
+    assert kidney.classes == ("Cyst", "Normal", "Stone", "Tumor")
+    assert (covid.native_size, covid.ext, kidney.native_size, kidney.ext) == (299, ".png", 512, ".jpg")
+    assert covid.kaggle_slug == "tawsifurrahman/covid19-radiography-database"
+    assert kidney.kaggle_slug == "nazmul0087/ct-kidney-dataset-normal-cyst-tumor-and-stone"
+
+
+def test_synthetic_sets_have_kaggle_layout_native_formats_and_lesion_masks(tiny_synthetic):
+    covid = tiny_synthetic("covid_radiography")
+    marker = json.loads((covid / "SYNTHETIC.json").read_text())
+    assert marker["dataset"] == "covid_radiography" and marker["seed"] == 0
+    for cls in DATASETS["covid_radiography"].classes:
+        files = synthetic_images(covid, "covid_radiography", cls)
+        assert len(files) == 8 and files[0].name == f"{cls}-1.png"
+        im = Image.open(files[0])
+        assert (im.format, im.mode, im.size) == ("PNG", "L", (299, 299))
+        lung = np.asarray(Image.open(files[0].parent.parent / "masks" / files[0].name))
+        assert lung.any()
+        lesions = [np.asarray(Image.open(covid / "lesion_masks" / cls / f"{f.stem}.png")) > 0 for f in files]
+        if cls == "Normal":
+            assert not any(m.any() for m in lesions)
+        else:
+            assert all(m.any() for m in lesions), f"{cls}: every phantom carries a lesion mask"
+
+    kidney = tiny_synthetic("ct_kidney")
+    csv = pd.read_csv(kidney / "kidneyData.csv", index_col=0)
+    assert list(csv.columns) == ["image_id", "path", "diag", "target", "Class"] and len(csv) == 32
+    for cls in DATASETS["ct_kidney"].classes:
+        files = synthetic_images(kidney, "ct_kidney", cls)
+        assert files[0].name == f"{cls}- (1).jpg" and files[0].parent.parent.name == KIDNEY_NEST[1]
+        im = Image.open(files[0])
+        assert (im.format, im.mode, im.size) == ("JPEG", "L", (512, 512))
+        has = [(np.asarray(Image.open(kidney / "lesion_masks" / cls / f"{f.stem}.png")) > 0).any() for f in files]
+        assert all(has) if cls != "Normal" else not any(has)
+
+
+def test_synthesize_is_deterministic_idempotent_and_seeded(tiny_synthetic, tmp_path):
+    ref = tiny_synthetic("covid_radiography")
+    again = synthesize("covid_radiography", root=tmp_path / "a", n_per_class=2, seed=0, progress=False)
+    for cls in DATASETS["covid_radiography"].classes:
+        for f in synthetic_images(again, "covid_radiography", cls):
+            same = synthetic_images(ref, "covid_radiography", cls)[int(f.stem.split("-")[-1]) - 1]
+            assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(same)))
+    marker = again / "SYNTHETIC.json"
+    stamp = marker.stat().st_mtime_ns
+    assert synthesize("covid_radiography", root=again, n_per_class=2, seed=0, progress=False) == again
+    assert marker.stat().st_mtime_ns == stamp, "same counts and seed: reused, not rewritten"
+    other = synthesize("covid_radiography", root=tmp_path / "b", n_per_class=2, seed=1, progress=False)
+    a = np.asarray(Image.open(synthetic_images(again, "covid_radiography", "COVID")[0]))
+    b = np.asarray(Image.open(synthetic_images(other, "covid_radiography", "COVID")[0]))
+    assert not np.array_equal(a, b)
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary folder left behind"
+
+
+# ----------------------------------------------------------------------------- prepare, load
+
+
+@pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
+def test_prepare_synthetic_writes_the_contract(tiny_prepared, tiny_synthetic, dataset):
+    folder = tiny_prepared(dataset)
+    spec = DATASETS[dataset]
+    k = len(spec.classes)
+    for name in ("manifest.csv", "images.npy", "masks.npy", "info.json", "skipped.csv", "samples.png"):
+        assert (folder / name).is_file(), name
+    info = json.loads((folder / "info.json").read_text())
+    assert CONTRACT_INFO_KEYS <= set(info)
+    assert info["synthetic"] is True and info["class_names"] == list(spec.classes) and info["image_size"] == 32
+    manifest = rows(folder)
+    assert list(manifest.columns) == ["path", "class", "label", "split", "sha256", "has_mask"]
+    p = load_prepared(folder)
+    assert p.images.dtype == np.uint8 and p.images.shape == (8 * k, 3, 32, 32)
+    assert p.masks.dtype == np.uint8 and p.masks.shape == (8 * k, 32, 32) and set(np.unique(p.masks)) <= {0, 1}
+    assert p.synthetic and p.class_names == list(spec.classes) and len(p.paths) == 8 * k
+    assert sorted(np.unique(p.labels)) == list(range(k))
+    assert {c: sum(v.values()) for c, v in info["counts"].items()} == {c: 8 for c in spec.classes}
+    normal = p.labels == spec.classes.index("Normal")
+    assert p.has_mask[~normal].all() and not p.has_mask[normal].any()
+    assert not p.masks[~p.has_mask].any()
+    # mean/std are the train split's, on the [0, 1] scale
+    train = p.images[p.split == "train"] / 255.0
+    assert np.allclose(p.mean, train.mean(axis=(0, 2, 3)), atol=1e-6)
+    assert np.allclose(p.std, train.std(axis=(0, 2, 3)), atol=1e-6)
+    # manifest paths are relative to source_dir, sha256 of the file bytes
+    import hashlib
+
+    first = Path(info["source_dir"]) / p.paths[0]
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == manifest["sha256"][0]
+    assert rows(folder, "skipped.csv").empty
+
+
+def test_split_is_deterministic_stratified_and_seeded(tiny_synthetic, tmp_path):
+    src = str(tiny_synthetic("ct_kidney"))
+    runs = [load_prepared(prepare("ct_kidney", data_dir=src, image_size=16, seed=s, out_dir=str(tmp_path / name),
+                                  progress=False))
+            for s, name in [(0, "a"), (0, "b"), (1, "c")]]
+    assert np.array_equal(runs[0].split, runs[1].split)
+    assert not np.array_equal(runs[0].split, runs[2].split)
+    for run in runs:
+        for k in range(4):                       # 8 per class -> 6:2:2 within one image
+            n = {s: int(((run.labels == k) & (run.split == s)).sum()) for s in ("train", "val", "test")}
+            assert abs(n["train"] - 4.8) <= 1 and abs(n["val"] - 1.6) <= 1 and abs(n["test"] - 1.6) <= 1, n
+
+
+def test_balance_discards_at_random_down_to_the_smallest_class(tiny_synthetic, tmp_path):
+    src = real_like(tiny_synthetic, tmp_path / "src", n={"COVID": 8, "Normal": 6, "Viral Pneumonia": 7})
+    picks = []
+    for seed in (0, 1):
+        folder = prepare("covid_radiography", data_dir=str(src), image_size=16, seed=seed,
+                         out_dir=str(tmp_path / f"s{seed}"), progress=False)
+        p = load_prepared(folder)
+        assert np.bincount(p.labels).tolist() == [6, 6, 6] and not p.synthetic
+        skipped = rows(folder, "skipped.csv")
+        assert len(skipped) == 3 and skipped["reason"].str.startswith("discarded to balance").all()
+        assert p.info["n_skipped"] == 0 and p.info["n_discarded_by_balance"] == 3
+        picks.append(set(skipped["path"]))
+    assert picks[0] != picks[1], "the seed chooses which images are discarded"
+    unbalanced = load_prepared(prepare("covid_radiography", data_dir=str(src), image_size=16, balance=False,
+                                       out_dir=str(tmp_path / "all"), progress=False))
+    assert np.bincount(unbalanced.labels).tolist() == [8, 6, 7]
+
+
+@pytest.mark.skipif(not (REPO / "src" / "helpers" / "audit.py").exists(), reason="helpers.audit not written yet")
+def test_grouped_split_uses_the_audit(tiny_synthetic, tmp_path):
+    p = load_prepared(prepare("covid_radiography", data_dir=str(tiny_synthetic("covid_radiography")),
+                              image_size=32, split="grouped", out_dir=str(tmp_path / "g"), progress=False))
+    assert set(p.split) == {"train", "val", "test"} and p.info["split"] == "grouped"
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_kaggle_layouts_are_found_from_any_parent(tiny_synthetic, tmp_path):
+    # current COVID download: images/ beside masks/, Lung_Opacity and metadata files ignored
+    dl = real_like(tiny_synthetic, tmp_path / "download", layout="kaggle")
+    assert find_class_root(tmp_path, "covid_radiography") == dl / COVID_ROOT
+    folder = prepare("covid_radiography", data_dir=str(tmp_path), image_size=32, balance=False,
+                     out_dir=str(tmp_path / "p1"), progress=False)
+    p = load_prepared(folder)
+    assert len(p.paths) == 24 and all("/images/" in x for x in p.paths), "masks never loaded as images"
+    assert p.has_mask.all() and p.masks.any(axis=(1, 2)).all(), "real COVID lung masks from masks/"
+    assert not p.synthetic and p.info["source_dir"] == str((dl / COVID_ROOT).resolve())
+    skipped = rows(folder, "skipped.csv").set_index("path")["reason"]
+    assert set(skipped.index) == {"Lung_Opacity/", "COVID.metadata.xlsx", "Normal.metadata.xlsx", "README.md.txt"}
+    assert skipped.str.startswith("ignored").all()
+
+    # old flat layout
+    flat = real_like(tiny_synthetic, tmp_path / "flat")
+    p = load_prepared(prepare("covid_radiography", data_dir=str(flat), image_size=32, out_dir=str(tmp_path / "p2"),
+                              progress=False))
+    assert len(p.paths) == 24 and p.paths[0] == "COVID/COVID-1.png" and not p.has_mask.any()
+
+    # kidney download: doubly nested folder with kidneyData.csv beside it; names with spaces
+    kd = real_like(tiny_synthetic, tmp_path / "kidney", dataset="ct_kidney")
+    assert find_class_root(kd, "ct_kidney") == kd.joinpath(*KIDNEY_NEST)
+    p = load_prepared(prepare("ct_kidney", data_dir=str(kd), image_size=32, out_dir=str(tmp_path / "p3"),
+                              progress=False))
+    assert len(p.paths) == 32 and p.paths[0] == "Cyst/Cyst- (1).jpg"
+
+
+def test_synthetic_marker_is_found_when_data_dir_points_at_the_class_folders(tiny_synthetic, tmp_path):
+    root = tiny_synthetic("covid_radiography")
+    p = load_prepared(prepare("covid_radiography", data_dir=str(root / COVID_ROOT), image_size=16,
+                              out_dir=str(tmp_path / "p"), progress=False))
+    assert p.synthetic and p.has_mask.sum() == 16, "lesion masks found, lesion_masks/ never read as a class"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def write_bad_inputs(cls_dir: Path) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Convertible oddities (name -> expected RGB of the decoded image) and junk (name -> reason start)."""
+    good = {}
+
+    def save(name, im, fmt="PNG", expect=None):
+        (cls_dir / name).write_bytes(png_bytes(im, fmt))
+        good[name] = expect
+
+    save("sixteen bit.png", Image.fromarray(np.full((40, 40), 65535, np.uint16)), expect=(255, 255, 255))
+    save("sixteen half.png", Image.fromarray(np.full((40, 40), 128 * 257, np.uint16)), expect=(128, 128, 128))
+    save("rgba clear.png", Image.new("RGBA", (40, 40), (200, 100, 50, 0)), expect=(0, 0, 0))
+    save("rgba opaque.png", Image.new("RGBA", (40, 40), (200, 100, 50, 255)), expect=(200, 100, 50))
+    pal = Image.new("P", (40, 40), 3)
+    pal.putpalette([0, 0, 0] * 3 + [10, 200, 30] + [0, 0, 0] * 252)
+    save("palette.png", pal, expect=(10, 200, 30))
+    save("gray alpha.png", Image.new("LA", (40, 40), (90, 255)), expect=(90, 90, 90))
+    save("bilevel.png", Image.new("1", (40, 40), 1), expect=(255, 255, 255))
+    save("cmyk.jpg", Image.new("CMYK", (40, 40), (0, 0, 0, 0)), "JPEG", expect=(255, 255, 255))
+    save("float.tiff", Image.fromarray(np.linspace(-3, 7, 1600, dtype=np.float32).reshape(40, 40)), "TIFF")
+    save("UPPER.PNG", Image.new("L", (40, 40), 77), expect=(77, 77, 77))
+    save("UPPER.JPG", Image.new("RGB", (40, 40), (0, 0, 0)), "JPEG")
+    save("Übersicht ü é (2).png", Image.new("RGB", (40, 40), (5, 6, 7)), expect=(5, 6, 7))
+    save("snímek 名前.png", Image.new("L", (40, 40), 9), expect=(9, 9, 9))
+
+    valid = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)))
+    valid_jpg = png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG")
+    junk = {
+        "zero.png": (b"", "empty file"),
+        "truncated.png": (valid[: len(valid) // 2], "truncated image"),
+        "truncated.jpg": (valid_jpg[: len(valid_jpg) // 2], "truncated image"),
+        "text.png": (b"this is not an image\n", "not an image"),
+        "bomb.png": (png_header_only(100_000, 100_000), "decompression bomb"),
+        "big.png": (png_header_only(8000, 8000), "decompression bomb"),
+        ".hidden.png": (valid, "hidden/system file"),
+        ".DS_Store": (b"\0\0\0\1Bud1", "hidden/system file"),
+        "Thumbs.db": (b"\xd0\xcf\x11\xe0", "system file"),
+        "notes.txt": (b"notes", "not an image file extension"),
+    }
+    for name, (content, _reason) in junk.items():
+        (cls_dir / name).write_bytes(content)
+    (cls_dir / ".ipynb_checkpoints").mkdir()
+    (cls_dir / ".ipynb_checkpoints" / "x.png").write_bytes(valid)
+    reasons = {name: reason for name, (_c, reason) in junk.items()}
+    reasons[".ipynb_checkpoints/"] = "hidden folder"
+    return good, reasons
+
+
+def test_bad_inputs_are_converted_or_skipped_with_a_reason(tiny_synthetic, tmp_path, capsys):
+    src = real_like(tiny_synthetic, tmp_path / "src", n={"COVID": 0, "Normal": 5, "Viral Pneumonia": 5})
+    good, junk = write_bad_inputs(src / "COVID")
+    folder = prepare("covid_radiography", data_dir=str(src), image_size=16, balance=False,
+                     out_dir=str(tmp_path / "p"), progress=False)
+    out = capsys.readouterr().out
+    p = load_prepared(folder)
+    used = {Path(x).name: i for i, x in enumerate(p.paths) if x.startswith("COVID/")}
+    assert set(used) == set(good), "every convertible oddity is used, nothing else"
+    for name, rgb in good.items():
+        img = p.images[used[name]]
+        assert img.shape == (3, 16, 16) and img.dtype == np.uint8
+        if rgb is not None:
+            assert np.abs(img.reshape(3, -1).astype(int) - np.array(rgb)[:, None]).max() <= 2, (name, img[:, 0, 0])
+    floaty = p.images[used["float.tiff"]]
+    assert floaty.min() <= 5 and floaty.max() >= 250, "float image stretched to the 8-bit range"
+    skipped = rows(folder, "skipped.csv")
+    got = {Path(path.rstrip("/")).name + ("/" if path.endswith("/") else ""): reason
+           for path, reason in zip(skipped["path"], skipped["reason"])}
+    assert set(got) == set(junk)
+    for name, reason in junk.items():
+        assert got[name].startswith(reason), (name, got[name])
+    assert p.info["n_skipped"] == len(junk) == 11
+    assert f"{len(junk)} files skipped" in out and "truncated image" in out and "skipped.csv" in out
+
+
+def test_bad_parameters_and_folders_fail_before_any_work(tiny_synthetic, tmp_path, data_root):
+    out = tmp_path / "never"
+    missing = tmp_path / "no such folder"
+    with pytest.raises(FileNotFoundError, match="no such folder.*does not exist.*'COVID', 'Normal', 'Viral Pneumonia'"):
+        prepare("covid_radiography", data_dir=str(missing), out_dir=str(out))
+    with pytest.raises(ValueError, match="covid_radiography, ct_kidney.*'chest'"):
+        prepare("chest", out_dir=str(out))
+    src = real_like(tiny_synthetic, tmp_path / "src")
+    shutil.rmtree(src / "Viral Pneumonia")
+    with pytest.raises(FileNotFoundError, match="missing the class folder.*'Viral Pneumonia'"):
+        prepare("covid_radiography", data_dir=str(src), out_dir=str(out))
+    (src / "Viral Pneumonia").mkdir()
+    (src / "Viral Pneumonia" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="Viral Pneumonia.*holds no image files"):
+        prepare("covid_radiography", data_dir=str(src), out_dir=str(out))
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        prepare("covid_radiography", data_dir=str(src / "Viral Pneumonia" / "notes.txt"), out_dir=str(out))
+    bad = [dict(balance="false"), dict(image_size="128"), dict(image_size=True), dict(seed=-1),
+           dict(split="stratified"), dict(n_per_class=2), dict(out_dir=3)]
+    for kwargs in bad:
+        name = next(iter(kwargs))
+        with pytest.raises(ValueError, match=f"^{name} must be"):
+            prepare("covid_radiography", **{"out_dir": str(out), **kwargs})
+    with pytest.raises(ValueError, match="papermill"):
+        data.validate_prep_params("covid_radiography", balance="False")
+    assert not out.exists() and not data_root.exists(), "nothing written before the checks"
+
+
+def test_too_few_usable_images_in_a_class_is_named(tiny_synthetic, tmp_path):
+    src = real_like(tiny_synthetic, tmp_path / "src", n={"COVID": 4})
+    (src / "COVID" / "broken.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="class 'COVID'.*4 usable images.*at least 5"):
+        prepare("covid_radiography", data_dir=str(src), image_size=16, out_dir=str(tmp_path / "p"), progress=False)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_is_reused_and_rebuilt_on_any_change(tiny_synthetic, tmp_path, monkeypatch, capsys):
+    src = real_like(tiny_synthetic, tmp_path / "src")
+    kw = dict(data_dir=str(src), image_size=16, balance=False, out_dir=str(tmp_path / "p"), progress=False)
+    folder = prepare("covid_radiography", **kw)
+    first = rows(folder)
+    stamp = (folder / "info.json").stat().st_mtime_ns
+
+    def no_decoding(job):
+        raise AssertionError("cache hit must not decode")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(data, "_decode_one", no_decoding)
+        assert prepare("covid_radiography", **kw) == folder
+    assert "reusing" in capsys.readouterr().out
+    assert (folder / "info.json").stat().st_mtime_ns == stamp
+
+    changed = src / "Normal" / "Normal-3.png"           # same name, new content
+    Image.new("L", (299, 299), 200).save(changed)
+    prepare("covid_radiography", **kw)
+    now = rows(folder).set_index("path")
+    assert now.loc["Normal/Normal-3.png", "sha256"] != first.set_index("path").loc["Normal/Normal-3.png", "sha256"]
+    assert load_prepared(folder).images[list(now.index).index("Normal/Normal-3.png")].min() == 200
+
+    shutil.copy(src / "COVID" / "COVID-1.png", src / "COVID" / "COVID-100.png")   # added
+    assert len(rows(prepare("covid_radiography", **kw))) == 25
+    (src / "Viral Pneumonia" / "Viral Pneumonia-2.png").unlink()                    # removed
+    manifest = rows(prepare("covid_radiography", **kw))
+    assert len(manifest) == 24 and "Viral Pneumonia/Viral Pneumonia-2.png" not in set(manifest["path"])
+    assert load_prepared(prepare("covid_radiography", **{**kw, "image_size": 24})).images.shape[-1] == 24
+    assert not list(tmp_path.glob(".p.*")), "no temporary folders left"
+
+
+def test_a_failed_prep_leaves_nothing_a_later_run_trusts(tiny_synthetic, tmp_path, monkeypatch):
+    src = real_like(tiny_synthetic, tmp_path / "src")
+    kw = dict(data_dir=str(src), image_size=16, balance=False, out_dir=str(tmp_path / "p"), progress=False)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(data, "_save_samples", crash)
+        with pytest.raises(RuntimeError, match="disk full"):
+            prepare("covid_radiography", **kw)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p.*"))
+    with pytest.raises(FileNotFoundError, match="not a complete prepared folder"):
+        load_prepared(tmp_path / "p")
+    assert len(load_prepared(prepare("covid_radiography", **kw)).paths) == 24
+
+
+def test_a_prep_killed_mid_way_is_not_trusted_and_the_next_run_rebuilds(tiny_synthetic, tmp_path):
+    src = real_like(tiny_synthetic, tmp_path / "src")
+    out = tmp_path / "p"
+    kw = dict(data_dir=str(src), image_size=16, balance=False, out_dir=str(out), progress=False)
+    prepare("covid_radiography", **kw)
+    Image.new("L", (299, 299), 123).save(src / "COVID" / "COVID-2.png")       # inputs change ...
+    code = (
+        "import os, signal\n"
+        "import helpers.data as d\n"
+        "d._save_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"d.prepare('covid_radiography', **{kw!r})\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr               # ... and the rebuild is killed
+    assert list(tmp_path.glob(".p.tmp-*")), "the killed run left its temporary folder"
+    old = load_prepared(out)                                                  # the old cache is intact
+    assert old.images[old.paths.index("COVID/COVID-2.png")].min() != 123
+    rebuilt = load_prepared(prepare("covid_radiography", **kw))              # but not trusted
+    assert rebuilt.images[rebuilt.paths.index("COVID/COVID-2.png")].min() == 123
+    assert not list(tmp_path.glob(".p.*")), "stale temporary folder of the dead run removed"
+
+
+# ----------------------------------------------------------------------------- download, CLI
+
+
+def test_download_without_network_fails_fast_with_manual_instructions(monkeypatch, capsys):
+    kagglehub = pytest.importorskip("kagglehub")
+
+    def offline(slug, *args, **kwargs):
+        raise ConnectionError(f"Failed to resolve 'api.kaggle.com' for {slug}")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(data.DownloadError) as err:
+        data.download("ct_kidney")
+    msg = str(err.value)
+    assert "https://www.kaggle.com/datasets/nazmul0087/ct-kidney-dataset-normal-cyst-tumor-and-stone" in msg
+    assert "data_dir" in msg and "DATA_DIR" in msg and "credentials" in msg
+    assert data.main(["download", "covid_radiography"]) == 1
+    assert "tawsifurrahman/covid19-radiography-database" in capsys.readouterr().err
+
+
+def test_download_to_a_folder(monkeypatch, tmp_path):
+    kagglehub = pytest.importorskip("kagglehub")
+    cache = tmp_path / "kagglehub" / "versions" / "1"
+    (cache / "Normal").mkdir(parents=True)
+    (cache / "Normal" / "Normal- (1).jpg").write_bytes(b"jpeg")
+    (cache / "kidneyData.csv").write_text("x")
+    calls = []
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda slug: calls.append(slug) or str(cache))
+    dest = data.download("ct_kidney", to=tmp_path / "raw")
+    assert calls == ["nazmul0087/ct-kidney-dataset-normal-cyst-tumor-and-stone"]
+    assert (dest / "Normal" / "Normal- (1).jpg").read_bytes() == b"jpeg" and (dest / "kidneyData.csv").exists()
+
+
+def test_cli_prepare_reports_errors_without_a_traceback(tmp_path, capsys):
+    assert data.main(["prepare", "covid_radiography", "--data-dir", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: data_dir") and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- notebook
+
+
+@pytest.mark.slow
+def test_data_prep_notebook_runs_through_papermill(tmp_path, data_root):
+    import papermill
+
+    out_dir = tmp_path / "prepared"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "data_prep.ipynb"), str(tmp_path / "out.ipynb"),
+        parameters={"dataset": "covid_radiography", "image_size": 32, "n_per_class": 6, "out_dir": str(out_dir)},
+        cwd=str(REPO), kernel_name="python3", progress_bar=False)
+    text = (tmp_path / "out.ipynb").read_text()
+    assert "SYNTHETIC DATA" in text and "image/png" in text
+    info = json.loads((out_dir / "info.json").read_text())
+    assert info["synthetic"] and info["image_size"] == 32
+    assert (data_root / "synthetic" / "covid_radiography" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
+
+
+# ----------------------------------------------------------------------------- real sample
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("dataset, n_images", [("covid_radiography", 120), ("ct_kidney", 160)])
+def test_real_sample_loads_from_the_sample_root(real_sample, tmp_path, dataset, n_images):
+    folder = prepare(dataset, data_dir=str(real_sample), image_size=32, out_dir=str(tmp_path / "p"), progress=False)
+    p = load_prepared(folder)
+    spec = DATASETS[dataset]
+    assert p.info["source_dir"] == str((real_sample / dataset).resolve())
+    assert len(p.paths) == n_images and p.images.shape == (n_images, 3, 32, 32)
+    assert not p.synthetic and p.class_names == list(spec.classes)
+    assert np.bincount(p.labels).tolist() == [40] * len(spec.classes)
+    assert p.info["n_skipped"] == 0 and rows(folder, "skipped.csv").empty
+    assert {c: v for c, v in p.info["counts"].items()} == {c: {"train": 24, "val": 8, "test": 8} for c in spec.classes}
+    for i, path in enumerate(p.paths):
+        assert path.split("/")[0] == spec.classes[p.labels[i]]
+    assert not p.has_mask.any()
