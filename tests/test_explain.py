@@ -68,11 +68,13 @@ def test_energy_share_and_pointing_known_answers():
     masks[:, 2:4, 2:4] = 1  # 4 pixels
     maps[0, 2, 2], maps[0, 8, 8] = 3.0, 1.0  # 3/4 inside, peak inside
     maps[1, 5, 5] = 1.0  # peak 2.8 px from the mask corner (3, 3): outside, within 3 px
-    maps[2] = 0  # all zero: undefined
+    maps[2] = 0  # all zero: nothing in the region, no maximum to point with
     share = explain.energy_share(maps, masks)
-    assert share[0] == pytest.approx(0.75) and share[1] == 0 and np.isnan(share[2])
+    assert share[0] == pytest.approx(0.75) and share[1] == 0 and share[2] == 0
     hits0 = explain.pointing_hits(maps, masks, tolerance_px=0)
-    assert hits0[0] == 1 and hits0[1] == 0 and np.isnan(hits0[2])
+    assert hits0[0] == 1 and hits0[1] == 0 and hits0[2] == 0
+    empty = np.zeros((1, 10, 10))
+    assert np.isnan(explain.energy_share(maps[:1], empty)[0]) and np.isnan(explain.pointing_hits(maps[:1], empty)[0])
     hits3 = explain.pointing_hits(maps, masks, tolerance_px=3)
     assert hits3[1] == 1
     assert explain.pointing_tolerance(224) == 15 and explain.pointing_tolerance(64) == 4
@@ -98,3 +100,80 @@ def test_select_images_deterministic():
     assert idx.tolist() == [2, 4, 6, 1, 5]
     eligible = np.array([1, 1, 0, 1, 1, 1, 1], bool)
     assert explain.select_images(labels, split, paths, 1, eligible=eligible).tolist() == [4, 6, 5]
+
+
+# ------------------------------------------------------- end to end on tiny runs
+
+import json  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
+
+
+def _glued(notebook_file) -> set[str]:
+    nb = json.loads(notebook_file.read_text())
+    return {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
+            for o in c.get("outputs", [])} - {None}
+
+
+@pytest.mark.slow
+def test_explain_notebook_on_tiny_runs(tiny_runs, tmp_path):  # noqa: F811
+    runs = tiny_runs / "runs" / "covid_radiography"
+    out = tmp_path / "explain"
+    done = papermill("explain.ipynb", tmp_path / "explain.ipynb",
+                     {"dataset": "covid_radiography", "arch": "resnet18", "n_per_class": 1, "out_dir": out,
+                      "device": "cpu"},
+                     yaml=f"runs: ['{runs / 'resnet18-imagenet-s0'}', '{runs / 'resnet18-scratch-s0'}']")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("explanations.png", "explanations.svg", "explain_scores.csv", "explain_summary.csv"):
+        assert (out / name).is_file(), name
+    summary = pd.read_csv(out / "explain_summary.csv")
+    assert set(summary.arm) == {"imagenet", "scratch"} and set(summary.method) == {"saliency", "gradcam"}
+    assert {"energy_share", "random_energy_share", "mask_area_fraction", "pointing_hit_rate",
+            "random_pointing"} <= set(summary.columns)
+    glued = _glued(tmp_path / "explain.ipynb")
+    assert {"covid_radiography_resnet18_explain", "covid_radiography_resnet18_explain_summary",
+            "covid_radiography_resnet18_imagenet_gradcam_energy"} <= glued
+
+
+@pytest.mark.slow
+def test_explain_with_one_arm_missing(tiny_runs, tmp_path):  # noqa: F811
+    runs = tiny_runs / "runs" / "covid_radiography"
+    missing = tmp_path / "resnet18-imagenet-s0"
+    missing.mkdir()
+    (missing / "missing.json").write_text(json.dumps({"reason": "no ImageNet weights"}))
+    res = explain.explain_runs("covid_radiography", "resnet18", [missing, runs / "resnet18-scratch-s0"],
+                               n_per_class=1, methods=["gradcam"], out_dir=tmp_path / "out", device="cpu")
+    assert list(res.arms) == ["scratch"] and "no ImageNet weights" in res.missing["imagenet"]
+    assert "not available" in res.note and "no ImageNet weights" in res.banner()
+    assert (tmp_path / "out" / "explanations.png").is_file()
+    assert len(res.figure.axes) == 2 * len(res.shown)  # original + Grad-CAM for the one arm
+    with pytest.raises(ValueError, match="methods must be"):
+        explain.explain_runs("covid_radiography", "resnet18", [runs / "resnet18-scratch-s0"], methods=["lime"])
+
+
+@pytest.mark.slow
+def test_trained_gradcam_puts_more_energy_in_the_lesion_than_random_maps(tmp_path, monkeypatch):
+    """AlexNet (dense1024 head) trained from scratch for 8 epochs on 100 synthetic chest phantoms per
+    class at 128 px (Grad-CAM grid 7x7). Chosen after trying resnet18, vgg11, vgg16 and mobilenet at
+    64-128 px: at 64 px their Grad-CAM grids are 2x2-4x4 and briefly trained they did not localise;
+    this setting beat the random baseline with the per-image 95% CI above zero for every seed tried."""
+    from helpers import training
+
+    monkeypatch.setenv("HELPERS_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    run = training.train(dataset="covid_radiography", arch="alexnet", head="dense1024", pretrained=False,
+                         image_size=128, epochs=8, batch_size=8, lr=1e-4, n_per_class=100, seed=0,
+                         device="cpu", run_dir=str(tmp_path / "runs" / "alexnet-scratch-s0"))
+    accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    assert accuracy > 0.5, f"the model did not learn (test accuracy {accuracy:.2f}; chance 0.33)"
+    res = explain.explain_runs("covid_radiography", "alexnet", [run], n_per_class=1, methods=["gradcam"],
+                               out_dir=tmp_path / "out", device="cpu")
+    s = res.summary.set_index("method").loc["gradcam"]
+    assert s["region"] == "lesion" and s["n_images"] >= 30  # every COVID / Viral Pneumonia test image
+    # the random baseline is the mask's area fraction, empirically and analytically
+    assert s["random_energy_share"] == pytest.approx(s["mask_area_fraction"], abs=0.01)
+    assert s["energy_share"] > s["random_energy_share"]
+    # per image, paired: Grad-CAM energy share minus the mask's area fraction, 95% CI above zero
+    assert s["diff_ci_low"] > 0, res.summary.to_string()

@@ -99,3 +99,88 @@ def test_empty_grid_still_gives_figures(tmp_path):
     assert ev.table1.loc["Testing accuracy", ("vgg16-dense1024", "imagenet", "paper B (published)")] == "0.9896"
     assert ev.table1.loc["Testing accuracy", ("vgg16-dense1024", "imagenet", "ours")] == "—"
     assert "no weights" in ev.banner
+
+
+# ------------------------------------------------------- end to end on tiny runs
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+_TINY: dict = {}  # test_explain imports this fixture; the cache makes both modules share one build
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Tiny resnet18 runs (ImageNet arm from planted weights, scratch arm), seeds 0 and 1, trained
+    with helpers.training.train; plus one folder recorded as missing. Environment restored before use."""
+    if "root" not in _TINY:
+        _TINY["root"] = _make_tiny_runs(tmp_path_factory)
+    return _TINY["root"]
+
+
+def _make_tiny_runs(tmp_path_factory):
+    import torch
+
+    from helpers import models, training, weights
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    runs = root / "runs" / "covid_radiography"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HELPERS_DATA_ROOT", str(root / "data"))
+    patch.setenv("TORCH_HOME", str(root / "torch_home"))
+    patch.setenv("TQDM_DISABLE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        planted = weights.expected_path("resnet18")
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(models.get_model("resnet18", weights=False, num_classes=1000).state_dict(), planted)
+        for seed in (0, 1):
+            for pretrained in (True, False):
+                training.train(dataset="covid_radiography", arch="resnet18", pretrained=pretrained, image_size=32,
+                               epochs=2, batch_size=8, n_per_class=8, seed=seed, device="cpu",
+                               run_dir=str(runs / f"resnet18-{'imagenet' if pretrained else 'scratch'}-s{seed}"))
+    finally:
+        torch.set_num_threads(threads)
+        patch.undo()
+    (runs / "vgg11-imagenet-s0").mkdir()
+    (runs / "vgg11-imagenet-s0" / "missing.json").write_text(json.dumps({"reason": "no ImageNet weights"}))
+    return root
+
+
+def papermill(notebook: str, out, params: dict, yaml: str = ""):
+    """The command a user types, from the repo root, with the venv's papermill."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [str(Path(sys.executable).parent / "papermill"), f"notebooks/{notebook}", str(out), "-k", "python3"]
+    for name, value in params.items():
+        args += ["-p", name, str(value)]
+    if yaml:
+        args += ["-y", yaml]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_on_tiny_runs(tiny_runs, tmp_path):
+    out = tmp_path / "evaluate"
+    done = papermill("evaluate.ipynb", tmp_path / "evaluate.ipynb",
+                     {"dataset": "covid_radiography", "runs": f"{tiny_runs}/runs/covid_radiography/*",
+                      "out_dir": out})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("table1.csv", "table1.md", "per_class.csv", "seed_summary.csv", "paired_tests.csv",
+                 "mcnemar.csv", "test_accuracy.csv", "loss_curves.png", "loss_curves.svg", "confusion.png",
+                 "confusion.svg", "roc.png", "roc.svg"):
+        assert (out / name).is_file(), name
+    nb = json.loads((tmp_path / "evaluate.ipynb").read_text())
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
+             for o in c.get("outputs", [])}
+    assert {"covid_radiography_table1", "covid_radiography_loss_curves", "covid_radiography_confusion",
+            "covid_radiography_roc", "covid_radiography_test_acc_resnet18_imagenet"} <= glued
+    assert "vgg11-imagenet-s0: no ImageNet weights" in json.dumps(nb)  # the banner lists the missing run
+    summary = pd.read_csv(out / "seed_summary.csv")
+    acc = summary[(summary.metric == "test_accuracy") & (summary.arm == "scratch")].iloc[0]
+    assert acc["n"] == 2  # two seeds pooled into mean and CI
+    paired = pd.read_csv(out / "paired_tests.csv")
+    assert (paired["n_pairs"] == 2).all()

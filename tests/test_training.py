@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +174,16 @@ def test_load_run_reproduces_the_predictions(tiny_run):
     assert training.run_stats({"normalize": "paper_a"}, prepared) == ((0.5144,) * 3, (0.2258,) * 3)
 
 
+def test_load_run_refuses_data_prepared_again_differently(tmp_path, tiny_run):
+    import shutil
+
+    copy = shutil.copytree(tiny_run, tmp_path / "copy")
+    params = json.loads((copy / "params.json").read_text())
+    (copy / "params.json").write_text(json.dumps({**params, "prepared_fingerprint": "0" * 64}))
+    with pytest.raises(ValueError, match="trained on prepared data with fingerprint 0000"):
+        training.load_run(copy)
+
+
 def test_same_seed_same_results_other_seed_differs(env, tiny_run):
     again = train(epochs=3, run_dir=str(env / "runs" / "tiny-again"))
     assert run_files(again) == run_files(tiny_run)
@@ -288,13 +296,11 @@ def test_init_from_loads_the_backbone_and_rejects_other_archs(env):
 def test_notebook_parameters_are_the_engine_defaults():
     import ast
 
-    import nbformat
-
-    notebook = nbformat.read(REPO / "notebooks" / "train.ipynb", as_version=4)
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    notebook = json.loads((REPO / "notebooks" / "train.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(cells) == 1
     found = {}
-    for node in ast.parse(cells[0].source).body:
+    for node in ast.parse("".join(cells[0]["source"])).body:
         target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
         found[target.id] = ast.literal_eval(node.value)
     assert found == training.DEFAULTS

@@ -10,6 +10,7 @@ out of the repository.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import io
 import json
@@ -18,10 +19,10 @@ import os
 import re
 import shutil
 import sys
-import time
 import uuid
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from numbers import Integral
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 # --------------------------------------------------------------------------------------
 # Dataset specs
@@ -129,10 +130,28 @@ def _remove_stale_tmp(final: Path) -> None:
     """Delete leftovers of killed writers of ``final`` (their process is gone)."""
     if not final.parent.is_dir():
         return
-    for p in final.parent.glob(f".{final.name}.*-*-*"):
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
         m = re.search(r"-(\d+)-[0-9a-f]{8}$", p.name)
         if m and not _pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def _locked(final: Path):
+    """Serialise writers of ``final`` across processes (parallel workflow jobs); the kernel
+    drops the lock if the holder dies."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no cross-process lock
+        yield
+        return
+    with open(final.parent / f".{final.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -433,7 +452,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
             cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
             r = rng.uniform(0.08, 0.16) * (0.5 + 0.5 * sev)
             cyst = g.ellipse(cx_, cy_, r, r * rng.uniform(0.85, 1.15), soft=px)
-            level = rng.uniform(0.14, 0.24) + (1 - sev) * 0.25
+            level = rng.uniform(0.08, 0.18) + (1 - sev) * 0.3
             img = img * (1 - cyst) + cyst * level
             lesion |= cyst > 0.5
     elif cls == "Stone":
@@ -448,7 +467,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
             spread = 0.35 if staghorn else 0.6
             cx_ = kcx - np.sign(kcx) * kax * rng.uniform(0.1, 0.1 + spread)
             cy_ = kcy + kay * rng.uniform(-spread, spread)
-            r = rng.uniform(0.03, 0.06) * (0.5 + 0.5 * sev)
+            r = rng.uniform(0.035, 0.065) * (0.5 + 0.5 * sev)
             stone = g.ellipse(cx_, cy_, r, r * rng.uniform(0.7, 1.3), angle=rng.uniform(0, 3),
                               soft=px * 0.7)
             img = np.maximum(img, stone * (0.85 + 0.15 * sev))
@@ -458,7 +477,7 @@ def _kidney_phantom(cls: str, rng: np.random.Generator, size: int = 512):
         kcx, kcy, kax, kay, cortex = kidneys[rng.integers(2)]
         t, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 0.9)
         cx_, cy_ = kcx + rr * kax * math.cos(t), kcy + rr * kay * math.sin(t)
-        r = rng.uniform(0.14, 0.24) * (0.55 + 0.45 * sev)
+        r = rng.uniform(0.16, 0.26) * (0.55 + 0.45 * sev)
         rows, cols = g.box(cx_, cy_, r * 1.3)
         xs, ys = x[rows, cols], y[rows, cols]
         theta = np.arctan2(ys - cy_, xs - cx_)
@@ -512,22 +531,32 @@ def synthesize(dataset: str, root: str | os.PathLike | None = None, n_per_class:
     """
     spec = get_spec(dataset)
     root = Path(root) if root else data_root() / "synthetic" / dataset
-    counts = ({c: int(n_per_class[c]) for c in spec.classes} if isinstance(n_per_class, Mapping)
-              else {c: int(n_per_class) for c in spec.classes})
-    if any(isinstance(v, bool) or v < 1 for v in counts.values()) or isinstance(n_per_class, bool):
-        raise ValueError(f"n_per_class must be a positive int (or class -> int), got {n_per_class!r}")
+    counts = (dict(n_per_class) if isinstance(n_per_class, Mapping)
+              else {c: n_per_class for c in spec.classes})
+    if set(counts) != set(spec.classes) or not all(_is_int(v) and v >= 1 for v in counts.values()):
+        raise ValueError(f"n_per_class must be a positive int or a mapping of every class of {dataset} "
+                         f"({', '.join(spec.classes)}) to a positive int; got {n_per_class!r}")
+    counts = {c: int(counts[c]) for c in spec.classes}
     wanted = {"dataset": dataset, "counts": counts, "seed": int(seed),
               "generator_version": GENERATOR_VERSION}
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            found = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            found = {}
-        if all(found.get(k) == v for k, v in wanted.items()):
+    if _marker_matches(root, wanted):
+        return root
+    with _locked(root):
+        if _marker_matches(root, wanted):            # another process just wrote it
             return root
+        _generate(root, dataset, spec, counts, int(seed), wanted, n_per_class, progress)
+    return root
 
-    root.parent.mkdir(parents=True, exist_ok=True)
+
+def _marker_matches(root: Path, wanted: dict) -> bool:
+    try:
+        found = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(found.get(k) == v for k, v in wanted.items())
+
+
+def _generate(root, dataset, spec, counts, seed, wanted, n_per_class, progress) -> None:
     _remove_stale_tmp(root)
     tmp = _tmp_sibling(root, "tmp")
     class_root = tmp.joinpath(*spec.layout)
@@ -542,7 +571,7 @@ def synthesize(dataset: str, root: str | os.PathLike | None = None, n_per_class:
             name = _synthetic_name(dataset, cls, i)
             stem = Path(name).stem
             lung = class_root / cls / spec.mask_dir / f"{stem}.png" if spec.mask_dir else None
-            jobs.append((dataset, cls, i, int(seed), img_dir / name,
+            jobs.append((dataset, cls, i, seed, img_dir / name,
                          tmp / LESION_DIR / cls / f"{stem}.png", lung))
     try:
         for _ in _pool_map(_synth_one, jobs, desc=f"synthesize {dataset}", progress=progress):
@@ -558,7 +587,6 @@ def synthesize(dataset: str, root: str | os.PathLike | None = None, n_per_class:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return root
 
 
 def _write_kidney_csv(root: Path, spec: DatasetSpec, counts: dict[str, int]) -> None:
@@ -730,15 +758,22 @@ class _Skip(Exception):
 
 
 def _to_rgb8(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; 16-bit scaled by its full range, alpha composited on black."""
+    """Any PIL mode -> 8-bit RGB; alpha composited on black.
+
+    16-bit data are mapped by the container's full range (65535 -> 255), not clipped as PIL's
+    convert("L") would; 32-bit integers holding 8- or 16-bit values likewise; other integer and
+    float images are stretched from their min to their max.
+    """
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(im).astype(np.float64)
         finite = a[np.isfinite(a)]
-        if mode != "F" and finite.size and finite.min() >= 0 and finite.max() <= 65535:
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        if mode == "I" and lo >= 0 and hi <= 255:
+            pass                                             # 8-bit values in a 32-bit container
+        elif mode != "F" and lo >= 0 and hi <= 65535:
             a = a / 257.0                                    # 16-bit container -> 8 bit
         else:
-            lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
             a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
         a = np.nan_to_num(a, nan=0.0)
         return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
@@ -954,7 +989,8 @@ def _save_samples(path: Path, images, labels, split, class_names, mean, std, syn
                      color="crimson", fontweight="bold", fontsize=12)
     else:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.subplots_adjust(left=0.04, right=0.995, bottom=0.01, top=1 - 0.9 / fig.get_figheight(),
+                        wspace=0.04, hspace=0.06)   # fixed layout: tight_layout is slow
     fig.savefig(path)
 
 
@@ -993,16 +1029,19 @@ def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 12
         print(f"[data] {dataset} ({tag}): inputs unchanged, reusing {out}")
         return out
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out)
-    tmp = _tmp_sibling(out, "tmp")
-    tmp.mkdir()
-    try:
-        _build(tmp, p, spec, class_root, synthetic, listing, fingerprint)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _locked(out):
+        if _cache_valid(out, fingerprint):               # built meanwhile by another process
+            print(f"[data] {dataset} ({tag}): inputs unchanged, reusing {out}")
+            return out
+        _remove_stale_tmp(out)
+        tmp = _tmp_sibling(out, "tmp")
+        tmp.mkdir()
+        try:
+            _build(tmp, p, spec, class_root, synthetic, listing, fingerprint)
+            _swap_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     info = json.loads((out / "info.json").read_text())
     _print_summary(info, out)
     return out
@@ -1196,14 +1235,14 @@ def load_prepared(folder: str | os.PathLike, mmap: bool = False) -> Prepared:
                          f"{len(manifest)} manifest rows")
     return Prepared(
         images=images,
-        labels=manifest["label"].to_numpy(np.int64),
-        split=manifest["split"].to_numpy(str),
+        labels=manifest["label"].to_numpy(np.int64, copy=True),
+        split=manifest["split"].to_numpy(str, copy=True),
         paths=manifest["path"].tolist(),
         class_names=list(info["class_names"]),
         mean=tuple(info["mean"]),
         std=tuple(info["std"]),
         masks=masks,
-        has_mask=manifest["has_mask"].to_numpy(bool),
+        has_mask=manifest["has_mask"].to_numpy(bool, copy=True),
         synthetic=bool(info["synthetic"]),
         info=info,
         manifest=manifest,

@@ -12,7 +12,8 @@
   maximum inside the mask, dilated by a tolerance of 15 px at 224 px, scaled to the image size:
   :func:`pointing_tolerance`). Beside them, a random-map baseline: seeded uniform random maps
   scored the same way, with the analytic expectations (mask area fraction for the energy share,
-  dilated-mask area fraction for the pointing game).
+  dilated-mask area fraction for the pointing game). An all-zero map (Grad-CAM finds no positive
+  evidence) scores 0 and a miss, and is counted (``n_zero_maps``).
 """
 
 from __future__ import annotations
@@ -126,25 +127,28 @@ def dilate(masks: np.ndarray, radius: int) -> np.ndarray:
 
 
 def energy_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Share of each map's total inside its mask; nan for an empty mask or an all-zero map."""
+    """Share of each map's total inside its mask; nan for an empty mask.
+
+    An all-zero map (Grad-CAM finding no positive evidence) scores 0: it puts nothing in the region.
+    """
     maps = np.asarray(maps, dtype=np.float64)
     masks = np.asarray(masks).astype(bool)
     total = maps.sum(axis=(1, 2))
     inside = (maps * masks).sum(axis=(1, 2))
-    ok = (total > 0) & masks.any(axis=(1, 2))
-    return np.where(ok, inside / np.where(total > 0, total, 1.0), np.nan)
+    share = np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
+    return np.where(masks.any(axis=(1, 2)), share, np.nan)
 
 
 def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance_px: int = 0) -> np.ndarray:
-    """1.0 where the map's maximum (first in row-major order) lies in the dilated mask;
-    nan for an empty mask or an all-zero map (no maximum to point with)."""
+    """1.0 where the map's maximum (first in row-major order) lies in the dilated mask; nan for an
+    empty mask. An all-zero map has no maximum to point with and counts as a miss."""
     maps = np.asarray(maps)
     grown = dilate(masks, tolerance_px)
     flat = maps.reshape(len(maps), -1)
     peak = flat.argmax(axis=1)
     hit = grown.reshape(len(grown), -1)[np.arange(len(maps)), peak].astype(float)
-    ok = (flat.max(axis=1) > 0) & np.asarray(masks).astype(bool).reshape(len(maps), -1).any(axis=1)
-    return np.where(ok, hit, np.nan)
+    hit = np.where(flat.max(axis=1) > 0, hit, 0.0)
+    return np.where(np.asarray(masks).astype(bool).reshape(len(maps), -1).any(axis=1), hit, np.nan)
 
 
 def random_baseline(masks: np.ndarray, tolerance_px: int = 0, n_random: int = 20, seed: int = 0) -> pd.DataFrame:
@@ -167,7 +171,8 @@ def random_baseline(masks: np.ndarray, tolerance_px: int = 0, n_random: int = 20
 
 def score_maps(maps: np.ndarray, masks: np.ndarray, tolerance_px: int) -> pd.DataFrame:
     return pd.DataFrame({"energy_share": energy_share(maps, masks),
-                         "pointing_hit": pointing_hits(maps, masks, tolerance_px)})
+                         "pointing_hit": pointing_hits(maps, masks, tolerance_px),
+                         "zero_map": np.asarray(maps).reshape(len(maps), -1).max(axis=1) <= 0})
 
 
 def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +186,7 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
         hit_ci = metrics.accuracy_ci(int(hits.sum()), len(hits)) if len(hits) else {}
         rows.append({
             "arm": arm, "method": method, "n_images": len(part),
-            "n_undefined": int(part["energy_share"].isna().sum()),
+            "n_zero_maps": int(part["zero_map"].sum()),  # scored 0 and a miss
             "energy_share": e.mean, "energy_ci_low": e.low, "energy_ci_high": e.high,
             "random_energy_share": part["random_energy_share"].mean(),
             "mask_area_fraction": part["mask_area_fraction"].mean(),
@@ -192,8 +197,16 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
             "random_pointing": part["random_pointing"].mean(),
             "dilated_area_fraction": part["dilated_area_fraction"].mean(),
             "tolerance_px": int(part["tolerance_px"].iloc[0]),
+            "region": part["region"].iloc[0],
         })
     return pd.DataFrame(rows)
+
+
+def region_kind(prepared) -> str:
+    """What masks.npy outlines: synthetic lesions, or the lung masks shipped with the real COVID-19 data."""
+    if prepared.synthetic:
+        return "lesion"
+    return "lung" if prepared.info.get("dataset") == "covid_radiography" else "region"
 
 
 # ---------------------------------------------------------------- image selection
@@ -241,6 +254,7 @@ class ExplainResult:
     missing: dict[str, str]
     synthetic: bool | None
     target: str
+    region: str  # what the masks outline: "lesion" (synthetic) or "lung" (real COVID-19 masks/)
     scores: pd.DataFrame  # per image, arm, method
     summary: pd.DataFrame
     figure: plt.Figure | None = None
@@ -386,17 +400,19 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
                 part.insert(0, "method", method)
                 part.insert(0, "arm", arm)
                 part["tolerance_px"] = tol
+                part["region"] = region_kind(prep)
                 score_rows.append(part)
         arms[arm] = res
 
     scores = pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame(
-        columns=["arm", "method", "class", "path", "energy_share", "pointing_hit", "random_energy_share",
-                 "mask_area_fraction", "random_pointing", "dilated_area_fraction", "tolerance_px"])
+        columns=["arm", "method", "class", "path", "energy_share", "pointing_hit", "zero_map",
+                 "random_energy_share", "mask_area_fraction", "random_pointing", "dilated_area_fraction",
+                 "tolerance_px", "region"])
     result = ExplainResult(
         dataset=dataset, arch=arch, methods=methods, class_names=list(prepared.class_names), shown=shown,
         images=np.asarray(prepared.images[shown]), labels=labels[shown], masks=masks[shown],
         has_mask=has_mask[shown], paths=[prepared.paths[i] for i in shown], arms=arms, missing=missing,
-        synthetic=bool(prepared.synthetic), target=target, scores=scores,
+        synthetic=bool(prepared.synthetic), target=target, scores=scores, region=region_kind(prepared),
         summary=summarize_scores(scores) if len(scores) else pd.DataFrame(),
     )
     result.figure = explanation_figure(result)
@@ -445,9 +461,10 @@ def explanation_figure(result: ExplainResult) -> plt.Figure:
                     ax.set_title(f"{ARM_TITLES[arm]}\n{METHOD_TITLES.get(panel, panel)}", fontsize=9)
         axes[i, 0].set_ylabel(f"true: {result.class_names[result.labels[i]]}", fontsize=9)
     target = "true class" if result.target == "true" else "predicted class"
-    title = f"{result.dataset} · {result.arch}: maps for the {target} (green: region mask)"
+    title = (f"{result.dataset} · {result.arch}{synthetic_suffix(result.synthetic)}\n"
+             f"maps for the {target} (green: {result.region} mask)")
     if result.missing:
         title += "\nmissing: " + ", ".join(f"{ARM_TITLES.get(a, a)} ({w})" for a, w in result.missing.items())
-    fig.suptitle(title + synthetic_suffix(result.synthetic), fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -33,6 +33,7 @@ Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`):
 Glued by ``notebooks/explain.ipynb`` (:func:`glue_explain`), with ``<a>`` = the arch:
 
 ==============================================  ===============================================
+``<dataset>_<a>_explain_banner``                HTML admonition (synthetic data / missing arm), "" if none
 ``<dataset>_<a>_explain``                       figure: original | saliency | Grad-CAM per arm (B Figs 5-6)
 ``<dataset>_<a>_explain_summary``               explanation-quality table (DataFrame)
 ``<dataset>_<a>_explain_note``                  Markdown note (missing arm, no masks), "" if none
@@ -402,10 +403,11 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
 
 def glue_explain(res) -> list[str]:
     """Glue the explanation figure, its summary and headline scores (see the module docstring)."""
-    from IPython.display import Markdown
+    from IPython.display import HTML, Markdown
 
     ds, arch = res.dataset, res.arch
-    items: dict[str, Any] = {glue_name(ds, arch, "explain"): res.figure,
+    items: dict[str, Any] = {glue_name(ds, arch, "explain_banner"): HTML(res.banner()),
+                             glue_name(ds, arch, "explain"): res.figure,
                              glue_name(ds, arch, "explain_summary"): res.summary,
                              glue_name(ds, arch, "explain_note"): Markdown(res.note)}
     for row in res.summary.itertuples() if len(res.summary) else []:
