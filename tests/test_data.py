@@ -517,7 +517,7 @@ def test_data_prep_notebook_runs_through_papermill(tmp_path, data_root):
     assert "SYNTHETIC DATA" in text and "image/png" in text
     info = json.loads((out_dir / "info.json").read_text())
     assert info["synthetic"] and info["image_size"] == 32
-    assert (data_root / "synthetic" / "covid_radiography" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
+    assert (data_root / "synthetic" / "covid_radiography-n6" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
 
 
 # ----------------------------------------------------------------------------- real sample

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
+
 from helpers import explain, models  # noqa: E402
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _check(maps, n, size):
@@ -37,6 +48,17 @@ def test_maps_shape_finite_unit_range(arch, head):
     # the hooks were released: a plain forward leaves no recorded activations behind
     assert not any(m._forward_hooks for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_maps_on_cuda(arch, head):
+    torch.manual_seed(0)
+    model = models.get_model(arch, weights=False, head=head, num_classes=3, image_size=64).eval().cuda()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    _check(explain.saliency_maps(model, x, [0, 2]), 2, 64)
+    _check(explain.gradcam_maps(model, arch, x, [1, 2]), 2, 64)
 
 
 def test_saliency_equals_analytic_gradient_with_inplace_relu():
@@ -103,11 +125,6 @@ def test_select_images_deterministic():
 
 
 # ------------------------------------------------------- end to end on tiny runs
-
-import json  # noqa: E402
-
-import pandas as pd  # noqa: E402
-from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
 
 
 def _glued(notebook_file) -> set[str]:

@@ -900,8 +900,9 @@ def validate_prep_params(dataset, data_dir="", image_size=128, balance=True, see
 
 
 def default_prepared_dir(dataset: str, synthetic: bool, image_size: int, split: str, balance: bool,
-                         seed: int) -> Path:
-    source = "synthetic" if synthetic else "real"
+                         seed: int, n_per_class: int | None = None) -> Path:
+    # Synthetic sets of different sizes must not share a cache folder.
+    source = ("synthetic" + (f"-n{n_per_class}" if n_per_class else "")) if synthetic else "real"
     name = f"{source}-{image_size}px-{split}-{'bal' if balance else 'all'}-s{seed}"
     return data_root() / "prepared" / dataset / name
 
@@ -1016,13 +1017,15 @@ def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 12
                              n_per_class, progress)
     spec = DATASETS[dataset]
     source = Path(p["data_dir"]) if p["data_dir"] else synthesize(
-        dataset, n_per_class=p["n_per_class"], seed=0, progress=p["progress"])
+        dataset, root=data_root() / "synthetic" / f"{dataset}-n{p['n_per_class']}",
+        n_per_class=p["n_per_class"], seed=0, progress=p["progress"])
     class_root = find_class_root(source, dataset)
     synthetic_root = _find_marker(class_root)
     synthetic = synthetic_root is not None
     listing = _scan(class_root, spec, synthetic_root)
     out = Path(p["out_dir"]) if p["out_dir"] else default_prepared_dir(
-        dataset, synthetic, p["image_size"], p["split"], p["balance"], p["seed"])
+        dataset, synthetic, p["image_size"], p["split"], p["balance"], p["seed"],
+        p["n_per_class"] if not p["data_dir"] else None)
     fingerprint = _fingerprint(p, class_root, listing)
     tag = "SYNTHETIC DATA" if synthetic else "real data"
     if _cache_valid(out, fingerprint):

@@ -175,6 +175,12 @@ def score_maps(maps: np.ndarray, masks: np.ndarray, tolerance_px: int) -> pd.Dat
                          "zero_map": np.asarray(maps).reshape(len(maps), -1).max(axis=1) <= 0})
 
 
+SUMMARY_COLUMNS = ["arm", "method", "n_images", "n_zero_maps", "energy_share", "energy_ci_low", "energy_ci_high",
+                   "random_energy_share", "mask_area_fraction", "energy_minus_area", "diff_ci_low",
+                   "diff_ci_high", "pointing_hit_rate", "pointing_ci_low", "pointing_ci_high",
+                   "random_pointing", "dilated_area_fraction", "tolerance_px", "region"]
+
+
 def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
     """Per (arm, method): mean energy share with t-interval, pointing hit rate with Wilson interval,
     the random baseline beside them, and the per-image difference to the mask area fraction."""
@@ -199,7 +205,7 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
             "tolerance_px": int(part["tolerance_px"].iloc[0]),
             "region": part["region"].iloc[0],
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def region_kind(prepared) -> str:
@@ -366,8 +372,9 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     image_size = int(prepared.images.shape[-1])
     tol = pointing_tolerance(image_size) if tolerance_px is None else int(tolerance_px)
     shown = select_images(labels, prepared.split, prepared.paths, int(n_per_class))
-    scored = select_images(labels, prepared.split, prepared.paths, max_score_images, eligible=has_mask)
-    scored = scored[:max_score_images]
+    scored = select_images(labels, prepared.split, prepared.paths, len(labels), eligible=has_mask)
+    if len(scored) > max_score_images:  # an evenly spaced subset keeps the class proportions
+        scored = scored[np.linspace(0, len(scored) - 1, max_score_images).round().astype(int)]
     baseline = random_baseline(masks[scored], tol, n_random, seed) if len(scored) else None
 
     arms, score_rows = {}, []
@@ -383,15 +390,16 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
             probs = torch.softmax(model(x_shown).float(), dim=1).cpu().numpy()
         tgt = labels[shown] if target == "true" else probs.argmax(axis=1)
         res = ArmResult(arm=arm, run_dir=run_dir, params=params, probs=probs)
+        if len(scored):
+            xs = inputs(scored)
+            if target == "true":
+                ts = labels[scored]
+            else:
+                with torch.no_grad():
+                    ts = model(xs).argmax(dim=1).cpu().numpy()
         for method in methods:
             res.maps[method] = compute_maps(method, model, arch, x_shown, tgt)
             if len(scored):
-                xs = inputs(scored)
-                if target == "true":
-                    ts = labels[scored]
-                else:
-                    with torch.no_grad():
-                        ts = model(xs).argmax(dim=1).cpu().numpy()
                 maps = compute_maps(method, model, arch, xs, ts)
                 part = score_maps(maps, masks[scored], tol)
                 part = pd.concat([part, baseline], axis=1)
@@ -413,7 +421,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
         images=np.asarray(prepared.images[shown]), labels=labels[shown], masks=masks[shown],
         has_mask=has_mask[shown], paths=[prepared.paths[i] for i in shown], arms=arms, missing=missing,
         synthetic=bool(prepared.synthetic), target=target, scores=scores, region=region_kind(prepared),
-        summary=summarize_scores(scores) if len(scores) else pd.DataFrame(),
+        summary=summarize_scores(scores),
     )
     result.figure = explanation_figure(result)
     out = Path(out_dir) if str(out_dir) else Path("results") / dataset / "explain" / arch
@@ -421,8 +429,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     result.files = report.save_figure(result.figure, out, "explanations")
     plt.close(result.figure)
     result.files += report.write_table(result.scores, out, "explain_scores", markdown=False)
-    if len(result.summary):
-        result.files += report.write_table(result.summary, out, "explain_summary")
+    result.files += report.write_table(result.summary, out, "explain_summary")
     return result
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import glob as globlib
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
