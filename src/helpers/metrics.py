@@ -229,7 +229,7 @@ def find_run_dirs(dataset: str, runs: str | Sequence[str | Path] = "", root: str
         if not base.is_dir():
             raise FileNotFoundError(f"no run folder {base}/ for dataset {dataset!r}: train runs first "
                                     f"or pass runs= (a glob or a list of run folders)")
-        found = sorted(p for p in base.iterdir() if p.is_dir())
+        found = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not found:
             raise FileNotFoundError(f"{base}/ holds no run folders")
         return found
@@ -361,6 +361,9 @@ def load_runs(dataset: str, runs: str | Sequence[str | Path] = "", root: str | P
         if run.dataset and run.dataset != dataset:
             raise ValueError(f"{folder} is a run of dataset {run.dataset!r}, not {dataset!r}")
         complete.append(run)
+    names = {tuple(r.class_names) for r in complete}
+    if len(names) > 1:
+        raise ValueError(f"runs of {dataset} disagree on class_names: {sorted(names)}")
     labels = config_labels(complete)
     for run in complete:
         run.label = labels[run.config(with_arm=False)]

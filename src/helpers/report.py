@@ -10,7 +10,8 @@ Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`):
 
 ==========================================  ===================================================
 ``<dataset>_banner``                        HTML admonition (synthetic data / incomplete grid), "" if none
-``<dataset>_notes``                         Markdown: metric definitions and the loss-scale note
+``<dataset>_notes``                         HTML: metric definitions and the loss-scale note
+``<dataset>_split_comparison``              test accuracy by arch, split and start (mean, 95% CI over seeds)
 ``<dataset>_table1``                        Table 1, ours beside the paper's (DataFrame)
 ``<dataset>_loss_curves``                   figure: train/val loss per arch, both arms (paper A Fig 3)
 ``<dataset>_confusion``                     figure: confusion matrices of every config × arm (A Fig 4, B Figs 3-4)
@@ -22,7 +23,8 @@ Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`):
 ``<dataset>_mcnemar``                       McNemar's exact test per seed
 ``<dataset>_inventory``                     every run folder considered and its status
 ``<dataset>_n_runs`` / ``_n_missing``       counts of complete and missing/incomplete runs
-``<dataset>_test_acc_<label>_<arm>``        mean test accuracy over seeds (float, 0-1)
+``<dataset>_test_acc_<label>_<arm>``        mean test accuracy over seeds (float, 0-1); for the papers'
+                                            designs (PAPER_DESIGNS) always glued, NaN when not run
 ``..._ci_low`` / ``..._ci_high`` / ``..._n``  its 95% t-interval (nan for one seed) and seed count
 ``<dataset>_paper_test_acc_<label>_<arm>``  the paper's published test accuracy (float, 0-1)
 ``<dataset>_acc_diff_<label>``              ImageNet − scratch test accuracy (mean over paired seeds)
@@ -36,7 +38,8 @@ Glued by ``notebooks/explain.ipynb`` (:func:`glue_explain`), with ``<a>`` = the 
 ``<dataset>_<a>_explain_banner``                HTML admonition (synthetic data / missing arm), "" if none
 ``<dataset>_<a>_explain``                       figure: original | saliency | Grad-CAM per arm (B Figs 5-6)
 ``<dataset>_<a>_explain_summary``               explanation-quality table (DataFrame)
-``<dataset>_<a>_explain_note``                  Markdown note (missing arm, no masks), "" if none
+``<dataset>_<a>_explain_note``                  HTML note (missing arm, no masks), empty if none
+``<dataset>_explain``, ``_explain_summary``, ``_explain_note``, ``_explain_arch``  the same, arch-free
 ``<dataset>_<a>_<arm>_<method>_energy``         mean energy share inside the mask
 ``<dataset>_<a>_<arm>_<method>_pointing``       pointing-game hit rate
 ``<dataset>_<a>_random_energy`` / ``_area``     random-map energy share / analytic mask area fraction
@@ -357,6 +360,72 @@ def evaluate(dataset: str, runs: str | Sequence[str] = "", out_dir: str | Path =
     return ev
 
 
+def markdown_html(text: str):
+    """Markdown as an HTML display object: myst-nb pastes text/html across pages, not text/markdown."""
+    from IPython.display import HTML
+    from markdown_it import MarkdownIt
+
+    return HTML(MarkdownIt("commonmark").enable("table").render(text or ""))
+
+
+# The papers' designs: their numbers are cited in the text of the book, so their keys are glued
+# for every build, as NaN / "not run" where this grid lacks the run.
+PAPER_DESIGNS = {
+    "covid_radiography": [("resnet18", "replace"), ("vgg11", "replace"), ("alexnet", "replace"),
+                          ("mobilenet_v3_large", "replace")],
+    "ct_kidney": [("vgg16", "dense1024")],
+}
+
+
+def _paper_design_items(ev: Evaluation) -> dict[str, Any]:
+    """Headline numbers of the papers' designs (random split, ImageNet or scratch init only)."""
+    ds, items = ev.dataset, {}
+    acc = ev.table1_long[ev.table1_long["metric"] == "test_accuracy"]
+    paired = ev.paired_tests[ev.paired_tests["metric"] == "test_accuracy"]
+    for arch, head in PAPER_DESIGNS.get(ds, []):
+        base = arch if head == "replace" else f"{arch}_{head}"
+        labels = sorted({r.label for r in ev.runset.runs
+                         if r.arch == arch and r.head == head and not r.params.get("init_from")
+                         and r.params.get("split", "random") == "random"})
+        label = labels[0] if labels else None
+        for arm in ("imagenet", "scratch"):
+            row = acc[(acc["label"] == label) & (acc["arm"] == arm)] if label else acc.iloc[0:0]
+            ok = len(row) and row.iloc[0]["n"]
+            items[glue_name(ds, "test_acc", base, arm)] = float(row.iloc[0]["mean"]) if ok else float("nan")
+            items[glue_name(ds, "test_acc", base, arm, "n")] = int(row.iloc[0]["n"]) if ok else 0
+        key = glue_name(ds, "acc_diff", base)
+        row = paired[paired["label"] == label] if label else paired.iloc[0:0]
+        if len(row):
+            r = row.iloc[0]
+            items[key] = float(r["mean_diff"])
+            if r["n_pairs"] >= 2:
+                items[key + "_p"], items[key + "_test"] = float(r["p_ttest"]), "paired t-test over seeds"
+            else:
+                mc = ev.mcnemar[ev.mcnemar["label"] == label].iloc[0]
+                items[key + "_p"], items[key + "_test"] = float(mc["p_mcnemar"]), "McNemar's exact test"
+        else:
+            items[key], items[key + "_p"] = float("nan"), float("nan")
+            items[key + "_test"] = "not run: this build lacks one or both arms"
+    return items
+
+
+def split_comparison(ev: Evaluation) -> pd.DataFrame:
+    """Test accuracy (mean and 95% CI over seeds) of every configuration, by split and arm."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for r in ev.runset.runs:
+        key = (r.arch, r.head, r.params.get("split", "random"), r.arm,
+               Path(str(r.params.get("init_from") or "")).parent.name)
+        groups.setdefault(key, []).append(r.metrics["test_accuracy"])
+    for (arch, head, split, arm, source), accs in sorted(groups.items()):
+        ci = metrics.mean_ci(accs)
+        rows.append({"arch": arch, "head": head, "split": split,
+                     "start": f"init from {source}" if source else ARM_TITLES.get(arm, arm),
+                     "seeds": ci.n, "test accuracy": ci.mean, "95% CI low": ci.low, "95% CI high": ci.high})
+    return pd.DataFrame(rows, columns=["arch", "head", "split", "start", "seeds", "test accuracy",
+                                       "95% CI low", "95% CI high"])
+
+
 def glue_evaluation(ev: Evaluation) -> list[str]:
     """Glue every table, figure and headline number of an evaluation; returns the names glued."""
     from IPython.display import HTML, Markdown
@@ -364,7 +433,8 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
     ds = ev.dataset
     items: dict[str, Any] = {
         glue_name(ds, "banner"): HTML(ev.banner),
-        glue_name(ds, "notes"): Markdown(ev.notes),
+        glue_name(ds, "notes"): markdown_html(ev.notes),
+        glue_name(ds, "split_comparison"): split_comparison(ev),
         glue_name(ds, "table1"): ev.table1,
         glue_name(ds, "per_class"): ev.per_class,
         glue_name(ds, "test_accuracy"): ev.test_accuracy,
@@ -396,6 +466,7 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
         else:
             mc = ev.mcnemar[ev.mcnemar["label"] == row.label].iloc[0]
             items[key + "_p"], items[key + "_test"] = mc["p_mcnemar"], "McNemar's exact test"
+    items.update(_paper_design_items(ev))
     for name, value in items.items():
         glue(name, value, display=False)
     return list(items)
@@ -409,7 +480,11 @@ def glue_explain(res) -> list[str]:
     items: dict[str, Any] = {glue_name(ds, arch, "explain_banner"): HTML(res.banner()),
                              glue_name(ds, arch, "explain"): res.figure,
                              glue_name(ds, arch, "explain_summary"): res.summary,
-                             glue_name(ds, arch, "explain_note"): Markdown(res.note)}
+                             glue_name(ds, arch, "explain_note"): markdown_html(res.note)}
+    # Arch-free names too, so a page can cite whichever arch the experiment explains.
+    items.update({glue_name(ds, "explain"): res.figure, glue_name(ds, "explain_summary"): res.summary,
+                  glue_name(ds, "explain_note"): markdown_html(res.note),
+                  glue_name(ds, "explain_arch"): arch})
     for row in res.summary.itertuples() if len(res.summary) else []:
         items[glue_name(ds, arch, row.arm, row.method, "energy")] = row.energy_share
         items[glue_name(ds, arch, row.arm, row.method, "pointing")] = row.pointing_hit_rate
