@@ -22,7 +22,7 @@ venv: $(BIN)/.installed
 report: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete \
 	  --config experiment=$(EXPERIMENT) data_dir="$(DATA_DIR)" $(SNAKE_ARGS)
-	@echo "Book: file://$(abspath book/_build/html/index.html)"
+	@echo "Book: $(abspath _build/html/index.html)"
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -37,6 +37,9 @@ def dataset_statuses(wc):
 
 rule all:
     input:
+        # Status files are direct targets so that a run recorded as missing (and forgotten
+        # above) is tried again, and everything downstream of it is rebuilt.
+        [str(wf.status_file(EXP, k)) for k in RUNS],
         f"{RES}/book.done",
 
 

@@ -485,6 +485,20 @@ def glue_gap(step: str, dataset: str, reason: str) -> dict[str, str]:
     return keys
 
 
+def _copy_titled(src: Path, dst: Path, suffix: str) -> None:
+    """Copy an executed notebook, naming its dataset or run in its title (the appendix lists
+    one entry per notebook, and several share a template)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            first, _, rest = cell.source.lstrip().partition("\n")
+            cell.source = f"{first}: {suffix}\n{rest}"
+            break
+    nbformat.write(nb, dst)
+
+
 def _execute(notebook: str, out: Path, params: dict) -> None:
     import papermill as pm
 
@@ -507,7 +521,7 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
         for dataset in DATASET_NAMES:
             name = f"{step}_{dataset}.ipynb"
             if (nb_dir / name).exists():
-                shutil.copy2(nb_dir / name, tmp / name)
+                _copy_titled(nb_dir / name, tmp / name, dataset)
             else:
                 reason = (f"experiment {exp['name']} does not use {dataset}"
                           if dataset not in exp["datasets"] else
@@ -515,12 +529,14 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
                 _execute("notebooks/gap.ipynb", tmp / name,
                          {"step": step, "dataset": dataset, "reason": reason})
     for path in sorted((nb_dir / "train").glob("*.ipynb")):
-        shutil.copy2(path, tmp / "train" / path.name)
+        _copy_titled(path, tmp / "train" / path.name, path.stem.replace("__", " / "))
     _execute("notebooks/summary.ipynb", nb_dir / "summary.ipynb",
              {"experiment": exp["path"], "data_dir": data_dir})
     shutil.copy2(nb_dir / "summary.ipynb", tmp / "summary.ipynb")
     shutil.rmtree(GENERATED, ignore_errors=True)
     os.replace(tmp, GENERATED)
+    # A clean build: pages of an earlier experiment must not linger in the site.
+    shutil.rmtree("_build", ignore_errors=True)
     cmd = ["jupyter-book", "build", str(BOOK_DIR)] + (["-W", "--keep-going"] if strict else [])
     subprocess.run(cmd, check=True)
     index = Path("_build") / "html" / "index.html"
