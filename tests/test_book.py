@@ -63,10 +63,9 @@ def study(tmp_path_factory):
         shutil.copy2(ROOT / name, work / name)
     for name in ("notebooks", "benchmarks"):
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("results", "__pycache__"))
-    (work / "book").mkdir()
-    for page in (ROOT / "book").glob("*.md"):
-        shutil.copy2(page, work / "book" / page.name)
-    os.symlink("../_toc.yml", work / "book" / "_toc.yml")
+    shutil.copytree(ROOT / "book", work / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("generated*", "_build", "__pycache__"))
+    assert (work / "book" / "_toc.yml").resolve() == (work / "_toc.yml").resolve()
     (work / "experiments").mkdir()
     (work / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     checkpoints = work / "torch" / "hub" / "checkpoints"
