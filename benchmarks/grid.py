@@ -334,6 +334,41 @@ def load_projections(folder: str | os.PathLike = RESULTS_DIR):
     return pd.DataFrame(rows)
 
 
+def scale_figure(folder: str | os.PathLike = RESULTS_DIR):
+    """Measured epoch time against images per configuration, with the fits; projected hours."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    paths = sorted(Path(folder).glob("grid-*-sizes.json"))
+    if not paths:
+        return None
+    report = json.loads(paths[-1].read_text())
+    points = [{"config": _config_key(r), "images": r["images"],
+               "seconds per epoch": r["epoch_seconds"] / r["epochs_run"]}
+              for m in report["measurements"] for r in m["runs"] if "epoch_seconds" in r]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    sns.scatterplot(data=points, x="images", y="seconds per epoch", hue="config", ax=ax, s=40)
+    palette = dict(zip(sorted({p["config"] for p in points}, key=[p["config"] for p in points].index),
+                       sns.color_palette(n_colors=len({p["config"] for p in points}))))
+    xs = np.array([min(p["images"] for p in points), max(p["images"] for p in points)])
+    for config, fit in report["fits"]["configs"].items():
+        ax.plot(xs, fit["epoch"]["intercept"] + fit["epoch"]["slope"] * xs, color=palette.get(config), lw=1)
+    ax.set(title=f"One epoch (train + validation) on {report['device_name']}, measured",
+           xlabel="images per epoch (train + validation)")
+    ax.legend(fontsize=7, title=None, loc="upper left")
+    projections = report["projections"]
+    bx.bar([p["label"] for p in projections], [p["wall_seconds"] / 3600 for p in projections],
+           color="0.5")
+    for i, p in enumerate(projections):
+        bx.annotate(f"{p['wall_seconds'] / 3600:.1f} h\n{p['runs']} runs", (i, p["wall_seconds"] / 3600),
+                    ha="center", va="bottom", fontsize=8)
+    bx.set(title="Projected at the papers' sizes", ylabel="hours, one step at a time")
+    bx.margins(y=0.2)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

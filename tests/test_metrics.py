@@ -307,6 +307,22 @@ def test_table1_paper_b_and_heads(tmp_path):
     assert t.loc["Highest validation accuracy", ("vgg16-dense1024", "scratch", "paper B (published)")] == "—"
 
 
+def test_published_values_sit_only_beside_the_papers_own_split(tmp_path):
+    ds = tmp_path / "runs" / "ct_kidney"
+    classes = ["Cyst", "Normal", "Stone", "Tumor"]
+    for split in ("random", "grouped"):
+        for pre in (True, False):
+            labels, preds, probs = fake_predictions(n=40, k=4, seed=int(pre))
+            write_run(ds / f"vgg16-{pre}-{split}", arch="vgg16", head="dense1024", pretrained=pre,
+                      labels=labels, preds=preds, probs=probs, class_names=classes,
+                      dataset="ct_kidney", extra_params={"split": split})
+    t = metrics.table1(metrics.load_runs("ct_kidney", root=tmp_path / "runs"))
+    published = [c for c in t.columns if c[2] == "paper B (published)"]
+    assert sorted(published) == [("vgg16-dense1024 (split=random)", "imagenet", "paper B (published)"),
+                                 ("vgg16-dense1024 (split=random)", "scratch", "paper B (published)")]
+    assert ("vgg16-dense1024 (split=grouped)", "scratch", "ours") in t.columns
+
+
 def test_pairing_requires_identical_test_images(tmp_path):
     ds = tmp_path / "runs" / "covid_radiography"
     write_run(ds / "resnet18-imagenet-s0")

@@ -169,6 +169,11 @@ class Run:
         return int(self.params.get("seed", 0))
 
     @property
+    def papers_design(self) -> bool:
+        """Trained as the papers did: their random split, from ImageNet or scratch only."""
+        return self.params.get("split", "random") == "random" and not self.params.get("init_from")
+
+    @property
     def labels(self) -> np.ndarray:
         return self.predictions["label"].to_numpy(dtype=int)
 
@@ -708,14 +713,18 @@ def mcnemar_tests(runset: RunSet) -> pd.DataFrame:
 def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Table 1 in long form: one row per (configuration, arm, metric), ours and the paper's value."""
     paper = PAPER_VALUES.get(runset.dataset, {"name": "", "values": {}})
-    ours = {}
+    ours, comparable = {}, set()
     for r in runset.runs:
         ours.setdefault((r.label, r.arch, r.head, r.arm), []).append(r)
+        if r.papers_design:
+            comparable.add((r.label, r.arch, r.head, r.arm))
     keys = set(ours)
     for arch, head, arm in paper["values"]:
         if not any(k[1] == arch and k[2] == head and k[3] == arm for k in keys):
             label = arch + ("" if head == "replace" else f"-{head}")
             keys.add((label, arch, head, arm))
+            comparable.add((label, arch, head, arm))
+
     def order(k):
         label, arch, head, arm = k
         return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), label, ARMS.index(arm))
@@ -724,7 +733,8 @@ def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
     for key in sorted(keys, key=order):
         label, arch, head, arm = key
         runs = ours.get(key, [])
-        pv = paper["values"].get((arch, head, arm), {})
+        # A published value sits only beside runs of the paper's own design (not grouped splits).
+        pv = paper["values"].get((arch, head, arm), {}) if key in comparable else {}
         for metric, title in TABLE1_ROWS.items():
             ci = mean_ci([r.metrics[metric] for r in runs], confidence)
             rows.append({"label": label, "arch": arch, "head": head, "arm": arm, "metric": metric,

@@ -218,6 +218,11 @@ def _by_config(runset: metrics.RunSet) -> dict[str, dict[str, list[metrics.Run]]
     return out
 
 
+def _cells(runset: metrics.RunSet) -> list[tuple[str, str, list[metrics.Run]]]:
+    """One panel per configuration and arm: ``(label, arm, runs over seeds)``."""
+    return [(label, arm, runs) for label, arms in _by_config(runset).items() for arm, runs in arms.items()]
+
+
 def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
     """Train (solid) and validation (dashed) loss per arch, ImageNet vs scratch on the same axes.
     Several seeds: mean per epoch with a 95% t-interval band."""
@@ -251,8 +256,7 @@ def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
 
 def confusion_figure(runset: metrics.RunSet) -> plt.Figure:
     """Confusion matrix per configuration and arm: counts and row-normalised shares (seeds pooled)."""
-    configs = _by_config(runset)
-    cells = [(label, arm, runs) for label, arms in configs.items() for arm, runs in arms.items()]
+    cells = _cells(runset)
     if not cells:
         return _empty_figure(runset, "confusion matrices")
     sns.set_theme(style="white", context="paper")
@@ -281,8 +285,7 @@ def confusion_figure(runset: metrics.RunSet) -> plt.Figure:
 
 def roc_figure(runset: metrics.RunSet) -> plt.Figure:
     """One-vs-rest ROC curves per class for each configuration and arm (lowest seed), AUC in legend."""
-    configs = _by_config(runset)
-    cells = [(label, arm, runs) for label, arms in configs.items() for arm, runs in arms.items()]
+    cells = _cells(runset)
     if not cells:
         return _empty_figure(runset, "ROC curves")
     sns.set_theme(style="whitegrid", context="paper")

@@ -1,0 +1,143 @@
+"""The benchmarks: what they measure is wired right, and they run end to end on tiny data.
+
+Speed targets are not checked here (these machines are noisy); the benchmarks print them.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import grid, throughput
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flop_counter_matches_resnet18s_published_cost():
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    import torch
+
+    forward = throughput._flops_per_image(model, 224, torch.device("cpu"), train=False)
+    train = throughput._flops_per_image(model, 224, torch.device("cpu"), train=True)
+    # torchvision lists ResNet-18 at 1.81 GFLOPS (multiply-adds); the counter counts 2 per MAC.
+    assert forward == pytest.approx(2 * 1.81e9, rel=0.02)
+    assert train == pytest.approx(3 * forward, rel=0.05)      # backward ~ twice the forward
+
+
+def test_mfu_uses_the_dense_bf16_peak_of_the_named_gpu():
+    assert throughput._peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert throughput._peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert throughput._peak_tflops("Some Unknown GPU") is None
+
+
+@pytest.mark.slow
+def test_throughput_compares_both_loops_on_the_same_data(data_root, tmp_path):
+    out = tmp_path / "cpu.json"
+    assert throughput.main(["--setting", "paper_a", "--arch", "mobilenet_v3_small",
+                            "--n-per-class", "5", "--workers", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["versions"]["torch"]
+    (row,) = report["rows"]
+    ours, naive = row["ours"], row["naive"]
+    assert "error" not in ours and "error" not in naive, row
+    # Same split of the same prepared data in both loops: 6:2:2 of 15 images.
+    assert (ours["n_train"], ours["n_val"]) == (naive["n_train"], naive["n_val"]) == (9, 3)
+    assert row["ratio"] == pytest.approx(ours["images_per_s"] / naive["images_per_s"])
+    table = throughput.load_results(tmp_path)
+    assert list(table["arch"]) == ["mobilenet_v3_small"]
+
+
+def test_compose_takes_the_papers_sizes_and_settings():
+    exp = grid.compose(["paper_a", "paper_b"], 1.0)
+    assert exp["synthetic"] is True
+    assert exp["datasets"]["covid_radiography"]["n_per_class"] == 1345
+    assert exp["datasets"]["covid_radiography"]["image_size"] == 128
+    assert exp["datasets"]["ct_kidney"]["n_per_class"] * 4 == pytest.approx(12446, abs=4)
+    by_dataset = {e["dataset"]: e for e in exp["grid"]}
+    assert by_dataset["covid_radiography"]["train"]["epochs"] == 20
+    assert by_dataset["covid_radiography"]["train"]["batch_size"] == 16
+    assert by_dataset["ct_kidney"]["train"]["epochs"] == 30
+    assert by_dataset["ct_kidney"]["train"]["batch_size"] == 100
+    small = grid.compose(["paper_a"], 0.0001, epochs=1)
+    assert small["datasets"]["covid_radiography"]["n_per_class"] >= 5   # a 6:2:2 split's minimum
+    assert small["grid"][0]["train"]["epochs"] == 1
+    with pytest.raises(ValueError, match="--fraction"):
+        grid.compose(["paper_a"], 1.5)
+
+
+def test_distinct_keeps_one_run_per_configuration_of_the_full_grid():
+    exp = grid.compose(["full"], 0.01, epochs=1, distinct=True)
+    configs = [(e["dataset"], e["archs"][0], e.get("head", "replace")) for e in exp["grid"]]
+    assert len(configs) == len(set(configs)) == 12
+    assert all(e["arms"] == ["scratch"] and e["seeds"] == [0] for e in exp["grid"])
+
+
+def _measurement(images, epoch_cost, overhead_cost, prep_cost):
+    """A fake measurement following known linear laws, for one configuration per dataset."""
+    runs = []
+    for ds, arch, size in (("covid_radiography", "resnet18", 128), ("ct_kidney", "vgg16", 200)):
+        n = round(0.8 * images[ds])
+        head = "dense1024" if arch == "vgg16" else "replace"
+        a, b = epoch_cost[ds]
+        c, d = overhead_cost
+        runs.append({"dataset": ds, "arch": arch, "head": head, "image_size": size, "state": "complete",
+                     "images": n, "epochs_run": 1, "epoch_seconds": a + b * n,
+                     "overhead_seconds": c + d * n})
+    return {"runs": runs, "dataset_images": images,
+            "data_prep_seconds": {ds: prep_cost[0] + prep_cost[1] * n for ds, n in images.items()}}
+
+
+def test_projection_recovers_known_linear_costs():
+    epoch_cost = {"covid_radiography": (0.5, 0.01), "ct_kidney": (1.0, 0.2)}
+    overhead, prep = (10.0, 0.001), (5.0, 0.002)
+    measurements = [_measurement({"covid_radiography": 3 * k, "ct_kidney": 4 * k},
+                                 epoch_cost, overhead, prep) for k in (10, 20, 40)]
+    fits = grid.fit_scale(measurements)
+    fit = fits["configs"]["ct_kidney/vgg16/dense1024/200px"]["epoch"]
+    assert fit["slope"] == pytest.approx(0.2) and fit["intercept"] == pytest.approx(1.0)
+    proj = grid.project(["paper_a", "paper_b"], fits)
+    # paper A: 4 archs x 2 arms, but only resnet18 was "measured": the rest are named.
+    assert "covid_radiography/vgg11/replace/128px" in proj["unmeasured_configs"]
+    n_a, n_b = round(0.8 * 4035), round(0.8 * 12446)
+    expected = (2 * (10 + 0.001 * n_a + 20 * (0.5 + 0.01 * n_a))          # resnet18, two arms
+                + 2 * (10 + 0.001 * n_b + 30 * (1.0 + 0.2 * n_b)))         # vgg16, two arms
+    assert proj["runs"] == 4
+    assert proj["train_seconds"] == pytest.approx(expected)
+    assert proj["wall_seconds"] == pytest.approx(expected + 2 * 5.0 + 0.002 * (4035 + 12446))
+
+
+@pytest.mark.slow
+def test_grid_runs_the_workflow_from_nothing_and_times_it(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy2(ROOT / "Snakefile", work / "Snakefile")
+    shutil.copytree(ROOT / "notebooks", work / "notebooks")
+    tiny = {"name": "tiny", "synthetic": True,
+            "datasets": {"covid_radiography": {"image_size": 32, "balance": True, "split": "random",
+                                               "split_seed": 0}},
+            "defaults": {"epochs": 3, "batch_size": 8, "lr": 1.0e-3, "normalize": "dataset",
+                         "early_stopping_patience": 0},
+            "grid": [{"dataset": "covid_radiography", "archs": ["resnet18"], "head": "replace",
+                      "arms": ["imagenet", "scratch"], "seeds": [0]}]}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))   # no real weights
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "grid-cpu.json"
+    assert grid.main(["--experiment", "tiny.yaml", "--fraction", "0.004", "--epochs", "1",
+                      "--cores", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["grid"]
+    assert result["images_per_class"] == {"covid_radiography": 5}
+    assert result["stand_in_weights"] == ["resnet18"]
+    assert result["data_prep_seconds"]["covid_radiography"] > 0
+    assert [r["state"] for r in result["runs"]] == ["complete", "complete"]
+    for row in result["runs"]:
+        assert row["epochs_run"] == 1 and row["images"] == 12      # 9 train + 3 val
+        assert 0 < row["epoch_seconds"] < row["notebook_seconds"] < result["wall_seconds"]
+    assert not (work / "runs" / "bench-grid").exists()       # checkpoints are not left behind
+    table = grid.load_grid(tmp_path)
+    assert list(table["runs done"]) == ["2/2"] and list(table["stand-in weights"]) == ["resnet18"]
