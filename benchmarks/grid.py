@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.throughput import RESULTS_DIR, _git_commit, _versions
+from benchmarks.throughput import RESULTS_DIR, _git_commit, _versions, command_line
 
 # Synthetic images per class at the papers' sizes (fraction 1).
 PAPER_SIZES = {"covid_radiography": 1345, "ct_kidney": 3112}
@@ -338,20 +338,22 @@ def scale_figure(folder: str | os.PathLike = RESULTS_DIR):
     """Measured epoch time against images per configuration, with the fits; projected hours."""
     import matplotlib.pyplot as plt
     import numpy as np
+    import pandas as pd
     import seaborn as sns
 
     paths = sorted(Path(folder).glob("grid-*-sizes.json"))
     if not paths:
         return None
     report = json.loads(paths[-1].read_text())
-    points = [{"config": _config_key(r), "images": r["images"],
-               "seconds per epoch": r["epoch_seconds"] / r["epochs_run"]}
-              for m in report["measurements"] for r in m["runs"] if "epoch_seconds" in r]
+    points = pd.DataFrame([{"config": _config_key(r), "images": r["images"],
+                            "seconds per epoch": r["epoch_seconds"] / r["epochs_run"]}
+                           for m in report["measurements"] for r in m["runs"] if "epoch_seconds" in r])
+    configs = list(dict.fromkeys(points["config"]))
+    palette = dict(zip(configs, sns.color_palette(n_colors=len(configs))))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
-    sns.scatterplot(data=points, x="images", y="seconds per epoch", hue="config", ax=ax, s=40)
-    palette = dict(zip(sorted({p["config"] for p in points}, key=[p["config"] for p in points].index),
-                       sns.color_palette(n_colors=len({p["config"] for p in points}))))
-    xs = np.array([min(p["images"] for p in points), max(p["images"] for p in points)])
+    sns.scatterplot(data=points, x="images", y="seconds per epoch", hue="config", palette=palette,
+                    ax=ax, s=40)
+    xs = np.array([points["images"].min(), points["images"].max()])
     for config, fit in report["fits"]["configs"].items():
         ax.plot(xs, fit["epoch"]["intercept"] + fit["epoch"]["slope"] * xs, color=palette.get(config), lw=1)
     ax.set(title=f"One epoch (train + validation) on {report['device_name']}, measured",
@@ -384,7 +386,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/grid-<device>.json)")
     args = parser.parse_args(argv)
 
-    report = _header()
+    report = {**_header(), "command": command_line("benchmarks.grid", argv)}
     if args.scale:
         report.update(scale(args.cores))
     else:

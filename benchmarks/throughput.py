@@ -228,6 +228,14 @@ def _git_commit() -> str | None:
         return None
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that made a result file, for its provenance."""
+    import shlex
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m", module, *map(shlex.quote, args)])
+
+
 def _versions() -> dict:
     import importlib.metadata as md
 
@@ -285,6 +293,20 @@ def scale(device, arch="resnet18") -> list[dict]:
                   f"{result['images_per_s']:.1f} img/s", flush=True)
     os.environ.pop("BENCH_IMAGE_SIZE", None)
     return rows
+
+
+def results_index(folder: str | os.PathLike = RESULTS_DIR):
+    """Every saved result file with when, where, at which commit and by which command it was made."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(folder).glob("*.json")):
+        report = json.loads(path.read_text())
+        rows.append({"file": path.name, "created": report.get("created"),
+                     "device": report.get("device_name"),
+                     "commit": (report.get("git_commit") or "")[:10],
+                     "command": report.get("command", "not recorded")})
+    return pd.DataFrame(rows)
 
 
 def load_results(folder: str | os.PathLike = RESULTS_DIR):
@@ -363,6 +385,7 @@ def main(argv=None) -> int:
         "device": device.type,
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "n_per_class": args.n_per_class,
+        "command": command_line("benchmarks.throughput", argv),
         "versions": _versions(), "git_commit": _git_commit(),
     }
     if args.scale:

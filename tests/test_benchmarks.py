@@ -141,3 +141,23 @@ def test_grid_runs_the_workflow_from_nothing_and_times_it(tmp_path, monkeypatch)
     assert not (work / "runs" / "bench-grid").exists()       # checkpoints are not left behind
     table = grid.load_grid(tmp_path)
     assert list(table["runs done"]) == ["2/2"] and list(table["stand-in weights"]) == ["resnet18"]
+
+
+def test_scale_results_become_a_figure_and_a_projection_table(tmp_path):
+    epoch_cost = {"covid_radiography": (0.5, 0.01), "ct_kidney": (1.0, 0.2)}
+    measurements = [_measurement({"covid_radiography": 3 * k, "ct_kidney": 4 * k},
+                                 epoch_cost, (10.0, 0.001), (5.0, 0.002)) for k in (10, 20, 40)]
+    fits = grid.fit_scale(measurements)
+    projections = [{**grid.project(label.split("+"), fits), "label": label} for label in grid.PROJECTED]
+    report = {"device_name": "test-cpu", "measurements": measurements, "fits": fits,
+              "projections": projections}
+    assert grid.scale_figure(tmp_path) is None                 # nothing saved yet
+    (tmp_path / "grid-cpu-sizes.json").write_text(json.dumps(report))
+    fig = grid.scale_figure(tmp_path)
+    left, right = fig.axes
+    fits_drawn = [line for line in left.lines if len(line.get_xdata()) == 2]
+    assert len(left.collections) == 1 and len(fits_drawn) == 2          # points, one fit per config
+    assert [t.get_text() for t in right.get_xticklabels()] == list(grid.PROJECTED)
+    table = grid.load_projections(tmp_path)
+    assert list(table["grid"]) == list(grid.PROJECTED)
+    assert table["projected hours"].iloc[0] == pytest.approx(projections[0]["wall_seconds"] / 3600, abs=0.01)
