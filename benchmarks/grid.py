@@ -21,7 +21,8 @@ cost the same) for one epoch at three data sizes. Per configuration it fits, wit
 ``scipy.stats.linregress``, epoch time and per-run overhead against the number of images,
 and data preparation against the number of images per dataset; it then projects the wall time
 of the ``demo``, ``paper_a`` + ``paper_b`` and ``full`` grids at their own sizes on this machine.
-Projections assume every epoch runs (early stopping only shortens them) and one step at a time.
+An epoch's cost includes writing its checkpoints. Projections assume every epoch runs and
+writes ``best.pt`` (early stopping and fewer improvements only shorten them), one step at a time.
 """
 
 from __future__ import annotations
@@ -163,8 +164,10 @@ def run_grid(exp: dict, cores: int = 1, keep: bool = False) -> dict:
             else:
                 history = pd.read_csv(spec.run_dir / "history.csv")
                 row.update(epochs_run=len(history), epoch_seconds=float(history["seconds"].sum()),
+                           checkpoint_seconds=float(history["checkpoint_seconds"].fillna(0).sum()),
                            images=_epoch_images(spec.run_dir))
-                row["overhead_seconds"] = row["notebook_seconds"] - row["epoch_seconds"]
+                row["overhead_seconds"] = (row["notebook_seconds"] - row["epoch_seconds"]
+                                           - row["checkpoint_seconds"])
             rows.append(row)
     if not keep:  # checkpoints of a full grid take gigabytes
         shutil.rmtree(runs_dir, ignore_errors=True)
@@ -203,6 +206,11 @@ def _fit(xs, ys) -> dict:
     return {"intercept": float(fit.intercept), "slope": float(fit.slope), "r2": float(fit.rvalue ** 2)}
 
 
+def _epoch_cost(row: dict) -> float:
+    """Seconds per epoch: training, validation and writing the checkpoints."""
+    return (row["epoch_seconds"] + row.get("checkpoint_seconds", 0)) / row["epochs_run"]
+
+
 def fit_scale(measurements: list[dict]) -> dict:
     """Linear fits (seconds against images) per configuration and per dataset's data prep."""
     configs: dict[str, dict[str, list]] = {}
@@ -213,7 +221,7 @@ def fit_scale(measurements: list[dict]) -> dict:
                 continue
             c = configs.setdefault(_config_key(row), {"n": [], "epoch": [], "overhead": []})
             c["n"].append(row["images"])
-            c["epoch"].append(row["epoch_seconds"] / row["epochs_run"])
+            c["epoch"].append(_epoch_cost(row))
             c["overhead"].append(row["overhead_seconds"])
         for ds, seconds in m["data_prep_seconds"].items():
             if seconds is not None:
@@ -346,7 +354,7 @@ def scale_figure(folder: str | os.PathLike = RESULTS_DIR):
         return None
     report = json.loads(paths[-1].read_text())
     points = pd.DataFrame([{"config": _config_key(r), "images": r["images"],
-                            "seconds per epoch": r["epoch_seconds"] / r["epochs_run"]}
+                            "seconds per epoch": _epoch_cost(r)}
                            for m in report["measurements"] for r in m["runs"] if "epoch_seconds" in r])
     configs = list(dict.fromkeys(points["config"]))
     palette = dict(zip(configs, sns.color_palette(n_colors=len(configs))))

@@ -46,7 +46,7 @@ def env(tmp_path_factory):
 
 def run_files(run_dir: Path) -> dict[str, str]:
     """history (without seconds), predictions and the numbers of metrics, for exact comparison."""
-    history = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
+    history = pd.read_csv(run_dir / "history.csv").drop(columns=["seconds", "checkpoint_seconds"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for volatile in ("train_seconds", "git_commit", "git_dirty"):
         metrics.pop(volatile)
@@ -133,6 +133,7 @@ def test_run_folder_follows_the_contract(tiny_run):
     assert list(history.columns) == list(training.HISTORY_COLUMNS)
     assert history["epoch"].tolist() == [1, 2, 3]
     assert (history["lr"] == 1e-4).all() and (history["seconds"] > 0).all()
+    assert (history["checkpoint_seconds"] > 0).all()
 
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert CONTRACT_METRICS <= set(metrics)

@@ -85,7 +85,7 @@ EARLY_STOPPING_MONITOR = "val_loss"
 # Not part of a run's identity: a folder may be reached by another spelling of run_dir.
 _NOT_COMPARED = ("force", "run_dir")
 RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "lr")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "checkpoint_seconds", "lr")
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -691,12 +691,15 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
             state["es_wait"] += 1
         state["stopped_early"] = bool(patience) and state["es_wait"] >= patience
 
+        saving = time.perf_counter()
         model_state = model.state_dict()
         _atomic_save({**state, "model": model_state, "optimizer": optimizer.state_dict(),
                       "rng": _rng_state(device), "params": run_params}, last_file)
         if improved:
             _atomic_save({"model": model_state, "params": run_params, "epoch": epoch,
                           "val_acc": val_acc}, best_file)
+        # Known only after last.pt is written: a run killed right here resumes with it blank.
+        row["checkpoint_seconds"] = time.perf_counter() - saving
         _write_history(run_dir, state["history"])
         overall.update(1)
         overall.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
