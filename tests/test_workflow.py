@@ -113,14 +113,26 @@ def test_page_keys_are_read_from_the_pages(tmp_path):
     assert keys == {"fig_a": "block", "acc": "number"}
 
 
-def _dry_run(experiment, data_dir):
+def _dry_run(experiment, data_dir, *extra):
     snakemake = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
     out = subprocess.run(
-        [snakemake, "-n", "--cores", "1", "--config", f"experiment={experiment}", f"data_dir={data_dir}"],
+        [snakemake, "-n", "--cores", "1", *extra,
+         "--config", f"experiment={experiment}", f"data_dir={data_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, flags=re.M))
     return {k: int(v) for k, v in counts.items()}, out.stdout
+
+
+@pytest.mark.slow
+def test_slurm_profile_sends_each_training_run_to_a_gpu_job(tmp_path):
+    # Parsed by snakemake-executor-plugin-slurm itself; a dry run submits nothing.
+    counts, log = _dry_run("paper_b", str(tmp_path / "download"), "--profile", "profiles/slurm")
+    assert counts.get("train") == 2, log
+    jobs = re.findall(r"^rule (\w+):.*?^\s+resources: (.*?)$", log, flags=re.M | re.S)
+    resources = {rule: res for rule, res in jobs}
+    assert "slurm_partition=gpu" in resources["train"] and "gpu=1" in resources["train"]
+    assert "slurm_partition=cpu" in resources["data_prep"] and "gpu=" not in resources["data_prep"]
 
 
 @pytest.mark.slow
