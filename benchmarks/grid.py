@@ -21,7 +21,7 @@ cost the same) for one epoch at three data sizes. Per configuration it fits, wit
 ``scipy.stats.linregress``, epoch time and per-run overhead against the number of images,
 and data preparation against the number of images per dataset; it then projects the wall time
 of the ``demo``, ``paper_a`` + ``paper_b`` and ``full`` grids at their own sizes on this machine.
-An epoch's cost includes writing its checkpoints. Projections assume every epoch runs and
+An epoch's cost includes the time training waits for its checkpoints. Projections assume every epoch runs and
 writes ``best.pt`` (early stopping and fewer improvements only shorten them), one step at a time.
 """
 
@@ -207,7 +207,7 @@ def _fit(xs, ys) -> dict:
 
 
 def _epoch_cost(row: dict) -> float:
-    """Seconds per epoch: training, validation and writing the checkpoints."""
+    """Seconds per epoch: training, validation and waiting for the checkpoints."""
     return (row["epoch_seconds"] + row.get("checkpoint_seconds", 0)) / row["epochs_run"]
 
 

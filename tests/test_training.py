@@ -218,6 +218,31 @@ KILLER = textwrap.dedent("""
         return loss
 
     training._Engine.train_epoch = train_epoch
+    real_submit = training._CheckpointWriter.submit
+
+    def submit(self, *args):  # the previous epoch's files are on disk when the crash comes
+        real_submit(self, *args)
+        self.wait()
+
+    training._CheckpointWriter.submit = submit
+    training.train(**params)
+""")
+
+MID_WRITE_KILLER = textwrap.dedent("""
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from helpers import training
+    params, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
+    real_save = training._atomic_save
+
+    def atomic_save(obj, path):
+        if path.name == "last.pt" and obj["epoch"] == kill_epoch:   # half a file, then a crash
+            path.with_name(f".{path.name}.tmp{os.getpid()}").write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(obj, path)
+
+    training._atomic_save = atomic_save
     training.train(**params)
 """)
 
@@ -234,6 +259,30 @@ def test_resume_after_kill_matches_an_uninterrupted_run(env, tiny_run):
 
     assert training.train(**params) == run_dir
     assert run_files(run_dir) == run_files(tiny_run)
+
+
+def test_a_kill_during_a_background_checkpoint_write_costs_only_that_epoch(env, tiny_run):
+    run_dir = env / "runs" / "killed-writing"
+    params = {**TINY, "epochs": 3, "run_dir": str(run_dir)}
+    killed = subprocess.run([sys.executable, "-c", MID_WRITE_KILLER, json.dumps(params), "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 1
+    assert list(run_dir.glob(".last.pt.tmp*"))               # the half-written file is there ...
+
+    assert training.train(**params) == run_dir
+    assert not list(run_dir.glob(".*.tmp*"))                 # ... and gone after the resume
+    assert run_files(run_dir) == run_files(tiny_run)
+
+
+def test_a_failed_checkpoint_write_stops_training_with_its_error(env, monkeypatch):
+    def disk_full(obj, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(training, "_atomic_save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        training.train(**{**TINY, "epochs": 2, "run_dir": str(env / "runs" / "disk-full")})
+    assert not (env / "runs" / "disk-full" / "metrics.json").exists()
 
 
 def test_early_stopping_on_val_loss_and_best_epoch_by_val_acc(env, monkeypatch):

@@ -7,9 +7,10 @@
 
 Design notes:
 - The prepared uint8 images are moved to the device once; each batch is gathered and
-  normalised there. No augmentation (neither paper used any). On CUDA: channels_last, bf16
-  autocast, fused Adam, optional ``torch.compile``; losses are summed on the device and read
-  once per epoch.
+  normalised there. No augmentation (neither paper used any). channels_last memory everywhere
+  (on this project's 2-core CPU it made MobileNetV3 epochs 15-30 % faster and the others no
+  slower); on CUDA also bf16 autocast, fused Adam and ``torch.compile``. Losses are summed on
+  the device and read once per epoch.
 - Each epoch's shuffle comes from a generator seeded with (seed, epoch), and the global RNG
   state (dropout) is checkpointed, so a resumed run repeats an uninterrupted one exactly on CPU
   (deterministic algorithms on; the same number of torch threads, since it sets the order of
@@ -18,7 +19,8 @@ Design notes:
   the test split. Early stopping, when on, monitors validation loss as Keras does by default
   (paper B used Keras).
 - Checkpoints hold only tensors and plain Python values (``torch.load(weights_only=True)``)
-  and are written atomically after every epoch; ``metrics.json`` is written last.
+  and are written atomically after every epoch, by a background thread while the next epoch
+  trains; ``metrics.json`` is written last.
 """
 
 from __future__ import annotations
@@ -315,6 +317,62 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _to_host(obj):
+    """A copy of ``obj`` with every tensor copied to the CPU, so training can go on changing it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v) for v in obj)
+    return obj
+
+
+class _CheckpointWriter:
+    """Writes an epoch's files in a background thread while the next epoch trains.
+
+    One epoch's writes at a time, in the same order as inline (last.pt, best.pt, history.csv),
+    each atomic: a kill at any moment leaves what an inline writer would have left one epoch
+    earlier at most. A failed write (disk full) is raised at the next ``wait``.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = None
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def submit(self, write, *args) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write, *args)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def _write_epoch(run_dir: Path, last: dict, best: dict | None, history: list[dict]) -> None:
+    _atomic_save(last, run_dir / "last.pt")
+    if best is not None:
+        _atomic_save(best, run_dir / "best.pt")
+    _write_history(run_dir, history)
+
+
+def _remove_stale_tmp(run_dir: Path) -> None:
+    """Half-written checkpoints of a killed process (``.last.pt.tmp<pid>``) only take space."""
+    for tmp in run_dir.glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not data._pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic_text(text: str, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
@@ -393,10 +451,7 @@ def _build(params: dict, num_classes: int, device: torch.device) -> nn.Module:
                              num_classes=num_classes, image_size=params["image_size"])
     if params["init_from"]:
         _load_backbone(model, params["arch"], params["head"], params["init_from"])
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(device, memory_format=torch.channels_last)
 
 
 class _Engine:
@@ -418,15 +473,13 @@ class _Engine:
                                  f"{part!r} images")
             self.index[part] = idx
             x = torch.from_numpy(images[idx]).to(device)  # fancy indexing copies: writable
-            if self.cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            self.x[part], self.y[part] = x, torch.from_numpy(labels[idx]).to(device)
+            self.x[part] = x.contiguous(memory_format=torch.channels_last)
+            self.y[part] = torch.from_numpy(labels[idx]).to(device)
         self.batch_size = params["batch_size"]
         self.eval_batch = 512 if self.cuda else 2 * params["batch_size"]
 
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = normalize(x_uint8, self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        return normalize(x_uint8, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
         if self.cuda:
@@ -652,6 +705,7 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
              "es_best_val_loss": math.inf, "es_wait": 0, "stopped_early": False}
     last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
+    _remove_stale_tmp(run_dir)
     if last_file.exists():
         last = read_checkpoint(last_file, map_location=device)
         model.load_state_dict(last["model"])
@@ -669,41 +723,49 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     step_model = _compile(model, run_params["compile"], device)
     epochs, patience = run_params["epochs"], run_params["early_stopping_patience"]
     overall = tqdm(total=epochs, initial=state["epoch"], desc=str(run_dir), unit="epoch")
-    while state["epoch"] < epochs and not state["stopped_early"]:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False,
-                  mininterval=1.0) as bar:
-            train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
-        val_loss, val_correct = engine.evaluate(model, "val")
-        train_loss, val_loss, val_correct = torch.stack([train_loss, val_loss, val_correct.float()]).tolist()
-        val_acc = val_correct / len(engine.y["val"])
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-               "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        improved = val_acc > state["best_val_acc"]  # ties keep the earlier epoch
-        if improved:
-            state["best_epoch"], state["best_val_acc"] = epoch, val_acc
-        if val_loss < state["es_best_val_loss"]:
-            state["es_best_val_loss"], state["es_wait"] = val_loss, 0
-        else:
-            state["es_wait"] += 1
-        state["stopped_early"] = bool(patience) and state["es_wait"] >= patience
+    writer = _CheckpointWriter()
+    try:
+        while state["epoch"] < epochs and not state["stopped_early"]:
+            epoch = state["epoch"] + 1
+            started = time.perf_counter()
+            with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False,
+                      mininterval=1.0) as bar:
+                train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
+            val_loss, val_correct = engine.evaluate(model, "val")
+            train_loss, val_loss, val_correct = torch.stack([train_loss, val_loss, val_correct.float()]).tolist()
+            val_acc = val_correct / len(engine.y["val"])
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+                   "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
+            state["history"].append(row)
+            state["epoch"] = epoch
+            improved = val_acc > state["best_val_acc"]  # ties keep the earlier epoch
+            if improved:
+                state["best_epoch"], state["best_val_acc"] = epoch, val_acc
+            if val_loss < state["es_best_val_loss"]:
+                state["es_best_val_loss"], state["es_wait"] = val_loss, 0
+            else:
+                state["es_wait"] += 1
+            state["stopped_early"] = bool(patience) and state["es_wait"] >= patience
 
-        saving = time.perf_counter()
-        model_state = model.state_dict()
-        _atomic_save({**state, "model": model_state, "optimizer": optimizer.state_dict(),
-                      "rng": _rng_state(device), "params": run_params}, last_file)
-        if improved:
-            _atomic_save({"model": model_state, "params": run_params, "epoch": epoch,
-                          "val_acc": val_acc}, best_file)
-        # Known only after last.pt is written: a run killed right here resumes with it blank.
-        row["checkpoint_seconds"] = time.perf_counter() - saving
-        _write_history(run_dir, state["history"])
-        overall.update(1)
-        overall.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
-                            val_acc=f"{val_acc:.3f}")
+            # Training waits only for the previous epoch's files and for copying this one's
+            # tensors; the disk writes overlap the next epoch.
+            saving = time.perf_counter()
+            writer.wait()
+            last = _to_host({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": _rng_state(device), "params": run_params})
+            row["checkpoint_seconds"] = time.perf_counter() - saving
+            last["history"][-1]["checkpoint_seconds"] = row["checkpoint_seconds"]
+            best = ({"model": last["model"], "params": run_params, "epoch": epoch, "val_acc": val_acc}
+                    if improved else None)
+            writer.submit(_write_epoch, run_dir, last, best, last["history"])
+            overall.update(1)
+            overall.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
+                                val_acc=f"{val_acc:.3f}")
+    finally:
+        closing = time.perf_counter()
+        writer.close()  # the last epoch's files are on disk before anything reads them
+    if state["history"] and "checkpoint_seconds" in state["history"][-1]:
+        state["history"][-1]["checkpoint_seconds"] += time.perf_counter() - closing
     overall.close()
     if state["stopped_early"]:
         print(f"early stopping after epoch {state['epoch']}: {EARLY_STOPPING_MONITOR} did not "
