@@ -99,7 +99,7 @@ def _flops_per_image(model, image_size, device, train: bool) -> float:
     return counter.get_total_flops() / 2
 
 
-def run_ours(arch, setting, n_per_class, device_name) -> dict:
+def run_ours(arch, setting, n_per_class, device_name, compile_="auto") -> dict:
     import torch
 
     from helpers import training
@@ -108,7 +108,8 @@ def run_ours(arch, setting, n_per_class, device_name) -> dict:
     prepared = _prepare(dataset, size, n_per_class)
     params = _params(arch, head, size, batch, device_name, "auto")
     device = training.resolve_device(params["device"])
-    params = {**params, "compile": device.type == "cuda"}
+    # The engine's default ("auto") compiles on CUDA only.
+    params = {**params, "compile": device.type == "cuda" if compile_ == "auto" else compile_ == "true"}
     torch.manual_seed(0)
     model = training._build(params, len(prepared.class_names), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"],
@@ -127,7 +128,9 @@ def run_ours(arch, setting, n_per_class, device_name) -> dict:
         _sync(device)
         times.append((t1 - t0, time.perf_counter() - t1))
     n_train, n_val = len(engine.y["train"]), len(engine.y["val"])
-    return _result("ours", arch, setting, device, model, size, n_train, n_val, *times[-1])
+    result = _result("ours", arch, setting, device, model, size, n_train, n_val, *times[-1])
+    result["compiled"] = params["compile"]
+    return result
 
 
 def run_naive(arch, setting, n_per_class, device_name, workers) -> dict:
@@ -248,12 +251,12 @@ def _versions() -> dict:
     return out
 
 
-def compare(archs, settings, n_per_class, device, workers_options) -> list[dict]:
+def compare(archs, settings, n_per_class, device, workers_options, compile_="auto") -> list[dict]:
     rows = []
     for setting in settings:
         for arch in (archs or (PAPER_A_ARCHS if setting == "paper_a" else ("vgg16",))):
             common = [arch, setting, str(n_per_class), device]
-            ours = _child(["ours", *common])
+            ours = _child(["ours", *common, compile_])
             naive = [_child(["naive", *common, str(w)]) for w in workers_options]
             ok = [n for n in naive if "error" not in n]
             best = max(ok, key=lambda r: r["images_per_s"]) if ok else naive[0]
@@ -272,7 +275,8 @@ def _print_row(row):
         print(f"{row['setting']:8s} {row['arch']:20s} error: {o.get('error') or n.get('error')}")
         return
     mfu = f"  MFU {o['mfu']:.1%}" if o.get("mfu") is not None else ""
-    print(f"{row['setting']:8s} {row['arch']:20s} ours {o['images_per_s']:8.1f} img/s  "
+    print(f"{row['setting']:8s} {row['arch']:20s} ours{' (compiled)' if o.get('compiled') else ''} "
+          f"{o['images_per_s']:8.1f} img/s  "
           f"naive {n['images_per_s']:8.1f} img/s (workers={n['workers']})  "
           f"ratio {row['ratio']:5.2f}x  peak mem ours {o['peak_mem_mb']:.0f} MB / "
           f"naive {n['peak_mem_mb']:.0f} MB{mfu}", flush=True)
@@ -323,6 +327,7 @@ def load_results(folder: str | os.PathLike = RESULTS_DIR):
             rows.append({
                 "file": path.name, "device": report["device_name"], "setting": row["setting"],
                 "arch": row["arch"], "ours img/s": round(o["images_per_s"], 1),
+                "ours compiled": o.get("compiled"),
                 "naive img/s": round(n["images_per_s"], 1), "naive workers": n.get("workers"),
                 "ours/naive": round(row["ratio"], 2),
                 "peak MB ours": round(o["peak_mem_mb"]), "peak MB naive": round(n["peak_mem_mb"]),
@@ -358,6 +363,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", nargs="*", type=int, default=None,
                         help="loader workers to try for naive (default: 0 and all cores)")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="torch.compile for ours (default auto: the engine's default, CUDA only)")
     parser.add_argument("--scale", action="store_true", help="measure wall time vs data size")
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)
@@ -368,7 +375,7 @@ def main(argv=None) -> int:
             ds, _, batch, head = SETTINGS[setting]
             SETTINGS[setting] = (ds, int(os.environ["BENCH_IMAGE_SIZE"]), batch, head)
         if variant == "ours":
-            result = run_ours(arch, setting, int(n), device)
+            result = run_ours(arch, setting, int(n), device, *rest)
         else:
             result = run_naive(arch, setting, int(n), device, int(rest[0]))
         print(json.dumps(result))
@@ -391,7 +398,8 @@ def main(argv=None) -> int:
     if args.scale:
         report["scale"] = scale(args.device)
     else:
-        report["rows"] = compare(args.arch, args.setting, args.n_per_class, args.device, workers)
+        report["rows"] = compare(args.arch, args.setting, args.n_per_class, args.device, workers,
+                                 args.compile)
     out = Path(args.out) if args.out else RESULTS_DIR / f"{device.type}{'-scale' if args.scale else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
