@@ -332,9 +332,9 @@ def load_results(folder: str | os.PathLike = RESULTS_DIR):
                 "ours/naive": round(row["ratio"], 2),
                 "peak MB ours": round(o["peak_mem_mb"]), "peak MB naive": round(n["peak_mem_mb"]),
                 "MFU": None if o.get("mfu") is None else round(o["mfu"], 3),
-                "torch": report["versions"].get("torch"), "commit": (report.get("git_commit") or "")[:10],
             })
-    return pd.DataFrame(rows)
+    # Versions and commits are in the results index; the file name links the two tables.
+    return pd.DataFrame(rows).set_index("file") if rows else pd.DataFrame(rows)
 
 
 def load_scale(folder: str | os.PathLike = RESULTS_DIR):
