@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.throughput import RESULTS_DIR, _git_commit, _versions, command_line
+from benchmarks.throughput import RESULTS_DIR, _git_commit, _versions, command_line, saved_reports
 
 # Synthetic images per class at the papers' sizes (fraction 1).
 PAPER_SIZES = {"covid_radiography": 1345, "ct_kidney": 3112}
@@ -309,8 +309,7 @@ def load_grid(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
 
     rows = []
-    for path in sorted(Path(folder).glob("grid-*.json")):
-        report = json.loads(path.read_text())
+    for _, report in saved_reports(folder, "grid-*.json"):
         for m in report.get("measurements", [report.get("grid")]):
             if not m:
                 continue
@@ -332,8 +331,7 @@ def load_projections(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
 
     rows = []
-    for path in sorted(Path(folder).glob("grid-*.json")):
-        report = json.loads(path.read_text())
+    for _, report in saved_reports(folder, "grid-*.json"):
         for p in report.get("projections", []):
             rows.append({"device": report["device_name"], "grid": p["label"], "runs": p["runs"],
                          "images": ", ".join(f"{d}: {n}" for d, n in p["images"].items()),
@@ -349,10 +347,10 @@ def scale_figure(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
     import seaborn as sns
 
-    paths = sorted(Path(folder).glob("grid-*-sizes.json"))
-    if not paths:
+    reports = [report for _, report in saved_reports(folder, "grid-*-sizes.json")]
+    if not reports:
         return None
-    report = json.loads(paths[-1].read_text())
+    report = reports[-1]
     points = pd.DataFrame([{"config": _config_key(r), "images": r["images"],
                             "seconds per epoch": _epoch_cost(r)}
                            for m in report["measurements"] for r in m["runs"] if "epoch_seconds" in r])

@@ -299,14 +299,19 @@ def scale(device, arch="resnet18") -> list[dict]:
     return rows
 
 
+def saved_reports(folder: str | os.PathLike = RESULTS_DIR, pattern: str = "*.json"):
+    """``(file name, report)`` of every saved result file matching ``pattern``, by name."""
+    for path in sorted(Path(folder).glob(pattern)):
+        yield path.name, json.loads(path.read_text())
+
+
 def results_index(folder: str | os.PathLike = RESULTS_DIR):
     """Every saved result file with when, where, at which commit and by which command it was made."""
     import pandas as pd
 
     rows = []
-    for path in sorted(Path(folder).glob("*.json")):
-        report = json.loads(path.read_text())
-        rows.append({"file": path.name, "created": report.get("created"),
+    for name, report in saved_reports(folder):
+        rows.append({"file": name, "created": report.get("created"),
                      "device": report.get("device_name"),
                      "commit": (report.get("git_commit") or "")[:10],
                      "command": report.get("command", "not recorded")})
@@ -318,14 +323,13 @@ def load_results(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
 
     rows = []
-    for path in sorted(Path(folder).glob("*.json")):
-        report = json.loads(path.read_text())
+    for name, report in saved_reports(folder):
         for row in report.get("rows", []):
             o, n = row["ours"], row["naive"]
             if "error" in o or "error" in n:
                 continue
             rows.append({
-                "file": path.name, "device": report["device_name"], "setting": row["setting"],
+                "file": name, "device": report["device_name"], "setting": row["setting"],
                 "arch": row["arch"], "ours img/s": round(o["images_per_s"], 1),
                 "ours compiled": o.get("compiled"),
                 "naive img/s": round(n["images_per_s"], 1), "naive workers": n.get("workers"),
@@ -341,8 +345,7 @@ def load_scale(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
 
     rows = []
-    for path in sorted(Path(folder).glob("*-scale.json")):
-        report = json.loads(path.read_text())
+    for _, report in saved_reports(folder, "*-scale.json"):
         for r in report.get("scale", []):
             if "error" not in r:
                 rows.append({"device": report["device_name"], "images/class": r["n_per_class"],
