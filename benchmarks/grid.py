@@ -35,12 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from benchmarks.throughput import RESULTS_DIR, _git_commit, _versions, command_line, saved_reports
+from benchmarks.throughput import RESULTS_DIR, report_header, save_report, saved_reports
 
 # Synthetic images per class at the papers' sizes (fraction 1).
 PAPER_SIZES = {"covid_radiography": 1345, "ct_kidney": 3112}
@@ -292,18 +291,6 @@ def scale(cores: int = 1, fractions=SCALE_FRACTIONS, epochs: int = 1) -> dict:
     return {"measurements": measurements, "fits": fits, "projections": projections}
 
 
-def _header() -> dict:
-    import platform
-
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": "cuda" if cuda else "cpu",
-            "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "versions": _versions(), "git_commit": _git_commit()}
-
-
 def load_grid(folder: str | os.PathLike = RESULTS_DIR):
     """Measured grid wall times (one row per saved ``grid-*.json``) for the book."""
     import pandas as pd
@@ -392,7 +379,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/grid-<device>.json)")
     args = parser.parse_args(argv)
 
-    report = {**_header(), "command": command_line("benchmarks.grid", argv)}
+    from helpers import training
+
+    report = report_header(training.resolve_device("auto"), "benchmarks.grid", argv)
     if args.scale:
         report.update(scale(args.cores))
     else:
@@ -409,10 +398,7 @@ def main(argv=None) -> int:
         for row in result["runs"]:
             if "reason" in row:
                 print(f"  missing {row['dataset']}/{row['run']}: {row['reason']}")
-    out = Path(args.out) if args.out else RESULTS_DIR / f"grid-{report['device']}{'-sizes' if args.scale else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_report(report, args.out or RESULTS_DIR / f"grid-{report['device']}{'-sizes' if args.scale else ''}.json")
     return 0
 
 

@@ -231,6 +231,25 @@ def _git_commit() -> str | None:
         return None
 
 
+def report_header(device, module: str, argv: list[str] | None) -> dict:
+    """What every result file starts with: when, on what, with which versions, by which command."""
+    import torch
+
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device.type,
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else platform.processor() or platform.machine()),
+            "cpu_count": os.cpu_count(), "command": command_line(module, argv),
+            "versions": _versions(), "git_commit": _git_commit()}
+
+
+def save_report(report: dict, out: str | os.PathLike) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command that made a result file, for its provenance."""
     import shlex
@@ -384,29 +403,17 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
 
-    import torch
-
     from helpers import training
 
     device = training.resolve_device(args.device)
     workers = args.workers if args.workers is not None else sorted({0, os.cpu_count() or 1})
-    report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "n_per_class": args.n_per_class,
-        "command": command_line("benchmarks.throughput", argv),
-        "versions": _versions(), "git_commit": _git_commit(),
-    }
+    report = {**report_header(device, "benchmarks.throughput", argv), "n_per_class": args.n_per_class}
     if args.scale:
         report["scale"] = scale(args.device)
     else:
         report["rows"] = compare(args.arch, args.setting, args.n_per_class, args.device, workers,
                                  args.compile)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"{device.type}{'-scale' if args.scale else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_report(report, args.out or RESULTS_DIR / f"{device.type}{'-scale' if args.scale else ''}.json")
     return 0
 
 

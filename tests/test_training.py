@@ -203,12 +203,16 @@ def test_complete_run_is_skipped_other_params_refused_force_retrains(env, tiny_r
     assert pd.read_csv(forced / "history.csv")["epoch"].tolist() == [1]
 
 
-KILLER = textwrap.dedent("""
+# A child process that trains ``params`` and kills itself at ``kill_epoch``.
+_KILL_PREAMBLE = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
     from helpers import training
     params, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
+""")
+
+KILLER = _KILL_PREAMBLE + textwrap.dedent("""
     real_epoch = training._Engine.train_epoch
 
     def train_epoch(self, model, optimizer, seed, epoch, bar):
@@ -228,12 +232,7 @@ KILLER = textwrap.dedent("""
     training.train(**params)
 """)
 
-MID_WRITE_KILLER = textwrap.dedent("""
-    import json, os, signal, sys
-    import torch
-    torch.set_num_threads(1)
-    from helpers import training
-    params, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
+MID_WRITE_KILLER = _KILL_PREAMBLE + textwrap.dedent("""
     real_save = training._atomic_save
 
     def atomic_save(obj, path):
