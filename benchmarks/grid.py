@@ -381,11 +381,17 @@ def main(argv=None) -> int:
 
     from helpers import training
 
+    if not args.scale:
+        try:  # bad arguments stop here, before any work
+            exp = compose(args.experiment, args.fraction, args.epochs)
+        except ValueError as exc:   # includes ExperimentError
+            parser.error(str(exc))
+    if args.cores < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error("--cores and --epochs must be at least 1")
     report = report_header(training.resolve_device("auto"), "benchmarks.grid", argv)
     if args.scale:
         report.update(scale(args.cores))
     else:
-        exp = compose(args.experiment, args.fraction, args.epochs)
         result = run_grid(exp, cores=args.cores, keep=args.keep)
         result.update(fraction=args.fraction, dataset_images=_dataset_images(exp),
                       experiments=args.experiment)

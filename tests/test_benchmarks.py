@@ -163,3 +163,16 @@ def test_scale_results_become_a_figure_and_a_projection_table(tmp_path):
     table = grid.load_projections(tmp_path)
     assert list(table["grid"]) == list(grid.PROJECTED)
     assert table["projected hours"].iloc[0] == pytest.approx(projections[0]["wall_seconds"] / 3600, abs=0.01)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fraction", "2"], "--fraction must be in"),
+    (["--experiment", "nope"], "experiment 'nope' not found"),
+    (["--cores", "0"], "--cores and --epochs must be at least 1"),
+])
+def test_grid_refuses_bad_arguments_before_any_work(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        grid.main([*argv, "--out", str(tmp_path / "grid-x.json")])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "grid-x.json").exists()
