@@ -1,0 +1,325 @@
+"""Every parameter of every stage, and the one identity of a run.
+
+One pydantic model per entry point: :class:`PrepParams` (data prep), :class:`TrainParams`
+(``training.train`` and ``train.ipynb``), and the step models at the end (evaluate, explain,
+audit, summary). The experiment loader builds its grid entries from the same fields, and
+the notebooks' parameter cells are tested against these models, so a default or a choice
+lives here and nowhere else.
+
+Models are strict: papermill's ``-p pretrained false`` injects the *string* ``"false"``, which
+is refused rather than read as truthy. Errors name the parameter, the value and what is allowed.
+
+:class:`RunId` is the run identity: (experiment, dataset, arch, head, arm, seed, split,
+init_source). Its :meth:`RunId.run_dir` is the only place a run folder is named; it is
+written into ``params.json`` (keys ``run`` and ``arm``) and read from there by everyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import models
+
+# ---------------------------------------------------------------- shared choices
+
+SPLITS = ("random", "grouped")
+# The normalisations a run may use: the prepared train split's statistics ("dataset"), the
+# statistics the arch's ImageNet weights were trained with ("imagenet": torchvision's ImageNet
+# mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's published constants.
+NORMALIZATIONS = ("dataset", "imagenet", "paper_a")
+# Arms of the ImageNet question. "linear_probe" trains only the head on frozen ImageNet
+# features (feature reuse, Matsoukas et al. 2022); "from-<dataset>-<arm>" starts from another
+# run's backbone (medical-to-medical transfer) and is named by RunId.
+ARMS = ("imagenet", "linear_probe", "scratch")
+MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
+MIN_PREP_SIZE = 16
+
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=True)
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+
+
+def _datasets() -> tuple[str, ...]:
+    from . import data
+
+    return tuple(data.DATASETS)
+
+
+class ParameterError(ValueError):
+    """A parameter that cannot be used; the message names it, its value and what is allowed."""
+
+
+def _allowed(model: type[BaseModel], name: str) -> str:
+    """The allowed values of a field, in words, from its annotation and constraints."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return ""
+    ann = field.annotation
+    args = getattr(ann, "__args__", ())
+    literals = [a for a in args if isinstance(a, str)] if getattr(ann, "__origin__", None) is Literal else []
+    if literals:
+        return "one of " + ", ".join(map(repr, literals))
+    choices = (field.json_schema_extra or {}).get("choices") if isinstance(field.json_schema_extra, dict) else None
+    if choices:
+        return "one of " + ", ".join(map(repr, choices))
+    bounds = []
+    for meta in field.metadata:
+        for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, key, None) is not None:
+                bounds.append(f"{word} {getattr(meta, key)}")
+    kind = getattr(ann, "__name__", str(ann))
+    return f"{kind} {' and '.join(bounds)}".strip()
+
+
+def _explain(model: type[BaseModel], error: ValidationError) -> ParameterError:
+    lines = []
+    for err in error.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown parameter {name!r} (value {value!r}); allowed: "
+                         f"{', '.join(model.model_fields)}")
+            continue
+        if not name:  # a model-level check: its message says it all
+            lines.append(err["msg"].removeprefix("Value error, "))
+            continue
+        allowed = _allowed(model, name)
+        line = (f"parameter {name!r} must be {allowed}; got {value!r} ({type(value).__name__}): "
+                f"{err['msg'].removeprefix('Value error, ')}")
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            line += (f". papermill's `-p {name} {value}` passes a string; write "
+                     f"`-p {name} {value.capitalize()}` or use `-y`")
+        lines.append(line)
+    # one line per parameter (a union reports each of its branches)
+    return ParameterError("; ".join(dict.fromkeys(lines)))
+
+
+def check(model: type[BaseModel], values: dict) -> BaseModel:
+    """``model(**values)``, with a ValidationError turned into one readable ParameterError."""
+    try:
+        return model(**values)
+    except ValidationError as e:
+        raise _explain(model, e) from None
+
+
+# ---------------------------------------------------------------- data prep
+
+class PrepParams(BaseModel):
+    """Parameters of ``data.prepare`` and ``data_prep.ipynb``."""
+
+    model_config = _STRICT
+
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
+    data_dir: str = ""               # "" = the embedded synthetic phantoms
+    image_size: int = Field(128, ge=MIN_PREP_SIZE)
+    balance: bool = True             # balance classes to the smallest (paper A)
+    seed: NonNegInt = 0              # the split seed
+    split: Literal["random", "grouped"] = "random"
+    n_per_class: int = Field(100, ge=MIN_PER_CLASS)  # synthetic images per class
+    out_dir: str = ""                # "" = the default folder under data/prepared
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _known(self):
+        known = _datasets()
+        if self.dataset not in known:
+            raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
+                             f"got {self.dataset!r}")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
+                             f"folder; no folder {self.data_dir}")
+        return self
+
+
+# ---------------------------------------------------------------- training
+
+def _device_problem(value: str) -> str | None:
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        return (f"parameter 'device' must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; "
+                f"got {value!r}")
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"parameter 'device' is {value!r} but CUDA is not available here; use 'auto' or 'cpu'"
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            return (f"parameter 'device' is {value!r} but only {torch.cuda.device_count()} "
+                    f"CUDA device(s) exist")
+    if value == "mps" and not torch.backends.mps.is_available():
+        return "parameter 'device' is 'mps' but MPS is not available here; use 'auto' or 'cpu'"
+    return None
+
+
+class TrainSettings(BaseModel):
+    """The training settings an experiment file may set (``defaults:`` and a grid entry's ``train:``)."""
+
+    model_config = _STRICT
+
+    epochs: PosInt = 20
+    batch_size: PosInt = 16
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    normalize: Literal["dataset", "imagenet", "paper_a"] = "dataset"
+    early_stopping_patience: NonNegInt = 0   # 0 = off; else Keras' default monitor, val_loss
+    device: str = "auto"
+    compile: Union[Literal["auto"], bool] = "auto"  # torch.compile: auto = on for CUDA
+    # Recompute batch-norm statistics over the train split before every evaluation, so that
+    # validation, best-epoch choice and test scoring use statistics that match the weights
+    # (with momentum 0.01, MobileNetV3/EfficientNet from scratch otherwise sit at chance).
+    recompute_bn: bool = True
+
+
+class TrainParams(TrainSettings):
+    """Every parameter of ``training.train`` / ``train.ipynb`` (paper A's settings by default)."""
+
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
+    data_dir: str = ""
+    arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
+    pretrained: bool = True
+    freeze_backbone: bool = False    # the linear-probe arm: only the head trains
+    head: Literal["replace", "dense1024"] = "replace"
+    image_size: PosInt = 128
+    seed: NonNegInt = 0
+    balance: bool = True
+    split: Literal["random", "grouped"] = "random"
+    split_seed: NonNegInt = 0        # fixed across training seeds, so runs pair image by image
+    n_per_class: int = Field(100, ge=MIN_PER_CLASS)
+    init_from: str = ""              # another run's best.pt of the same arch (backbone only)
+    experiment: str = ""             # names the run folder's parent; "" for a run by hand
+    run_dir: str = ""                # "" = RunId.run_dir()
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        known = _datasets()
+        if self.dataset not in known:
+            raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
+                             f"got {self.dataset!r}")
+        if self.arch not in models.ARCHS:
+            raise ValueError(f"parameter 'arch' must be one of {', '.join(map(repr, models.ARCHS))}; "
+                             f"got {self.arch!r}")
+        minimum = models.ARCHS[self.arch].min_image_size
+        if self.image_size < minimum:
+            raise ValueError(f"parameter 'image_size' must be at least {minimum} px for {self.arch}; "
+                             f"got {self.image_size}")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
+                             f"folder; no folder {self.data_dir}")
+        problem = _device_problem(self.device)
+        if problem:
+            raise ValueError(problem)
+        if self.freeze_backbone and not self.pretrained:
+            raise ValueError("parameter 'freeze_backbone' needs pretrained=True: a linear probe "
+                             "of random features is not the ImageNet question")
+        if self.init_from:
+            if self.pretrained:
+                raise ValueError("parameters 'init_from' and 'pretrained' exclude each other: "
+                                 "init_from replaces the backbone, so set pretrained=False")
+            source = source_params(self.init_from)
+            if source.get("arch") != self.arch:
+                raise ValueError(f"parameter 'init_from': {self.init_from} holds a "
+                                 f"{source.get('arch')!r} model, but this run's arch is "
+                                 f"{self.arch!r}; init_from needs a checkpoint of the same arch")
+        return self
+
+    @property
+    def arm(self) -> str:
+        if self.init_from:
+            source = source_params(self.init_from)
+            return f"from-{source.get('dataset', 'run')}-{source.get('arm', 'run')}"
+        if self.pretrained:
+            return "linear_probe" if self.freeze_backbone else "imagenet"
+        return "scratch"
+
+    def run_id(self) -> "RunId":
+        init_source = ""
+        if self.init_from:
+            init_source = source_params(self.init_from).get("run", {}).get("key", self.init_from)
+        return RunId(experiment=self.experiment, dataset=self.dataset, arch=self.arch,
+                     head=self.head, arm=self.arm, seed=self.seed, split=self.split,
+                     init_source=init_source)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else self.run_id().run_dir()
+
+    def prep(self) -> PrepParams:
+        return PrepParams(dataset=self.dataset, data_dir=self.data_dir, image_size=self.image_size,
+                          balance=self.balance, seed=self.split_seed, split=self.split,
+                          n_per_class=self.n_per_class)
+
+
+def source_params(checkpoint: str | os.PathLike) -> dict:
+    """``params`` of another run's checkpoint (for init_from), with a clear error."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"parameter 'init_from' must be '' or the path of another run's best.pt; "
+                         f"no file {path}")
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return dict(ckpt["params"])
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"parameter 'init_from': cannot read {path} as a run checkpoint: {e}") from None
+
+
+def train_params(values: dict) -> TrainParams:
+    """Validated training parameters (a :class:`ParameterError` names what is wrong)."""
+    return check(TrainParams, values)
+
+
+# ---------------------------------------------------------------- run identity
+
+class RunId(BaseModel):
+    """Who a run is. Two runs with equal RunIds are the same run."""
+
+    model_config = _STRICT
+
+    experiment: str = ""
+    dataset: str
+    arch: str
+    head: str = "replace"
+    arm: str
+    seed: NonNegInt
+    split: str = "random"
+    init_source: str = ""            # the source run's key for "from-*" arms
+
+    @property
+    def name(self) -> str:
+        """``<arch>[_<head>]-<arm>[-<split>]-s<seed>``: the folder name."""
+        base = self.arch if self.head == "replace" else f"{self.arch}_{self.head}"
+        split = "" if self.split == "random" else f"-{self.split}"
+        return f"{base}-{self.arm}{split}-s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+    def run_dir(self, root: str | os.PathLike = "runs") -> Path:
+        """``runs/[<experiment>/]<dataset>/<name>``: the one place a run folder is named."""
+        parts = [self.experiment] if self.experiment else []
+        return Path(root, *parts, self.dataset, self.name)
+
+    def as_record(self) -> dict:
+        return {**self.model_dump(), "name": self.name, "key": self.key}
+
+
+def read_run_id(run_dir: str | os.PathLike) -> RunId:
+    """The identity a run folder's ``params.json`` records."""
+    params = json.loads((Path(run_dir) / "params.json").read_text())
+    record = params.get("run")
+    if not isinstance(record, dict):
+        raise ValueError(f"{run_dir}/params.json has no 'run' identity (written by an older "
+                         f"version?); retrain it")
+    return RunId(**{k: record[k] for k in RunId.model_fields if k in record})
+
+
+# ---------------------------------------------------------------- notebook steps (workflow)
