@@ -164,6 +164,13 @@ def test_only_the_spec_names_datasets():
     assert any(p.search('if dataset == "ct_kidney":') for p in patterns), "the patterns catch a branch"
 
 
+def test_the_data_package_does_not_import_the_audit():
+    """One direction only: the audit reports on data.splits; data never imports the audit."""
+    code = "import sys, helpers.data; print(sorted(m for m in sys.modules if m.startswith('helpers.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "helpers.data.splits" in out and "helpers.audit" not in out, out
+
+
 def test_synthetic_sets_have_kaggle_layout_native_formats_and_lesion_masks(tiny_synthetic):
     covid = tiny_synthetic("covid_radiography")
     marker = json.loads((covid / "SYNTHETIC.json").read_text())

@@ -17,16 +17,14 @@ import pandas as pd
 
 from . import atomic
 from .data import load_prepared, prepare
-from .data.splits import (  # noqa: F401  (re-exported: the audit's notebook and tests use them here)
+from .data.splits import (
     HAMMING_THRESHOLD,
     HASH_SIZE,
     SPLIT_NAMES as SPLITS,
     check_images,
     components,
-    grouped_split,
     groups_per_class,
     hamming_pairs,
-    near_duplicate_groups,
     perceptual_hashes,
 )
 
