@@ -285,7 +285,7 @@ def test_balance_discards_at_random_down_to_the_smallest_class(tiny_synthetic, t
     assert np.bincount(unbalanced.labels).tolist() == [8, 6, 7]
 
 
-def test_grouped_split_uses_the_audit(tiny_synthetic, tmp_path):
+def test_prepare_makes_a_grouped_split(tiny_synthetic, tmp_path):
     p = load_prepared(prepare("covid_radiography", data_dir=str(tiny_synthetic("covid_radiography")),
                               image_size=32, split="grouped", out_dir=str(tmp_path / "g"), progress=False))
     assert set(p.split) == {"train", "val", "test"} and p.info["split"] == "grouped"
