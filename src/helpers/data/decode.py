@@ -99,4 +99,3 @@ def decode_one(job: tuple) -> tuple:
         except (OSError, _Skip):
             mask = None
     return None, sha, image, mask
-

@@ -66,8 +66,6 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
         f"(searched {max_depth} levels deep)")
 
 
-
-
 @dataclass
 class Listing:
     candidates: list[tuple[str, str, str | None]]   # (relative path, class, mask path)
@@ -147,5 +145,3 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
             listing.candidates.append((rel, cls, mask))
     listing.candidates.sort(key=lambda c: (spec.classes.index(c[1]), natural_key(c[0])))
     return listing
-
-

@@ -324,4 +324,3 @@ def kidney_ct(cls: str, rng: np.random.Generator, size: int = 512) -> Phantom:
     img = _finish(img, rng, noise=rng.uniform(0.008, 0.03), blur=rng.uniform(0.5, 1.1),
                   background=~foreground)
     return Phantom(img, lesion, None)
-

@@ -250,7 +250,6 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
     atomic.write_json(tmp / "info.json", info)        # last: marks the folder complete
 
 
-
 @dataclass
 class Prepared:
     images: np.ndarray          # uint8 (N, 3, S, S)
@@ -302,4 +301,3 @@ def load_prepared(folder: str | os.PathLike, mmap: bool = False) -> Prepared:
         manifest=manifest,
         folder=folder,
     )
-

@@ -226,8 +226,6 @@ def _check_ratios(ratios) -> np.ndarray:
     return shares / shares.sum()
 
 
-
-
 def random_split(labels: np.ndarray, seed: int) -> np.ndarray:
     """'train'/'val'/'test' per image: stratified 6:2:2, deterministic for a seed."""
     from sklearn.model_selection import train_test_split

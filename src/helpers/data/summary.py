@@ -61,7 +61,6 @@ def reason_counts(skipped: list[tuple[str, str]]) -> dict[str, int]:
     return dict(Counter(_reason_kind(reason) for _, reason in skipped))
 
 
-
 def print_summary(info: dict, out: Path) -> None:
     tag = "SYNTHETIC DATA" if info["synthetic"] else "real data"
     print(f"[data] {info['dataset']} ({tag}) from {info['source_dir']}")
@@ -113,4 +112,3 @@ def skipped_summary(folder: str | os.PathLike):
     table = skipped.assign(reason=kind).groupby("reason").agg(files=("path", "size"),
                                                                example=("path", "first"))
     return table.sort_values("files", ascending=False)
-
