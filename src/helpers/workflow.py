@@ -19,8 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from .data import DATASETS
+
 EXPERIMENTS_DIR = Path("experiments")
-DATASET_NAMES = ("covid_radiography", "ct_kidney")
+DATASET_NAMES = tuple(DATASETS)
 TOP_KEYS = {"name", "description", "synthetic", "datasets", "defaults", "grid", "explain", "audit"}
 DATASET_KEYS = {"image_size", "balance", "split", "split_seed", "n_per_class"}
 GRID_KEYS = {"dataset", "archs", "head", "arms", "seeds", "split", "train"}
