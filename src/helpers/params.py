@@ -83,7 +83,8 @@ def _allowed(model: type[BaseModel], name: str) -> str:
     field = model.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if extra.get("choices"):
-        return "one of " + ", ".join(map(repr, extra["choices"]))
+        choices = _datasets() if extra["choices"] == "datasets" else extra["choices"]
+        return "one of " + ", ".join(map(repr, choices))
     return _describe(field.annotation, field.metadata)
 
 
@@ -123,11 +124,11 @@ class PrepParams(BaseModel):
 
     model_config = _STRICT
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
     data_dir: str = ""               # "" = the embedded synthetic phantoms
-    image_size: int = Field(128, ge=MIN_PREP_SIZE)
+    image_size: int = Field(128, ge=MIN_PREP_SIZE, le=1024)
     balance: bool = True             # balance classes to the smallest (paper A)
-    seed: NonNegInt = 0              # the split seed
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the split seed
     split: Literal["random", "grouped"] = "random"
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)  # synthetic images per class
     out_dir: str = ""                # "" = the default folder under data/prepared
@@ -186,7 +187,7 @@ class TrainSettings(BaseModel):
 class TrainParams(TrainSettings):
     """Every parameter of ``training.train`` / ``train.ipynb`` (paper A's settings by default)."""
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
     data_dir: str = ""
     arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
     pretrained: bool = True

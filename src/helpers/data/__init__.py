@@ -11,7 +11,6 @@ Command line: ``python -m helpers.data {download,synthesize,prepare} DATASET ...
 ``HELPERS_DATA_ROOT`` (environment) replaces the ``data/`` base folder, which tests use to stay
 out of the repository.
 """
-from ..atomic import pid_alive as _pid_alive  # noqa: F401  (training.py still calls data._pid_alive)
 from .cli import main
 from .discover import find_class_root
 from .download import DownloadError, download, manual_download_help

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import atomic
+from .. import params as params_mod
 from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
@@ -31,45 +32,16 @@ PREPARED_FILES = ("manifest.csv", "images.npy", "masks.npy", "skipped.csv", "sam
 
 def validate_prep_params(dataset, data_dir="", image_size=128, balance=True, seed=0, out_dir="",
                          split="random", n_per_class=100, progress=True) -> dict:
-    """Check the data-prep parameters; raise ValueError (or FileNotFoundError for a missing
-    ``data_dir``) naming the parameter and what was expected. Returns them normalised."""
+    """Check the data-prep parameters against :class:`helpers.params.PrepParams`; raise
+    ValueError (or FileNotFoundError when ``data_dir`` lacks the class folders) naming the
+    parameter and what was expected. Returns them normalised."""
+    values = {"dataset": dataset, "data_dir": os.fspath(data_dir) if isinstance(data_dir, os.PathLike) else data_dir,
+              "image_size": image_size, "balance": balance, "seed": seed,
+              "out_dir": os.fspath(out_dir) if isinstance(out_dir, os.PathLike) else out_dir,
+              "split": split, "n_per_class": n_per_class, "progress": progress}
+    values = {k: ("" if v is None and k in ("data_dir", "out_dir") else v) for k, v in values.items()}
     get_spec(dataset)
-
-    def need_bool(name, v):
-        if not isinstance(v, (bool, np.bool_)):
-            hint = (" (papermill -p passes 'true'/'false' as text: write True or False)"
-                    if isinstance(v, str) else "")
-            raise ValueError(f"{name} must be True or False; got {type(v).__name__} {v!r}{hint}")
-        return bool(v)
-
-    def need_int(name, v, lo, hi):
-        if not is_int(v):
-            raise ValueError(f"{name} must be an int in [{lo}, {hi}]; got {type(v).__name__} {v!r}")
-        if not lo <= int(v) <= hi:
-            raise ValueError(f"{name} must be an int in [{lo}, {hi}]; got {v!r}")
-        return int(v)
-
-    def need_path(name, v):
-        if v is None:
-            return ""
-        if not isinstance(v, (str, os.PathLike)):
-            raise ValueError(f"{name} must be a path string ('' for the default); got "
-                             f"{type(v).__name__} {v!r}")
-        return os.fspath(v)
-
-    params = {
-        "dataset": dataset,
-        "data_dir": need_path("data_dir", data_dir),
-        "image_size": need_int("image_size", image_size, 16, 1024),
-        "balance": need_bool("balance", balance),
-        "seed": need_int("seed", seed, 0, 2**32 - 1),
-        "out_dir": need_path("out_dir", out_dir),
-        "split": split,
-        "n_per_class": need_int("n_per_class", n_per_class, MIN_PER_CLASS, 1_000_000),
-        "progress": need_bool("progress", progress),
-    }
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    params = params_mod.check(params_mod.PrepParams, values).model_dump()
     if params["data_dir"]:
         find_class_root(params["data_dir"], dataset)      # missing folders fail here, before work
     return params

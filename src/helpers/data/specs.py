@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..params import MIN_PER_CLASS, SPLITS  # noqa: F401  (every parameter choice lives in params)
 from . import phantoms
 
 ENV_DATA_ROOT = "HELPERS_DATA_ROOT"
-SPLITS = ("random", "grouped")     # the ways a prepared folder can be split
-MIN_PER_CLASS = 5                  # a stratified 6:2:2 split needs at least 3/1/1
 
 
 @dataclass(frozen=True)
