@@ -426,7 +426,7 @@ def test_bad_parameters_and_folders_fail_before_any_work(tiny_synthetic, tmp_pat
            dict(split="stratified"), dict(n_per_class=2), dict(out_dir=3)]
     for kwargs in bad:
         name = next(iter(kwargs))
-        with pytest.raises(ValueError, match=f"^{name} must be"):
+        with pytest.raises(ValueError, match=f"'{name}' must be"):
             prepare("covid_radiography", **{"out_dir": str(out), **kwargs})
     with pytest.raises(ValueError, match="papermill"):
         data.validate_prep_params("covid_radiography", balance="False")

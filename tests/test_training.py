@@ -113,7 +113,7 @@ def test_valid_parameters_are_filled_and_normalised(env):
     assert list(params) == list(training.PARAM_NAMES)
     assert params["lr"] == 1.0 and isinstance(params["lr"], float)
     assert params["epochs"] == 20 and params["batch_size"] == 16 and params["image_size"] == 128
-    with pytest.raises(ValueError, match="'data_dir' must be '' \\(synthetic data\\) or an existing folder"):
+    with pytest.raises(FileNotFoundError, match="no-such-folder.*does not exist"):
         training.validate_params({"pretrained": False, "data_dir": str(env / "no-such-folder")})
 
 

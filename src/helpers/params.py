@@ -125,7 +125,8 @@ class PrepParams(BaseModel):
     model_config = _STRICT
 
     dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
-    data_dir: str = ""               # "" = the embedded synthetic phantoms
+    data_dir: str = ""               # "" = the embedded synthetic phantoms; else checked by
+                                     # data.find_class_root, which names the missing class folders
     image_size: int = Field(128, ge=MIN_PREP_SIZE, le=1024)
     balance: bool = True             # balance classes to the smallest (paper A)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # the split seed
@@ -140,9 +141,6 @@ class PrepParams(BaseModel):
         if self.dataset not in known:
             raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
                              f"got {self.dataset!r}")
-        if self.data_dir and not Path(self.data_dir).is_dir():
-            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
-                             f"folder; no folder {self.data_dir}")
         return self
 
 
@@ -217,9 +215,6 @@ class TrainParams(TrainSettings):
         if self.image_size < minimum:
             raise ValueError(f"parameter 'image_size' must be at least {minimum} px for {self.arch}; "
                              f"got {self.image_size}")
-        if self.data_dir and not Path(self.data_dir).is_dir():
-            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
-                             f"folder; no folder {self.data_dir}")
         problem = _device_problem(self.device)
         if problem:
             raise ValueError(problem)
