@@ -36,7 +36,7 @@ def _check(maps, n, size):
 @pytest.mark.parametrize("head", models.HEADS)
 @pytest.mark.parametrize("arch", models.ARCHS)
 def test_maps_shape_finite_unit_range(arch, head):
-    size = max(64, models.MIN_IMAGE_SIZE[arch])
+    size = max(64, models.spec(arch).min_image_size)
     torch.manual_seed(0)
     model = models.get_model(arch, weights=False, head=head, num_classes=3, image_size=size).eval()
     x = torch.randn(2, 3, size, size)

@@ -32,10 +32,11 @@ from torch import nn
 
 from . import metrics
 from .data import get_spec
+from .params import RunId, read_run_id
 
 METHODS = ("saliency", "gradcam")
 METHOD_TITLES = {"saliency": "saliency", "gradcam": "Grad-CAM"}
-ARM_TITLES = {"imagenet": "ImageNet", "scratch": "scratch"}
+ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
 POINTING_TOLERANCE_AT_224 = 15  # px, Zhang et al. (2018) pointing game
 
 
@@ -281,18 +282,23 @@ class ExplainResult:
         return " ".join(parts)
 
 
-def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int = 0) -> list[Path]:
-    return [Path(root) / dataset / f"{arch}-{arm}-s{seed}" for arm in metrics.ARMS]
+def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int = 0,
+                 head: str = "replace", experiment: str = "") -> list[Path]:
+    """The ImageNet and scratch runs of one configuration, as RunId names them."""
+    return [RunId(experiment=experiment, dataset=dataset, arch=arch, head=head, arm=arm, seed=seed).run_dir(root)
+            for arm in ("imagenet", "scratch")]
 
 
 def _arm_of(run_dir: Path) -> str:
+    """The arm a run folder's params.json records; for a run that never started (missing), the
+    arm its folder name was given by RunId."""
     params_file = run_dir / "params.json"
     if params_file.is_file():
-        return "imagenet" if metrics._read_json(params_file).get("pretrained") else "scratch"
-    for arm in metrics.ARMS:
-        if f"-{arm}-" in run_dir.name or run_dir.name.endswith(f"-{arm}"):
+        return read_run_id(run_dir).arm
+    for arm in ARM_TITLES:
+        if f"-{arm}-" in run_dir.name:
             return arm
-    raise ValueError(f"cannot tell the arm of {run_dir}: no params.json and no -imagenet-/-scratch- in its name")
+    raise ValueError(f"cannot tell the arm of {run_dir}: no params.json and no -<arm>- in its name")
 
 
 def _unavailable(run_dir: Path) -> str | None:
