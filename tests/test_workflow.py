@@ -229,6 +229,40 @@ def test_missing_runs_are_forgotten_completed_ones_kept(tmp_path, monkeypatch):
     assert wf.grid_status(exp).set_index("run").loc["resnet18-imagenet-s0", "state"] == "missing"
 
 
+def test_train_one_writes_the_status_snakemake_waits_for(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}, "ct_kidney": {}},
+                     grid=[demo_entry(arms=["imagenet", "scratch"]),
+                           demo_entry(dataset="ct_kidney", arms=[{"init_from": {"dataset": "covid_radiography"}}])])
+    monkeypatch.chdir(tmp_path)
+    ran = []
+
+    def fake_execute(notebook, out, params):
+        ran.append(params)
+        if params["pretrained"]:
+            raise RuntimeError("no ImageNet weights for resnet18")
+        folder = P.check(P.TrainParams, params).resolved_run_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(wf, "execute", fake_execute)
+    done = wf.train_one(str(path), "covid_radiography/resnet18-scratch-s0")
+    assert done["state"] == "complete"
+    assert json.loads(Path("runs/demo/covid_radiography/resnet18-scratch-s0/status.json").read_text()) == done
+    assert ran[-1]["experiment"] == "demo" and "run_dir" not in ran[-1]
+    lost = wf.train_one(str(path), "runs/demo/covid_radiography/resnet18-imagenet-s0")
+    assert lost["state"] == "missing" and "no ImageNet weights" in lost["reason"]
+    folder = Path("runs/demo/covid_radiography/resnet18-imagenet-s0")
+    assert json.loads((folder / "missing.json").read_text())["reason"] == lost["reason"]
+    # a run that starts from a missing run is missing too, with the source's reason, without running
+    n = len(ran)
+    target = wf.train_one(str(path), "ct_kidney/resnet18-from-covid_radiography-imagenet-s0")
+    assert target["state"] == "missing" and "no ImageNet weights" in target["reason"] and len(ran) == n
+    # the weights arrive: the retry completes and the missing record goes
+    monkeypatch.setattr(wf, "execute", lambda nb, out, params: (folder / "metrics.json").write_text("{}"))
+    assert wf.train_one(str(path), "covid_radiography/resnet18-imagenet-s0")["state"] == "complete"
+    assert not (folder / "missing.json").exists()
+
+
 def test_a_slow_kernel_gets_a_generous_configurable_start_timeout(monkeypatch, tmp_path):
     import papermill as pm
 
