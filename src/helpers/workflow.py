@@ -22,10 +22,11 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model,
+                      model_validator)
 
 from . import atomic, data, models
 from .params import (ARM_FIELDS, ARMS, BOOK_STEPS, NOTEBOOK_PARAMS, NonNegInt, ParameterError,
@@ -90,13 +91,19 @@ class InitFromArm(BaseModel):
     init_from: InitFrom
 
 
+# An arm is a name or an {init_from: ...} mapping; the tags only route validation (and its errors).
+_ARM_TAGS = ("arm name", "arm init_from")
+Arm = Annotated[Union[Annotated[Literal[ARMS], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
+                Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
+
+
 class GridEntry(BaseModel):
     model_config = _YAML
 
     dataset: str
     archs: list[Literal[ARCH_NAMES]] = Field(min_length=1)
     head: Head = "replace"
-    arms: list[Union[Literal[ARMS], InitFromArm]] = Field(min_length=1)
+    arms: list[Arm] = Field(min_length=1)
     seeds: list[NonNegInt] = Field(min_length=1)
     split: Optional[Split] = None              # None = the dataset's split
     train: dict[str, Any] = {}                 # TrainSettings over the file's defaults
@@ -138,29 +145,34 @@ class ExperimentFile(BaseModel):
 
 
 def _where(loc: tuple) -> tuple[str, tuple]:
-    """('grid', 1, 'archs', 0) -> 'grid[1].archs[0]'; a union's branch names are dropped."""
+    """('grid', 1, 'archs', 0) -> 'grid[1].archs[0]', and the location without union tags."""
     text, kept = "", []
     for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part.startswith("literal[") or part[:1].isupper():
-            break                              # a branch of a union, not a key of the file
-        else:
-            text += f".{part}" if text else part
+        if part in _ARM_TAGS:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
         kept.append(part)
     return text, tuple(kept)
 
 
+def _inner_model(tp: Any) -> Any:
+    """The pydantic model inside list[X], dict[str, X], Optional/Union/Annotated[..., X]."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in reversed(get_args(tp)):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _keys_at(loc: tuple) -> list[str]:
-    """The keys the file may hold where ``loc`` points (for 'unknown key' messages)."""
-    model: Any = ExperimentFile
+    """The keys the file may hold where ``loc`` (without union tags) points."""
+    model = ExperimentFile
     for part in loc[:-1]:
-        if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):
-            model = model.model_fields[part].annotation
-        args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if args:                               # list[X], dict[str, X], Union[..., X]
-            model = args[-1]
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        if isinstance(part, str) and model is not None and part in model.model_fields:
+            model = _inner_model(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
 
 
 def _file_error(path: Path, error: ValidationError) -> ExperimentError:
@@ -174,7 +186,7 @@ def _file_error(path: Path, error: ValidationError) -> ExperimentError:
             lines.append(f"{where}: missing required key")
         elif not where:
             lines.append(err["msg"].removeprefix("Value error, "))
-        elif "arms" in loc and len(loc) == 4:   # grid[i].arms[j]
+        elif loc[:1] == ("grid",) and loc[2:3] == ("arms",) and len(loc) == 4:   # grid[i].arms[j]
             lines.append(f"{where}: arm {value!r} must be one of {', '.join(ARMS)} or "
                          "{init_from: {dataset: <name>, arm: <arm>}}")
         else:
