@@ -263,6 +263,35 @@ def test_train_one_writes_the_status_snakemake_waits_for(tmp_path, monkeypatch):
     assert not (folder / "missing.json").exists()
 
 
+def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    import nbformat
+
+    path = write_exp(tmp_path, datasets={"covid_radiography": {}}, explain={}, audit=[],
+                     grid=[demo_entry(arms=["scratch"])])
+    monkeypatch.chdir(tmp_path)
+    exp = wf.load_experiment(path)
+    with pytest.raises(wf.ExperimentError, match="run the workflow first"):
+        wf.build_book(str(path))
+    made = [wf.step_notebook(exp, step, ds) for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES]
+    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(wf.runs(exp))))]
+    for nb in made:
+        nb.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Step")]), nb)
+    assert sum(nb.parent.name == "gap" for nb in made) == 6      # ct_kidney: 4 steps; explain, audit
+    commands = []
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: commands.append(cmd))
+    wf.build_book(str(path))
+    generated = tmp_path / "book" / "generated"
+    assert sorted(p.name for p in generated.glob("*.ipynb")) == sorted(
+        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES] + ["summary.ipynb"])
+    title = nbformat.read(generated / "data_prep_covid_radiography.ipynb", 4).cells[0].source
+    assert title.strip() == "# Step: covid_radiography"
+    assert [p.name for p in (generated / "train").iterdir()] == ["covid_radiography__resnet18-scratch-s0.ipynb"]
+    assert commands == [["jupyter-book", "build", "book", "-W", "--keep-going"]]
+
+
 def test_a_slow_kernel_gets_a_generous_configurable_start_timeout(monkeypatch, tmp_path):
     import papermill as pm
 

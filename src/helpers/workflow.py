@@ -702,22 +702,20 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     import subprocess
 
     exp = load_experiment(experiment, data_dir)
-    wanted = {f"{step}_{dataset}.ipynb": step_notebook(exp, step, dataset)
-              for step in BOOK_STEPS for dataset in DATASET_NAMES}
-    wanted["summary.ipynb"] = summary_notebook(exp)
-    absent = [str(p) for p in wanted.values() if not p.is_file()]
+    pages = {(step, ds): step_notebook(exp, step, ds) for step in BOOK_STEPS for ds in DATASET_NAMES}
+    absent = [str(p) for p in [*pages.values(), summary_notebook(exp)] if not p.is_file()]
     if absent:
         raise ExperimentError(f"the book needs {absent}; run the workflow first "
                               f"(`snakemake --cores 1 --config experiment={exp['name']}`)")
     tmp = GENERATED.with_name(GENERATED.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "train").mkdir(parents=True)
-    for name, src in wanted.items():
-        dataset = name.removesuffix(".ipynb").split("_", 1)[-1]
-        if src.parent.name == "gap" or name == "summary.ipynb":
-            shutil.copy2(src, tmp / name)
+    for (step, ds), src in pages.items():
+        if gap_reason(exp, step, ds):
+            shutil.copy2(src, tmp / f"{step}_{ds}.ipynb")
         else:
-            _copy_titled(src, tmp / name, dataset)
+            _copy_titled(src, tmp / f"{step}_{ds}.ipynb", ds)
+    shutil.copy2(summary_notebook(exp), tmp / "summary.ipynb")
     for rid in runs(exp):
         path = train_notebook(exp, rid)
         if path.is_file():
