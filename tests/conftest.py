@@ -67,3 +67,10 @@ def tiny_prepared(tmp_path_factory, tiny_synthetic):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test reaches the internet: missing torchvision weights fail at once, as on an
+    air-gapped machine. The download tests lift this and serve files from 127.0.0.1."""
+    monkeypatch.setenv("HELPERS_OFFLINE", "1")

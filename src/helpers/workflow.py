@@ -361,13 +361,8 @@ def preps(exp: dict) -> list[dict]:
 
 
 def prepared_dir(prep: dict) -> Path:
-    """The folder ``data.prepare(**prep)`` writes, computed without any work.
-
-    TODO(data.prepared_dir): the data package is getting its own function for this; until it
-    lands, the same name is built from data.default_prepared_dir (a real data_dir is 'real')."""
-    return data.default_prepared_dir(
-        prep["dataset"], not prep["data_dir"], prep["image_size"], prep["split"], prep["balance"],
-        prep["seed"], prep["n_per_class"] if not prep["data_dir"] else None)
+    """The folder ``data.prepare(**prep)`` writes, computed without any work."""
+    return data.prepared_dir(**prep)
 
 
 def results_dir(exp: dict) -> Path:

@@ -1,0 +1,147 @@
+"""Finding a dataset in a download: the class-folder root at any depth, and every file in it,
+each either a candidate image (with its mask, if any) or skipped with a reason."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .specs import DatasetSpec, get_spec
+from .synthetic import LESION_DIR
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+
+
+def natural_key(text: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 6) -> Path:
+    """The shallowest folder at or below ``data_dir`` that holds every class folder of ``dataset``.
+
+    Accepts the class-folder parent itself or any parent of it (e.g. the unzipped Kaggle download,
+    which nests ``CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/`` twice for ct_kidney).
+    """
+    spec = get_spec(dataset)
+    root = Path(data_dir).expanduser()
+    expected = ", ".join(repr(c) for c in spec.classes)
+    if not root.exists():
+        raise FileNotFoundError(
+            f"data_dir {str(root)!r} does not exist; expected a folder holding the {dataset} class "
+            f"folders {expected} (or any parent of it, e.g. the unzipped Kaggle download)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data_dir {str(root)!r} is not a folder; expected a folder holding "
+                                 f"the {dataset} class folders {expected}")
+    level, partial = [root], None
+    for _depth in range(max_depth + 1):
+        hits, below = [], []
+        for folder in level:
+            try:
+                subdirs = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+            except OSError:
+                continue
+            present = [c for c in spec.classes if c in subdirs]
+            if len(present) == len(spec.classes):
+                hits.append(folder)
+            elif present and (partial is None or len(present) > len(partial[1])):
+                partial = (folder, present)
+            below += [folder / n for n in subdirs
+                      if not n.startswith(".") and n not in (LESION_DIR, spec.mask_dir, *spec.classes)]
+        if len(hits) > 1:
+            raise ValueError(f"data_dir {str(root)!r} holds several {dataset} datasets at the same depth: "
+                             + ", ".join(str(h) for h in hits) + "; pass one of them as data_dir")
+        if hits:
+            return hits[0]
+        level = below
+    if partial is not None:
+        folder, present = partial
+        missing = [c for c in spec.classes if c not in present]
+        raise FileNotFoundError(
+            f"{str(folder)!r} is missing the class folder(s) {', '.join(map(repr, missing))} of {dataset}; "
+            f"expected all of {expected}")
+    raise FileNotFoundError(
+        f"no folder at or below data_dir {str(root)!r} holds the {dataset} class folders {expected} "
+        f"(searched {max_depth} levels deep)")
+
+
+@dataclass
+class Listing:
+    candidates: list[tuple[str, str, str | None]]   # (relative path, class, mask path)
+    skipped: list[tuple[str, str]]                  # (relative path, reason)
+    files: list[tuple[str, int, int]]               # (relative path, size, mtime_ns) for the fingerprint
+
+
+def _skip_reason_by_name(name: str) -> str | None:
+    if name.startswith("."):
+        return f"hidden/system file ({name})"
+    if name.lower() in SYSTEM_FILES:
+        return f"system file ({name})"
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        return f"not an image file extension ({ext or 'none'})"
+    return None
+
+
+def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Listing:
+    """List images per class; record every other file with a reason; stat everything."""
+    listing = Listing([], [], [])
+
+    def stat(path: Path, rel: str) -> None:
+        st = path.stat()
+        listing.files.append((rel, st.st_size, st.st_mtime_ns))
+
+    for entry in sorted(os.scandir(class_root), key=lambda e: e.name):
+        if entry.name in spec.classes:
+            continue
+        kind = "folder" if entry.is_dir() else "file"
+        listing.skipped.append((entry.name + ("/" if kind == "folder" else ""),
+                                f"ignored: {kind} is not one of the {spec.name} class folders"))
+        listing.files.append((entry.name, 0, 0))
+    for cls in spec.classes:
+        cls_dir = class_root / cls
+        found = 0
+        masks: set[str] = set()
+        per_class = []
+        for dirpath, dirnames, filenames in os.walk(cls_dir):
+            here = Path(dirpath)
+            rel_here = here.relative_to(class_root).as_posix()
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    listing.skipped.append((f"{rel_here}/{d}/", f"hidden folder ({d})"))
+                    listing.files.append((f"{rel_here}/{d}/", 0, 0))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            is_mask_dir = spec.mask_dir is not None and here.name == spec.mask_dir
+            for name in sorted(filenames):
+                rel = f"{rel_here}/{name}"
+                stat(here / name, rel)
+                if is_mask_dir:
+                    masks.add(rel)
+                    continue
+                reason = _skip_reason_by_name(name)
+                if reason:
+                    listing.skipped.append((rel, reason))
+                else:
+                    per_class.append(rel)
+                    found += 1
+        if found == 0:
+            raise FileNotFoundError(
+                f"class folder {str(cls_dir)!r} holds no image files; expected {spec.ext} images of "
+                f"class {cls!r} (directly or in a subfolder)")
+        for rel in per_class:
+            mask = None
+            if synthetic_root is not None:
+                lesion = synthetic_root / LESION_DIR / cls / (Path(rel).stem + ".png")
+                if lesion.is_file():
+                    mask = str(lesion)
+                    stat(lesion, lesion.relative_to(synthetic_root).as_posix())
+            elif spec.mask_dir is not None:
+                parent = Path(rel).parent
+                base = parent.parent if spec.image_dir and parent.name == spec.image_dir else parent
+                guess = (base / spec.mask_dir / Path(rel).name).as_posix()
+                if guess in masks:
+                    mask = str(class_root / guess)
+            listing.candidates.append((rel, cls, mask))
+    listing.candidates.sort(key=lambda c: (spec.classes.index(c[1]), natural_key(c[0])))
+    return listing
