@@ -236,9 +236,9 @@ def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
 
 
 def _planned(model: type[BaseModel], values: dict) -> dict:
-    """Check ``values`` against ``model`` as far as a plan can: whether a folder exists, a
-    device is present or a source checkpoint is readable is checked when the step runs."""
-    machine = {"data_dir": "", "device": "auto", "init_from": ""}
+    """Check ``values`` against ``model`` as far as a plan can: whether a device is present or a
+    source checkpoint is readable is checked when the step runs (the source is not trained yet)."""
+    machine = {"device": "auto", "init_from": ""}
     check(model, {**values, **{k: v for k, v in machine.items() if k in values}})
     return values
 
