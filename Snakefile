@@ -13,7 +13,7 @@ from helpers import workflow as wf
 
 EXP = wf.load_experiment(config.get("experiment", "demo"), str(config.get("data_dir", "") or ""))
 NAME = EXP["name"]
-RES = f"results/{NAME}"
+RES = str(wf.results_dir(EXP))
 RUNS = wf.runs(EXP)                                    # RunId -> TrainParams values
 RUN_DIRS = {str(rid.run_dir()): rid for rid in RUNS}
 PREPS = {str(wf.prepared_dir(p)): p for p in wf.preps(EXP)}   # prepared folder -> PrepParams values
