@@ -1,8 +1,11 @@
-# The whole study: data prep -> training grid -> evaluation / explanation / audit -> book.
+# The whole study: data prep -> training grid -> evaluation / explanation / audit -> summary -> book.
 # Every step is a papermill run of a notebook in notebooks/, kept under results/<experiment>/notebooks.
 #   snakemake --cores 1 --config experiment=demo
 #   snakemake --cores 1 --config experiment=paper_a data_dir=/path/to/download
+# Parsing this file only reads: nothing is written or deleted until a job runs (a dry run,
+# `snakemake -n`, changes no file; tests/test_workflow.py checks it).
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -10,36 +13,49 @@ from helpers import workflow as wf
 
 EXP = wf.load_experiment(config.get("experiment", "demo"), str(config.get("data_dir", "") or ""))
 NAME = EXP["name"]
-RES = f"results/{NAME}"
-RUNS = {spec.key: spec for spec in wf.runs(EXP)}
-DATASETS = list(EXP["datasets"])
-EXPLAIN = [d for d in DATASETS if d in EXP["explain"]]
-AUDIT = [d for d in DATASETS if d in EXP["audit"]]
+RES = str(wf.results_dir(EXP))
+RUNS = wf.runs(EXP)                                    # RunId -> TrainParams values
+RUN_DIRS = {str(rid.run_dir()): rid for rid in RUNS}
+PREPS = {str(wf.prepared_dir(p)): p for p in wf.preps(EXP)}   # prepared folder -> PrepParams values
+PREPARED = str(Path(next(iter(PREPS))).parent.parent)  # <data root>/prepared
 EXP_ARG = shlex.quote(EXP["path"])
 DATA_ARG = shlex.quote(str(config.get("data_dir", "") or ""))
-
-# Runs recorded as missing are tried again on every invocation (weights may have arrived);
-# completed runs are never repeated.
-wf.forget_missing(EXP)
+PAPERMILL = f"papermill --cwd . --no-progress-bar --start-timeout {wf.kernel_start_timeout()}"
 
 wildcard_constraints:
     dataset="|".join(wf.DATASET_NAMES),
-    run=r"[A-Za-z0-9_.\-]+",
+    step="|".join(wf.BOOK_STEPS),
+    prep=r"[^/]+",
+    run="|".join(map(re.escape, RUN_DIRS)),   # exactly the grid's run folders
 
 
-def papermill_params(step):
-    return lambda wc: shlex.quote(json.dumps(wf.notebook_params(EXP, step, wc.dataset)))
+# A run that could not happen (no ImageNet weights, say) is retried by the next invocation:
+# when this one ends, the status files of runs without metrics.json are dropped. Completed
+# runs keep theirs and are never repeated. Dry runs call neither handler.
+onsuccess:
+    wf.forget_missing(EXP)
+
+onerror:
+    wf.forget_missing(EXP)
 
 
-def dataset_statuses(wc):
-    return [str(wf.status_file(EXP, k)) for k, s in RUNS.items() if s.dataset == wc.dataset]
+def statuses(runs):
+    return [str(wf.status_file(rid)) for rid in runs]
+
+
+def prepared(dataset, split=None):
+    """The prepared folder of a dataset in this experiment (default: the dataset's own split)."""
+    split = split or EXP["datasets"][dataset]["split"]
+    return next(d for d, p in PREPS.items() if p["dataset"] == dataset and p["split"] == split)
+
+
+def papermill_params(values):
+    return shlex.quote(json.dumps(values))
 
 
 rule all:
     input:
-        # Status files are direct targets so that a run recorded as missing (and forgotten
-        # above) is tried again, and everything downstream of it is rebuilt.
-        [str(wf.status_file(EXP, k)) for k in RUNS],
+        statuses(RUNS),
         f"{RES}/book.done",
 
 
@@ -47,68 +63,96 @@ rule data_prep:
     input:
         "notebooks/data_prep.ipynb",
     output:
-        f"{RES}/notebooks/data_prep_{{dataset}}.ipynb",
+        folder=directory(f"{PREPARED}/{{dataset}}/{{prep}}"),
+        notebook=f"{RES}/notebooks/data_prep/{{dataset}}/{{prep}}.ipynb",
     params:
-        p=papermill_params("data_prep"),
+        p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
     shell:
-        "papermill {input} {output} -y {params.p} --cwd . --no-progress-bar"
+        "{PAPERMILL} {input} {output.notebook} -y {params.p}"
 
 
+# Output: the run's status.json (complete: metrics.json is there; missing: missing.json says why).
 rule train:
     input:
-        lambda wc: [f"{RES}/notebooks/data_prep_{wc.dataset}.ipynb", "notebooks/train.ipynb"]
-        + [str(wf.status_file(EXP, dep)) for dep in RUNS[f"{wc.dataset}/{wc.run}"].depends_on],
+        "notebooks/train.ipynb",
+        lambda wc: prepared(RUN_DIRS[wc.run].dataset, RUN_DIRS[wc.run].split),
+        lambda wc: statuses([r for r in RUNS if r.key == RUN_DIRS[wc.run].init_source]),
     output:
-        f"{RES}/status/{{dataset}}/{{run}}.json",
+        "{run}/status.json",
+    params:
+        run=lambda wc: json.dumps(RUNS[RUN_DIRS[wc.run]], sort_keys=True),  # edited settings rerun it
     shell:
-        "python -m helpers.workflow train {EXP_ARG} {wildcards.dataset}/{wildcards.run} --data-dir {DATA_ARG}"
+        "python -m helpers.workflow train {EXP_ARG} {wildcards.run} --data-dir {DATA_ARG}"
 
 
 rule evaluate:
     input:
         "notebooks/evaluate.ipynb",
-        dataset_statuses,
+        lambda wc: statuses([r for r in RUNS if r.dataset == wc.dataset]),
     output:
         f"{RES}/notebooks/evaluate_{{dataset}}.ipynb",
     params:
-        p=papermill_params("evaluate"),
+        p=lambda wc: papermill_params(wf.notebook_params(EXP, "evaluate", wc.dataset)),
     shell:
-        "papermill notebooks/evaluate.ipynb {output} -y {params.p} --cwd . --no-progress-bar"
+        "{PAPERMILL} {input[0]} {output} -y {params.p}"
 
 
 rule explain:
     input:
         "notebooks/explain.ipynb",
-        dataset_statuses,
+        lambda wc: prepared(wc.dataset),
+        lambda wc: statuses([r for r in wf.explained_runs(EXP, wc.dataset) if r in RUNS]),
     output:
         f"{RES}/notebooks/explain_{{dataset}}.ipynb",
     params:
-        p=papermill_params("explain"),
+        p=lambda wc: papermill_params(wf.notebook_params(EXP, "explain", wc.dataset)),
     shell:
-        "papermill notebooks/explain.ipynb {output} -y {params.p} --cwd . --no-progress-bar"
+        "{PAPERMILL} {input[0]} {output} -y {params.p}"
 
 
 rule audit:
     input:
         "notebooks/audit.ipynb",
-        f"{RES}/notebooks/data_prep_{{dataset}}.ipynb",
+        lambda wc: prepared(wc.dataset, "random"),
     output:
         f"{RES}/notebooks/audit_{{dataset}}.ipynb",
     params:
-        p=papermill_params("audit"),
+        p=lambda wc: papermill_params(wf.notebook_params(EXP, "audit", wc.dataset)),
     shell:
-        "papermill notebooks/audit.ipynb {output} -y {params.p} --cwd . --no-progress-bar"
+        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+
+
+# A visible note in place of a step this experiment does not run (a dataset it does not use).
+rule gap:
+    input:
+        "notebooks/gap.ipynb",
+    output:
+        f"{RES}/notebooks/gap/{{step}}_{{dataset}}.ipynb",
+    params:
+        p=lambda wc: papermill_params(wf.gap_params(EXP, wc.step, wc.dataset)),
+    shell:
+        "{PAPERMILL} {input} {output} -y {params.p}"
+
+
+rule summary:
+    input:
+        "notebooks/summary.ipynb",
+        EXP["path"],
+        statuses(RUNS),
+        sorted(str(p) for p in Path("benchmarks/results").glob("*.json")),
+    output:
+        str(wf.summary_notebook(EXP)),
+    params:
+        p=papermill_params({"experiment": EXP["path"], "data_dir": str(config.get("data_dir", "") or "")}),
+    shell:
+        "{PAPERMILL} {input[0]} {output} -y {params.p}"
 
 
 rule book:
     input:
-        [str(wf.status_file(EXP, k)) for k in RUNS],
-        expand(f"{RES}/notebooks/data_prep_{{dataset}}.ipynb", dataset=DATASETS),
-        expand(f"{RES}/notebooks/evaluate_{{dataset}}.ipynb", dataset=DATASETS),
-        expand(f"{RES}/notebooks/explain_{{dataset}}.ipynb", dataset=EXPLAIN),
-        expand(f"{RES}/notebooks/audit_{{dataset}}.ipynb", dataset=AUDIT),
-        "notebooks/summary.ipynb",
-        "notebooks/gap.ipynb",
+        statuses(RUNS),
+        [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in wf.DATASET_NAMES],
+        str(wf.summary_notebook(EXP)),
         "_toc.yml",
         "_config.yml",
         sorted(str(p) for p in Path("book").glob("*.md")),

@@ -133,12 +133,12 @@ def run_grid(exp: dict, cores: int = 1, keep: bool = False) -> dict:
     exp_file.write_text(yaml.safe_dump(exp, sort_keys=False))
     loaded = workflow.load_experiment(exp_file)
     specs = workflow.runs(loaded)
-    targets = [str(workflow.status_file(loaded, s.key)) for s in specs]
+    targets = [str(workflow.status_file(rid)) for rid in specs]
     bin_dir = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="bench-grid-") as tmp:
         env = {**os.environ, "HELPERS_DATA_ROOT": str(Path(tmp) / "data"),
                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-        pretrained = {s.arch for s in specs if s.params["pretrained"]}
+        pretrained = {rid.arch for rid, p in specs.items() if p["pretrained"]}
         home, stand_ins = _stand_in_weights(pretrained, Path(tmp) / "torch")
         env.update(home)
         started = time.perf_counter()
@@ -150,21 +150,20 @@ def run_grid(exp: dict, cores: int = 1, keep: bool = False) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"snakemake failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
-        prep = {ds: _duration(results / "notebooks" / f"data_prep_{ds}.ipynb") for ds in loaded["datasets"]}
+        prep = {ds: _duration(workflow.step_notebook(loaded, "data_prep", ds)) for ds in loaded["datasets"]}
         rows = []
-        for spec in specs:
-            status = json.loads(workflow.status_file(loaded, spec.key).read_text())
-            row = {"dataset": spec.dataset, "run": spec.name, "arch": spec.arch, "head": spec.head,
-                   "image_size": spec.params["image_size"], "batch_size": spec.params["batch_size"],
-                   "state": status["state"], "notebook_seconds": _duration(
-                       results / "notebooks" / "train" / f"{spec.dataset}__{spec.name}.ipynb")}
+        for rid, p in specs.items():
+            status = json.loads(workflow.status_file(rid).read_text())
+            row = {"dataset": rid.dataset, "run": rid.name, "arch": rid.arch, "head": rid.head,
+                   "image_size": p["image_size"], "batch_size": p["batch_size"],
+                   "state": status["state"], "notebook_seconds": _duration(workflow.train_notebook(loaded, rid))}
             if status["state"] == "missing":
                 row["reason"] = status.get("reason")
             else:
-                history = pd.read_csv(spec.run_dir / "history.csv")
+                history = pd.read_csv(rid.run_dir() / "history.csv")
                 row.update(epochs_run=len(history), epoch_seconds=float(history["seconds"].sum()),
                            checkpoint_seconds=float(history["checkpoint_seconds"].fillna(0).sum()),
-                           images=_epoch_images(spec.run_dir))
+                           images=_epoch_images(rid.run_dir()))
                 row["overhead_seconds"] = (row["notebook_seconds"] - row["epoch_seconds"]
                                            - row["checkpoint_seconds"])
             rows.append(row)
@@ -249,18 +248,17 @@ def project(experiments: list[str], fits: dict) -> dict:
         p = fits["data_prep"].get(ds)
         total += (p["intercept"] + p["slope"] * n) if p else 0.0
     n_runs = 0
-    for name, raw in zip(experiments, exps):
+    for name in experiments:
         # Only to list the runs: no data is read, so no data directories are needed.
-        listed = {"defaults": {}, **raw, "data_dirs": {}, "path": str(workflow.experiment_path(name))}
-        for spec in workflow.runs(listed):
-            p = spec.params
-            key = _config_key({"dataset": spec.dataset, "arch": spec.arch, "head": spec.head,
+        listed = workflow.load_experiment(name, need_data=False)
+        for rid, p in workflow.runs(listed).items():
+            key = _config_key({"dataset": rid.dataset, "arch": rid.arch, "head": rid.head,
                                "image_size": p["image_size"]})
             fit = fits["configs"].get(key)
             if fit is None:
                 unknown.append(key)
                 continue
-            per_epoch_images = round(0.8 * images[spec.dataset])   # train + val of 6:2:2
+            per_epoch_images = round(0.8 * images[rid.dataset])   # train + val of 6:2:2
             seconds = (fit["overhead"]["intercept"] + fit["overhead"]["slope"] * per_epoch_images
                        + p["epochs"] * (fit["epoch"]["intercept"] + fit["epoch"]["slope"] * per_epoch_images))
             train += seconds

@@ -1,14 +1,20 @@
-"""Experiment files, grid expansion and the Snakemake dry runs."""
+"""Experiment files, grid expansion, notebook parameter cells and the Snakemake dry runs."""
 
+import ast
+import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import papermill
 import pytest
 import yaml
 
+from helpers import params as P
 from helpers import workflow as wf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,44 +33,91 @@ def write_exp(tmp_path, **changes):
     return path
 
 
+def demo_entry(**changes):
+    entry = {"dataset": "covid_radiography", "archs": ["resnet18"], "arms": ["imagenet"], "seeds": [0]}
+    return {**entry, **changes}
+
+
 @pytest.mark.parametrize("name, data_dir, n_runs", [
     ("demo", "", 16),
     ("paper_a", "/data/covid", 8),
     ("paper_b", "/data/kidney", 2),
     ("full", "covid_radiography=/a,ct_kidney=/b", 140),
+    ("cross_domain", "covid_radiography=/a,ct_kidney=/b", 24),
 ])
 def test_every_experiment_file_expands(name, data_dir, n_runs):
     exp = wf.load_experiment(name, data_dir)
-    specs = wf.runs(exp)
-    assert len(specs) == n_runs
-    assert len({s.key for s in specs}) == n_runs
-    for spec in specs:
-        assert spec.params["run_dir"] == str(spec.run_dir)
-        assert spec.params["pretrained"] is (spec.arm == "imagenet")
-        assert spec.params["data_dir"] == exp["data_dirs"][spec.dataset]
+    grid = wf.runs(exp)
+    assert len(grid) == n_runs
+    assert len({rid.key for rid in grid}) == n_runs
+    for rid, p in grid.items():
+        assert rid.experiment == p["experiment"] == exp["name"] and "run_dir" not in p
+        assert rid.run_dir() == Path("runs", exp["name"], rid.dataset, rid.name)
+        assert p["pretrained"] is (rid.arm in ("imagenet", "linear_probe"))
+        assert p["data_dir"] == exp["data_dirs"][rid.dataset]
+        assert set(p) <= set(P.TrainParams.model_fields)
+
+
+def test_the_grid_names_each_run_as_training_does():
+    # needs the lead's models.py (ARCHS as a table): TrainParams checks the arch's minimum size
+    grid = wf.runs(wf.load_experiment("demo"))
+    for rid, p in grid.items():
+        assert P.check(P.TrainParams, p).run_id() == rid
+    assert Path("runs/demo/ct_kidney/vgg16_dense1024-scratch-grouped-s0") in {r.run_dir() for r in grid}
+
+
+def test_arms_set_the_training_fields(tmp_path):
+    path = write_exp(tmp_path, grid=[demo_entry(arms=["imagenet", "linear_probe", "scratch"])])
+    grid = {rid.arm: p for rid, p in wf.runs(wf.load_experiment(path)).items()}
+    assert {arm: (p["pretrained"], p["freeze_backbone"]) for arm, p in grid.items()} == {
+        "imagenet": (True, False), "linear_probe": (True, True), "scratch": (False, False)}
 
 
 def test_paper_settings_are_the_papers():
     a = wf.runs(wf.load_experiment("paper_a", "/d"))
-    assert {s.arch for s in a} == {"resnet18", "vgg11", "alexnet", "mobilenet_v3_large"}
-    assert all(s.params["image_size"] == 128 and s.params["batch_size"] == 16
-               and s.params["epochs"] == 20 and s.params["lr"] == 1e-4 and s.params["balance"] is True
-               for s in a)
+    assert {r.arch for r in a} == {"resnet18", "vgg11", "alexnet", "mobilenet_v3_large"}
+    assert all(p["image_size"] == 128 and p["batch_size"] == 16 and p["epochs"] == 20
+               and p["lr"] == 1e-4 and p["balance"] is True for p in a.values())
     b = wf.runs(wf.load_experiment("paper_b", "/d"))
-    assert {(s.arch, s.head, s.arm) for s in b} == {
+    assert {(r.arch, r.head, r.arm) for r in b} == {
         ("vgg16", "dense1024", "imagenet"), ("vgg16", "dense1024", "scratch")}
-    assert all(s.params["image_size"] == 200 and s.params["batch_size"] == 100
-               and s.params["epochs"] == 30 and s.params["early_stopping_patience"] > 0 for s in b)
+    assert all(p["image_size"] == 200 and p["batch_size"] == 100 and p["epochs"] == 30
+               and p["early_stopping_patience"] > 0 for p in b.values())
 
 
-def test_run_names_are_stable():
-    assert wf.run_name("resnet18", "replace", "imagenet", 0) == "resnet18-imagenet-s0"
-    assert wf.run_name("vgg16", "dense1024", "scratch", 3, "grouped") == "vgg16_dense1024-scratch-grouped-s3"
+@pytest.mark.parametrize("changes, named", [
+    ({"epochz": 3}, ["epochz", "allowed", "grid"]),
+    ({"grid": [demo_entry(archs=["resnet19"])]}, ["grid[0].archs[0]", "resnet19", "resnet18"]),
+    ({"grid": [demo_entry(arms=["imagenett"])]}, ["grid[0].arms[0]", "imagenett", "linear_probe"]),
+    ({"grid": [demo_entry(arms=[{"init_from": {"dataset": "ct_kidney", "arm": "imagenett"}}])]},
+     ["grid[0].arms[0]", "imagenett"]),
+    ({"grid": [demo_entry(seeds=[-1])]}, ["grid[0].seeds[0]", "-1"]),
+    ({"grid": [demo_entry(train={"epochz": 1})]}, ["grid[0].train", "epochz", "batch_size"]),
+    ({"grid": [demo_entry(head="dense")]}, ["grid[0].head", "dense", "dense1024"]),
+    ({"defaults": {"lr": "1e-4"}}, ["defaults", "lr", "'1e-4'"]),
+    ({"defaults": {"normalize": "imagenett"}}, ["defaults", "normalize", "paper_a"]),
+    ({"datasets": {"covid_radiography": {"image_size": 8}}}, ["datasets.covid_radiography.image_size", "8", "16"]),
+    ({"datasets": {"covid_radiography": {}, "chest_ct": {}}}, ["chest_ct", "ct_kidney"]),
+    ({"grid": [demo_entry(dataset="ct_kidney")], "datasets": {"covid_radiography": {}}},
+     ["grid[0]", "ct_kidney", "not listed"]),
+    ({"audit": ["ct_kidney"], "datasets": {"covid_radiography": {}}, "grid": [demo_entry()],
+      "explain": {}}, ["audit[0]", "ct_kidney"]),
+])
+def test_a_bad_experiment_file_is_refused_naming_file_key_value_and_choices(tmp_path, changes, named):
+    path = write_exp(tmp_path, **changes)
+    with pytest.raises(wf.ExperimentError) as err:
+        wf.load_experiment(path)
+    message = str(err.value)
+    assert str(path) in message
+    for part in named:
+        assert part in message, (part, message)
 
 
-def test_unknown_key_is_named(tmp_path):
-    path = write_exp(tmp_path, epochz=3)
-    with pytest.raises(wf.ExperimentError, match="epochz"):
+def test_a_size_below_the_arch_minimum_is_refused_before_any_work(tmp_path):
+    # needs the lead's models.py (ARCHS as a table with min_image_size)
+    path = write_exp(tmp_path, datasets={"covid_radiography": {"image_size": 32}},
+                     grid=[demo_entry(archs=["alexnet"])], explain={}, audit=[])
+    with pytest.raises(wf.ExperimentError, match=r"grid\[0\].*image_size.*63"):
         wf.load_experiment(path)
 
 
@@ -82,6 +135,7 @@ def test_data_dir_rules():
         wf.load_experiment("full", "/one/path")
     with pytest.raises(wf.ExperimentError, match="does not use"):
         wf.load_experiment("paper_a", "ct_kidney=/x")
+    assert len(wf.runs(wf.load_experiment("paper_a", need_data=False))) == 8
 
 
 def test_init_from_needs_a_trained_source(tmp_path):
@@ -89,7 +143,7 @@ def test_init_from_needs_a_trained_source(tmp_path):
         "dataset": "ct_kidney", "archs": ["resnet18"],
         "arms": [{"init_from": {"dataset": "covid_radiography", "arm": "imagenet"}}], "seeds": [0]}])
     with pytest.raises(wf.ExperimentError, match="does not train"):
-        wf.runs(wf.load_experiment(path))
+        wf.load_experiment(path)
 
 
 def test_init_from_points_at_the_source_best_checkpoint(tmp_path):
@@ -97,11 +151,160 @@ def test_init_from_points_at_the_source_best_checkpoint(tmp_path):
         {"dataset": "covid_radiography", "archs": ["resnet18"], "arms": ["imagenet"], "seeds": [0]},
         {"dataset": "ct_kidney", "archs": ["resnet18"],
          "arms": [{"init_from": {"dataset": "covid_radiography", "arm": "imagenet"}}], "seeds": [0]}])
-    specs = {s.key: s for s in wf.runs(wf.load_experiment(path))}
-    target = specs["ct_kidney/resnet18-from-covid_radiography-imagenet-s0"]
-    assert target.depends_on == ["covid_radiography/resnet18-imagenet-s0"]
-    assert target.params["init_from"].endswith("covid_radiography/resnet18-imagenet-s0/best.pt")
-    assert target.params["pretrained"] is False
+    grid = wf.runs(wf.load_experiment(path))
+    by_key = {rid.key: rid for rid in grid}
+    target = by_key["ct_kidney/resnet18-from-covid_radiography-imagenet-s0"]
+    assert target.init_source == "covid_radiography/resnet18-imagenet-s0"
+    assert wf.source_of(grid, target) == by_key["covid_radiography/resnet18-imagenet-s0"]
+    assert grid[target]["init_from"] == "runs/demo/covid_radiography/resnet18-imagenet-s0/best.pt"
+    assert grid[target]["pretrained"] is False
+
+
+def test_every_prepared_folder_the_grid_reads_is_planned():
+    exp = wf.load_experiment("demo")
+    planned = {wf.prepared_dir(p) for p in wf.preps(exp)}
+    for rid, p in wf.runs(exp).items():
+        prep = {"dataset": rid.dataset, "data_dir": p["data_dir"], "image_size": p["image_size"],
+                "balance": p["balance"], "seed": p["split_seed"], "split": rid.split,
+                "n_per_class": p["n_per_class"]}
+        assert wf.prepared_dir(prep) in planned
+    assert {d.name for d in planned} == {"synthetic-n60-64px-random-bal-s0", "synthetic-n40-64px-random-all-s0",
+                                          "synthetic-n40-64px-grouped-all-s0"}
+
+
+def _parameter_cell(notebook: Path) -> dict:
+    """Names and default values of a notebook's parameter cell, as papermill reads them."""
+    return {p["name"]: ast.literal_eval(p["default"]) for p in papermill.inspect_notebook(str(notebook)).values()}
+
+
+@pytest.mark.parametrize("step", sorted(P.NOTEBOOK_PARAMS))
+def test_each_notebook_declares_exactly_its_parameter_model(step):
+    model = P.NOTEBOOK_PARAMS[step]
+    cell = _parameter_cell(ROOT / "notebooks" / f"{step}.ipynb")
+    fields = {name: f.default for name, f in model.model_fields.items()}
+    assert sorted(cell) == sorted(fields), f"{step}.ipynb declares {sorted(cell)}; {model.__name__} has {sorted(fields)}"
+    assert cell == fields
+
+
+def test_step_parameters_are_the_step_models():
+    exp = wf.load_experiment("demo")
+    for step in P.BOOK_STEPS:
+        for ds in exp["datasets"]:
+            values = wf.notebook_params(exp, step, ds)
+            P.check(P.NOTEBOOK_PARAMS[step], values)
+    assert wf.notebook_params(exp, "data_prep", "ct_kidney", "grouped")["split"] == "grouped"
+    explain = wf.notebook_params(exp, "explain", "ct_kidney")
+    assert explain["runs"] == ["runs/demo/ct_kidney/vgg16_dense1024-imagenet-s0",
+                               "runs/demo/ct_kidney/vgg16_dense1024-scratch-s0"]
+    paper_a = wf.load_experiment("paper_a", "/d")
+    with pytest.raises(wf.ExperimentError, match="does not use ct_kidney"):
+        wf.notebook_params(paper_a, "evaluate", "ct_kidney")
+    assert wf.gap_params(paper_a, "audit", "ct_kidney")["reason"] == "experiment paper_a does not use ct_kidney"
+
+
+def _run(root, experiment, dataset, name, state):
+    folder = root / "runs" / experiment / dataset / name
+    folder.mkdir(parents=True)
+    (folder / ("metrics.json" if state == "complete" else "missing.json")).write_text(
+        json.dumps({} if state == "complete" else {"reason": "no weights"}))
+    (folder / "status.json").write_text(json.dumps({"state": state}))
+    return folder
+
+
+def test_missing_runs_are_forgotten_completed_ones_kept(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, grid=[demo_entry(arms=["imagenet", "scratch"])],
+                     explain={}, audit=[], datasets={"covid_radiography": {}})
+    monkeypatch.chdir(tmp_path)
+    exp = wf.load_experiment(path)
+    missing = _run(tmp_path, "demo", "covid_radiography", "resnet18-imagenet-s0", "missing")
+    done = _run(tmp_path, "demo", "covid_radiography", "resnet18-scratch-s0", "complete")
+    status = wf.grid_status(exp).set_index("run")
+    assert status.loc["resnet18-imagenet-s0", "state"] == "missing"
+    assert status.loc["resnet18-imagenet-s0", "reason"] == "no weights"
+    assert status.loc["resnet18-scratch-s0", "state"] == "complete"
+    assert wf.forget_missing(exp) == [str(Path("runs/demo/covid_radiography/resnet18-imagenet-s0/status.json"))]
+    assert not (missing / "status.json").exists() and (missing / "missing.json").exists()
+    assert (done / "status.json").exists()
+    # the reason stays visible between invocations: it lives in the run folder
+    assert wf.grid_status(exp).set_index("run").loc["resnet18-imagenet-s0", "state"] == "missing"
+
+
+def test_train_one_writes_the_status_snakemake_waits_for(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}, "ct_kidney": {}},
+                     grid=[demo_entry(arms=["imagenet", "scratch"]),
+                           demo_entry(dataset="ct_kidney", arms=[{"init_from": {"dataset": "covid_radiography"}}])])
+    monkeypatch.chdir(tmp_path)
+    ran = []
+
+    def fake_execute(notebook, out, params):
+        ran.append(params)
+        if params["pretrained"]:
+            raise RuntimeError("no ImageNet weights for resnet18")
+        folder = P.check(P.TrainParams, params).resolved_run_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(wf, "execute", fake_execute)
+    done = wf.train_one(str(path), "covid_radiography/resnet18-scratch-s0")
+    assert done["state"] == "complete"
+    assert json.loads(Path("runs/demo/covid_radiography/resnet18-scratch-s0/status.json").read_text()) == done
+    assert ran[-1]["experiment"] == "demo" and "run_dir" not in ran[-1]
+    lost = wf.train_one(str(path), "runs/demo/covid_radiography/resnet18-imagenet-s0")
+    assert lost["state"] == "missing" and "no ImageNet weights" in lost["reason"]
+    folder = Path("runs/demo/covid_radiography/resnet18-imagenet-s0")
+    assert json.loads((folder / "missing.json").read_text())["reason"] == lost["reason"]
+    # a run that starts from a missing run is missing too, with the source's reason, without running
+    n = len(ran)
+    target = wf.train_one(str(path), "ct_kidney/resnet18-from-covid_radiography-imagenet-s0")
+    assert target["state"] == "missing" and "no ImageNet weights" in target["reason"] and len(ran) == n
+    # the weights arrive: the retry completes and the missing record goes
+    monkeypatch.setattr(wf, "execute", lambda nb, out, params: (folder / "metrics.json").write_text("{}"))
+    assert wf.train_one(str(path), "covid_radiography/resnet18-imagenet-s0")["state"] == "complete"
+    assert not (folder / "missing.json").exists()
+
+
+def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    import nbformat
+
+    path = write_exp(tmp_path, datasets={"covid_radiography": {}}, explain={}, audit=[],
+                     grid=[demo_entry(arms=["scratch"])])
+    monkeypatch.chdir(tmp_path)
+    exp = wf.load_experiment(path)
+    with pytest.raises(wf.ExperimentError, match="run the workflow first"):
+        wf.build_book(str(path))
+    made = [wf.step_notebook(exp, step, ds) for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES]
+    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(wf.runs(exp))))]
+    for nb in made:
+        nb.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Step")]), nb)
+    assert sum(nb.parent.name == "gap" for nb in made) == 6      # ct_kidney: 4 steps; explain, audit
+    commands = []
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: commands.append(cmd))
+    wf.build_book(str(path))
+    generated = tmp_path / "book" / "generated"
+    assert sorted(p.name for p in generated.glob("*.ipynb")) == sorted(
+        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES] + ["summary.ipynb"])
+    title = nbformat.read(generated / "data_prep_covid_radiography.ipynb", 4).cells[0].source
+    assert title.strip() == "# Step: covid_radiography"
+    assert [p.name for p in (generated / "train").iterdir()] == ["covid_radiography__resnet18-scratch-s0.ipynb"]
+    assert commands == [["jupyter-book", "build", "book", "-W", "--keep-going"]]
+
+
+def test_a_slow_kernel_gets_a_generous_configurable_start_timeout(monkeypatch, tmp_path):
+    import papermill as pm
+
+    monkeypatch.delenv(wf.KERNEL_START_ENV, raising=False)
+    assert wf.kernel_start_timeout() >= 600
+    monkeypatch.setenv(wf.KERNEL_START_ENV, "1200")
+    seen = {}
+    monkeypatch.setattr(pm, "execute_notebook", lambda *a, **k: seen.update(k))
+    wf.execute("notebooks/gap.ipynb", tmp_path / "out.ipynb", {})
+    assert seen["start_timeout"] == 1200
+    monkeypatch.setenv(wf.KERNEL_START_ENV, "soon")
+    with pytest.raises(wf.ExperimentError, match=wf.KERNEL_START_ENV):
+        wf.kernel_start_timeout()
 
 
 def test_page_keys_are_read_from_the_pages(tmp_path):
@@ -113,15 +316,51 @@ def test_page_keys_are_read_from_the_pages(tmp_path):
     assert keys == {"fig_a": "block", "acc": "number"}
 
 
-def _dry_run(experiment, data_dir, *extra):
-    snakemake = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+def _snakemake_bin() -> str:
+    return shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+
+
+def _dry_run(experiment, data_dir, *extra, cwd=ROOT, env=None):
     out = subprocess.run(
-        [snakemake, "-n", "--cores", "1", *extra,
+        [_snakemake_bin(), "-n", "-p", "--cores", "1", *extra,
          "--config", f"experiment={experiment}", f"data_dir={data_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, flags=re.M))
     return {k: int(v) for k, v in counts.items()}, out.stdout
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under root (Snakemake's own .snakemake/ aside), with content hashes."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == ".snakemake":
+            continue
+        digest[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return digest
+
+
+@pytest.mark.slow
+def test_a_dry_run_changes_no_file(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("Snakefile", "_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, work / name)
+    for name in ("notebooks", "experiments"):
+        shutil.copytree(ROOT / name, work / name)
+    shutil.copytree(ROOT / "book", work / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("generated*", "_build"))
+    # A missing run (its status would be dropped before a retry) and a complete one.
+    _run(work, "demo", "covid_radiography", "resnet18-imagenet-s0", "missing")
+    _run(work, "demo", "covid_radiography", "resnet18-scratch-s0", "complete")
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HELPERS_DATA_ROOT": str(work / "data"), "PYTHONPATH": path}
+    before = _tree_digest(work)
+    counts, log = _dry_run("demo", "", cwd=work, env=env)
+    assert counts.get("train") == 16, log          # no prepared data yet: every run is planned
+    assert _tree_digest(work) == before            # ... and the missing run's status.json is still there
+    assert (work / "runs/demo/covid_radiography/resnet18-imagenet-s0/status.json").is_file()
 
 
 @pytest.mark.slow
@@ -141,9 +380,18 @@ def test_slurm_profile_sends_each_training_run_to_a_gpu_job(tmp_path):
     ("paper_b", "ct_kidney", 2),
 ])
 def test_snakemake_dry_run_lists_the_papers_jobs(tmp_path, experiment, dataset, n_train):
-    # A fresh results name so that nothing is up to date.
+    # A fresh download folder, so that nothing is up to date.
     counts, log = _dry_run(experiment, str(tmp_path / "download"))
     assert counts.get("train") == n_train, log
-    for rule in ("data_prep", "evaluate", "explain", "audit", "book"):
+    for rule in ("data_prep", "evaluate", "explain", "audit", "summary", "book"):
         assert counts.get(rule) == 1, (rule, log)
-    assert dataset in log
+    assert counts.get("gap") == 4, log             # the other dataset's four book steps
+    # The prepared folder is data prep's output and every training run's input.
+    exp = wf.load_experiment(experiment, str(tmp_path / "download"))
+    (prep,) = wf.preps(exp)
+    folder = str(wf.prepared_dir(prep))
+    assert re.search(rf"rule data_prep:\n\s+input: .*\n\s+output: {re.escape(folder)},", log), log
+    assert len(re.findall(rf"rule train:\n\s+input: .*{re.escape(folder)}", log)) == n_train
+    # every papermill call waits generously for its kernel
+    calls = re.findall(r"^Shell command: papermill .*$", log, flags=re.M)
+    assert calls and all("--start-timeout" in c for c in calls)

@@ -325,3 +325,80 @@ def read_run_id(run_dir: str | os.PathLike) -> RunId:
 
 
 # ---------------------------------------------------------------- notebook steps (workflow)
+# The papermill steps around training. Each model declares exactly the parameter cell of its
+# notebook (tests/test_workflow.py checks names and defaults against the notebooks).
+
+BOOK_STEPS = ("data_prep", "evaluate", "explain", "audit")  # the per-dataset notebooks of the book
+
+# What each arm of an experiment file sets in TrainParams ({init_from: ...} arms add the source).
+ARM_FIELDS = {
+    "imagenet": {"pretrained": True, "freeze_backbone": False},
+    "linear_probe": {"pretrained": True, "freeze_backbone": True},
+    "scratch": {"pretrained": False, "freeze_backbone": False},
+}
+
+RunFolders = Union[str, list[str]]   # "" = the notebook's default, a glob, or run folders
+
+
+class EvaluateParams(BaseModel):
+    """``evaluate.ipynb``: Table 1, curves and tests of a dataset's runs."""
+
+    model_config = _STRICT
+
+    dataset: str = "covid_radiography"
+    runs: RunFolders = ""            # "" = every run folder under runs/<dataset>/
+    out_dir: str = ""                # "" = results/<dataset>/evaluate
+
+
+class ExplainParams(BaseModel):
+    """``explain.ipynb``: saliency and Grad-CAM of an ImageNet/scratch pair."""
+
+    model_config = _STRICT
+
+    dataset: str = "covid_radiography"
+    arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
+    runs: RunFolders = ""            # "" = runs/<dataset>/<arch>-imagenet-s0 and -scratch-s0
+    n_per_class: PosInt = 2
+    methods: list[Literal["saliency", "gradcam"]] = ["saliency", "gradcam"]
+    out_dir: str = ""                # "" = results/<dataset>/explain/<arch>
+    device: str = "auto"
+
+
+class AuditParams(BaseModel):
+    """``audit.ipynb``: near-duplicates, the grouped split and the shortcut baseline."""
+
+    model_config = _STRICT
+
+    dataset: str = "ct_kidney"
+    data_dir: str = ""
+    image_size: int = Field(128, ge=MIN_PREP_SIZE)
+    seed: NonNegInt = 0              # the split seed
+    balance: bool = False
+    n_per_class: int = Field(100, ge=MIN_PER_CLASS)
+    out_dir: str = ""                # "" = results/<dataset>/audit
+
+
+class SummaryParams(BaseModel):
+    """``summary.ipynb``: grid status, reproducibility and performance tables of an experiment."""
+
+    model_config = _STRICT
+
+    experiment: str = "demo"         # a name under experiments/ or the path of a YAML file
+    data_dir: str = ""
+
+
+class GapParams(BaseModel):
+    """``gap.ipynb``: visible placeholders for a book step an experiment does not run."""
+
+    model_config = _STRICT
+
+    step: Literal[BOOK_STEPS] = "evaluate"
+    dataset: str = "ct_kidney"
+    reason: str = "not run"
+
+
+# The model of each notebook's parameter cell.
+NOTEBOOK_PARAMS: dict[str, type[BaseModel]] = {
+    "data_prep": PrepParams, "train": TrainParams, "evaluate": EvaluateParams,
+    "explain": ExplainParams, "audit": AuditParams, "summary": SummaryParams, "gap": GapParams,
+}

@@ -1,9 +1,16 @@
 """Experiment files, the run grid, and the papermill steps the Snakefile calls.
 
 An experiment file (``experiments/<name>.yaml``) holds everything a run needs; only paths
-(``data_dir``) come from the command line. Each training run is one papermill execution of
-``notebooks/train.ipynb``. A run that cannot happen (no ImageNet weights on an air-gapped
-machine, say) is recorded as missing with its reason, and the rest of the grid goes on.
+(``data_dir``) come from the command line. It is checked by pydantic models built from the
+fields of :mod:`helpers.params`, and expands into a grid: one :class:`~helpers.params.RunId`
+per training run, mapped to that run's ``TrainParams`` values.
+
+Each training run is one papermill execution of ``notebooks/train.ipynb``. Its outcome is
+``<run folder>/status.json`` (the Snakefile's ``train`` output): ``complete`` when the run
+wrote ``metrics.json``, ``missing`` with the reason (also in ``missing.json``) when it could
+not happen, e.g. without ImageNet weights on an air-gapped machine; the rest of the grid goes
+on. :func:`forget_missing` drops the status of missing runs after an invocation, so that the
+next one tries them again; completed runs are never repeated.
 """
 
 from __future__ import annotations
@@ -14,55 +21,178 @@ import os
 import re
 import sys
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model,
+                      model_validator)
 
-from .data import DATASETS
+from . import atomic, data, models
+from .params import (ARM_FIELDS, ARMS, BOOK_STEPS, NOTEBOOK_PARAMS, NonNegInt, ParameterError,
+                     PosInt, PrepParams, RunId, TrainParams, TrainSettings, check)
 
 EXPERIMENTS_DIR = Path("experiments")
-DATASET_NAMES = tuple(DATASETS)
-TOP_KEYS = {"name", "description", "synthetic", "datasets", "defaults", "grid", "explain", "audit"}
-DATASET_KEYS = {"image_size", "balance", "split", "split_seed", "n_per_class"}
-GRID_KEYS = {"dataset", "archs", "head", "arms", "seeds", "split", "train"}
-TRAIN_KEYS = {"epochs", "batch_size", "lr", "normalize", "early_stopping_patience", "device"}
+DATASET_NAMES = tuple(data.DATASETS)
+ARCH_NAMES = tuple(models.ARCHS)
+Head = TrainParams.model_fields["head"].annotation
+Split = TrainParams.model_fields["split"].annotation
+
+# A kernel that starts slowly (a loaded machine, parallel jobs) is not an error.
+KERNEL_START_ENV = "HELPERS_KERNEL_START_TIMEOUT"
+KERNEL_START_DEFAULT = 600
 
 
 class ExperimentError(ValueError):
     """An experiment file or a DATA_DIR override that cannot be used."""
 
 
-@dataclass
-class RunSpec:
-    experiment: str
+def kernel_start_timeout() -> int:
+    """Seconds papermill waits for a kernel to start: ``$HELPERS_KERNEL_START_TIMEOUT`` or 600."""
+    raw = os.environ.get(KERNEL_START_ENV, "").strip()
+    if not raw:
+        return KERNEL_START_DEFAULT
+    if not raw.isdigit() or int(raw) < 1:
+        raise ExperimentError(f"{KERNEL_START_ENV}={raw!r} must be a whole number of seconds, at least 1")
+    return int(raw)
+
+
+# ---------------------------------------------------------------- the experiment file
+
+_YAML = ConfigDict(strict=True, extra="forbid")
+
+
+def _field(model: type[BaseModel], name: str):
+    """A field of a params model, reused (type, constraints and default) in the file's models."""
+    field = model.model_fields[name]
+    return field.annotation, field
+
+
+# A dataset's settings are data prep's parameters (``split_seed`` is PrepParams' ``seed``).
+DatasetSettings = create_model(
+    "DatasetSettings", __config__=_YAML,
+    **{name: _field(PrepParams, name) for name in ("image_size", "balance", "split", "n_per_class")},
+    split_seed=_field(PrepParams, "seed"),
+)
+
+
+class InitFrom(BaseModel):
+    model_config = _YAML
+
     dataset: str
-    arch: str
-    head: str
-    arm: str  # "imagenet", "scratch" or "from-<dataset>-<source arm>"
-    seed: int
-    split: str
-    params: dict = field(default_factory=dict)
-    depends_on: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return run_name(self.arch, self.head, self.arm, self.seed, self.split)
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/{self.name}"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path("runs") / self.experiment / self.dataset / self.name
+    arm: Literal[ARMS] = "imagenet"
 
 
-def run_name(arch: str, head: str, arm: str, seed: int, split: str = "random") -> str:
-    """Folder name of a run: ``<arch>[_<head>]-<arm>[-grouped]-s<seed>``."""
-    base = arch if head == "replace" else f"{arch}_{head}"
-    split_tag = "" if split == "random" else f"-{split}"
-    return f"{base}-{arm}{split_tag}-s{seed}"
+class InitFromArm(BaseModel):
+    """``{init_from: {dataset, arm}}``: start from that dataset's run of the same arch and seed."""
+
+    model_config = _YAML
+
+    init_from: InitFrom
+
+
+# An arm is a name or an {init_from: ...} mapping; the tags only route validation (and its errors).
+_ARM_TAGS = ("arm name", "arm init_from")
+Arm = Annotated[Union[Annotated[Literal[ARMS], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
+                Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
+
+
+class GridEntry(BaseModel):
+    model_config = _YAML
+
+    dataset: str
+    archs: list[Literal[ARCH_NAMES]] = Field(min_length=1)
+    head: Head = "replace"
+    arms: list[Arm] = Field(min_length=1)
+    seeds: list[NonNegInt] = Field(min_length=1)
+    split: Optional[Split] = None              # None = the dataset's split
+    train: dict[str, Any] = {}                 # TrainSettings over the file's defaults
+
+
+class ExplainSettings(BaseModel):
+    model_config = _YAML
+
+    arch: Literal[ARCH_NAMES]
+    head: Head = "replace"
+    n_per_class: PosInt = NOTEBOOK_PARAMS["explain"].model_fields["n_per_class"].default
+
+
+class ExperimentFile(BaseModel):
+    model_config = _YAML
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    synthetic: bool = False
+    datasets: dict[str, DatasetSettings] = Field(min_length=1)
+    defaults: dict[str, Any] = {}              # TrainSettings
+    grid: list[GridEntry] = Field(min_length=1)
+    explain: dict[str, ExplainSettings] = {}
+    audit: list[str] = []
+
+    @model_validator(mode="after")
+    def _datasets_known(self):
+        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
+        if unknown:
+            raise ValueError(f"datasets: unknown dataset(s) {unknown}; allowed: {list(DATASET_NAMES)}")
+        used = {f"grid[{i}]": e.dataset for i, e in enumerate(self.grid)}
+        used.update({f"explain.{d}": d for d in self.explain})
+        used.update({f"audit[{i}]": d for i, d in enumerate(self.audit)})
+        for where, d in used.items():
+            if d not in self.datasets:
+                raise ValueError(f"{where} uses dataset {d!r}, which is not listed under "
+                                 f"datasets: {list(self.datasets)}")
+        return self
+
+
+def _where(loc: tuple) -> tuple[str, tuple]:
+    """('grid', 1, 'archs', 0) -> 'grid[1].archs[0]', and the location without union tags."""
+    text, kept = "", []
+    for part in loc:
+        if part in _ARM_TAGS:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        kept.append(part)
+    return text, tuple(kept)
+
+
+def _inner_model(tp: Any) -> Any:
+    """The pydantic model inside list[X], dict[str, X], Optional/Union/Annotated[..., X]."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in reversed(get_args(tp)):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the file may hold where ``loc`` (without union tags) points."""
+    model = ExperimentFile
+    for part in loc[:-1]:
+        if isinstance(part, str) and model is not None and part in model.model_fields:
+            model = _inner_model(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _file_error(path: Path, error: ValidationError) -> ExperimentError:
+    lines = []
+    for err in error.errors():
+        where, loc = _where(err["loc"])
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (value {value!r}); allowed: {_keys_at(loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: missing required key")
+        elif not where:
+            lines.append(err["msg"].removeprefix("Value error, "))
+        elif loc[:1] == ("grid",) and loc[2:3] == ("arms",) and len(loc) == 4:   # grid[i].arms[j]
+            lines.append(f"{where}: arm {value!r} must be one of {', '.join(ARMS)} or "
+                         "{init_from: {dataset: <name>, arm: <arm>}}")
+        else:
+            lines.append(f"{where}: {value!r} ({type(value).__name__}) is not allowed: "
+                         f"{err['msg'].removeprefix('Value error, ')}")
+    return ExperimentError(f"{path}: " + "; ".join(dict.fromkeys(lines)))
 
 
 def experiment_path(name_or_path: str | os.PathLike) -> Path:
@@ -78,14 +208,6 @@ def experiment_path(name_or_path: str | os.PathLike) -> Path:
             f"known experiments: {', '.join(known) or 'none'}"
         )
     return candidate
-
-
-def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
-    unknown = set(given) - allowed
-    if unknown:
-        raise ExperimentError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
 
 
 def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
@@ -113,36 +235,35 @@ def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
     return out
 
 
-def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "") -> dict:
-    """Read and check an experiment file; attach the resolved data directories."""
+def _planned(model: type[BaseModel], values: dict) -> dict:
+    """Check ``values`` against ``model`` as far as a plan can: whether a device is present or a
+    source checkpoint is readable is checked when the step runs (the source is not trained yet)."""
+    machine = {"device": "auto", "init_from": ""}
+    check(model, {**values, **{k: v for k, v in machine.items() if k in values}})
+    return values
+
+
+def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_data: bool = True) -> dict:
+    """Read and check an experiment file; attach the resolved data directories.
+
+    Returns the file's content with every default filled in, plus ``data_dirs`` and ``path``.
+    ``need_data=False`` only lists the grid (no DATA_DIR needed for real-data experiments).
+    """
     path = experiment_path(name_or_path)
-    with open(path) as f:
-        exp = yaml.safe_load(f) or {}
-    where = str(path)
-    _check_keys(where, exp, TOP_KEYS)
-    for key in ("name", "datasets", "grid"):
-        if key not in exp:
-            raise ExperimentError(f"{where}: missing required key {key!r}")
-    exp.setdefault("synthetic", False)
-    exp.setdefault("defaults", {})
-    exp.setdefault("explain", {})
-    exp.setdefault("audit", [])
-    _check_keys(f"{where}: defaults", exp["defaults"], TRAIN_KEYS)
-    for ds, settings in exp["datasets"].items():
-        if ds not in DATASET_NAMES:
-            raise ExperimentError(f"{where}: unknown dataset {ds!r}; allowed: {list(DATASET_NAMES)}")
-        _check_keys(f"{where}: datasets.{ds}", settings or {}, DATASET_KEYS)
-    for i, entry in enumerate(exp["grid"]):
-        _check_keys(f"{where}: grid[{i}]", entry, GRID_KEYS)
-        for key in ("dataset", "archs", "arms", "seeds"):
-            if key not in entry:
-                raise ExperimentError(f"{where}: grid[{i}] is missing {key!r}")
-        if entry["dataset"] not in exp["datasets"]:
-            raise ExperimentError(
-                f"{where}: grid[{i}] uses dataset {entry['dataset']!r}, "
-                f"which is not listed under datasets: {list(exp['datasets'])}"
-            )
-        _check_keys(f"{where}: grid[{i}].train", entry.get("train", {}), TRAIN_KEYS)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{path}: not valid YAML: {e}") from None
+    try:
+        exp = ExperimentFile.model_validate(raw).model_dump()
+    except ValidationError as e:
+        raise _file_error(path, e) from None
+    for where, settings in [("defaults", exp["defaults"])] + [
+            (f"grid[{i}].train", {**exp["defaults"], **e["train"]}) for i, e in enumerate(exp["grid"])]:
+        try:
+            check(TrainSettings, settings)
+        except ParameterError as e:
+            raise ExperimentError(f"{path}: {where}: {e}") from None
     datasets = list(exp["datasets"])
     if exp["synthetic"] and (data_dir or "").strip():
         raise ExperimentError(
@@ -150,7 +271,7 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "") -> dict
             "DATA_DIR is for real-data experiments (e.g. EXPERIMENT=paper_a)"
         )
     dirs = parse_data_dirs(data_dir, datasets)
-    if not exp["synthetic"]:
+    if need_data and not exp["synthetic"]:
         lacking = [d for d in datasets if not dirs.get(d)]
         if lacking:
             raise ExperimentError(
@@ -160,85 +281,110 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "") -> dict
             )
     exp["data_dirs"] = {d: dirs.get(d, "") for d in datasets}
     exp["path"] = str(path)
+    runs(exp)  # every run's parameters are checked before any work
     return exp
 
 
-def _arm_fields(arm, where: str) -> tuple[str, dict]:
-    if arm in ("imagenet", "scratch"):
-        return arm, {"pretrained": arm == "imagenet", "init_from": ""}
-    if isinstance(arm, dict) and set(arm) == {"init_from"}:
-        src = arm["init_from"]
-        if not isinstance(src, dict) or "dataset" not in src:
-            raise ExperimentError(f"{where}: init_from needs {{dataset: ..., arm: imagenet|scratch}}")
-        return f"from-{src['dataset']}-{src.get('arm', 'imagenet')}", {"pretrained": False, "init_from": src}
-    raise ExperimentError(
-        f"{where}: arm {arm!r} must be imagenet, scratch or {{init_from: {{dataset, arm}}}}"
-    )
+# ---------------------------------------------------------------- the grid
+
+def _prep(exp: dict, dataset: str, split: str) -> dict:
+    """PrepParams values of ``dataset`` under ``split`` in this experiment."""
+    s = exp["datasets"][dataset]
+    return {"dataset": dataset, "data_dir": exp["data_dirs"].get(dataset, ""),
+            "image_size": s["image_size"], "balance": s["balance"], "seed": s["split_seed"],
+            "split": split, "n_per_class": s["n_per_class"]}
 
 
-def runs(exp: dict) -> list[RunSpec]:
-    """Every training run of the experiment, in file order, without duplicates."""
-    specs: dict[str, RunSpec] = {}
+def runs(exp: dict) -> dict[RunId, dict]:
+    """Every training run of the experiment, in file order: its identity -> its TrainParams values
+    (``experiment`` names the run folder's parent: no explicit run_dir)."""
+    grid: dict[RunId, dict] = {}
     for i, entry in enumerate(exp["grid"]):
         ds = entry["dataset"]
-        ds_settings = dict(exp["datasets"][ds] or {})
-        split = entry.get("split", ds_settings.get("split", "random"))
-        train = {**exp["defaults"], **entry.get("train", {})}
-        head = entry.get("head", "replace")
+        split = entry["split"] or exp["datasets"][ds]["split"]
+        prep = _prep(exp, ds, split)
+        data_fields = {"dataset": ds, "data_dir": prep["data_dir"], "image_size": prep["image_size"],
+                       "balance": prep["balance"], "split": split, "split_seed": prep["seed"],
+                       "n_per_class": prep["n_per_class"]}
+        train = TrainSettings(**{**exp["defaults"], **entry["train"]}).model_dump()
+        head = entry["head"]
         for arch in entry["archs"]:
             for arm in entry["arms"]:
-                label, arm_params = _arm_fields(arm, f"{exp['path']}: grid[{i}]")
                 for seed in entry["seeds"]:
-                    spec = RunSpec(exp["name"], ds, arch, head, label, int(seed), split)
-                    params = {
-                        "dataset": ds,
-                        "data_dir": exp["data_dirs"].get(ds, ""),
-                        "arch": arch,
-                        "head": head,
-                        "pretrained": arm_params["pretrained"],
-                        "image_size": ds_settings.get("image_size", 128),
-                        "balance": ds_settings.get("balance", True),
-                        "split": split,
-                        "split_seed": ds_settings.get("split_seed", 0),
-                        "seed": int(seed),
-                        "run_dir": str(spec.run_dir),
-                        **train,
-                    }
-                    if "n_per_class" in ds_settings:
-                        params["n_per_class"] = ds_settings["n_per_class"]
-                    src = arm_params["init_from"]
-                    if src:
-                        src_name = run_name(arch, head, src.get("arm", "imagenet"), int(seed), split)
-                        src_key = f"{src['dataset']}/{src_name}"
-                        spec.depends_on.append(src_key)
-                        params["init_from"] = str(
-                            Path("runs") / exp["name"] / src["dataset"] / src_name / "best.pt"
-                        )
-                    spec.params = params
-                    specs.setdefault(spec.key, spec)
-    known = set(specs)
-    for spec in specs.values():
-        for dep in spec.depends_on:
-            if dep not in known:
-                raise ExperimentError(
-                    f"{exp['path']}: run {spec.key} starts from {dep}, which the grid does not train"
-                )
-    return list(specs.values())
+                    if isinstance(arm, str):
+                        label, source, fields = arm, None, {"init_from": "", **ARM_FIELDS[arm]}
+                    else:
+                        src = arm["init_from"]
+                        label = f"from-{src['dataset']}-{src['arm']}"
+                        source = RunId(experiment=exp["name"], dataset=src["dataset"], arch=arch,
+                                       head=head, arm=src["arm"], seed=seed, split=split)
+                        fields = {"pretrained": False, "freeze_backbone": False,
+                                  "init_from": str(source.run_dir() / "best.pt")}
+                    rid = RunId(experiment=exp["name"], dataset=ds, arch=arch, head=head, arm=label,
+                                seed=seed, split=split, init_source=source.key if source else "")
+                    params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
+                              **train, "experiment": exp["name"]}
+                    if rid not in grid:
+                        try:
+                            _planned(TrainParams, params)
+                        except ParameterError as e:
+                            raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
+                        grid[rid] = params
+    keys = {rid.key for rid in grid}
+    for rid in grid:
+        if rid.init_source and rid.init_source not in keys:
+            raise ExperimentError(f"{exp['path']}: run {rid.key} starts from {rid.init_source}, "
+                                  "which the grid does not train")
+    return grid
+
+
+def source_of(exp_runs: dict[RunId, dict], rid: RunId) -> RunId | None:
+    """The run whose best.pt ``rid`` starts from (init_from), if any."""
+    return next((r for r in exp_runs if r.key == rid.init_source), None) if rid.init_source else None
+
+
+def find_run(exp: dict, run: str) -> RunId:
+    """A run of the grid by its key (``<dataset>/<name>``) or its run folder."""
+    for rid in runs(exp):
+        if run in (rid.key, str(rid.run_dir())):
+            return rid
+    raise ExperimentError(f"run {run!r} is not in experiment {exp['name']!r}")
+
+
+def preps(exp: dict) -> list[dict]:
+    """PrepParams values of every prepared folder the experiment reads: the datasets' own
+    splits, the splits of the grid's runs, and the random split the audit measures."""
+    wanted = [(d, s["split"]) for d, s in exp["datasets"].items()]
+    wanted += [(rid.dataset, rid.split) for rid in runs(exp)]
+    wanted += [(d, "random") for d in exp["audit"]]
+    return [_prep(exp, d, split) for d, split in dict.fromkeys(wanted)]
+
+
+def prepared_dir(prep: dict) -> Path:
+    """The folder ``data.prepare(**prep)`` writes, computed without any work."""
+    return data.prepared_dir(**prep)
 
 
 def results_dir(exp: dict) -> Path:
     return Path("results") / exp["name"]
 
 
-def status_file(exp: dict, key: str) -> Path:
-    return results_dir(exp) / "status" / f"{key}.json"
+def status_file(rid: RunId) -> Path:
+    """The train step's output: the run's outcome, next to the run it describes."""
+    return rid.run_dir() / "status.json"
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+def run_state(rid: RunId) -> tuple[str, str]:
+    """(state, reason) from the run folder: complete (metrics.json), missing (missing.json), not run."""
+    folder = rid.run_dir()
+    if (folder / "metrics.json").is_file():
+        return "complete", ""
+    if (folder / "missing.json").is_file():
+        try:
+            return "missing", str(json.loads((folder / "missing.json").read_text()).get("reason", ""))
+        except (OSError, ValueError):
+            return "missing", "unreadable missing.json"
+    return "not run", ""
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -248,52 +394,55 @@ def _failure_reason(exc: BaseException) -> str:
     return f"{ename}: {evalue}".strip()
 
 
-def train_one(experiment: str, key: str, data_dir: str = "") -> dict:
-    """Run one training notebook; on failure record the run as missing with its reason."""
+def execute(notebook: str | os.PathLike, out: str | os.PathLike, params: dict) -> None:
+    """One papermill run from the repository root, with a generous kernel start timeout."""
     import papermill as pm
 
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
+                        progress_bar=False, cwd=os.getcwd(), start_timeout=kernel_start_timeout())
+
+
+def train_notebook(exp: dict, rid: RunId) -> Path:
+    return results_dir(exp) / "notebooks" / "train" / f"{rid.dataset}__{rid.name}.ipynb"
+
+
+def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
+    """Run one training notebook and write its status; on failure record the run as missing."""
     exp = load_experiment(experiment, data_dir)
-    spec = next((s for s in runs(exp) if s.key == key), None)
-    if spec is None:
-        raise ExperimentError(f"run {key!r} is not in experiment {exp['name']!r}")
-    notebook_out = results_dir(exp) / "notebooks" / "train" / f"{spec.dataset}__{spec.name}.ipynb"
-    notebook_out.parent.mkdir(parents=True, exist_ok=True)
-    missing = spec.run_dir / "missing.json"
-    for dep in spec.depends_on:
-        dep_status = json.loads(status_file(exp, dep).read_text()) if status_file(exp, dep).exists() else {}
-        if dep_status.get("state") != "complete":
-            status = {"state": "missing", "key": key,
-                      "reason": f"source run {dep} is not complete: {dep_status.get('reason', 'not run')}"}
-            _atomic_json(missing, {"reason": status["reason"]})
-            _atomic_json(status_file(exp, key), status)
-            return status
-    try:
-        pm.execute_notebook(
-            "notebooks/train.ipynb", str(notebook_out), parameters=spec.params,
-            kernel_name="python3", progress_bar=False, cwd=os.getcwd(),
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure becomes a visible gap, never a silent one
-        status = {"state": "missing", "key": key, "reason": _failure_reason(exc),
-                  "notebook": str(notebook_out)}
-        _atomic_json(missing, {"reason": status["reason"], "notebook": str(notebook_out)})
-        print(f"run {key} could not complete: {status['reason']}", file=sys.stderr)
+    grid = runs(exp)
+    rid = find_run(exp, run)
+    notebook_out = train_notebook(exp, rid)
+    missing = rid.run_dir() / "missing.json"
+    source = source_of(grid, rid)
+    reason = ""
+    if source is not None and run_state(source)[0] != "complete":
+        reason = f"source run {source.key} is not complete: {run_state(source)[1] or 'not run'}"
+    else:
+        try:
+            execute("notebooks/train.ipynb", notebook_out, grid[rid])
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a visible gap, never a silent one
+            reason = _failure_reason(exc)
+    if reason:
+        status = {"state": "missing", "key": rid.key, "reason": reason, "notebook": str(notebook_out)}
+        atomic.write_json(missing, {"reason": reason, "notebook": str(notebook_out)})
+        print(f"run {rid.key} could not complete: {reason}", file=sys.stderr)
     else:
         missing.unlink(missing_ok=True)
-        status = {"state": "complete", "key": key, "run_dir": str(spec.run_dir),
+        status = {"state": "complete", "key": rid.key, "run_dir": str(rid.run_dir()),
                   "notebook": str(notebook_out)}
-    _atomic_json(status_file(exp, key), status)
+    atomic.write_json(status_file(rid), status)
     return status
 
 
 def forget_missing(exp: dict) -> list[str]:
-    """Drop 'missing' status files so that the next invocation tries those runs again."""
+    """Drop the status files of runs that did not complete, so that the next invocation tries
+    them again. Called when an invocation ends (the Snakefile's onsuccess/onerror), never
+    while the Snakefile is parsed."""
     dropped = []
-    for path in (results_dir(exp) / "status").glob("*/*.json"):
-        try:
-            state = json.loads(path.read_text()).get("state")
-        except (OSError, json.JSONDecodeError):
-            state = None
-        if state != "complete":
+    for rid in runs(exp):
+        path = status_file(rid)
+        if path.exists() and run_state(rid)[0] != "complete":
             path.unlink(missing_ok=True)
             dropped.append(str(path))
     return dropped
@@ -304,52 +453,90 @@ def grid_status(exp: dict):
     import pandas as pd
 
     rows = []
-    for spec in runs(exp):
-        path = status_file(exp, spec.key)
-        status = json.loads(path.read_text()) if path.exists() else {"state": "not run"}
+    for rid in runs(exp):
+        state, reason = run_state(rid)
         rows.append({
-            "dataset": spec.dataset, "run": spec.name, "arch": spec.arch, "head": spec.head,
-            "arm": spec.arm, "split": spec.split, "seed": spec.seed,
-            "state": status.get("state"), "reason": status.get("reason", ""),
-            "run_dir": str(spec.run_dir),
+            "dataset": rid.dataset, "run": rid.name, "arch": rid.arch, "head": rid.head,
+            "arm": rid.arm, "split": rid.split, "seed": rid.seed,
+            "state": state, "reason": reason, "run_dir": str(rid.run_dir()),
         })
     return pd.DataFrame(rows)
 
 
-def notebook_params(exp: dict, step: str, dataset: str) -> dict:
-    """Papermill parameters of the per-dataset steps (data_prep, evaluate, explain, audit)."""
-    ds = dict(exp["datasets"].get(dataset) or {})
-    data_dir = exp["data_dirs"].get(dataset, "")
+# ---------------------------------------------------------------- the other notebook steps
+
+def gap_reason(exp: dict, step: str, dataset: str) -> str | None:
+    """Why the book has no ``step`` notebook of ``dataset`` in this experiment (None: it has one)."""
+    if dataset not in exp["datasets"]:
+        return f"experiment {exp['name']} does not use {dataset}"
+    if (step == "explain" and dataset not in exp["explain"]) or (step == "audit" and dataset not in exp["audit"]):
+        return f"experiment {exp['name']} has no {step} step for {dataset}"
+    return None
+
+
+def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None) -> dict:
+    """Papermill parameters of a per-dataset step (data_prep, evaluate, explain, audit), checked
+    against the step's model in helpers.params. ``split`` picks a data_prep folder (default: the
+    dataset's own split)."""
+    if step not in BOOK_STEPS:
+        raise ExperimentError(f"unknown step {step!r}; steps: {', '.join(BOOK_STEPS)}")
+    reason = gap_reason(exp, step, dataset)
+    if reason:
+        raise ExperimentError(f"{exp['path']}: {reason}")
+    settings = exp["datasets"][dataset]
     out_dir = str(results_dir(exp) / dataset / step)
     if step == "data_prep":
-        return {"dataset": dataset, "data_dir": data_dir, "image_size": ds.get("image_size", 128),
-                "balance": ds.get("balance", True), "seed": ds.get("split_seed", 0),
-                "split": ds.get("split", "random"), "n_per_class": ds.get("n_per_class", 100),
-                "out_dir": ""}
-    if step == "evaluate":
-        return {"dataset": dataset, "runs": str(Path("runs") / exp["name"] / dataset / "*"),
-                "out_dir": out_dir}
-    if step == "explain":
-        settings = exp["explain"].get(dataset)
-        if not settings:
-            raise ExperimentError(f"{exp['path']}: no explain settings for {dataset}")
-        arch, head = settings["arch"], settings.get("head", "replace")
-        split = ds.get("split", "random")
-        pair = [str(Path("runs") / exp["name"] / dataset / run_name(arch, head, arm, 0, split))
-                for arm in ("imagenet", "scratch")]
-        return {"dataset": dataset, "arch": arch, "runs": pair,
-                "n_per_class": settings.get("n_per_class", 2), "out_dir": out_dir}
-    if step == "audit":
-        return {"dataset": dataset, "data_dir": data_dir, "image_size": ds.get("image_size", 128),
-                "seed": ds.get("split_seed", 0), "balance": ds.get("balance", False),
-                "n_per_class": ds.get("n_per_class", 100), "out_dir": out_dir}
-    raise ExperimentError(f"unknown step {step!r}")
+        values = _prep(exp, dataset, split or settings["split"])
+    elif step == "evaluate":
+        values = {"dataset": dataset, "out_dir": out_dir,
+                  "runs": [str(rid.run_dir()) for rid in runs(exp) if rid.dataset == dataset]}
+    elif step == "explain":
+        values = {"dataset": dataset, "arch": exp["explain"][dataset]["arch"], "out_dir": out_dir,
+                  "runs": [str(rid.run_dir()) for rid in explained_runs(exp, dataset)],
+                  "n_per_class": exp["explain"][dataset]["n_per_class"]}
+    else:  # audit: measured on the random split (and the grouped one it tries itself)
+        prep = _prep(exp, dataset, "random")
+        values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}
+        values["out_dir"] = out_dir
+    return _planned(NOTEBOOK_PARAMS[step], values)
+
+
+def gap_params(exp: dict, step: str, dataset: str) -> dict:
+    """Parameters of the gap note standing in for a step the experiment does not run."""
+    return _planned(NOTEBOOK_PARAMS["gap"], {"step": step, "dataset": dataset,
+                                             "reason": gap_reason(exp, step, dataset)})
+
+
+def explained_runs(exp: dict, dataset: str) -> list[RunId]:
+    """The ImageNet/scratch pair (seed 0, the dataset's split) the explain step compares."""
+    settings = exp["explain"][dataset]
+    return [RunId(experiment=exp["name"], dataset=dataset, arch=settings["arch"], head=settings["head"],
+                  arm=arm, seed=0, split=exp["datasets"][dataset]["split"]) for arm in ("imagenet", "scratch")]
+
+
+def step_notebook(exp: dict, step: str, dataset: str) -> Path:
+    """The executed notebook a book page pastes from: the step's, or a gap note's."""
+    nb = results_dir(exp) / "notebooks"
+    if gap_reason(exp, step, dataset):
+        return nb / "gap" / f"{step}_{dataset}.ipynb"
+    if step == "data_prep":
+        prep = _prep(exp, dataset, exp["datasets"][dataset]["split"])
+        return data_prep_notebook(exp, prep)
+    return nb / f"{step}_{dataset}.ipynb"
+
+
+def data_prep_notebook(exp: dict, prep: dict) -> Path:
+    """The data_prep notebook of a prepared folder: results/<exp>/notebooks/data_prep/<dataset>/<folder>.ipynb."""
+    folder = prepared_dir(prep)
+    return results_dir(exp) / "notebooks" / "data_prep" / prep["dataset"] / f"{folder.name}.ipynb"
+
+
+def summary_notebook(exp: dict) -> Path:
+    return results_dir(exp) / "notebooks" / "summary.ipynb"
 
 
 BOOK_DIR = Path("book")
 GENERATED = BOOK_DIR / "generated"
-# The per-dataset notebooks the book's pages paste from (`{glue}` with `:doc:`).
-BOOK_STEPS = ("data_prep", "evaluate", "explain", "audit")
 
 
 def _html_list(items: list[str]) -> str:
@@ -501,40 +688,33 @@ def _copy_titled(src: Path, dst: Path, suffix: str) -> None:
     nbformat.write(nb, dst)
 
 
-def _execute(notebook: str, out: Path, params: dict) -> None:
-    import papermill as pm
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(notebook, str(out), parameters=params, kernel_name="python3",
-                        progress_bar=False, cwd=os.getcwd())
-
-
 def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path:
-    """Gather the executed notebooks of one experiment into book/generated and build the book."""
+    """Gather the executed notebooks of one experiment into book/generated and build the book.
+
+    Every notebook it reads is an output of the Snakefile (the steps, their gap notes, the
+    summary); it executes none itself."""
     import shutil
     import subprocess
 
     exp = load_experiment(experiment, data_dir)
-    nb_dir = results_dir(exp) / "notebooks"
+    pages = {(step, ds): step_notebook(exp, step, ds) for step in BOOK_STEPS for ds in DATASET_NAMES}
+    absent = [str(p) for p in [*pages.values(), summary_notebook(exp)] if not p.is_file()]
+    if absent:
+        raise ExperimentError(f"the book needs {absent}; run the workflow first "
+                              f"(`snakemake --cores 1 --config experiment={exp['name']}`)")
     tmp = GENERATED.with_name(GENERATED.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "train").mkdir(parents=True)
-    for step in BOOK_STEPS:
-        for dataset in DATASET_NAMES:
-            name = f"{step}_{dataset}.ipynb"
-            if (nb_dir / name).exists():
-                _copy_titled(nb_dir / name, tmp / name, dataset)
-            else:
-                reason = (f"experiment {exp['name']} does not use {dataset}"
-                          if dataset not in exp["datasets"] else
-                          f"experiment {exp['name']} has no {step} step for {dataset}")
-                _execute("notebooks/gap.ipynb", tmp / name,
-                         {"step": step, "dataset": dataset, "reason": reason})
-    for path in sorted((nb_dir / "train").glob("*.ipynb")):
-        _copy_titled(path, tmp / "train" / path.name, path.stem.replace("__", " / "))
-    _execute("notebooks/summary.ipynb", nb_dir / "summary.ipynb",
-             {"experiment": exp["path"], "data_dir": data_dir})
-    shutil.copy2(nb_dir / "summary.ipynb", tmp / "summary.ipynb")
+    for (step, ds), src in pages.items():
+        if gap_reason(exp, step, ds):
+            shutil.copy2(src, tmp / f"{step}_{ds}.ipynb")
+        else:
+            _copy_titled(src, tmp / f"{step}_{ds}.ipynb", ds)
+    shutil.copy2(summary_notebook(exp), tmp / "summary.ipynb")
+    for rid in runs(exp):
+        path = train_notebook(exp, rid)
+        if path.is_file():
+            _copy_titled(path, tmp / "train" / path.name, f"{rid.dataset} / {rid.name}")
     shutil.rmtree(GENERATED, ignore_errors=True)
     os.replace(tmp, GENERATED)
     # A clean build: pages of an earlier experiment must not linger in the site.
@@ -551,12 +731,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="run one training notebook of an experiment")
     p.add_argument("experiment")
-    p.add_argument("key", help="<dataset>/<run name>")
+    p.add_argument("run", help="<dataset>/<run name> or the run folder")
     p.add_argument("--data-dir", default="")
     p = sub.add_parser("params", help="print the papermill parameters of a step as JSON")
     p.add_argument("experiment")
-    p.add_argument("step", choices=["data_prep", "evaluate", "explain", "audit"])
+    p.add_argument("step", choices=list(BOOK_STEPS))
     p.add_argument("dataset")
+    p.add_argument("--split", default=None, help="data_prep: the split of the prepared folder")
     p.add_argument("--data-dir", default="")
     p = sub.add_parser("book", help="gather an experiment's notebooks and build the book")
     p.add_argument("experiment")
@@ -565,19 +746,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="print the state of every run of an experiment")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
+    p = sub.add_parser("forget-missing", help="drop the status of runs that did not complete")
+    p.add_argument("experiment")
+    p.add_argument("--data-dir", default="")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "train":
-            status = train_one(args.experiment, args.key, args.data_dir)
+            status = train_one(args.experiment, args.run, args.data_dir)
             print(json.dumps(status))
         elif args.cmd == "params":
             exp = load_experiment(args.experiment, args.data_dir)
-            print(json.dumps(notebook_params(exp, args.step, args.dataset)))
+            print(json.dumps(notebook_params(exp, args.step, args.dataset, args.split)))
         elif args.cmd == "book":
             build_book(args.experiment, args.data_dir, strict=not args.no_strict)
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))
+        elif args.cmd == "forget-missing":
+            exp = load_experiment(args.experiment, args.data_dir)
+            print("\n".join(forget_missing(exp)) or "no missing runs")
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
