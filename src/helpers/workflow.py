@@ -588,13 +588,13 @@ def reproducibility_table(exp: dict):
     rows = []
     for spec in runs(exp):
         row = {"dataset": spec.dataset, "run": spec.name}
-        params_path, metrics_path = spec.run_dir / "params.json", spec.run_dir / "metrics.json"
+        params_path, metrics_path = spec.run_dir() / "params.json", spec.run_dir() / "metrics.json"
         if metrics_path.exists():
             params = json.loads(params_path.read_text()) if params_path.exists() else {}
             metrics = json.loads(metrics_path.read_text())
             row.update({
                 "arch": params.get("arch"), "head": params.get("head"),
-                "pretrained": params.get("pretrained"), "init_from": params.get("init_from") or "",
+                "arm": params.get("arm"), "init_from": params.get("init_from") or "",
                 "image_size": params.get("image_size"), "epochs": params.get("epochs"),
                 "epochs_run": metrics.get("epochs_run"), "batch_size": params.get("batch_size"),
                 "lr": params.get("lr"), "normalize": params.get("normalize"),
@@ -604,7 +604,7 @@ def reproducibility_table(exp: dict):
                 "git_commit": (metrics.get("git_commit") or "")[:10],
             })
         else:
-            missing = spec.run_dir / "missing.json"
+            missing = spec.run_dir() / "missing.json"
             reason = json.loads(missing.read_text()).get("reason") if missing.exists() else "not run"
             row.update({"arch": spec.arch, "head": spec.head, "seed": spec.seed,
                         "device": f"missing: {reason}"})
@@ -616,7 +616,7 @@ def library_versions() -> dict:
     import importlib.metadata as md
     import platform
 
-    names = ["torch", "torchvision", "numpy", "scikit-learn", "scipy", "pandas", "grad-cam",
+    names = ["torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "pandas", "grad-cam",
              "papermill", "snakemake", "jupyter-book", "myst-nb"]
     out = {"python": platform.python_version()}
     for name in names:
