@@ -19,9 +19,11 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Real-data experiments without DATA_DIR fetch their datasets with kagglehub first.
 report: venv
+	dirs="$$($(BIN)/python -m helpers.workflow data-dirs $(EXPERIMENT) --data-dir "$(DATA_DIR)")" && \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete \
-	  --config experiment=$(EXPERIMENT) data_dir="$(DATA_DIR)" $(SNAKE_ARGS)
+	  --config experiment=$(EXPERIMENT) data_dir="$$dirs" $(SNAKE_ARGS)
 	@echo "Book: $(abspath _build/html/index.html)"
 
 test: venv

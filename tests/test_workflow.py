@@ -39,7 +39,7 @@ def demo_entry(**changes):
 
 
 @pytest.mark.parametrize("name, data_dir, n_runs", [
-    ("demo", "", 16),
+    ("demo", "", 24),
     ("paper_a", "/data/covid", 8),
     ("paper_b", "/data/kidney", 2),
     ("full", "covid_radiography=/a,ct_kidney=/b", 140),
@@ -59,11 +59,10 @@ def test_every_experiment_file_expands(name, data_dir, n_runs):
 
 
 def test_the_grid_names_each_run_as_training_does():
-    # needs the lead's models.py (ARCHS as a table): TrainParams checks the arch's minimum size
     grid = wf.runs(wf.load_experiment("demo"))
     for rid, p in grid.items():
         assert P.check(P.TrainParams, p).run_id() == rid
-    assert Path("runs/demo/ct_kidney/vgg16_dense1024-scratch-grouped-s0") in {r.run_dir() for r in grid}
+    assert Path("runs/demo/ct_kidney/efficientnet_lite0_dense1024-scratch-grouped-s0") in {r.run_dir() for r in grid}
 
 
 def test_arms_set_the_training_fields(tmp_path):
@@ -395,3 +394,35 @@ def test_snakemake_dry_run_lists_the_papers_jobs(tmp_path, experiment, dataset, 
     # every papermill call waits generously for its kernel
     calls = re.findall(r"^Shell command: papermill .*$", log, flags=re.M)
     assert calls and all("--start-timeout" in c for c in calls)
+
+
+def test_a_real_experiment_without_data_dir_fetches_with_kagglehub(monkeypatch, tiny_synthetic, capsys):
+    """`make report EXPERIMENT=full` with one DATA_DIR: the other dataset comes from kagglehub's
+    cache (patched here to hand back a folder in the Kaggle layout), the given one is kept."""
+    import kagglehub
+
+    from helpers import data
+
+    kidney = tiny_synthetic("ct_kidney")
+    asked = []
+
+    def dataset_download(slug, *args, **kwargs):
+        asked.append(slug)
+        return str(kidney)
+
+    monkeypatch.setattr(kagglehub, "dataset_download", dataset_download)
+    dirs = wf.fetch_data_dirs("full", "covid_radiography=/data/covid")
+    assert dirs == f"covid_radiography=/data/covid,ct_kidney={kidney}"
+    assert asked == [data.get_spec("ct_kidney").kaggle_slug]
+    exp = wf.load_experiment("full", dirs)  # what snakemake is then given
+    assert exp["data_dirs"] == {"covid_radiography": "/data/covid", "ct_kidney": str(kidney)}
+    data.find_class_root(str(kidney), "ct_kidney")  # the handed-back folder is usable as is
+    assert wf.fetch_data_dirs("demo", "") == ""  # synthetic: nothing to fetch
+
+    def offline(slug, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    assert wf.main(["data-dirs", "paper_b"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download ct_kidney" in err and "Manual download" in err and "DATA_DIR" in err

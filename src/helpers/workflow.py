@@ -726,6 +726,28 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     return index
 
 
+def fetch_data_dirs(experiment: str, data_dir: str = "") -> str:
+    """``DATA_DIR`` for ``make report``: the given folders, plus a kagglehub download (its cache,
+    with progress bars) for every real dataset of the experiment that has none.
+
+    Synthetic experiments need nothing. Without network or Kaggle credentials a download fails
+    at once with the manual-download steps (:class:`helpers.data.DownloadError`).
+    """
+    from . import data
+
+    exp = load_experiment(experiment, "", need_data=False)
+    datasets = list(exp["datasets"])
+    if exp.get("synthetic"):
+        return data_dir
+    dirs = parse_data_dirs(data_dir, datasets)
+    for dataset in datasets:
+        if not dirs.get(dataset):
+            print(f"{dataset}: no DATA_DIR given; fetching it with kagglehub "
+                  f"({data.get_spec(dataset).kaggle_slug})", file=sys.stderr)
+            dirs[dataset] = str(data.download(dataset))
+    return ",".join(f"{d}={dirs[d]}" for d in datasets)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.workflow", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -746,6 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="print the state of every run of an experiment")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
+    p = sub.add_parser("data-dirs", help="print DATA_DIR with kagglehub downloads for the datasets "
+                                         "that have none (real-data experiments)")
+    p.add_argument("experiment")
+    p.add_argument("--data-dir", default="")
     p = sub.add_parser("forget-missing", help="drop the status of runs that did not complete")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
@@ -762,10 +788,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))
+        elif args.cmd == "data-dirs":
+            print(fetch_data_dirs(args.experiment, args.data_dir))
         elif args.cmd == "forget-missing":
             exp = load_experiment(args.experiment, args.data_dir)
             print("\n".join(forget_missing(exp)) or "no missing runs")
     except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except data.DownloadError as exc:  # no network or credentials: the manual steps
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception:  # noqa: BLE001
