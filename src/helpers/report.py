@@ -52,7 +52,7 @@ MISSING_LINK = "reproducibility.html#missing-runs"  # the full table of missing 
 def arm_title(arm: str) -> str:
     """'ImageNet', 'scratch', ...; 'from-ct_kidney-imagenet' -> 'from ct_kidney (ImageNet)'."""
     if arm in ARM_TITLES:
-        return arm_title(arm)
+        return ARM_TITLES[arm]
     m = re.fullmatch(r"from-(.+)-([a-z_]+)", arm)
     return f"from {m[1]} ({ARM_TITLES.get(m[2], m[2])})" if m else arm
 
@@ -158,13 +158,14 @@ def missing_summary(gaps: Sequence[tuple[str, str]], total: int | None = None) -
 
 def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = None,
            missing: Sequence[tuple[str, str]] = (), expected: Sequence[str] = (), total: int | None = None,
-           experiment: str = "", link: str = MISSING_LINK, fmt: str = "html") -> str:
+           experiment: str = "", link: str = "", fmt: str = "html") -> str:
     """The one admonition about synthetic data and runs that did not run: a few lines, however
     many runs are missing; the full per-run reasons live in one table (``link``).
 
     ``missing``: (run folder or name, reason) pairs; ``runset`` adds its missing, incomplete and
     mismatched runs; ``expected``: run names the grid should have (absent ones count as missing);
-    ``total``: runs in the grid, for "n of total". Returns "" when there is nothing to warn about.
+    ``total``: runs in the grid, for "n of total"; ``link``: where the full table is (relative to
+    the page showing the banner; "" = no link). Returns "" when there is nothing to warn about.
     ``fmt``: "html" (renders in Jupyter and the book) or "myst" (a ``{warning}`` directive).
     """
     if fmt not in ("html", "myst"):
@@ -358,7 +359,7 @@ def evaluate(dataset: str, runs: str | Sequence[str] = "", out_dir: str | Path =
         per_class=metrics.per_class_table(runset), test_accuracy=metrics.test_accuracy_table(runset),
         seed_summary=metrics.seed_summary(runset), paired_tests=metrics.paired_tests(runset),
         mcnemar=metrics.mcnemar_tests(runset), inventory=runset.inventory(), notes=notes,
-        banner=banner(runset, expected=expected),
+        banner=banner(runset, expected=expected, link="../" + MISSING_LINK),  # shown in generated/
     )
     ev.files += write_table(ev.table1, out, "table1", index=True)
     ev.files += write_table(ev.table1_values, out, "table1_values", markdown=False, index=True)
