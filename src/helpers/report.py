@@ -8,7 +8,7 @@ are glued as text that says "not run on this machine" when their runs are missin
 
 Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`): ``banner``, ``notes``,
 ``table1``, ``split_comparison``, ``per_class``, ``test_accuracy``, ``seed_summary``,
-``paired_tests``, ``mcnemar``, ``inventory`` (tables); ``loss_curves``, ``confusion``, ``roc``
+``comparisons`` (paired tests and McNemar), ``inventory`` (tables); ``loss_curves``, ``confusion``, ``roc``
 (figures); ``n_runs``, ``n_missing``; ``headline_imagenet``, ``headline_scratch``,
 ``headline_difference`` (the paper's headline comparison in words, see :func:`headline`).
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,18 +135,25 @@ def _names(items: Sequence[str], most: int = 4) -> str:
 
 
 def missing_summary(gaps: Sequence[tuple[str, str]], total: int | None = None) -> list[str]:
-    """Short sentences about runs that did not run, grouped by cause (Markdown-free, plain text)."""
+    """Short sentences about runs that did not run, grouped by cause (Markdown: code in backticks, a link)."""
     if not gaps:
         return []
-    weights, other = [], []
+    weights, pending, other = [], [], []
     for run, why in gaps:
         m = _WEIGHTS_REASON.search(str(why))
-        (weights.append(m[1]) if m else other.append((Path(run).name, str(why))))
+        if m:
+            weights.append(m[1])
+        elif str(why) == "not run":  # no status yet: the workflow has not reached it
+            pending.append(Path(run).name)
+        else:
+            other.append((Path(run).name, str(why)))
     of = f" of {total}" if total else ""
     lines = [f"{len(gaps)}{of} runs did not run."]
     if weights:
         lines.append(f"ImageNet weights for {_names(weights)} are not on this machine: run "
                      "`python -m helpers.weights fetch` (or `unpack` a weights pack) and `make report` again.")
+    if pending:
+        lines.append(f"{len(pending)} run(s) ({_names(pending, 3)}) have not been tried yet: `make report` runs them.")
     if other:
         first = other[0][1].splitlines()[0] if other[0][1] else "no reason recorded"
         first = first if len(first) <= 120 else first[:117] + "…"
@@ -397,12 +403,15 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
     from IPython.display import HTML
 
     if styler is None:
-        df = df.copy()
+        # A meaningful index (class names, say) becomes a column: the index column itself is hidden.
+        df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df.copy()
         for col in TITLED_COLUMNS:
             if col in df.columns:
                 df[col] = df[col].map(lambda a: arm_title(str(a)) if isinstance(a, str) else a)
         df.columns = [str(c).replace("_", " ") for c in df.columns]
-        styler = df.style.hide(axis="index").format(precision=digits, na_rep="—")
+        text = [c for c in df.columns if df[c].dtype == object]
+        styler = (df.style.hide(axis="index").format(precision=digits, na_rep="—")
+                  .set_properties(subset=text, **{"text-align": "left"}))
     if caption:
         styler = styler.set_caption(caption)
     return HTML(f'<div class="report-table">{styler.to_html()}</div>')
@@ -459,6 +468,68 @@ def table1_display(ev: "Evaluation"):
                + (f"Shaded, italic columns: the values published in {paper}; losses are on its own scale "
                   "(see the note below)." if paper else ""))
     return styled(df, styler=styler, caption=caption)
+
+
+def _config_title(label: str, arch: str) -> str:
+    """'resnet18 (split=grouped)' -> 'ResNet-18 (split=grouped)'."""
+    return ARCH_TITLES.get(arch, arch) + label[len(arch):] if label.startswith(arch) else label
+
+
+SEED_SUMMARY_COLUMNS = {"test_accuracy": "test accuracy", "test_auc_macro": "macro AUC",
+                        "best_val_acc": "best val. accuracy", "first_epoch_val_acc": "val. accuracy, epoch 1",
+                        "final_val_loss": "final val. loss"}
+
+
+def seed_summary_display(ev: "Evaluation"):
+    """One row per configuration and arm; the headline numbers as mean ± 95 % CI half-width over
+    seeds (every number, per class too, is in seed_summary.csv and the evaluation notebook)."""
+    s = ev.seed_summary
+    if s.empty:
+        return markdown_html("No complete runs: nothing to summarise.")
+    arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
+    rows = []
+    for (label, arch, arm), part in s.groupby(["label", "arch", "arm"]):
+        part = part.set_index("metric")
+        row = {"configuration": _config_title(label, arch), "weights": arm_title(arm),
+               "seeds": part["seeds"].iloc[0]}
+        for metric, title in SEED_SUMMARY_COLUMNS.items():
+            r = part.loc[metric]
+            row[title] = _cell(r["mean"], r["ci_low"], r["ci_high"], r["n"])
+        rows.append(((arch_pos.get(arch, len(arch_pos)), label, metrics.arm_order(arm)), row))
+    df = pd.DataFrame([r for _, r in sorted(rows, key=lambda kv: kv[0])])
+    return styled(df, caption="Mean ± half-width of the 95 % t-interval over the seeds listed "
+                              "(one seed: the value).")
+
+
+def comparisons_display(ev: "Evaluation"):
+    """Arms compared: paired across seeds where there are two or more, McNemar per seed."""
+    p, m = ev.paired_tests, ev.mcnemar
+    if p.empty:
+        return markdown_html("No configuration of this build has two arms with a shared seed: "
+                             "nothing to compare.")
+    title = {label: _config_title(label, arch) for label, arch in
+             {(r.label, r.arch) for r in ev.runset.runs}}
+    df = pd.DataFrame({
+        "configuration": p["label"].map(title), "comparison": [f"{arm_title(a)} − {arm_title(b)}"
+                                                               for a, b in zip(p["arm_a"], p["arm_b"])],
+        "metric": p["metric"].str.replace("_", " "), "seeds": p["seeds"], "first": p["mean_a"],
+        "second": p["mean_b"], "difference": p["mean_diff"],
+        "95 % CI": [f"{lo:+.3f} to {hi:+.3f}" if np.isfinite(lo) else None
+                    for lo, hi in zip(p["diff_ci_low"], p["diff_ci_high"])],
+        "p (paired t)": p["p_ttest"], "Cohen's dz": p["cohens_dz"], "p (Wilcoxon)": p["p_wilcoxon"],
+        "note": p["note"].where(p["note"] != "", None)})
+    tables = [styled(df, caption="Paired across seeds; difference = first arm − second.")]
+    if len(m):
+        mc = pd.DataFrame({
+            "configuration": m["label"].map(title),
+            "comparison": [f"{arm_title(a)} − {arm_title(b)}" for a, b in zip(m["arm_a"], m["arm_b"])],
+            "seed": m["seed"], "test images": m["n_test"], "first": m["acc_a"], "second": m["acc_b"],
+            "difference": m["acc_diff"], "only first right": m["b"], "only second right": m["c"],
+            "p (McNemar)": m["p_mcnemar"]})
+        tables.append(styled(mc, caption="Test accuracy per seed on the same test images: McNemar's exact test."))
+    from IPython.display import HTML
+
+    return HTML("".join(t.data for t in tables))
 
 
 # ---------------------------------------------------------- headline numbers in words
@@ -554,9 +625,8 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
         "table1": table1_display(ev),
         "per_class": styled(ev.per_class),
         "test_accuracy": styled(ev.test_accuracy),
-        "seed_summary": styled(ev.seed_summary),
-        "paired_tests": styled(ev.paired_tests),
-        "mcnemar": styled(ev.mcnemar),
+        "seed_summary": seed_summary_display(ev),
+        "comparisons": comparisons_display(ev),
         "inventory": styled(inventory),
         "n_runs": len(ev.runset.runs),
         "n_missing": len(ev.runset.missing) + len(ev.runset.incomplete),
