@@ -45,18 +45,20 @@ def test_banner_is_short_and_actionable_however_many_runs_are_missing(grid):
                          link="reproducibility.html#missing-runs")
     assert "Synthetic data" in html and "admonition warning" in html
     assert "2 runs did not run" in html  # vgg11 (missing.json) and mobilenet (not found); resnet18 is there
+    assert "vgg11-imagenet-s0" in html and "no ImageNet weights" in html
     assert 'href="reproducibility.html#missing-runs"' in html
     why = "MissingWeightsError: ImageNet weights for {} are not cached: expected the file /x/{}.pth " + "(...) " * 50
     archs = ["resnet18", "vgg11", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small"]
     many = report.banner(synthetic=True, missing=[(f"runs/x/{a}-imagenet-s{s}", why.format(a, a))
                                                   for a in archs for s in range(5)], total=60)
     assert "30 of 60 runs did not run" in many and "python -m helpers.weights fetch" in many
+    assert "Incomplete" not in many and "Synthetic data" in many
     assert "resnet18, vgg11, vgg16, alexnet and 2 more" in many
     assert len(many) < 1000  # one short box, not one paragraph per run
     myst = report.banner(rs, fmt="myst")
     assert myst.startswith(":::{warning}") and "did not run" in myst
     assert report.banner(synthetic=False) == ""
-    assert "Incomplete" in report.banner(synthetic=False, missing=[("runs/x/a-imagenet-s0", "failed")])
+    assert "1 run did not run" in report.banner(synthetic=False, missing=[("runs/x/a-imagenet-s0", "failed")])
 
 
 def test_styled_tables_read_like_tables():
@@ -225,7 +227,7 @@ def test_evaluate_notebook_on_tiny_runs(tiny_runs, tmp_path):
     glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
              for o in c.get("outputs", [])}
     assert {"table1", "loss_curves", "confusion", "roc", "headline_imagenet", "headline_difference"} <= glued
-    assert "1 runs did not run" in json.dumps(nb)  # the banner counts the missing run
+    assert "1 run did not run" in json.dumps(nb)  # the banner counts the missing run
     assert "Figure size" not in json.dumps(nb)
     summary = pd.read_csv(out / "seed_summary.csv")
     acc = summary[(summary.metric == "test_accuracy") & (summary.arm == "scratch")].iloc[0]

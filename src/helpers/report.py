@@ -134,10 +134,8 @@ def _names(items: Sequence[str], most: int = 4) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def missing_summary(gaps: Sequence[tuple[str, str]], total: int | None = None) -> list[str]:
-    """Short sentences about runs that did not run, grouped by cause (Markdown: code in backticks, a link)."""
-    if not gaps:
-        return []
+def missing_summary(gaps: Sequence[tuple[str, str]]) -> list[str]:
+    """One short sentence per cause of the runs that did not run (Markdown)."""
     weights, pending, other = [], [], []
     for run, why in gaps:
         m = _WEIGHTS_REASON.search(str(why))
@@ -147,26 +145,24 @@ def missing_summary(gaps: Sequence[tuple[str, str]], total: int | None = None) -
             pending.append(Path(run).name)
         else:
             other.append((Path(run).name, str(why)))
-    of = f" of {total}" if total else ""
-    lines = [f"{len(gaps)}{of} runs did not run."]
+    lines = []
     if weights:
-        lines.append(f"ImageNet weights for {_names(weights)} are not on this machine: run "
-                     "`python -m helpers.weights fetch` (or `unpack` a weights pack) and `make report` again.")
+        lines.append(f"No ImageNet weights on this machine for {_names(weights)}: run "
+                     "`python -m helpers.weights fetch` (or `unpack` a weights pack), then `make report`.")
     if pending:
-        lines.append(f"{len(pending)} run(s) ({_names(pending, 3)}) have not been tried yet: `make report` runs them.")
+        lines.append(f"{len(pending)} not tried yet ({_names(pending, 2)}): `make report` runs them.")
     if other:
-        first = other[0][1].splitlines()[0] if other[0][1] else "no reason recorded"
-        first = first if len(first) <= 120 else first[:117] + "…"
-        lines.append(f"{len(other)} other run(s) ({_names([r for r, _ in other], 3)}) did not finish; "
-                     f"the first says: {first}")
+        first = (other[0][1].splitlines() or ["no reason recorded"])[0]
+        first = first if len(first) <= 90 else first[:87] + "…"
+        lines.append(f"{len(other)} failed ({_names([r for r, _ in other], 2)}); first reason: {first}")
     return lines
 
 
 def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = None,
            missing: Sequence[tuple[str, str]] = (), expected: Sequence[str] = (), total: int | None = None,
            experiment: str = "", link: str = "", fmt: str = "html") -> str:
-    """The one admonition about synthetic data and runs that did not run: a few lines, however
-    many runs are missing; the full per-run reasons live in one table (``link``).
+    """The one admonition about synthetic data and runs that did not run: a title and one short
+    paragraph, however many runs are missing; the full per-run reasons live in one table (``link``).
 
     ``missing``: (run folder or name, reason) pairs; ``runset`` adds its missing, incomplete and
     mismatched runs; ``expected``: run names the grid should have (absent ones count as missing);
@@ -184,29 +180,31 @@ def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = Non
                  for r in runset.mismatched]
         have = {r.name for r in runset.runs} | {Path(p).name for p, _ in gaps}
         gaps += [(name, "not found") for name in expected if name not in have]
-    lines = []
+    titles, sentences = [], []
     if synthetic is True:
-        source = f" of experiment `{experiment}`" if experiment else ""
-        lines.append(f"Every number and figure here comes from synthetic phantom images{source}, not from "
-                     "patients: they show that the pipeline works and are not medical results.")
+        titles.append("Synthetic data")
+        source = f" (experiment `{experiment}`)" if experiment else ""
+        sentences.append(f"Every number and figure comes from synthetic phantoms{source}, not from patients.")
     elif synthetic is None and runset is not None and runset.runs:
-        lines.append("The data source (synthetic or real) of some runs is not recorded.")
-    gap_lines = missing_summary(gaps, total)
-    if gap_lines and link:
-        gap_lines[-1] += f" [Every missing run and its reason]({link})."
-    lines += gap_lines
-    if not lines:
+        titles.append("Data source not recorded")
+        sentences.append("Some runs do not record whether their data were synthetic or real.")
+    if gaps:
+        noun = "run" if len(gaps) == 1 and not total else "runs"
+        titles.append(f"{len(gaps)}{f' of {total}' if total else ''} {noun} did not run")
+        sentences += missing_summary(gaps)
+        if link:
+            sentences.append(f"[Every missing run and why]({link}).")
+    if not titles:
         return ""
-    title = "Synthetic data" if synthetic else "Incomplete results"
-    if synthetic and gaps:
-        title = "Synthetic data, incomplete grid"
+    title = " · ".join(titles)
+    body = " ".join(sentences)
     if fmt == "myst":
-        return f":::{{warning}} {title}\n" + "\n\n".join(lines) + "\n:::\n"
+        return f":::{{warning}} {title}\n{body}\n:::\n"
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark", {"html": False}).render("\n\n".join(lines))
+    html_body = MarkdownIt("commonmark", {"html": False}).render(body)
     return (f'<div class="admonition warning report-banner"><p class="admonition-title">{html.escape(title)}</p>'
-            f"{body}</div>")
+            f"{html_body}</div>")
 
 
 # ---------------------------------------------------------------------- figures
@@ -412,9 +410,9 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
         text = [c for c in df.columns if df[c].dtype == object]
         styler = (df.style.hide(axis="index").format(precision=digits, na_rep="—")
                   .set_properties(subset=text, **{"text-align": "left"}))
-    if caption:
-        styler = styler.set_caption(caption)
-    return HTML(f'<div class="report-table">{styler.to_html()}</div>')
+    # The caption sits above the frame, so that it wraps at page width instead of scrolling.
+    note = f'<p class="report-caption">{html.escape(caption)}</p>' if caption else ""
+    return HTML(f'{note}<div class="report-table">{styler.to_html()}</div>')
 
 
 def figure_image(fig: plt.Figure, dpi: int = 110, min_width: int = 300):
@@ -476,8 +474,7 @@ def _config_title(label: str, arch: str) -> str:
 
 
 SEED_SUMMARY_COLUMNS = {"test_accuracy": "test accuracy", "test_auc_macro": "macro AUC",
-                        "best_val_acc": "best val. accuracy", "first_epoch_val_acc": "val. accuracy, epoch 1",
-                        "final_val_loss": "final val. loss"}
+                        "best_val_acc": "best val. accuracy", "first_epoch_val_acc": "val. accuracy, epoch 1"}
 
 
 def seed_summary_display(ev: "Evaluation"):
@@ -491,7 +488,7 @@ def seed_summary_display(ev: "Evaluation"):
     for (label, arch, arm), part in s.groupby(["label", "arch", "arm"]):
         part = part.set_index("metric")
         row = {"configuration": _config_title(label, arch), "weights": arm_title(arm),
-               "seeds": part["seeds"].iloc[0]}
+               "seed(s)": part["seeds"].iloc[0]}
         for metric, title in SEED_SUMMARY_COLUMNS.items():
             r = part.loc[metric]
             row[title] = _cell(r["mean"], r["ci_low"], r["ci_high"], r["n"])
