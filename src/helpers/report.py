@@ -407,7 +407,7 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
             if col in df.columns:
                 df[col] = df[col].map(lambda a: arm_title(str(a)) if isinstance(a, str) else a)
         df.columns = [str(c).replace("_", " ") for c in df.columns]
-        text = [c for c in df.columns if df[c].dtype == object]
+        text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
         styler = (df.style.hide(axis="index").format(precision=digits, na_rep="—")
                   .set_properties(subset=text, **{"text-align": "left"}))
     # The caption sits above the frame, so that it wraps at page width instead of scrolling.
