@@ -281,7 +281,7 @@ class ExplainResult:
 
 
 def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int = 0) -> list[Path]:
-    return [Path(root) / dataset / f"{arch}-{arm}-s{seed}" for arm in metrics.ARMS]
+    return [Path(root) / dataset / f"{arch}-{arm}-s{seed}" for arm in ("imagenet", "scratch")]
 
 
 def _arm_of(run_dir: Path) -> str:
