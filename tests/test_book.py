@@ -109,7 +109,7 @@ def test_a_run_that_cannot_happen_is_a_visible_gap(study):
     # ... and the book shows the gap: a short box on the kidney page (not on the chest page) that
     # says what to do and links to the one table of every missing run with its full reason.
     kidney = (work / "_build/html/kidney_ct.html").read_text()
-    assert "1 of 2 runs did not run" in kidney and "ImageNet weights for vgg11" in kidney
+    assert "1 of 2 runs did not run" in kidney and "ImageNet weights on this machine for vgg11" in kidney
     assert "python -m helpers.weights fetch" in kidney and "reproducibility.html#missing-runs" in kidney
     assert "Synthetic data" in kidney and "vgg11-8a719046.pth" not in kidney
     chest = (work / "_build/html/chest_xray.html").read_text()
