@@ -245,3 +245,20 @@ def test_make_publish_pushes_the_site_to_gh_pages(tmp_path):
     files = subprocess.run(["git", "-C", str(remote), "ls-tree", "-r", "--name-only", "gh-pages"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert sorted(files) == [".nojekyll", "_static/report.css", "index.html"]
+
+
+def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
+    """grep finds each number's origin: a key cited by a page appears literally, in quotes, in
+    the package or a notebook (no key is built at run time)."""
+    import re
+
+    cited = set()
+    for page in (ROOT / "book").glob("*.md"):
+        text = page.read_text()
+        cited |= set(re.findall(r"```\{glue\}\s+(\S+)", text))
+        cited |= set(re.findall(r"\{glue:text\}`[^`:]+::([^`:]+)", text))
+    sources = "".join(p.read_text() for p in [*(ROOT / "src" / "helpers").glob("*.py"),
+                                              *(ROOT / "notebooks").glob("*.ipynb")])
+    assert len(cited) > 30
+    unfound = sorted(k for k in cited if f'"{k}"' not in sources and f'\\"{k}\\"' not in sources)
+    assert not unfound, f"glue keys cited by book pages but glued under a built name: {unfound}"
