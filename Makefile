@@ -7,7 +7,7 @@ DATA_DIR ?=
 CORES ?= 1
 SNAKE_ARGS ?=
 
-.PHONY: report test venv clean-book
+.PHONY: report test venv clean-book publish
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ report: venv
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Push the built book to the gh-pages branch of PUBLISH_REMOTE with ghp-import (what Jupyter
+# Book's docs recommend); -n adds .nojekyll so that GitHub Pages serves _static/.
+PUBLISH_REMOTE ?= origin
+publish:
+	@test -f _build/html/index.html || { echo "no book in _build/html: run 'make report' first" >&2; exit 1; }
+	$(BIN)/ghp-import -n -p -f -r $(PUBLISH_REMOTE) -b gh-pages \
+	  -m "book of $$(git rev-parse --short HEAD 2>/dev/null || echo 'an unversioned tree')" _build/html
+	@echo "Published _build/html to branch gh-pages of $(PUBLISH_REMOTE)"
 
 clean-book:
 	rm -rf book/_build book/generated

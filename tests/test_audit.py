@@ -348,7 +348,7 @@ def test_audit_notebook_runs_through_papermill(tmp_path, synthetic):
     shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
     assert set(shortcut["split"]) <= {"random", "grouped"} and "random" in set(shortcut["split"])
     text = (tmp_path / "audit_out.ipynb").read_text()
-    assert "ct_kidney_audit_test_with_train_copy" in text and "ct_kidney_audit_shortcut_table" in text
+    assert "audit_test_with_train_copy" in text and "audit_shortcut_table" in text
     assert "SYNTHETIC DATA" in text  # the banner and the prep summary say so
     # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
     assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty

@@ -117,9 +117,71 @@ def test_auc_undefined_when_a_class_is_absent_from_labels():
     assert m["test_auc_per_class"][0] == 1.0
 
 
-def test_arch_order_matches_models():
+def test_arch_order_is_the_models_table():
     from helpers.models import ARCHS
-    assert metrics.ARCH_ORDER == ARCHS
+    assert metrics.arch_order() == tuple(ARCHS)
+
+
+def test_test_scores_are_the_metrics_json_fields():
+    labels, _, probs = fake_predictions(n=60, seed=3)
+    got = metrics.test_scores(labels, probs, CLASSES)
+    preds = probs.argmax(1)
+    assert set(got) == {"test_accuracy", "test_auc_macro", "test_auc_per_class", "confusion_matrix", "notes"}
+    assert got["test_accuracy"] == pytest.approx(accuracy_score(labels, preds))
+    assert got["test_auc_macro"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert got["test_auc_per_class"] == pytest.approx([roc_auc_score(labels == c, probs[:, c]) for c in range(3)])
+    assert got["confusion_matrix"] == confusion_matrix(labels, preds, labels=[0, 1, 2]).tolist()
+    assert got["notes"] == []
+    # a class absent from the test labels: its AUC and the macro are undefined, and a note names it
+    absent = metrics.test_scores(labels[labels != 2], probs[labels != 2], CLASSES)
+    assert math.isnan(absent["test_auc_macro"]) and math.isnan(absent["test_auc_per_class"][2])
+    assert any("Viral Pneumonia" in n for n in absent["notes"])
+    with pytest.raises(ValueError, match="probs"):
+        metrics.auc_scores(labels, probs[:, :2], CLASSES)
+
+
+def test_binomial_ci_wilson_and_exact():
+    low, high = metrics.binomial_ci(18, 20)
+    ci = stats.binomtest(18, 20).proportion_ci(0.95, method="wilson")
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+    assert metrics.binomial_ci(18, 20, method="exact")[0] < low  # Clopper-Pearson is wider here
+    assert all(math.isnan(v) for v in metrics.binomial_ci(0, 0))
+
+
+def test_published_values_come_from_the_data_file(tmp_path):
+    assert metrics.PAPER_VALUES == metrics.load_published(metrics.PUBLISHED_FILE)
+    assert set(metrics.PAPER_VALUES) == {"covid_radiography", "ct_kidney"}
+    bad = tmp_path / "published.yaml"
+    bad.write_text("ct_kidney:\n  name: paper B\n  columns:\n    - {arch: vgg16, head: dense1024, arm: imagenet, test_acc: 0.9}\n")
+    with pytest.raises(ValueError, match="test_acc"):
+        metrics.load_published(bad)
+
+
+def test_arm_read_from_params_and_every_arm_compared(tmp_path):
+    ds = tmp_path / "runs" / "covid_radiography"
+    for seed in (0, 1):
+        write_run(ds / f"imagenet-s{seed}", seed=seed, extra_params={"arm": "imagenet"})
+        write_run(ds / f"probe-s{seed}", seed=seed, extra_params={"arm": "linear_probe"})
+        write_run(ds / f"scratch-s{seed}", pretrained=False, seed=seed, extra_params={"arm": "scratch"})
+        write_run(ds / f"from-s{seed}", pretrained=False, seed=seed,
+                  extra_params={"arm": "from-ct_kidney-imagenet", "init_from": "runs/x/ct_kidney/r/best.pt"})
+    rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
+    assert {r.label for r in rs.runs} == {"resnet18"}  # the arm's parameters are not the configuration's
+    assert sorted({r.arm for r in rs.runs}, key=metrics.arm_order) == [
+        "imagenet", "linear_probe", "scratch", "from-ct_kidney-imagenet"]
+    paired = metrics.paired_tests(rs)
+    pairs = list(dict.fromkeys(zip(paired.arm_a, paired.arm_b)))
+    assert pairs[:3] == [("imagenet", "scratch"), ("linear_probe", "scratch"), ("from-ct_kidney-imagenet", "scratch")]
+    assert len(pairs) == 6 and (paired.n_pairs == 2).all()
+    assert len(metrics.mcnemar_tests(rs)) == 12  # 6 pairs x 2 seeds
+
+
+def test_old_runs_without_an_arm_field_derive_it(tmp_path):
+    ds = tmp_path / "runs" / "covid_radiography"
+    write_run(ds / "a", pretrained=False, extra_params={"init_from": "runs/demo/ct_kidney/resnet18-imagenet-s0/best.pt"})
+    write_run(ds / "b", pretrained=True)
+    rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
+    assert sorted(r.arm for r in rs.runs) == ["from-ct_kidney-imagenet", "imagenet"]
 
 
 def test_history_metrics():

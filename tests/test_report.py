@@ -39,17 +39,36 @@ def test_glue_name_is_stable():
         report.glue("Bad Name", 1.0)
 
 
-def test_banner_lists_what_is_missing(grid):
+def test_banner_is_short_and_actionable_however_many_runs_are_missing(grid):
     rs = metrics.load_runs("covid_radiography", root=grid)
-    html = report.banner(rs, expected=["mobilenet_v3_large-imagenet-s0", "resnet18-imagenet-s0"])
+    html = report.banner(rs, expected=["mobilenet_v3_large-imagenet-s0", "resnet18-imagenet-s0"],
+                         link="reproducibility.html#missing-runs")
     assert "Synthetic data" in html and "admonition warning" in html
-    assert "vgg11-imagenet-s0: no ImageNet weights" in html
-    assert "mobilenet_v3_large-imagenet-s0: not found" in html
-    assert "resnet18-imagenet-s0" not in html  # present, so not listed
+    assert "2 runs did not run" in html  # vgg11 (missing.json) and mobilenet (not found); resnet18 is there
+    assert "vgg11-imagenet-s0" in html and "no ImageNet weights" in html
+    assert 'href="reproducibility.html#missing-runs"' in html
+    why = "MissingWeightsError: ImageNet weights for {} are not cached: expected the file /x/{}.pth " + "(...) " * 50
+    archs = ["resnet18", "vgg11", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small"]
+    many = report.banner(synthetic=True, missing=[(f"runs/x/{a}-imagenet-s{s}", why.format(a, a))
+                                                  for a in archs for s in range(5)], total=60)
+    assert "30 of 60 runs did not run" in many and "python -m helpers.weights fetch" in many
+    assert "Incomplete" not in many and "Synthetic data" in many
+    assert "resnet18, vgg11, vgg16, alexnet and 2 more" in many
+    assert len(many) < 1000  # one short box, not one paragraph per run
     myst = report.banner(rs, fmt="myst")
-    assert myst.startswith(":::{warning}") and "- vgg11-imagenet-s0: no ImageNet weights" in myst
+    assert myst.startswith(":::{warning}") and "did not run" in myst
     assert report.banner(synthetic=False) == ""
-    assert "Incomplete" in report.banner(synthetic=False, missing=[("runs/x/a-imagenet-s0", "failed")])
+    assert "1 run did not run" in report.banner(synthetic=False, missing=[("runs/x/a-imagenet-s0", "failed")])
+
+
+def test_styled_tables_read_like_tables():
+    df = pd.DataFrame({"arm": ["imagenet", "scratch"], "test_accuracy": [0.91234, float("nan")], "n": [3, 1]})
+    html = report.styled(df).data
+    assert "report-table" in html and "ImageNet" in html and "0.912" in html and "—" in html
+    assert "nan" not in html.lower().replace("nan-", "") and "0.91234" not in html
+    assert 'class="row_heading' not in html  # no index column
+    long = report.styled(pd.DataFrame({"x": range(500)})).data
+    assert ">499<" in long and "..." not in long  # every row, no truncation
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +98,46 @@ def test_evaluate_writes_every_file(evaluation):
     assert len(pd.read_csv(out / "mcnemar.csv")) == 4  # 2 archs x 2 seeds
 
 
-def test_glue_evaluation_names(evaluation):
+def test_glue_evaluation_names(evaluation, monkeypatch):
+    glued = {}
+    monkeypatch.setattr(report, "glue", lambda name, value, display=False: glued.setdefault(name, value))
     names = report.glue_evaluation(evaluation)
-    for key in ("covid_radiography_table1", "covid_radiography_loss_curves", "covid_radiography_confusion",
-                "covid_radiography_roc", "covid_radiography_banner", "covid_radiography_test_acc_resnet18_imagenet",
-                "covid_radiography_test_acc_resnet18_imagenet_ci_low", "covid_radiography_acc_diff_alexnet_p",
-                "covid_radiography_paper_test_acc_vgg11_scratch"):
-        assert key in names
-    assert all(n == report.glue_name(n) for n in names)
-    assert len(names) == len(set(names))
+    assert {"table1", "loss_curves", "confusion", "roc", "banner", "headline_imagenet",
+            "headline_scratch", "headline_difference"} <= set(names)
+    assert all(n == report.glue_name(n) for n in names) and len(names) == len(set(names))
+    # figures are pasted as images, never as a Figure's text form
+    for fig in ("loss_curves", "confusion", "roc"):
+        assert glued[fig].format == "png" and glued[fig].width >= 300
+    assert "Figure size" not in repr(glued["roc"])
+    # the grid has no vgg11 runs: the paper's headline comparison says so in words, never nan
+    assert glued["headline_imagenet"] == report.NOT_RUN and glued["headline_scratch"] == report.NOT_RUN
+    assert "nan" not in glued["headline_difference"] and report.NOT_RUN in glued["headline_difference"]
+    # Table 1: metrics as rows, weights x backbone as columns, the published values marked beside ours
+    table1 = glued["table1"].data
+    assert "Testing accuracy" in table1 and "ResNet-18" in table1 and "paper A (published)" in table1
+    assert "0.971" in table1 and "font-style: italic" in table1
+
+
+def test_headline_with_both_arms_gives_numbers(tmp_path):
+    ds = tmp_path / "runs" / "covid_radiography"
+    for pre in (True, False):
+        write_run(ds / f"vgg11-{'imagenet' if pre else 'scratch'}-s0", arch="vgg11", pretrained=pre)
+    ev = report.evaluate("covid_radiography", root=tmp_path / "runs", out_dir=tmp_path / "out")
+    hl = report.headline(ev)
+    accs = {r.arm: r.metrics["test_accuracy"] for r in ev.runset.runs}
+    assert hl["imagenet"] == f"{accs['imagenet']:.3f}" and hl["scratch"] == f"{accs['scratch']:.3f}"
+    assert f"{accs['imagenet'] - accs['scratch']:+.3f}" in hl["difference"] and "McNemar" in hl["difference"]
+
+
+def test_published_values_for_the_pages():
+    assert report.paper_value("covid_radiography", "vgg11", "replace", "imagenet") == \
+        metrics.PAPER_VALUES["covid_radiography"]["values"][("vgg11", "replace", "imagenet")]["test_accuracy"]
+    with pytest.raises(KeyError, match="published.yaml"):
+        report.paper_value("ct_kidney", "resnet18", "replace", "imagenet")
+    values = metrics.PAPER_VALUES["covid_radiography"]["values"]
+    gains = [values[(a, "replace", "imagenet")]["test_accuracy"] - values[(a, "replace", "scratch")]["test_accuracy"]
+             for a in ("resnet18", "vgg11", "alexnet", "mobilenet_v3_large")]
+    assert report.paper_gain_range("covid_radiography") == f"{100 * min(gains):.1f}–{100 * max(gains):.1f} points"
 
 
 def test_empty_grid_still_gives_figures(tmp_path):
@@ -176,9 +226,9 @@ def test_evaluate_notebook_on_tiny_runs(tiny_runs, tmp_path):
     nb = json.loads((tmp_path / "evaluate.ipynb").read_text())
     glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
              for o in c.get("outputs", [])}
-    assert {"covid_radiography_table1", "covid_radiography_loss_curves", "covid_radiography_confusion",
-            "covid_radiography_roc", "covid_radiography_test_acc_resnet18_imagenet"} <= glued
-    assert "vgg11-imagenet-s0: no ImageNet weights" in json.dumps(nb)  # the banner lists the missing run
+    assert {"table1", "loss_curves", "confusion", "roc", "headline_imagenet", "headline_difference"} <= glued
+    assert "1 run did not run" in json.dumps(nb)  # the banner counts the missing run
+    assert "Figure size" not in json.dumps(nb)
     summary = pd.read_csv(out / "seed_summary.csv")
     acc = summary[(summary.metric == "test_accuracy") & (summary.arm == "scratch")].iloc[0]
     assert acc["n"] == 2  # two seeds pooled into mean and CI

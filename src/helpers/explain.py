@@ -478,7 +478,8 @@ def explanation_figure(result: ExplainResult) -> plt.Figure:
     title = (f"{result.dataset} · {result.arch}{synthetic_suffix(result.synthetic)}\n"
              f"maps for the {target} (green: {result.region} mask)")
     if result.missing:
-        title += "\nmissing: " + ", ".join(f"{ARM_TITLES.get(a, a)} ({w})" for a, w in result.missing.items())
+        # The reasons are in the note: a long one here would widen the figure to a thumbnail.
+        title += "\nnot available: " + ", ".join(f"{ARM_TITLES.get(a, a)} run" for a in result.missing)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -10,18 +10,22 @@ Definitions (also in :data:`METRIC_NOTES`, which the evaluation page prints):
 
 * accuracy: ``sklearn.metrics.accuracy_score``;
 * confusion matrix: ``sklearn.metrics.confusion_matrix`` (rows = true class);
-* AUC: ``sklearn.metrics.roc_auc_score``, one-vs-rest; macro = unweighted mean
-  of the per-class AUCs (``multi_class="ovr", average="macro"``);
+* AUC: ``sklearn.metrics.roc_auc_score``, one-vs-rest per class; macro = unweighted mean
+  of the per-class AUCs (:func:`auc_scores`, the one AUC function, also used for metrics.json
+  through :func:`test_scores`);
 * precision/recall/F1: ``sklearn.metrics.precision_recall_fscore_support`` with
   ``zero_division=0`` (a class never predicted gets precision 0);
 * mean ± 95% CI over seeds: Student t-interval (``scipy.stats.t``);
-* ImageNet vs scratch across seeds: paired t-test (``scipy.stats.ttest_rel``),
+* arms compared (every arm against scratch, then each other pair; :func:`arm_comparisons`)
+  across seeds: paired t-test (``scipy.stats.ttest_rel``),
   Wilcoxon signed-rank when there are at least 6 pairs, effect = mean
   difference with its t-interval and Cohen's d_z;
 * one seed: McNemar's exact test on the same test images
   (``scipy.stats.binomtest`` on the discordant counts);
-* single-run test accuracy: Wilson and Clopper-Pearson intervals
-  (``scipy.stats.binomtest(...).proportion_ci``).
+* single-run test accuracy: Wilson and Clopper-Pearson intervals (:func:`binomial_ci`,
+  ``scipy.stats.binomtest(...).proportion_ci``).
+
+The papers' published values live in ``published.yaml`` beside this module (:data:`PAPER_VALUES`).
 """
 
 from __future__ import annotations
@@ -44,20 +48,23 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-ARMS = ("imagenet", "scratch")
-# helpers.models.ARCHS, repeated so that evaluation does not import torch (a test keeps them equal)
-ARCH_ORDER = ("resnet18", "vgg11", "vgg16", "alexnet", "mobilenet_v3_large", "mobilenet_v3_small")
+# Arms in display order; any other arm ("from-<dataset>-<arm>", a run started from another
+# run's checkpoint) sorts after them, alphabetically. See arm_order().
+ARMS = ("imagenet", "linear_probe", "scratch")
+REFERENCE_ARM = "scratch"  # paired comparisons: every other arm against this one, and each pair
 ZERO_DIVISION = 0.0
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6  # below 6 pairs the exact two-sided p can never reach 0.05
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
 
-# Parameters that do not define a configuration (seed is the replicate index;
-# the rest are bookkeeping). `pretrained` is the arm, handled separately.
-NON_CONFIG_PARAMS = frozenset(
+# Parameters that do not define a configuration: the replicate index and bookkeeping.
+BOOKKEEPING_PARAMS = frozenset(
     {"seed", "run_dir", "force", "device", "compile", "prepared_dir", "prepared_fingerprint",
-     "class_names", "progress", "pretrained", "num_workers"}
+     "class_names", "synthetic", "run"}
 )
+# Parameters that define the arm, not the configuration: runs that differ only in these are
+# the arms of one configuration and are compared with each other.
+ARM_PARAMS = frozenset({"arm", "pretrained", "init_from"})
 
 TABLE1_ROWS = {
     "first_epoch_train_loss": "Training loss of the first epoch",
@@ -68,40 +75,50 @@ TABLE1_ROWS = {
     "test_accuracy": "Testing accuracy",
 }
 
-# Paper A (Zhang, chest X-ray), Table 1, transcribed as printed. "MobileNet" is
-# MobileNetV3 without a named variant; we set it beside mobilenet_v3_large.
-_PAPER_A_COLUMNS = [
-    ("resnet18", "scratch"), ("vgg11", "scratch"), ("alexnet", "scratch"),
-    ("mobilenet_v3_large", "scratch"),
-    ("resnet18", "imagenet"), ("vgg11", "imagenet"), ("alexnet", "imagenet"),
-    ("mobilenet_v3_large", "imagenet"),
-]
-_PAPER_A_ROWS = {
-    "first_epoch_train_loss": [8.247, 12.714, 13.879, 13.931, 4.228, 5.056, 5.969, 8.590],
-    "first_epoch_val_acc": [0.865, 0.732, 0.749, 0.706, 0.926, 0.933, 0.906, 0.711],
-    "final_train_loss": [0.001, 0.345, 1.123, 1.452, 0.016, 0.110, 0.205, 0.353],
-    "final_val_loss": [6.688, 4.634, 5.239, 7.418, 2.070, 2.570, 5.0975, 2.586],
-    "best_val_acc": [0.927, 0.939, 0.915, 0.901, 0.970, 0.968, 0.9294, 0.964],
-    "test_accuracy": [0.923, 0.944, 0.933, 0.912, 0.971, 0.972, 0.963, 0.955],
-}
-# {dataset: {"name": ..., "values": {(arch, head, arm): {metric: value}}}}
-PAPER_VALUES: dict[str, dict] = {
-    "covid_radiography": {
-        "name": "paper A",
-        "values": {
-            (arch, "replace", arm): {row: vals[i] for row, vals in _PAPER_A_ROWS.items()}
-            for i, (arch, arm) in enumerate(_PAPER_A_COLUMNS)
-        },
-    },
-    # Paper B (Hsu, kidney CT) reports test accuracy only: VGG-16 + Dense1024.
-    "ct_kidney": {
-        "name": "paper B",
-        "values": {
-            ("vgg16", "dense1024", "imagenet"): {"test_accuracy": 0.9896},
-            ("vgg16", "dense1024", "scratch"): {"test_accuracy": 0.6894},
-        },
-    },
-}
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+
+def load_published(path: str | Path = PUBLISHED_FILE) -> dict[str, dict]:
+    """The papers' published values: {dataset: {"name", "headline": (arch, head),
+    "values": {(arch, head, arm): {metric: value}}}}, checked against TABLE1_ROWS."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    out = {}
+    for dataset, paper in raw.items():
+        values = {}
+        for i, col in enumerate(paper.get("columns") or []):
+            col = dict(col)
+            try:
+                key = (col.pop("arch"), col.pop("head"), col.pop("arm"))
+            except KeyError as err:
+                raise ValueError(f"{path}: {dataset} column {i} lacks {err}; each column needs arch, head, arm") from None
+            unknown = sorted(set(col) - set(TABLE1_ROWS))
+            if unknown:
+                raise ValueError(f"{path}: {dataset} column {i} has unknown metrics {unknown}; "
+                                 f"expected some of {list(TABLE1_ROWS)}")
+            values[key] = {m: float(v) for m, v in col.items()}
+        head = paper.get("headline") or {}
+        out[dataset] = {"name": str(paper["name"]), "values": values,
+                        "headline": (head.get("arch"), head.get("head", "replace")) if head else None}
+    return out
+
+
+# {dataset: {"name": ..., "headline": (arch, head), "values": {(arch, head, arm): {metric: value}}}}
+PAPER_VALUES: dict[str, dict] = load_published()
+
+
+def arch_order() -> tuple[str, ...]:
+    """Archs in display order: the order of helpers.models.ARCHS (imported lazily: it loads torch)."""
+    from .models import ARCHS
+
+    return tuple(ARCHS)
+
+
+def arm_order(arm: str) -> tuple[int, str]:
+    """Sort key of an arm: imagenet, linear_probe, scratch, then from-* arms alphabetically."""
+    return (ARMS.index(arm), "") if arm in ARMS else (len(ARMS), arm)
+
 
 METRIC_NOTES = (
     "Metrics follow scikit-learn's definitions: accuracy_score; confusion_matrix (rows = true "
@@ -162,6 +179,12 @@ class Run:
 
     @property
     def arm(self) -> str:
+        """params.json's ``arm``; runs written before it existed: derived from pretrained/init_from."""
+        if self.params.get("arm"):
+            return str(self.params["arm"])
+        if self.params.get("init_from"):
+            source = Path(str(self.params["init_from"])).parent
+            return f"from-{source.parent.name}-{'imagenet' if '-imagenet-' in source.name else 'scratch'}"
         return "imagenet" if self.pretrained else "scratch"
 
     @property
@@ -171,7 +194,7 @@ class Run:
     @property
     def papers_design(self) -> bool:
         """Trained as the papers did: their random split, from ImageNet or scratch only."""
-        return self.params.get("split", "random") == "random" and not self.params.get("init_from")
+        return self.params.get("split", "random") == "random" and self.arm in ("imagenet", "scratch")
 
     @property
     def labels(self) -> np.ndarray:
@@ -187,10 +210,10 @@ class Run:
         return self.predictions[cols].to_numpy(dtype=float)
 
     def config(self, with_arm: bool = True) -> str:
-        """Stable key of the configuration (all parameters except seed and bookkeeping)."""
-        cfg = {k: v for k, v in self.params.items() if k not in NON_CONFIG_PARAMS}
+        """Stable key of the configuration (all parameters except seed, bookkeeping and the arm's)."""
+        cfg = {k: v for k, v in self.params.items() if k not in BOOKKEEPING_PARAMS | ARM_PARAMS}
         if with_arm:
-            cfg["pretrained"] = self.pretrained
+            cfg["arm"] = self.arm
         return json.dumps(cfg, sort_keys=True, default=str)
 
 
@@ -390,9 +413,7 @@ def config_labels(runs: Iterable[Run]) -> dict[str, str]:
         label = str(c.get("arch", "?"))
         if c.get("head", "replace") != "replace":
             label += f"-{c['head']}"
-        extras = [f"{k}={c.get(k)}" for k in varying if k != "init_from"]
-        if "init_from" in varying and c.get("init_from"):
-            extras.insert(0, f"init from {Path(str(c['init_from'])).parent.name}")
+        extras = [f"{k}={c.get(k)}" for k in varying]
         if extras:
             label += " (" + ", ".join(extras) + ")"
         labels[key] = label
@@ -402,24 +423,58 @@ def config_labels(runs: Iterable[Run]) -> dict[str, str]:
 # ----------------------------------------------------------------- recomputation
 
 
+def auc_scores(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> tuple[float, list[float], list[str]]:
+    """One-vs-rest ROC AUC: (macro, per class, notes). The one AUC of the project.
+
+    ``probs`` is (n, K), one column per class in ``class_names`` order. A class with no test
+    images, or only those, has no ROC curve: its AUC is nan and a note says why; the macro
+    AUC (unweighted mean of the per-class AUCs, sklearn's ``average="macro"``) is then nan too.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape != (len(labels), len(class_names)):
+        raise ValueError(f"probs: expected shape ({len(labels)}, {len(class_names)}) (images x classes), "
+                         f"got {probs.shape}")
+    notes, per_class = [], []
+    for k, name in enumerate(class_names):
+        positives = labels == k
+        if positives.all() or not positives.any():
+            per_class.append(math.nan)
+            notes.append(f"AUC for class {name!r} is undefined: the test split has "
+                         f"{'only' if positives.all() else 'no'} images of it")
+        else:
+            per_class.append(float(roc_auc_score(positives, probs[:, k])))
+    macro = float(np.mean(per_class)) if all(math.isfinite(v) for v in per_class) else math.nan
+    if not math.isfinite(macro):
+        notes.append("test_auc_macro is undefined because a per-class AUC is")
+    return macro, per_class, notes
+
+
+def test_scores(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The test fields of metrics.json, from the test labels and class probabilities:
+    ``test_accuracy, test_auc_macro, test_auc_per_class, confusion_matrix, notes``
+    (prediction = argmax of probs; notes say which AUCs are undefined and why)."""
+    labels = np.asarray(labels)
+    preds = np.asarray(probs).argmax(axis=1)
+    macro, per_class, notes = auc_scores(labels, probs, class_names)
+    return {
+        "test_accuracy": float(accuracy_score(labels, preds)),
+        "test_auc_macro": macro,
+        "test_auc_per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, preds, labels=np.arange(len(class_names))).tolist(),
+        "notes": notes,
+    }
+
+
+test_scores.__test__ = False  # a function, not a pytest test
+
+
 def compute_metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
                     class_names: Sequence[str]) -> dict:
     """Test metrics from labels, predicted classes and class probabilities (scikit-learn)."""
     labels, preds, probs = np.asarray(labels), np.asarray(preds), np.asarray(probs, dtype=float)
     k = len(class_names)
     ids = np.arange(k)
-    present = np.isin(ids, labels)
-    per_class_auc = [
-        float(roc_auc_score(labels == c, probs[:, c])) if present[c] and (labels != c).any()
-        else float("nan")
-        for c in ids
-    ]
-    if present.all() and k > 2:
-        auc_macro = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=ids))
-    elif present.all():
-        auc_macro = float(np.mean(per_class_auc))
-    else:
-        auc_macro = float("nan")  # a class absent from the test labels has no ROC curve
+    auc_macro, per_class_auc, _ = auc_scores(labels, probs, class_names)
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=ids, zero_division=ZERO_DIVISION)
     return {
@@ -563,13 +618,20 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
             "acc_diff": (b - c) / n if n else math.nan, "b": b, "c": c, "p_mcnemar": p}
 
 
+def binomial_ci(n_correct: int, n: int, confidence: float = CONFIDENCE,
+                method: str = "wilson") -> tuple[float, float]:
+    """Interval for a proportion n_correct / n: ``"wilson"`` (score) or ``"exact"``
+    (Clopper-Pearson), from ``scipy.stats.binomtest``; (nan, nan) when n is 0."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(int(n_correct), int(n)).proportion_ci(confidence, method=method)
+    return float(ci.low), float(ci.high)
+
+
 def accuracy_ci(n_correct: int, n: int, confidence: float = CONFIDENCE) -> dict:
     """Wilson and Clopper-Pearson ('exact') intervals for one accuracy."""
-    res = stats.binomtest(int(n_correct), int(n))
-    wilson = res.proportion_ci(confidence, method="wilson")
-    exact = res.proportion_ci(confidence, method="exact")
-    return {"wilson_low": float(wilson.low), "wilson_high": float(wilson.high),
-            "exact_low": float(exact.low), "exact_high": float(exact.high)}
+    (wl, wh), (el, eh) = (binomial_ci(n_correct, n, confidence, m) for m in ("wilson", "exact"))
+    return {"wilson_low": wl, "wilson_high": wh, "exact_low": el, "exact_high": eh}
 
 
 # ------------------------------------------------------------------------ tables
@@ -642,16 +704,32 @@ def test_accuracy_table(runset: RunSet, confidence: float = CONFIDENCE) -> pd.Da
                                        "wilson_low", "wilson_high", "exact_low", "exact_high"])
 
 
-def arm_pairs(runset: RunSet) -> dict[str, dict[int, dict[str, Run]]]:
-    """{label: {seed: {"imagenet": run, "scratch": run}}} for seeds that have both arms."""
+def arm_comparisons(arms: Iterable[str]) -> list[tuple[str, str]]:
+    """Which arms are compared, as (a, b) with difference a − b: every arm against
+    REFERENCE_ARM first, then each other pair in display order."""
+    arms = sorted(set(arms), key=arm_order)
+    others = [a for a in arms if a != REFERENCE_ARM]
+    pairs = [(a, REFERENCE_ARM) for a in others] if REFERENCE_ARM in arms else []
+    return pairs + [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
+
+
+def arm_pairs(runset: RunSet) -> dict[tuple[str, str, str], dict[int, tuple[Run, Run]]]:
+    """{(label, arm_a, arm_b): {seed: (run_a, run_b)}} for every compared pair of arms
+    (see arm_comparisons) and the seeds that have both."""
     by: dict[str, dict[int, dict[str, Run]]] = {}
     for r in runset.runs:
         slot = by.setdefault(r.label, {}).setdefault(r.seed, {})
         if r.arm in slot:
             raise ValueError(f"two {r.arm} runs of {r.label} seed {r.seed}: {slot[r.arm].path} and {r.path}")
         slot[r.arm] = r
-    return {label: {s: arms for s, arms in sorted(seeds.items()) if len(arms) == 2}
-            for label, seeds in by.items()}
+    out = {}
+    for label, seeds in sorted(by.items()):
+        arms = {a for runs in seeds.values() for a in runs}
+        for a, b in arm_comparisons(arms):
+            both = {s: (runs[a], runs[b]) for s, runs in sorted(seeds.items()) if a in runs and b in runs}
+            if both:
+                out[(label, a, b)] = both
+    return out
 
 
 def aligned_correct(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray]:
@@ -676,38 +754,35 @@ PAIRED_METRICS = ("test_accuracy", "test_auc_macro", "best_val_acc", "first_epoc
 
 def paired_tests(runset: RunSet, metrics: Sequence[str] = PAIRED_METRICS,
                  confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """ImageNet vs scratch paired across seeds, per configuration and metric (difference = ImageNet − scratch)."""
+    """Each compared pair of arms (see arm_comparisons) paired across seeds, per configuration
+    and metric (difference = arm_a − arm_b)."""
     rows = []
-    for label, seeds in sorted(arm_pairs(runset).items()):
-        if not seeds:
-            continue
-        for arms in seeds.values():
-            aligned_correct(arms["imagenet"], arms["scratch"])  # same test set, or a clear error
+    for (label, arm_a, arm_b), seeds in arm_pairs(runset).items():
+        for ra, rb in seeds.values():
+            aligned_correct(ra, rb)  # same test set, or a clear error
         for metric in metrics:
-            a = [arms["imagenet"].metrics[metric] for arms in seeds.values()]
-            b = [arms["scratch"].metrics[metric] for arms in seeds.values()]
-            res = paired_test(a, b, confidence)
-            rows.append({"label": label, "metric": metric, "seeds": " ".join(map(str, seeds)),
-                         "n_pairs": res["n_pairs"], "imagenet": res["mean_a"], "scratch": res["mean_b"],
-                         **{k: res[k] for k in ("mean_diff", "diff_ci_low", "diff_ci_high", "t", "p_ttest",
-                                                "cohens_dz", "wilcoxon_stat", "p_wilcoxon", "note")}})
-    return pd.DataFrame(rows, columns=["label", "metric", "seeds", "n_pairs", "imagenet", "scratch",
-                                       "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p_ttest",
-                                       "cohens_dz", "wilcoxon_stat", "p_wilcoxon", "note"])
+            res = paired_test([ra.metrics[metric] for ra, _ in seeds.values()],
+                              [rb.metrics[metric] for _, rb in seeds.values()], confidence)
+            rows.append({"label": label, "arm_a": arm_a, "arm_b": arm_b, "metric": metric,
+                         "seeds": " ".join(map(str, seeds)), "n_pairs": res["n_pairs"],
+                         **{k: res[k] for k in PAIRED_COLUMNS[6:]}})
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
+PAIRED_COLUMNS = ("label", "arm_a", "arm_b", "metric", "seeds", "n_pairs", "mean_a", "mean_b", "mean_diff",
+                  "diff_ci_low", "diff_ci_high", "t", "p_ttest", "cohens_dz", "wilcoxon_stat", "p_wilcoxon",
+                  "note")
 
 
 def mcnemar_tests(runset: RunSet) -> pd.DataFrame:
-    """McNemar's exact test of ImageNet vs scratch for every seed with both arms, on the same test images."""
+    """McNemar's exact test of each compared pair of arms, per seed, on the same test images."""
     rows = []
-    for label, seeds in sorted(arm_pairs(runset).items()):
-        for seed, arms in seeds.items():
-            ca, cb = aligned_correct(arms["imagenet"], arms["scratch"])
-            res = mcnemar_exact(ca, cb)
-            rows.append({"label": label, "seed": seed, "n_test": res["n_test"], "imagenet_acc": res["acc_a"],
-                         "scratch_acc": res["acc_b"], "acc_diff": res["acc_diff"],
-                         "b_imagenet_only": res["b"], "c_scratch_only": res["c"], "p_mcnemar": res["p_mcnemar"]})
-    return pd.DataFrame(rows, columns=["label", "seed", "n_test", "imagenet_acc", "scratch_acc", "acc_diff",
-                                       "b_imagenet_only", "c_scratch_only", "p_mcnemar"])
+    for (label, arm_a, arm_b), seeds in arm_pairs(runset).items():
+        for seed, (ra, rb) in seeds.items():
+            res = mcnemar_exact(*aligned_correct(ra, rb))
+            rows.append({"label": label, "arm_a": arm_a, "arm_b": arm_b, "seed": seed, **res})
+    return pd.DataFrame(rows, columns=["label", "arm_a", "arm_b", "seed", "n_test", "acc_a", "acc_b",
+                                       "acc_diff", "b", "c", "p_mcnemar"])
 
 
 def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -725,9 +800,11 @@ def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
             keys.add((label, arch, head, arm))
             comparable.add((label, arch, head, arm))
 
+    archs = arch_order()
+
     def order(k):
         label, arch, head, arm = k
-        return (ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER), label, ARMS.index(arm))
+        return (archs.index(arch) if arch in archs else len(archs), label, arm_order(arm))
 
     rows = []
     for key in sorted(keys, key=order):

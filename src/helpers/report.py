@@ -1,57 +1,29 @@
-"""Figures, tables, glue helpers and synthetic/incomplete banners.
+"""Figures, tables for readers, glue helpers and the one synthetic/incomplete banner.
 
-Book pages cite notebook outputs by glue name (myst-nb ``{glue:}``, ``{glue:text}``,
-``{glue:figure}``). Names are built by :func:`glue_name`: lower case, every run of characters
-other than ``a-z0-9`` replaced by ``_``. ``<label>`` is a configuration label from
-:func:`helpers.metrics.config_labels` (``resnet18``, ``vgg16-dense1024`` -> ``vgg16_dense1024``),
-``<arm>`` is ``imagenet`` or ``scratch``.
+Book pages cite notebook outputs by glue name (myst-nb ``{glue}``, ``{glue:text}``), scoped by
+the notebook they come from (``generated/evaluate_ct_kidney.ipynb::table1``), so every name is
+written out literally where it is glued and ``grep`` finds its origin. Tables are pandas
+Stylers (:func:`styled`), figures PNG images (:func:`figure_image`); numbers a sentence needs
+are glued as text that says "not run on this machine" when their runs are missing.
 
-Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`):
+Glued by ``notebooks/evaluate.ipynb`` (:func:`glue_evaluation`): ``banner``, ``notes``,
+``table1``, ``split_comparison``, ``per_class``, ``test_accuracy``, ``seed_summary``,
+``comparisons`` (paired tests and McNemar), ``inventory`` (tables); ``loss_curves``, ``confusion``, ``roc``
+(figures); ``n_runs``, ``n_missing``; ``headline_imagenet``, ``headline_scratch``,
+``headline_difference`` (the paper's headline comparison in words, see :func:`headline`).
 
-==========================================  ===================================================
-``<dataset>_banner``                        HTML admonition (synthetic data / incomplete grid), "" if none
-``<dataset>_notes``                         HTML: metric definitions and the loss-scale note
-``<dataset>_split_comparison``              test accuracy by arch, split and start (mean, 95% CI over seeds)
-``<dataset>_table1``                        Table 1, ours beside the paper's (DataFrame)
-``<dataset>_loss_curves``                   figure: train/val loss per arch, both arms (paper A Fig 3)
-``<dataset>_confusion``                     figure: confusion matrices of every config × arm (A Fig 4, B Figs 3-4)
-``<dataset>_roc``                           figure: one-vs-rest ROC per class (paper A Fig 5)
-``<dataset>_per_class``                     per-class precision/recall/F1 of every run (DataFrame)
-``<dataset>_test_accuracy``                 per-run test accuracy with Wilson/Clopper-Pearson CIs
-``<dataset>_seed_summary``                  mean ± 95% CI over seeds of every number
-``<dataset>_paired_tests``                  ImageNet vs scratch paired across seeds
-``<dataset>_mcnemar``                       McNemar's exact test per seed
-``<dataset>_inventory``                     every run folder considered and its status
-``<dataset>_n_runs`` / ``_n_missing``       counts of complete and missing/incomplete runs
-``<dataset>_test_acc_<label>_<arm>``        mean test accuracy over seeds (float, 0-1); for the papers'
-                                            designs (PAPER_DESIGNS) always glued, NaN when not run
-``..._ci_low`` / ``..._ci_high`` / ``..._n``  its 95% t-interval (nan for one seed) and seed count
-``<dataset>_paper_test_acc_<label>_<arm>``  the paper's published test accuracy (float, 0-1)
-``<dataset>_acc_diff_<label>``              ImageNet − scratch test accuracy (mean over paired seeds)
-``<dataset>_acc_diff_<label>_p``            its p-value: paired t-test (≥ 2 seeds) or McNemar (1 seed)
-``<dataset>_acc_diff_<label>_test``         which test gave that p-value
-==========================================  ===================================================
+Glued by ``notebooks/explain.ipynb`` (:func:`glue_explain`): ``explain_banner``, ``explain``
+(figure), ``explain_summary``, ``explain_note``, ``explain_arch``.
 
-Glued by ``notebooks/explain.ipynb`` (:func:`glue_explain`), with ``<a>`` = the arch:
-
-==============================================  ===============================================
-``<dataset>_<a>_explain_banner``                HTML admonition (synthetic data / missing arm), "" if none
-``<dataset>_<a>_explain``                       figure: original | saliency | Grad-CAM per arm (B Figs 5-6)
-``<dataset>_<a>_explain_summary``               explanation-quality table (DataFrame)
-``<dataset>_<a>_explain_note``                  HTML note (missing arm, no masks), empty if none
-``<dataset>_explain``, ``_explain_summary``, ``_explain_note``, ``_explain_arch``  the same, arch-free
-``<dataset>_<a>_<arm>_<method>_energy``         mean energy share inside the mask
-``<dataset>_<a>_<arm>_<method>_pointing``       pointing-game hit rate
-``<dataset>_<a>_random_energy`` / ``_area``     random-map energy share / analytic mask area fraction
-``<dataset>_<a>_random_pointing``               random-map pointing hit rate
-==============================================  ===============================================
+Glued by ``notebooks/summary.ipynb``: the banners (``banner_all``, ``banner_covid_radiography``,
+``banner_ct_kidney``), ``missing_runs`` and the published values (``paper_a_*``, ``paper_b_*``,
+read from ``helpers/published.yaml``).
 """
 
 from __future__ import annotations
 
 import html
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +35,30 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import metrics
+from . import atomic, metrics
 
 SYNTHETIC_SUFFIX = " — SYNTHETIC DATA"
-ARM_TITLES = {"imagenet": "ImageNet", "scratch": "scratch"}
-ARM_COLORS = {"imagenet": "#1f77b4", "scratch": "#d62728"}
+# Display names: one table per kind. An arch or arm not listed shows under its own name.
+ARCH_TITLES = {"resnet18": "ResNet-18", "vgg11": "VGG-11", "vgg16": "VGG-16", "alexnet": "AlexNet",
+               "mobilenet_v3_large": "MobileNetV3-L", "mobilenet_v3_small": "MobileNetV3-S",
+               "efficientnet_lite0": "EfficientNet-Lite0"}
+ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
+ARM_COLORS = {"imagenet": "#1f77b4", "linear_probe": "#2ca02c", "scratch": "#d62728"}
+NOT_RUN = "not run on this machine"  # headline text for a number whose runs did not happen
+MISSING_LINK = "reproducibility.html#missing-runs"  # the full table of missing runs and reasons
+
+
+def arm_title(arm: str) -> str:
+    """'ImageNet', 'scratch', ...; 'from-ct_kidney-imagenet' -> 'from ct_kidney (ImageNet)'."""
+    if arm in ARM_TITLES:
+        return ARM_TITLES[arm]
+    m = re.fullmatch(r"from-(.+)-([a-z_]+)", arm)
+    return f"from {m[1]} ({ARM_TITLES.get(m[2], m[2])})" if m else arm
+
+
+def arm_color(arm: str) -> str:
+    others = sns.color_palette("Dark2").as_hex()
+    return ARM_COLORS.get(arm, others[sum(map(ord, arm)) % len(others)])
 
 
 # ------------------------------------------------------------------------- glue
@@ -93,28 +84,16 @@ def glue(name: str, value: Any, display: bool = False) -> None:
 # ------------------------------------------------------------------------ files
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def write_text(path: str | Path, text: str) -> Path:
-    return _atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+    return atomic.write_text(Path(path), text)
 
 
 def save_figure(fig: plt.Figure, out_dir: str | Path, stem: str, dpi: int = 130) -> list[Path]:
     """Save a figure as PNG and SVG (atomically)."""
     out = []
     for ext in ("png", "svg"):
-        out.append(_atomic_write(Path(out_dir) / f"{stem}.{ext}",
-                                 lambda p, ext=ext: fig.savefig(p, format=ext, dpi=dpi, bbox_inches="tight")))
+        out.append(atomic.write(Path(out_dir) / f"{stem}.{ext}",
+                                lambda p, ext=ext: fig.savefig(p, format=ext, dpi=dpi, bbox_inches="tight")))
     return out
 
 
@@ -129,7 +108,7 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, stem: str, markdown: bool
                 index: bool = False) -> list[Path]:
     """Write a table as CSV (and Markdown), atomically."""
     flat = _flat_columns(df)
-    out = [_atomic_write(Path(out_dir) / f"{stem}.csv", lambda p: flat.to_csv(p, index=index))]
+    out = [atomic.write(Path(out_dir) / f"{stem}.csv", lambda p: flat.to_csv(p, index=index))]
     if markdown:
         out.append(write_text(Path(out_dir) / f"{stem}.md", flat.to_markdown(index=index) + "\n"))
     return out
@@ -146,14 +125,50 @@ def synthetic_suffix(synthetic: bool | None) -> str:
     return ""
 
 
-def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = None,
-           missing: Sequence[tuple[str, str]] = (), expected: Sequence[str] = (),
-           fmt: str = "html") -> str:
-    """Admonition saying the data are synthetic and/or the grid is incomplete, listing what is missing.
+_WEIGHTS_REASON = re.compile(r"ImageNet weights for (\S+) are not cached")
 
-    ``expected``: run folder names the grid should have (any not among the runset's complete runs
-    is listed as missing). Returns "" when there is nothing to warn about. ``fmt``: "html" (renders
-    in Jupyter and in the book) or "myst" (a ``{warning}`` directive for Markdown pages).
+
+def _names(items: Sequence[str], most: int = 4) -> str:
+    items = list(dict.fromkeys(items))
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def missing_summary(gaps: Sequence[tuple[str, str]]) -> list[str]:
+    """One short sentence per cause of the runs that did not run (Markdown)."""
+    weights, pending, other = [], [], []
+    for run, why in gaps:
+        m = _WEIGHTS_REASON.search(str(why))
+        if m:
+            weights.append(m[1])
+        elif str(why) == "not run":  # no status yet: the workflow has not reached it
+            pending.append(Path(run).name)
+        else:
+            other.append((Path(run).name, str(why)))
+    lines = []
+    if weights:
+        lines.append(f"No ImageNet weights on this machine for {_names(weights)}: run "
+                     "`python -m helpers.weights fetch` (or `unpack` a weights pack), then `make report`.")
+    if pending:
+        lines.append(f"{len(pending)} not tried yet ({_names(pending, 2)}): `make report` runs them.")
+    if other:
+        first = (other[0][1].splitlines() or ["no reason recorded"])[0]
+        first = first if len(first) <= 90 else first[:87] + "…"
+        lines.append(f"{len(other)} failed ({_names([r for r, _ in other], 2)}); first reason: {first}")
+    return lines
+
+
+def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = None,
+           missing: Sequence[tuple[str, str]] = (), expected: Sequence[str] = (), total: int | None = None,
+           experiment: str = "", link: str = "", fmt: str = "html") -> str:
+    """The one admonition about synthetic data and runs that did not run: a title and one short
+    paragraph, however many runs are missing; the full per-run reasons live in one table (``link``).
+
+    ``missing``: (run folder or name, reason) pairs; ``runset`` adds its missing, incomplete and
+    mismatched runs; ``expected``: run names the grid should have (absent ones count as missing);
+    ``total``: runs in the grid, for "n of total"; ``link``: where the full table is (relative to
+    the page showing the banner; "" = no link). Returns "" when there is nothing to warn about.
+    ``fmt``: "html" (renders in Jupyter and the book) or "myst" (a ``{warning}`` directive).
     """
     if fmt not in ("html", "myst"):
         raise ValueError(f"fmt must be 'html' or 'myst'; got {fmt!r}")
@@ -165,29 +180,31 @@ def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = Non
                  for r in runset.mismatched]
         have = {r.name for r in runset.runs} | {Path(p).name for p, _ in gaps}
         gaps += [(name, "not found") for name in expected if name not in have]
-    paragraphs = []
+    titles, sentences = [], []
     if synthetic is True:
-        paragraphs.append("Synthetic data: every number and figure here comes from the embedded synthetic "
-                          "phantoms, not from the Kaggle images. They test the pipeline; they say nothing "
-                          "about chest X-rays or kidney CT.")
+        titles.append("Synthetic data")
+        source = f" (experiment `{experiment}`)" if experiment else ""
+        sentences.append(f"Every number and figure comes from synthetic phantoms{source}, not from patients.")
     elif synthetic is None and runset is not None and runset.runs:
-        paragraphs.append("The data source (synthetic or real) of some runs is not recorded.")
+        titles.append("Data source not recorded")
+        sentences.append("Some runs do not record whether their data were synthetic or real.")
     if gaps:
-        paragraphs.append(f"Incomplete grid: {len(gaps)} run(s) missing or unusable:")
-    if not paragraphs:
+        noun = "run" if len(gaps) == 1 and not total else "runs"
+        titles.append(f"{len(gaps)}{f' of {total}' if total else ''} {noun} did not run")
+        sentences += missing_summary(gaps)
+        if link:
+            sentences.append(f"[Every missing run and why]({link}).")
+    if not titles:
         return ""
-    title = "Synthetic data" if synthetic else "Incomplete results"
-    if synthetic and gaps:
-        title = "Synthetic data, incomplete grid"
-    items = [f"{Path(p).name}: {why}" for p, why in gaps]
+    title = " · ".join(titles)
+    body = " ".join(sentences)
     if fmt == "myst":
-        body = "\n\n".join(paragraphs) + ("\n\n" + "\n".join(f"- {i}" for i in items) if items else "")
         return f":::{{warning}} {title}\n{body}\n:::\n"
-    body = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
-    if items:
-        body += "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
-    return (f'<div class="admonition warning"><p class="admonition-title">{html.escape(title)}</p>'
-            f"{body}</div>")
+    from markdown_it import MarkdownIt
+
+    html_body = MarkdownIt("commonmark", {"html": False}).render(body)
+    return (f'<div class="admonition warning report-banner"><p class="admonition-title">{html.escape(title)}</p>'
+            f"{html_body}</div>")
 
 
 # ---------------------------------------------------------------------- figures
@@ -213,7 +230,7 @@ def _empty_figure(runset: metrics.RunSet, what: str) -> plt.Figure:
 
 def _by_config(runset: metrics.RunSet) -> dict[str, dict[str, list[metrics.Run]]]:
     out: dict[str, dict[str, list[metrics.Run]]] = {}
-    for r in sorted(runset.runs, key=lambda r: (r.label, metrics.ARMS.index(r.arm), r.seed)):
+    for r in sorted(runset.runs, key=lambda r: (r.label, metrics.arm_order(r.arm), r.seed)):
         out.setdefault(r.label, {}).setdefault(r.arm, []).append(r)
     return out
 
@@ -237,12 +254,12 @@ def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
             for col, style in (("train_loss", "-"), ("val_loss", "--")):
                 stats = long.groupby("epoch")[col].apply(lambda v: metrics.mean_ci(v)).apply(pd.Series)
                 stats.columns = list(metrics.CI._fields)
-                name = f"{ARM_TITLES[arm]} {'train' if col == 'train_loss' else 'val'}"
-                ax.plot(stats.index, stats["mean"], style, color=ARM_COLORS[arm], label=name, marker=".")
+                name = f"{arm_title(arm)} {'train' if col == 'train_loss' else 'val'}"
+                ax.plot(stats.index, stats["mean"], style, color=arm_color(arm), label=name, marker=".")
                 band = stats["n"] > 1
                 if band.any():
                     ax.fill_between(stats.index[band], stats["low"][band], stats["high"][band],
-                                    color=ARM_COLORS[arm], alpha=0.15, linewidth=0)
+                                    color=arm_color(arm), alpha=0.15, linewidth=0)
         seeds = sorted({r.seed for rs in arms.values() for r in rs})
         ax.set_title(f"{label} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", fontsize=9)
         ax.set_xlabel("epoch")
@@ -277,7 +294,7 @@ def confusion_figure(runset: metrics.RunSet) -> plt.Figure:
         ax.tick_params(axis="y", labelrotation=0, labelsize=7)
         pooled = f"{len(runs)} seeds pooled" if len(runs) > 1 else f"seed {runs[0].seed}"
         acc = np.trace(counts) / counts.sum()
-        ax.set_title(f"{label} · {ARM_TITLES[arm]}\n{pooled}, accuracy {acc:.3f}", fontsize=9)
+        ax.set_title(f"{label} · {arm_title(arm)}\n{pooled}, accuracy {acc:.3f}", fontsize=9)
     fig.suptitle(f"{runset.dataset}: confusion matrices (count, row share){synthetic_suffix(runset.synthetic)}")
     fig.tight_layout()
     return fig
@@ -300,7 +317,7 @@ def roc_figure(runset: metrics.RunSet) -> plt.Figure:
         ax.set_ylabel("true positive rate")
         ax.set_aspect("equal")
         more = f" of {len(runs)}" if len(runs) > 1 else ""
-        ax.set_title(f"{label} · {ARM_TITLES[arm]} · seed {run.seed}{more}\n"
+        ax.set_title(f"{label} · {arm_title(arm)} · seed {run.seed}{more}\n"
                      f"macro AUC {run.metrics['test_auc_macro']:.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{runset.dataset}: one-vs-rest ROC curves{synthetic_suffix(runset.synthetic)}")
@@ -346,7 +363,7 @@ def evaluate(dataset: str, runs: str | Sequence[str] = "", out_dir: str | Path =
         per_class=metrics.per_class_table(runset), test_accuracy=metrics.test_accuracy_table(runset),
         seed_summary=metrics.seed_summary(runset), paired_tests=metrics.paired_tests(runset),
         mcnemar=metrics.mcnemar_tests(runset), inventory=runset.inventory(), notes=notes,
-        banner=banner(runset, expected=expected),
+        banner=banner(runset, expected=expected, link="../" + MISSING_LINK),  # shown in generated/
     )
     ev.files += write_table(ev.table1, out, "table1", index=True)
     ev.files += write_table(ev.table1_values, out, "table1_values", markdown=False, index=True)
@@ -371,45 +388,204 @@ def markdown_html(text: str):
     return HTML(MarkdownIt("commonmark").enable("table").render(text or ""))
 
 
-# The papers' designs: their numbers are cited in the text of the book, so their keys are glued
-# for every build, as NaN / "not run" where this grid lacks the run.
-PAPER_DESIGNS = {
-    "covid_radiography": [("resnet18", "replace"), ("vgg11", "replace"), ("alexnet", "replace"),
-                          ("mobilenet_v3_large", "replace")],
-    "ct_kidney": [("vgg16", "dense1024")],
-}
+# --------------------------------------------------------------- tables for readers
 
 
-def _paper_design_items(ev: Evaluation) -> dict[str, Any]:
-    """Headline numbers of the papers' designs (random split, ImageNet or scratch init only)."""
-    ds, items = ev.dataset, {}
-    acc = ev.table1_long[ev.table1_long["metric"] == "test_accuracy"]
-    paired = ev.paired_tests[ev.paired_tests["metric"] == "test_accuracy"]
-    for arch, head in PAPER_DESIGNS.get(ds, []):
-        base = arch if head == "replace" else f"{arch}_{head}"
-        labels = sorted({r.label for r in ev.runset.runs
-                         if r.arch == arch and r.head == head and not r.params.get("init_from")
-                         and r.params.get("split", "random") == "random"})
-        label = labels[0] if labels else None
-        for arm in ("imagenet", "scratch"):
-            row = acc[(acc["label"] == label) & (acc["arm"] == arm)] if label else acc.iloc[0:0]
-            ok = len(row) and row.iloc[0]["n"]
-            items[glue_name(ds, "test_acc", base, arm)] = float(row.iloc[0]["mean"]) if ok else float("nan")
-            items[glue_name(ds, "test_acc", base, arm, "n")] = int(row.iloc[0]["n"]) if ok else 0
-        key = glue_name(ds, "acc_diff", base)
-        row = paired[paired["label"] == label] if label else paired.iloc[0:0]
-        if len(row):
-            r = row.iloc[0]
-            items[key] = float(r["mean_diff"])
-            if r["n_pairs"] >= 2:
-                items[key + "_p"], items[key + "_test"] = float(r["p_ttest"]), "paired t-test over seeds"
-            else:
-                mc = ev.mcnemar[ev.mcnemar["label"] == label].iloc[0]
-                items[key + "_p"], items[key + "_test"] = float(mc["p_mcnemar"]), "McNemar's exact test"
+TITLED_COLUMNS = ("arm", "arm_a", "arm_b")
+
+
+def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
+    """A table as a reader sees it (pandas Styler): no index, "—" for absent values, floats
+    rounded to ``digits``, every row (no truncation), arms by their titles, in a frame that
+    scrolls sideways instead of overflowing the page (``.report-table`` in book/_static)."""
+    from IPython.display import HTML
+
+    if styler is None:
+        # A meaningful index (class names, say) becomes a column: the index column itself is hidden.
+        df = df.reset_index() if not isinstance(df.index, pd.RangeIndex) else df.copy()
+        for col in TITLED_COLUMNS:
+            if col in df.columns:
+                df[col] = df[col].map(lambda a: arm_title(str(a)) if isinstance(a, str) else a)
+        df.columns = [str(c).replace("_", " ") for c in df.columns]
+        text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+        styler = (df.style.hide(axis="index").format(precision=digits, na_rep="—")
+                  .set_properties(subset=text, **{"text-align": "left"}))
+    # The caption sits above the frame, so that it wraps at page width instead of scrolling.
+    note = f'<p class="report-caption">{html.escape(caption)}</p>' if caption else ""
+    return HTML(f'{note}<div class="report-table">{styler.to_html()}</div>')
+
+
+def figure_image(fig: plt.Figure, dpi: int = 110, min_width: int = 300):
+    """A figure as PNG bytes (IPython Image): what myst-nb pastes across pages is the image,
+    never the Figure's text form. Displayed at its natural width, at least ``min_width`` px."""
+    import io
+
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    width = int(fig.get_size_inches()[0] * dpi)
+    return Image(data=buf.getvalue(), format="png", width=max(width, min_width))
+
+
+def _cell(mean: float, low: float, high: float, n: int) -> str:
+    if n == 0 or not np.isfinite(mean):
+        return "—"
+    return f"{mean:.3f}" if n == 1 or not np.isfinite(low) else f"{mean:.3f} ± {(high - low) / 2:.3f}"
+
+
+def table1_display(ev: "Evaluation"):
+    """Table 1 laid out as in paper A: metrics as rows; weights × backbone as columns; the
+    published values in their own shaded columns beside ours."""
+    long = ev.table1_long
+    if long.empty:
+        return markdown_html("No complete runs: Table 1 is empty.")
+    cols, data, published = [], {}, []
+    arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
+    keys = sorted({(r.arm, r.label, r.arch) for r in long.itertuples()},
+                  key=lambda k: (metrics.arm_order(k[0]), arch_pos.get(k[2], len(arch_pos)), k[1]))
+    for arm, label, arch in keys:
+        part = long[(long["arm"] == arm) & (long["label"] == label)].set_index("metric").loc[list(metrics.TABLE1_ROWS)]
+        name = ARCH_TITLES.get(arch, arch) + label[len(arch):]
+        col = (arm_title(arm), name, "ours")
+        cols.append(col)
+        data[col] = [_cell(r.mean, r.ci_low, r.ci_high, r.n) for r in part.itertuples()] + [int(part["n"].iloc[0])]
+        if part["paper"].iloc[0]:
+            pcol = (arm_title(arm), name, f"{part['paper'].iloc[0]} (published)")
+            cols.append(pcol)
+            published.append(pcol)
+            data[pcol] = [f"{v:g}" if np.isfinite(v) else "—" for v in part["paper_value"]] + ["1"]
+    index = list(metrics.TABLE1_ROWS.values()) + ["Seeds (runs)"]
+    df = pd.DataFrame(data, index=index, columns=pd.MultiIndex.from_tuples(cols, names=["weights", "backbone", ""]))
+    styler = (df.style.set_table_attributes('class="table1"')
+              .set_properties(subset=published, **{"background-color": "#fdf3e1", "font-style": "italic"})
+              .set_table_styles([{"selector": "th.col_heading.level2", "props": "font-weight: normal;"}]))
+    paper = next((p for p in long["paper"] if p), "")
+    caption = ("Ours: mean ± half-width of the 95 % t-interval over seeds (one seed: the value). "
+               + (f"Shaded, italic columns: the values published in {paper}; losses are on its own scale "
+                  "(see the note below)." if paper else ""))
+    return styled(df, styler=styler, caption=caption)
+
+
+def _config_title(label: str, arch: str) -> str:
+    """'resnet18 (split=grouped)' -> 'ResNet-18 (split=grouped)'."""
+    return ARCH_TITLES.get(arch, arch) + label[len(arch):] if label.startswith(arch) else label
+
+
+SEED_SUMMARY_COLUMNS = {"test_accuracy": "test accuracy", "test_auc_macro": "macro AUC",
+                        "best_val_acc": "best val. accuracy", "first_epoch_val_acc": "val. accuracy, epoch 1"}
+
+
+def seed_summary_display(ev: "Evaluation"):
+    """One row per configuration and arm; the headline numbers as mean ± 95 % CI half-width over
+    seeds (every number, per class too, is in seed_summary.csv and the evaluation notebook)."""
+    s = ev.seed_summary
+    if s.empty:
+        return markdown_html("No complete runs: nothing to summarise.")
+    arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
+    rows = []
+    for (label, arch, arm), part in s.groupby(["label", "arch", "arm"]):
+        part = part.set_index("metric")
+        row = {"configuration": _config_title(label, arch), "weights": arm_title(arm),
+               "seed(s)": part["seeds"].iloc[0]}
+        for metric, title in SEED_SUMMARY_COLUMNS.items():
+            r = part.loc[metric]
+            row[title] = _cell(r["mean"], r["ci_low"], r["ci_high"], r["n"])
+        rows.append(((arch_pos.get(arch, len(arch_pos)), label, metrics.arm_order(arm)), row))
+    df = pd.DataFrame([r for _, r in sorted(rows, key=lambda kv: kv[0])])
+    return styled(df, caption="Mean ± half-width of the 95 % t-interval over the seeds listed "
+                              "(one seed: the value).")
+
+
+def comparisons_display(ev: "Evaluation"):
+    """Arms compared: paired across seeds where there are two or more, McNemar per seed."""
+    p, m = ev.paired_tests, ev.mcnemar
+    if p.empty:
+        return markdown_html("No configuration of this build has two arms with a shared seed: "
+                             "nothing to compare.")
+    title = {label: _config_title(label, arch) for label, arch in
+             {(r.label, r.arch) for r in ev.runset.runs}}
+    df = pd.DataFrame({
+        "configuration": p["label"].map(title), "comparison": [f"{arm_title(a)} − {arm_title(b)}"
+                                                               for a, b in zip(p["arm_a"], p["arm_b"])],
+        "metric": p["metric"].str.replace("_", " "), "seeds": p["seeds"], "first": p["mean_a"],
+        "second": p["mean_b"], "difference": p["mean_diff"],
+        "95 % CI": [f"{lo:+.3f} to {hi:+.3f}" if np.isfinite(lo) else None
+                    for lo, hi in zip(p["diff_ci_low"], p["diff_ci_high"])],
+        "p (paired t)": p["p_ttest"], "Cohen's dz": p["cohens_dz"], "p (Wilcoxon)": p["p_wilcoxon"],
+        "note": p["note"].where(p["note"] != "", None)})
+    tables = [styled(df, caption="Paired across seeds; difference = first arm − second.")]
+    if len(m):
+        mc = pd.DataFrame({
+            "configuration": m["label"].map(title),
+            "comparison": [f"{arm_title(a)} − {arm_title(b)}" for a, b in zip(m["arm_a"], m["arm_b"])],
+            "seed": m["seed"], "test images": m["n_test"], "first": m["acc_a"], "second": m["acc_b"],
+            "difference": m["acc_diff"], "only first right": m["b"], "only second right": m["c"],
+            "p (McNemar)": m["p_mcnemar"]})
+        tables.append(styled(mc, caption="Test accuracy per seed on the same test images: McNemar's exact test."))
+    from IPython.display import HTML
+
+    return HTML("".join(t.data for t in tables))
+
+
+# ---------------------------------------------------------- headline numbers in words
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if value is not None and np.isfinite(value) else NOT_RUN
+
+
+def headline(ev: "Evaluation") -> dict[str, str]:
+    """The paper's headline comparison (published.yaml ``headline``) in this build: ImageNet and
+    scratch test accuracy and their difference, as text; "not run on this machine" where the
+    runs are missing, never nan."""
+    paper = metrics.PAPER_VALUES.get(ev.dataset) or {}
+    arch, head = paper.get("headline") or (None, None)
+    runs = [r for r in ev.runset.runs if r.arch == arch and r.head == head and r.papers_design]
+    label = min((r.label for r in runs), key=len, default=None)
+    out = {}
+    for arm in ("imagenet", "scratch"):
+        accs = [r.metrics["test_accuracy"] for r in runs if r.label == label and r.arm == arm]
+        ci = metrics.mean_ci(accs)
+        seeds = f" (mean of {ci.n} seeds)" if ci.n > 1 else ""
+        out[arm] = _number(ci.mean) + (seeds if ci.n else "")
+    row = ev.paired_tests[(ev.paired_tests["label"] == label) & (ev.paired_tests["metric"] == "test_accuracy")
+                          & (ev.paired_tests["arm_a"] == "imagenet") & (ev.paired_tests["arm_b"] == "scratch")]
+    if len(row):
+        r = row.iloc[0]
+        if r["n_pairs"] >= 2:
+            p, test = r["p_ttest"], "paired t-test over seeds"
         else:
-            items[key], items[key + "_p"] = float("nan"), float("nan")
-            items[key + "_test"] = "not run: this build lacks one or both arms"
-    return items
+            mc = ev.mcnemar[(ev.mcnemar["label"] == label) & (ev.mcnemar["arm_a"] == "imagenet")
+                            & (ev.mcnemar["arm_b"] == "scratch")].iloc[0]
+            p, test = mc["p_mcnemar"], "McNemar's exact test"
+        p_text = f"p = {p:.3g}" if np.isfinite(p) else "p undefined: the differences do not vary"
+        diff = f"The difference, ImageNet minus scratch, is {r['mean_diff']:+.3f} ({p_text}, {test})."
+    else:
+        absent = [ARM_TITLES[a] for a in ("imagenet", "scratch") if out[a] == NOT_RUN]
+        diff = (f"The difference cannot be computed here: the {' and '.join(absent)} run"
+                f"{'s were' if len(absent) > 1 else ' was'} {NOT_RUN}." if absent else
+                "The difference cannot be computed here: the two arms share no seed.")
+    out["difference"] = diff
+    return out
+
+
+def paper_gain_range(dataset: str) -> str:
+    """'2.8–4.8 points': the range of ImageNet − scratch test accuracy the paper published."""
+    values = metrics.PAPER_VALUES[dataset]["values"]
+    gains = [100 * (v["test_accuracy"] - values[(a, h, "scratch")]["test_accuracy"])
+             for (a, h, arm), v in values.items() if arm == "imagenet" and (a, h, "scratch") in values]
+    lo, hi = min(gains), max(gains)
+    return f"{lo:.1f} points" if lo == hi else f"{lo:.1f}–{hi:.1f} points"
+
+
+def paper_value(dataset: str, arch: str, head: str, arm: str, metric: str = "test_accuracy") -> float:
+    """One published value from published.yaml, with a clear error when it is not there."""
+    try:
+        return metrics.PAPER_VALUES[dataset]["values"][(arch, head, arm)][metric]
+    except KeyError:
+        raise KeyError(f"{metrics.PUBLISHED_FILE} has no {metric} for {dataset} {arch}/{head}/{arm}") from None
 
 
 def split_comparison(ev: Evaluation) -> pd.DataFrame:
@@ -417,83 +593,64 @@ def split_comparison(ev: Evaluation) -> pd.DataFrame:
     rows = []
     groups: dict[tuple, list] = {}
     for r in ev.runset.runs:
-        key = (r.arch, r.head, r.params.get("split", "random"), r.arm,
-               Path(str(r.params.get("init_from") or "")).parent.name)
-        groups.setdefault(key, []).append(r.metrics["test_accuracy"])
-    for (arch, head, split, arm, source), accs in sorted(groups.items()):
+        groups.setdefault((r.arch, r.head, r.params.get("split", "random"), r.arm), []).append(
+            r.metrics["test_accuracy"])
+    arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
+    for (arch, head, split, arm), accs in sorted(
+            groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
+                                            metrics.arm_order(kv[0][3]))):
         ci = metrics.mean_ci(accs)
-        rows.append({"arch": arch, "head": head, "split": split,
-                     "start": f"init from {source}" if source else ARM_TITLES.get(arm, arm),
-                     "seeds": ci.n, "test accuracy": ci.mean, "95% CI low": ci.low, "95% CI high": ci.high})
-    return pd.DataFrame(rows, columns=["arch", "head", "split", "start", "seeds", "test accuracy",
+        rows.append({"backbone": ARCH_TITLES.get(arch, arch), "head": head, "split": split,
+                     "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
+                     "95% CI low": ci.low, "95% CI high": ci.high})
+    return pd.DataFrame(rows, columns=["backbone", "head", "split", "start", "seeds", "test accuracy",
                                        "95% CI low", "95% CI high"])
 
 
 def glue_evaluation(ev: Evaluation) -> list[str]:
-    """Glue every table, figure and headline number of an evaluation; returns the names glued."""
-    from IPython.display import HTML, Markdown
+    """Glue every table, figure and headline of an evaluation; returns the names glued.
 
-    ds = ev.dataset
+    Names are per notebook (pages cite ``generated/evaluate_<dataset>.ipynb::<name>``)."""
+    from IPython.display import HTML
+
+    hl = headline(ev)
+    inventory = ev.inventory.drop(columns=["path"])
     items: dict[str, Any] = {
-        glue_name(ds, "banner"): HTML(ev.banner),
-        glue_name(ds, "notes"): markdown_html(ev.notes),
-        glue_name(ds, "split_comparison"): split_comparison(ev),
-        glue_name(ds, "table1"): ev.table1,
-        glue_name(ds, "per_class"): ev.per_class,
-        glue_name(ds, "test_accuracy"): ev.test_accuracy,
-        glue_name(ds, "seed_summary"): ev.seed_summary,
-        glue_name(ds, "paired_tests"): ev.paired_tests,
-        glue_name(ds, "mcnemar"): ev.mcnemar,
-        glue_name(ds, "inventory"): ev.inventory,
-        glue_name(ds, "n_runs"): len(ev.runset.runs),
-        glue_name(ds, "n_missing"): len(ev.runset.missing) + len(ev.runset.incomplete),
+        "banner": HTML(ev.banner),
+        "notes": markdown_html(ev.notes),
+        "split_comparison": styled(split_comparison(ev)),
+        "table1": table1_display(ev),
+        "per_class": styled(ev.per_class),
+        "test_accuracy": styled(ev.test_accuracy),
+        "seed_summary": seed_summary_display(ev),
+        "comparisons": comparisons_display(ev),
+        "inventory": styled(inventory),
+        "n_runs": len(ev.runset.runs),
+        "n_missing": len(ev.runset.missing) + len(ev.runset.incomplete),
+        "loss_curves": figure_image(ev.figures["loss_curves"]),
+        "confusion": figure_image(ev.figures["confusion"]),
+        "roc": figure_image(ev.figures["roc"]),
+        "headline_imagenet": hl["imagenet"],
+        "headline_scratch": hl["scratch"],
+        "headline_difference": hl["difference"],
     }
-    for stem, fig in ev.figures.items():
-        items[glue_name(ds, stem)] = fig
-    acc = ev.table1_long[ev.table1_long["metric"] == "test_accuracy"]
-    for row in acc.itertuples():
-        key = glue_name(ds, "test_acc", row.label, row.arm)
-        if row.n:
-            items[key] = row.mean
-            items[key + "_ci_low"] = row.ci_low
-            items[key + "_ci_high"] = row.ci_high
-            items[key + "_n"] = int(row.n)
-        if row.paper:
-            items[glue_name(ds, "paper_test_acc", row.label, row.arm)] = row.paper_value
-    paired = ev.paired_tests[ev.paired_tests["metric"] == "test_accuracy"]
-    for row in paired.itertuples():
-        key = glue_name(ds, "acc_diff", row.label)
-        items[key] = row.mean_diff
-        if row.n_pairs >= 2:
-            items[key + "_p"], items[key + "_test"] = row.p_ttest, "paired t-test over seeds"
-        else:
-            mc = ev.mcnemar[ev.mcnemar["label"] == row.label].iloc[0]
-            items[key + "_p"], items[key + "_test"] = mc["p_mcnemar"], "McNemar's exact test"
-    items.update(_paper_design_items(ev))
     for name, value in items.items():
         glue(name, value, display=False)
     return list(items)
 
 
 def glue_explain(res) -> list[str]:
-    """Glue the explanation figure, its summary and headline scores (see the module docstring)."""
-    from IPython.display import HTML, Markdown
+    """Glue the explanation figure, its summary and note (pages cite
+    ``generated/explain_<dataset>.ipynb::<name>``)."""
+    from IPython.display import HTML
 
-    ds, arch = res.dataset, res.arch
-    items: dict[str, Any] = {glue_name(ds, arch, "explain_banner"): HTML(res.banner()),
-                             glue_name(ds, arch, "explain"): res.figure,
-                             glue_name(ds, arch, "explain_summary"): res.summary,
-                             glue_name(ds, arch, "explain_note"): markdown_html(res.note)}
-    # Arch-free names too, so a page can cite whichever arch the experiment explains.
-    items.update({glue_name(ds, "explain"): res.figure, glue_name(ds, "explain_summary"): res.summary,
-                  glue_name(ds, "explain_note"): markdown_html(res.note),
-                  glue_name(ds, "explain_arch"): arch})
-    for row in res.summary.itertuples() if len(res.summary) else []:
-        items[glue_name(ds, arch, row.arm, row.method, "energy")] = row.energy_share
-        items[glue_name(ds, arch, row.arm, row.method, "pointing")] = row.pointing_hit_rate
-        items[glue_name(ds, arch, "random_energy")] = row.random_energy_share
-        items[glue_name(ds, arch, "area")] = row.mask_area_fraction
-        items[glue_name(ds, arch, "random_pointing")] = row.random_pointing
+    items: dict[str, Any] = {
+        "explain_banner": HTML(res.banner()),
+        "explain": figure_image(res.figure, min_width=600),
+        "explain_summary": styled(res.summary),
+        "explain_note": markdown_html(res.note),
+        "explain_arch": res.arch,
+    }
     for name, value in items.items():
         glue(name, value, display=False)
     return list(items)
