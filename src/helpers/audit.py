@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from . import atomic, metrics
+from .metrics import binomial_ci
 from .data import load_prepared, prepare
 from .data.splits import (
     HAMMING_THRESHOLD,
@@ -185,16 +186,6 @@ def _shortcut_models(seed: int):
     ]
 
 
-def binomial_ci(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for an accuracy of ``correct`` out of ``n``."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd.DataFrame:
     """Histogram + mean + std models on the prepared splits: one row per model.
 
@@ -202,7 +193,7 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd
     reports test accuracy with a 95% Wilson CI, balanced accuracy, macro one-vs-rest AUC
     and per-class recall. ``split`` overrides ``prepared.split`` (same length).
     """
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import balanced_accuracy_score
     from threadpoolctl import threadpool_limits
 
     split = np.asarray(prepared.split if split is None else split, dtype=object)
@@ -240,7 +231,7 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd
             "ci_low": low,
             "ci_high": high,
             "test_balanced_accuracy": float(balanced_accuracy_score(y[te], pred)),
-            "test_auc_macro": _auc_macro(roc_auc_score, y[te], model, X[te], len(class_names)),
+            "test_auc_macro": _auc_macro(y[te], model, X[te], class_names),
         }
         for k, name in enumerate(class_names):
             mask = y[te] == k
@@ -249,11 +240,10 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd
     return pd.DataFrame(rows)
 
 
-def _auc_macro(roc_auc_score, y_true, model, X, n_classes) -> float:
-    if len(np.unique(y_true)) < n_classes or len(model.classes_) < n_classes:
-        return float("nan")  # AUC per class needs every class present
-    proba = model.predict_proba(X)
-    return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+def _auc_macro(y_true, model, X, class_names) -> float:
+    if len(model.classes_) < len(class_names):
+        return float("nan")  # a class absent from train has no probability column
+    return metrics.auc_scores(y_true, model.predict_proba(X), class_names)[0]
 
 
 # --------------------------------------------------------------------------- frozen-feature probe

@@ -60,11 +60,11 @@ ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, floa
 # Parameters that do not define a configuration: the replicate index and bookkeeping.
 BOOKKEEPING_PARAMS = frozenset(
     {"seed", "run_dir", "force", "device", "compile", "prepared_dir", "prepared_fingerprint",
-     "class_names", "synthetic", "run"}
+     "class_names", "synthetic", "run", "experiment", "recompute_bn"}
 )
 # Parameters that define the arm, not the configuration: runs that differ only in these are
 # the arms of one configuration and are compared with each other.
-ARM_PARAMS = frozenset({"arm", "pretrained", "init_from"})
+ARM_PARAMS = frozenset({"arm", "pretrained", "freeze_backbone", "init_from"})
 
 TABLE1_ROWS = {
     "first_epoch_train_loss": "Training loss of the first epoch",

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atomic, data, models, weights
+from . import metrics as metrics_mod
 from . import params as params_mod
 from .params import TrainParams
 
@@ -436,27 +437,8 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     atomic.write_text(run_dir / "history.csv", frame.to_csv(index=False))
 
 
-def _auc(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> tuple[float, list, list[str]]:
-    from sklearn.metrics import roc_auc_score
-    notes, per_class = [], []
-    for k, name in enumerate(class_names):
-        positives = labels == k
-        if positives.all() or not positives.any():
-            per_class.append(float("nan"))
-            notes.append(f"AUC for class {name!r} is undefined: the test split has "
-                         f"{'only' if positives.all() else 'no'} images of it")
-        else:
-            per_class.append(float(roc_auc_score(positives, probs[:, k])))
-    macro = float(np.mean(per_class)) if all(math.isfinite(v) for v in per_class) else float("nan")
-    if not math.isfinite(macro):
-        notes.append("test_auc_macro is undefined because a per-class AUC is")
-    return macro, per_class, notes
-
-
 def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_params: dict,
             state: dict, device: torch.device) -> None:
-    from sklearn.metrics import confusion_matrix
-
     best = read_checkpoint(run_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     probs = torch.softmax(engine.logits(model, "test"), dim=1).cpu().numpy().astype(np.float64)
@@ -470,14 +452,11 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
     atomic.write_text(run_dir / "predictions.csv", frame.to_csv(index=False))
 
     history = state["history"]
-    macro, per_class, notes = _auc(labels, probs, class_names)
+    scores = metrics_mod.test_scores(labels, probs, class_names)  # the one place metrics are computed
     commit, dirty = git_state()
     metrics = {
         "class_names": class_names,
-        "test_accuracy": float((pred == labels).mean()),
-        "test_auc_macro": macro,
-        "test_auc_per_class": per_class,
-        "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(len(class_names)))).tolist(),
+        **{k: scores[k] for k in ("test_accuracy", "test_auc_macro", "test_auc_per_class", "confusion_matrix")},
         "first_epoch_train_loss": history[0]["train_loss"],
         "first_epoch_val_acc": history[0]["val_acc"],
         "final_train_loss": history[-1]["train_loss"],
@@ -496,7 +475,7 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
         "early_stopping_monitor": EARLY_STOPPING_MONITOR,
         "synthetic": bool(prepared.synthetic),
         "n_test": int(len(labels)),
-        "notes": notes,
+        "notes": scores["notes"],
     }
     atomic.write_json(run_dir / "metrics.json", metrics)
 

@@ -539,48 +539,6 @@ BOOK_DIR = Path("book")
 GENERATED = BOOK_DIR / "generated"
 
 
-def _html_list(items: list[str]) -> str:
-    from html import escape
-
-    return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
-
-
-def banner_html(exp: dict, dataset: str | None = None) -> str:
-    """The admonition that opens every results page: synthetic data, and what is missing."""
-    from html import escape
-
-    status = grid_status(exp)
-    if dataset is not None:
-        status = status[status["dataset"] == dataset]
-    parts = []
-    if exp.get("synthetic"):
-        parts.append(
-            "<p><b>Synthetic data.</b> Every number and figure on this page comes from the embedded "
-            f"phantom images of experiment <code>{escape(exp['name'])}</code>, not from patients. "
-            "They show that the pipeline works; they are not medical results.</p>"
-        )
-    if dataset is not None and dataset not in exp["datasets"]:
-        parts.append(
-            f"<p><b>Not part of this experiment.</b> Experiment <code>{escape(exp['name'])}</code> "
-            f"does not use <code>{escape(dataset)}</code>; this page is empty by design.</p>"
-        )
-    gaps = status[status["state"] != "complete"]
-    if len(gaps):
-        items = [f"{r.dataset}/{r.run}: {r.state}" + (f" ({r.reason})" if r.reason else "")
-                 for r in gaps.itertuples()]
-        parts.append(
-            f"<p><b>Incomplete grid:</b> {len(gaps)} of {len(status)} runs are missing.</p>"
-            + _html_list(items)
-        )
-    if not parts:
-        return ('<div class="admonition note"><p class="admonition-title">Complete</p>'
-                f"<p>All {len(status)} runs of experiment <code>{escape(exp['name'])}</code> "
-                "completed on real data.</p></div>")
-    kind = "warning" if exp.get("synthetic") or len(gaps) else "note"
-    return (f'<div class="admonition {kind}"><p class="admonition-title">Read this first</p>'
-            + "".join(parts) + "</div>")
-
-
 def reproducibility_table(exp: dict):
     """Per run: parameters, seconds, device, library versions and git commit."""
     import pandas as pd
