@@ -193,8 +193,8 @@ def test_step_parameters_are_the_step_models():
             P.check(P.NOTEBOOK_PARAMS[step], values)
     assert wf.notebook_params(exp, "data_prep", "ct_kidney", "grouped")["split"] == "grouped"
     explain = wf.notebook_params(exp, "explain", "ct_kidney")
-    assert explain["runs"] == ["runs/demo/ct_kidney/vgg16_dense1024-imagenet-s0",
-                               "runs/demo/ct_kidney/vgg16_dense1024-scratch-s0"]
+    assert explain["runs"] == ["runs/demo/ct_kidney/efficientnet_lite0_dense1024-imagenet-s0",
+                               "runs/demo/ct_kidney/efficientnet_lite0_dense1024-scratch-s0"]
     paper_a = wf.load_experiment("paper_a", "/d")
     with pytest.raises(wf.ExperimentError, match="does not use ct_kidney"):
         wf.notebook_params(paper_a, "evaluate", "ct_kidney")
