@@ -704,6 +704,24 @@ def test_accuracy_table(runset: RunSet, confidence: float = CONFIDENCE) -> pd.Da
                                        "wilson_low", "wilson_high", "exact_low", "exact_high"])
 
 
+def above_chance(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per configuration and arm, all seeds' test images pooled: did it learn? "above chance"
+    when the Wilson interval of the pooled accuracy lies above 1/K (K classes)."""
+    rows = []
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runset.runs:
+        groups.setdefault((r.label, r.arm), []).append(r)
+    for (label, arm), group in sorted(groups.items(), key=lambda kv: (kv[0][0], arm_order(kv[0][1]))):
+        correct = sum(r.metrics["test_correct"] for r in group)
+        n = sum(r.metrics["test_n"] for r in group)
+        chance = 1 / len(group[0].class_names)
+        low, high = binomial_ci(correct, n, confidence)
+        rows.append({"configuration": label, "arm": arm, "seeds": len(group), "accuracy": correct / n,
+                     "ci_low": low, "ci_high": high, "chance": chance, "learned": bool(low > chance)})
+    return pd.DataFrame(rows, columns=["configuration", "arm", "seeds", "accuracy", "ci_low", "ci_high",
+                                       "chance", "learned"])
+
+
 def arm_comparisons(arms: Iterable[str]) -> list[tuple[str, str]]:
     """Which arms are compared, as (a, b) with difference a − b: every arm against
     REFERENCE_ARM first, then each other pair in display order."""

@@ -607,6 +607,22 @@ def split_comparison(ev: Evaluation) -> pd.DataFrame:
                                        "95% CI low", "95% CI high"])
 
 
+def learned_sentence(ev: Evaluation) -> str:
+    """One sentence: which configurations of this build stayed at chance (their pooled test
+    accuracy's 95% interval reaches 1/K), so a reader knows which comparisons show something."""
+    table = metrics.above_chance(ev.runset)
+    if table.empty:
+        return "No run of this dataset completed on this machine."
+    chance = f"{table['chance'].iloc[0]:.0%}"
+    stuck = table[~table["learned"]]
+    if stuck.empty:
+        return f"Every configuration that ran learned above chance ({chance}; 95% interval of the test accuracy)."
+    names = "; ".join(f"{r.configuration} {ARM_TITLES.get(r.arm, r.arm)} ({r.accuracy:.0%})"
+                      for r in stuck.itertuples())
+    return (f"At chance ({chance}) in this build, within the 95% interval of their test accuracy: {names}. "
+            f"These networks did not learn at this data size; every other configuration did.")
+
+
 def glue_evaluation(ev: Evaluation) -> list[str]:
     """Glue every table, figure and headline of an evaluation; returns the names glued.
 
@@ -633,6 +649,7 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
         "headline_imagenet": hl["imagenet"],
         "headline_scratch": hl["scratch"],
         "headline_difference": hl["difference"],
+        "learned": learned_sentence(ev),
     }
     for name, value in items.items():
         glue(name, value, display=False)
