@@ -402,3 +402,19 @@ def test_config_labels_separate_differing_params(tmp_path):
     write_run(ds / "b", extra_params={"image_size": 128})
     rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
     assert sorted(r.label for r in rs.runs) == ["resnet18 (image_size=128)", "resnet18 (image_size=64)"]
+
+
+def test_above_chance_pools_seeds_and_compares_the_interval_with_one_over_k():
+    import types
+
+    def run(label, arm, seed, correct, n=40, k=4):
+        return types.SimpleNamespace(label=label, arm=arm, seed=seed, class_names=list("abcd")[:k],
+                                     metrics={"test_correct": correct, "test_n": n})
+
+    runset = types.SimpleNamespace(runs=[run("net", "imagenet", 0, 30), run("net", "imagenet", 1, 28),
+                                         run("net", "scratch", 0, 11), run("net", "scratch", 1, 9)])
+    table = metrics.above_chance(runset).set_index("arm")
+    assert table.loc["imagenet", "seeds"] == 2 and table.loc["imagenet", "accuracy"] == 58 / 80
+    assert table.loc["imagenet", "learned"] and not table.loc["scratch", "learned"]  # 20/80 = chance
+    assert table.loc["scratch", "ci_low"] < 0.25 < table.loc["scratch", "ci_high"]
+    assert list(table.index) == ["imagenet", "scratch"]
