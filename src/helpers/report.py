@@ -35,13 +35,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, metrics
+from . import atomic, metrics, models
 
 SYNTHETIC_SUFFIX = " — SYNTHETIC DATA"
 # Display names: one table per kind. An arch or arm not listed shows under its own name.
-ARCH_TITLES = {"resnet18": "ResNet-18", "vgg11": "VGG-11", "vgg16": "VGG-16", "alexnet": "AlexNet",
-               "mobilenet_v3_large": "MobileNetV3-L", "mobilenet_v3_small": "MobileNetV3-S",
-               "efficientnet_lite0": "EfficientNet-Lite0"}
+ARCH_TITLES = {name: spec.label for name, spec in models.ARCHS.items()}  # the arch table's labels
 ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
 ARM_COLORS = {"imagenet": "#1f77b4", "linear_probe": "#2ca02c", "scratch": "#d62728"}
 NOT_RUN = "not run on this machine"  # headline text for a number whose runs did not happen
