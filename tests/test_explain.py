@@ -258,7 +258,8 @@ def test_bootstrap_interval_contains_the_point_estimate(values):
 
 
 def test_bootstrap_edge_cases_and_paired_difference():
-    assert explain.bootstrap_ci([0.4, 0.4, 0.4]) == explain.Interval(0.4, 0.4, 0.4, 3)
+    flat = explain.bootstrap_ci([0.4, 0.4, 0.4])
+    assert flat.n == 3 and flat.low == flat.mean == flat.high == pytest.approx(0.4)
     one = explain.bootstrap_ci([0.7, np.nan])
     assert one.n == 1 and one.mean == 0.7 and np.isnan(one.low)
     rng = np.random.default_rng(1)
@@ -377,3 +378,16 @@ def test_road_and_sanity_on_tiny_trained_runs_are_finite_and_in_range(tiny_runs,
     assert res.seconds["total"] >= res.seconds["road"] + res.seconds["sanity"] > 0
     for name in ("explain_road.csv", "explain_sanity.csv", "explain_tests.csv", "explain_paired.csv"):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_road_equals_the_librarys_road_combined():
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, region = _region_model()
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.random((2, 3, 16, 16)), dtype=torch.float32)
+    maps = rng.random((2, 16, 16)).astype(np.float32)
+    ours = explain.road_scores(model, x, [0, 1], maps, percentiles=[30, 70])
+    theirs = ROADCombined(percentiles=[30, 70])(x, maps, [ClassifierOutputSoftmaxTarget(t) for t in (0, 1)], model)
+    np.testing.assert_allclose(ours, theirs, atol=0.01)  # the imputer's noise (0.01) differs between the two

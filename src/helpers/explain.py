@@ -254,27 +254,48 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, seed: int = 0) -> di
 
 
 def road_scores(model: nn.Module, images: torch.Tensor, targets: Sequence[int], maps: np.ndarray,
-                percentiles: Sequence[int] = (20, 40, 60, 80), batch_size: int = 16, seed: int = 0) -> np.ndarray:
-    """ROADCombined per image on the target's softmax probability, in [-1, 1] (higher: more faithful)."""
-    from pytorch_grad_cam.metrics.road import ROADCombined
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+                percentiles: Sequence[int] = (20, 40, 60, 80), batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    """ROAD combined per image on the target's softmax probability, in [-1, 1] (higher: more faithful).
+
+    The value of ``pytorch_grad_cam.metrics.road.ROADCombined``: the mean over percentiles of
+    (p after removing the least relevant pixels - p after removing the most relevant) / 2, both
+    removals by the library's perturbations and noisy linear imputer. ROADCombined would run the
+    model on the unperturbed images at every percentile, where the difference cancels them, and
+    one batch per percentile; here every perturbed image of an image goes through one batched
+    forward pass, which halves the cost on a CPU."""
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     model.eval()
     device = next(model.parameters()).device
-    metric = ROADCombined(percentiles=[int(p) for p in percentiles])
-    targets = [int(t) for t in targets]
+    percentiles = [int(p) for p in percentiles]
+    targets = np.asarray([int(t) for t in targets])
     torch.manual_seed(seed)  # the imputer adds noise
     # Ties broken at random: Grad-CAM's zero areas would otherwise put every pixel on one side of
     # a percentile, and imputing an image with no known pixel is a singular system.
     rng = np.random.default_rng(seed)
     maps = np.asarray(maps, np.float32) + rng.uniform(0, 1e-4, np.shape(maps)).astype(np.float32)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device=device, dtype=torch.float32)
-        tb = [ClassifierOutputSoftmaxTarget(t) for t in targets[start:start + batch_size]]
-        out.append(np.asarray(metric(x, np.asarray(maps[start:start + batch_size], np.float32), tb, model),
-                              dtype=np.float64).reshape(-1))
-    scores = np.concatenate(out) if out else np.zeros(0)
+    imputer = NoisyLinearImputer()
+    removals = [(order, cls(p, imputer)) for p in percentiles
+                for order, cls in ((+1, RemoveLeastRelevantFirst), (-1, RemoveMostRelevantFirst))]
+    perturbed, sign, owner = [], [], []
+    with warnings.catch_warnings():
+        # the imputer hands torch tensors to numpy, which numpy 2 warns about on every call
+        warnings.filterwarnings("ignore", message=".*__array_wrap__.*", category=DeprecationWarning)
+        for i in range(len(images)):
+            x, cam = images[i].detach().float().cpu(), torch.from_numpy(maps[i])
+            for order, removal in removals:
+                perturbed.append(removal(x, cam))
+                sign.append(order)
+                owner.append(i)
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(perturbed), batch_size):
+            batch = torch.stack(perturbed[start:start + batch_size]).to(device)
+            probs.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
+    owner, sign = np.asarray(owner, dtype=int), np.asarray(sign, dtype=float)
+    p_target = np.concatenate(probs)[np.arange(len(owner)), targets[owner]] if len(owner) else np.zeros(0)
+    scores = np.bincount(owner, weights=sign * p_target, minlength=len(images)) / (2 * len(percentiles))
     if not np.isfinite(scores).all():
         raise RuntimeError("ROAD produced non-finite scores")
     return scores
@@ -424,6 +445,9 @@ def _sanity_sentence(ci: Interval, method: str, arm: str) -> tuple[str, str]:
     if ci.high < SANITY_PASS_BELOW:
         return "passes", (f"{METHOD_TITLES.get(method, method)} maps change once the {ARM_TITLES.get(arm, arm)} "
                           f"weights are re-initialised: they depend on what the model learned.")
+    if ci.low < SANITY_PASS_BELOW:
+        return "undecided", (f"The interval straddles {SANITY_PASS_BELOW}: on these images it cannot say whether "
+                             f"{METHOD_TITLES.get(method, method)} maps depend on the learned weights; more images would.")
     return "fails", (f"{METHOD_TITLES.get(method, method)} maps barely change with random weights: they show the "
                      f"image more than the {ARM_TITLES.get(arm, arm)} model, so they cannot support paper B's claim.")
 
@@ -439,8 +463,7 @@ def tests_table(dataset: str, scores: pd.DataFrame, faith: pd.DataFrame, sanity:
                      "value": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "random": random, "centre": centre,
                      "verdict": verdict, "meaning": text})
 
-    keys = [*scores[["arm", "method"]].drop_duplicates().itertuples(index=False, name=None)]
-    keys += [k for k in faith[["arm", "method"]].drop_duplicates().itertuples(index=False, name=None) if k not in keys]
+    keys = {k for frame in (scores, faith, sanity) for k in frame[["arm", "method"]].itertuples(index=False, name=None)}
     for arm, method in sorted(keys, key=lambda k: (metrics.ARMS.index(k[0]) if k[0] in metrics.ARMS else 99,
                                                    METHODS.index(k[1]))):
         part = scores[(scores.arm == arm) & (scores.method == method)]
