@@ -439,16 +439,20 @@ def _road_sentence(ci: Interval) -> tuple[str, str]:
     return "not shown", "Indistinguishable from zero: no evidence that the map tracks what the model uses."
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _sanity_sentence(ci: Interval, method: str, arm: str) -> tuple[str, str]:
     if not np.isfinite(ci.high):
         return "too few images", "Too few images for an interval."
     if ci.high < SANITY_PASS_BELOW:
-        return "passes", (f"{METHOD_TITLES.get(method, method)} maps change once the {ARM_TITLES.get(arm, arm)} "
+        return "passes", (f"{_capital(METHOD_TITLES.get(method, method))} maps change once the {ARM_TITLES.get(arm, arm)} "
                           f"weights are re-initialised: they depend on what the model learned.")
     if ci.low < SANITY_PASS_BELOW:
         return "undecided", (f"The interval straddles {SANITY_PASS_BELOW}: on these images it cannot say whether "
                              f"{METHOD_TITLES.get(method, method)} maps depend on the learned weights; more images would.")
-    return "fails", (f"{METHOD_TITLES.get(method, method)} maps barely change with random weights: they show the "
+    return "fails", (f"{_capital(METHOD_TITLES.get(method, method))} maps barely change with random weights: they show the "
                      f"image more than the {ARM_TITLES.get(arm, arm)} model, so they cannot support paper B's claim.")
 
 
@@ -806,8 +810,8 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
             if len(probe):
                 ids = {"arm": arm, "method": method, "image": np.arange(len(probe)),
                        "path": [prep.paths[i] for i in probe]}
-                maps = compute_maps(method, model, arch, x_probe, labels[probe])
                 t0 = time.perf_counter()
+                maps = compute_maps(method, model, arch, x_probe, labels[probe])
                 road = road_scores(model, x_probe, labels[probe], maps, road_percentiles, seed=seed)
                 faith_rows.append(pd.DataFrame({**ids, "road": road}))
                 t1 = time.perf_counter()
