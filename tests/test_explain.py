@@ -149,7 +149,8 @@ def test_explain_notebook_on_tiny_runs(tiny_runs, tmp_path):  # noqa: F811
     assert {"energy_share", "random_energy_share", "mask_area_fraction", "pointing_hit_rate",
             "random_pointing"} <= set(summary.columns)
     glued = _glued(tmp_path / "explain.ipynb")
-    assert {"explain", "explain_summary", "explain_note", "explain_banner"} <= glued
+    assert {"explain", "explain_summary", "explain_note", "explain_banner", "explain_tests", "explain_paired",
+            "explain_timing"} <= glued
 
 
 @pytest.mark.slow
@@ -193,3 +194,200 @@ def test_trained_gradcam_puts_more_energy_in_the_lesion_than_random_maps(tmp_pat
     assert s["energy_share"] > s["random_energy_share"]
     # per image, paired: Grad-CAM energy share minus the mask's area fraction, 95% CI above zero
     assert s["diff_ci_low"] > 0, res.summary.to_string()
+
+
+# ------------------------------------------- baselines, intervals, faithfulness, sanity
+
+
+def _off_centre_masks(n=4, size=32):
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        masks[i, 2 + i:8 + i, 3:10] = 1  # a lesion in the top-left quadrant, away from the centre
+    return masks
+
+
+def test_centre_prior_scores_centred_regions_and_not_off_centre_ones():
+    prior = explain.centre_prior(32, 32)
+    assert prior.max() == pytest.approx(prior[15:17, 15:17].max()) and prior[0, 0] < 0.05
+    centred = np.zeros((1, 32, 32), np.uint8)
+    centred[0, 8:24, 8:24] = 1
+    base = explain.centre_baseline(np.concatenate([centred, _off_centre_masks(1)]), tolerance_px=0)
+    assert base["centre_pointing"].tolist() == [1.0, 0.0]
+    # the blob puts more of its weight on a centred region than its area fraction (a quarter)
+    assert base["centre_energy_share"][0] > 0.25 + 0.2 and base["centre_energy_share"][1] < 0.05
+
+
+def test_a_map_equal_to_the_mask_beats_both_baselines():
+    masks = _off_centre_masks()
+    maps = masks.astype(float)
+    ours = explain.score_maps(maps, masks, tolerance_px=0)
+    base = pd.concat([explain.random_baseline(masks, 0, n_random=20), explain.centre_baseline(masks, 0)], axis=1)
+    assert (ours["energy_share"] > base["random_energy_share"]).all()
+    assert (ours["energy_share"] > base["centre_energy_share"]).all()
+    assert (ours["pointing_hit"] > base["random_pointing"]).all()
+    assert (ours["pointing_hit"] > base["centre_pointing"]).all()
+    scores = pd.concat([ours, base], axis=1).assign(arm="imagenet", method="gradcam", region="lesion",
+                                                    path=[f"{i}.png" for i in range(len(masks))])
+    table = explain.tests_table("ct_kidney", scores, pd.DataFrame(columns=["arm", "method"]),
+                                pd.DataFrame(columns=["arm", "method", "stage_index"]))
+    assert table["verdict"].tolist() == ["beats both", "beats both"]
+    # the centre prior itself, used as the map, beats the random map but not itself
+    centre = np.broadcast_to(explain.centre_prior(32, 32), masks.shape)
+    assert (explain.energy_share(centre, masks) < ours["energy_share"]).all()
+
+
+def test_lung_maps_outside_the_lungs_carry_the_shortcut_warning():
+    masks = _off_centre_masks()
+    maps = 1.0 - masks  # everything but the region
+    scores = pd.concat([explain.score_maps(maps, masks, 0), explain.random_baseline(masks, 0),
+                        explain.centre_baseline(masks, 0)], axis=1).assign(arm="scratch", method="saliency",
+                                                                          region="lung")
+    table = explain.tests_table("covid_radiography", scores, pd.DataFrame(columns=["arm", "method"]),
+                                pd.DataFrame(columns=["arm", "method", "stage_index"]))
+    share = table[table.score == "region share"].iloc[0]
+    assert share["verdict"] == "no better than random" and "DeGrave" in share["meaning"]
+
+
+@pytest.mark.parametrize("values", [np.r_[np.zeros(30), np.ones(10)], np.linspace(-1, 3, 25) ** 3,
+                                    np.random.default_rng(0).exponential(size=12), np.r_[0.0, 0.0, 0.0, 1.0]])
+def test_bootstrap_interval_contains_the_point_estimate(values):
+    ci = explain.bootstrap_ci(values)
+    assert ci.n == len(values) and ci.mean == pytest.approx(values.mean())
+    assert ci.low <= ci.mean <= ci.high and ci.low < ci.high
+    assert explain.bootstrap_ci(values) == ci  # seeded
+
+
+def test_bootstrap_edge_cases_and_paired_difference():
+    flat = explain.bootstrap_ci([0.4, 0.4, 0.4])
+    assert flat.n == 3 and flat.low == flat.mean == flat.high == pytest.approx(0.4)
+    one = explain.bootstrap_ci([0.7, np.nan])
+    assert one.n == 1 and one.mean == 0.7 and np.isnan(one.low)
+    rng = np.random.default_rng(1)
+    b = rng.random(30)
+    d = explain.paired_difference(b + 0.3 + 0.01 * rng.standard_normal(30), b)
+    assert d["ci_low"] > 0.25 and d["ci_high"] < 0.35 and d["wilcoxon_p"] < 0.001
+    same = explain.paired_difference(b, b)
+    assert same["difference"] == 0 and np.isnan(same["wilcoxon_p"])
+
+
+def _region_model(size=16):
+    """p(class 0) rises with the mean of the centre square: the only pixels that matter."""
+    region = torch.zeros(size, size)
+    region[6:10, 6:10] = 1
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(4.0))
+
+        def forward(self, x):
+            inside = (x.mean(dim=1) * region).sum(dim=(1, 2)) / region.sum()
+            return torch.stack([self.scale * inside, torch.zeros_like(inside)], dim=1)
+
+    return Model().eval(), region.numpy()
+
+
+def test_road_is_positive_for_the_relevant_region_and_negative_for_its_inverse():
+    model, region = _region_model()
+    x = torch.zeros(3, 3, 16, 16)
+    x[:, :, 6:10, 6:10] = 1.0
+    right = np.broadcast_to(region, (3, 16, 16))
+    good = explain.road_scores(model, x, [0, 0, 0], right, percentiles=[50, 80])
+    bad = explain.road_scores(model, x, [0, 0, 0], 1 - right, percentiles=[50, 80])
+    assert np.isfinite(good).all() and np.isfinite(bad).all()
+    assert (good > 0.05).all() and (bad < -0.05).all()
+    assert (np.abs(good) <= 1).all() and (np.abs(bad) <= 1).all()
+
+
+def test_rank_correlation_of_identical_constant_and_unrelated_maps():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 8, 8))
+    assert explain.map_rank_correlation(a, a) == pytest.approx([1, 1])
+    assert explain.map_rank_correlation(a, a ** 3 + 5) == pytest.approx([1, 1])  # ranks only
+    assert explain.map_rank_correlation(a, -a) == pytest.approx([-1, -1])
+    const = np.full((2, 8, 8), 0.5)
+    assert explain.map_rank_correlation(const, const).tolist() == [1.0, 1.0]  # unchanged: the maximum
+    assert explain.map_rank_correlation(a, np.zeros_like(a)).tolist() == [0.0, 0.0]
+
+
+def test_randomized_models_reinitialise_every_layer_and_leave_the_model_alone():
+    torch.manual_seed(0)
+    model = models.get_model("resnet18", weights=False, num_classes=3, image_size=32).eval()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(1.0)  # "trained": away from any initialisation
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (stage, rand), = list(explain.randomized_models(model, "full"))
+    assert stage == "all layers"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    changed = [not torch.equal(before[k], v) for k, v in rand.named_parameters()]
+    assert all(changed)
+    stages = [s for s, _ in explain.randomized_models(model, "cascade")]
+    assert len(stages) == explain.SANITY_STAGES and stages[-1] == "all layers" and stages[0].startswith("top ")
+    with pytest.raises(ValueError, match="sanity must be one of"):
+        list(explain.randomized_models(model, "bottom"))
+
+
+def test_a_constant_map_fails_the_sanity_check(monkeypatch):
+    torch.manual_seed(0)
+    model = models.get_model("resnet18", weights=False, num_classes=3, image_size=32).eval()
+    x = torch.randn(4, 3, 32, 32)
+    monkeypatch.setattr(explain, "compute_maps", lambda method, m, arch, images, targets:
+                        np.full((len(images), 32, 32), 0.5, np.float32))
+    maps = explain.compute_maps("saliency", model, "resnet18", x, [0, 1, 2, 0])
+    rho = explain.sanity_correlations("saliency", model, "resnet18", x, [0, 1, 2, 0], maps, "full")
+    assert rho["sanity_rho"].tolist() == [1.0] * 4
+    table = explain.tests_table("ct_kidney", pd.DataFrame(columns=["arm", "method"]),
+                                pd.DataFrame(columns=["arm", "method"]), rho.assign(arm="imagenet", method="saliency"))
+    row = table.iloc[0]
+    assert row["score"] == "sanity rho" and row["value"] == 1.0 and row["verdict"] == "fails"
+
+
+def test_explain_refuses_bad_test_parameters(tiny_runs):  # noqa: F811
+    run = tiny_runs / "runs" / "covid_radiography" / "resnet18-scratch-s0"
+    for kwargs, match in (({"n_road_images": -1}, "n_road_images"), ({"road_percentiles": [0, 50]}, "road_percentiles"),
+                          ({"road_percentiles": []}, "road_percentiles"), ({"sanity": "top"}, "sanity must be")):
+        with pytest.raises(ValueError, match=match):
+            explain.explain_runs("covid_radiography", "resnet18", [run], **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sanity", ["full", "cascade"])
+def test_road_and_sanity_on_tiny_trained_runs_are_finite_and_in_range(tiny_runs, tmp_path, sanity):  # noqa: F811
+    runs = tiny_runs / "runs" / "covid_radiography"
+    res = explain.explain_runs("covid_radiography", "resnet18", [runs / "resnet18-imagenet-s0",
+                                                                runs / "resnet18-scratch-s0"],
+                               n_per_class=1, out_dir=tmp_path / "out", device="cpu", n_road_images=3,
+                               road_percentiles=[30, 70], sanity=sanity)
+    assert len(res.faith) == 2 * 2 * 3  # arms x methods x images
+    assert np.isfinite(res.faith["road"]).all() and (res.faith["road"].abs() <= 1).all()
+    rho = res.sanity["sanity_rho"]
+    assert np.isfinite(rho).all() and (rho.abs() <= 1 + 1e-9).all()
+    assert res.sanity["stage_index"].nunique() == (1 if sanity == "full" else explain.SANITY_STAGES)
+    # the same images for both arms, so the comparison is paired
+    assert set(res.faith[res.faith.arm == "imagenet"].path) == set(res.faith[res.faith.arm == "scratch"].path)
+    t = res.tests
+    for arm in ("imagenet", "scratch"):
+        for method in ("saliency", "gradcam"):
+            scores = set(t[(t.arm == arm) & (t.method == method)].score)
+            assert scores == {"region share", "pointing game", "ROAD", "sanity rho"}, (arm, method, scores)
+    finite = t.dropna(subset=["ci_low", "ci_high"])
+    assert ((finite.ci_low <= finite.value + 1e-12) & (finite.value <= finite.ci_high + 1e-12)).all()
+    assert t["meaning"].str.len().gt(20).all()
+    assert set(res.paired.score) == {"region share", "pointing game", "ROAD", "sanity rho"}
+    assert res.seconds["total"] >= res.seconds["road"] + res.seconds["sanity"] > 0
+    for name in ("explain_road.csv", "explain_sanity.csv", "explain_tests.csv", "explain_paired.csv"):
+        assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_road_equals_the_librarys_road_combined():
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, region = _region_model()
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.random((2, 3, 16, 16)), dtype=torch.float32)
+    maps = rng.random((2, 16, 16)).astype(np.float32)
+    ours = explain.road_scores(model, x, [0, 1], maps, percentiles=[30, 70])
+    theirs = ROADCombined(percentiles=[30, 70])(x, maps, [ClassifierOutputSoftmaxTarget(t) for t in (0, 1)], model)
+    np.testing.assert_allclose(ours, theirs, atol=0.01)  # the imputer's noise (0.01) differs between the two

@@ -13,12 +13,29 @@
   :func:`pointing_tolerance`). Beside them, a random-map baseline: seeded uniform random maps
   scored the same way, with the analytic expectations (mask area fraction for the energy share,
   dilated-mask area fraction for the pointing game). An all-zero map (Grad-CAM finds no positive
-  evidence) scores 0 and a miss, and is counted (``n_zero_maps``).
+  evidence) scores 0 and a miss, and is counted (``n_zero_maps``). A *centre prior* (a Gaussian
+  blob at the image centre, sigma a quarter of the side) is scored the same way: it localises
+  centred anatomy without looking at the image, so a map must beat it too.
+* Faithfulness: ROAD (Rong et al. 2022), ``pytorch_grad_cam.metrics.road.ROADCombined`` over a
+  few percentiles, on the softmax probability of the target class: half the drop when the least
+  relevant pixels are imputed minus the drop when the most relevant are, in [-1, 1]; above zero
+  means the map ranks the pixels the model relies on first.
+* Sanity (Adebayo et al. 2018, model-parameter randomisation): the maps are recomputed after the
+  trained weights are re-initialised, all at once (``"full"``) or cumulatively from the top
+  layer down (``"cascade"``), and compared per image by Spearman rank correlation. A method
+  passes when the upper end of the interval of its mean correlation is below
+  :data:`SANITY_PASS_BELOW`: its maps depend on what the model learned.
+* Intervals: every score gets a bootstrap 95% interval over images (``scipy.stats.bootstrap``,
+  BCa; percentile where BCa is undefined), and ImageNet is compared with scratch on the same
+  images (paired bootstrap of the difference, Wilcoxon signed-rank p).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
+from scipy import ndimage, stats
 from torch import nn
 
 from . import metrics
@@ -38,6 +55,11 @@ METHODS = ("saliency", "gradcam")
 METHOD_TITLES = {"saliency": "saliency", "gradcam": "Grad-CAM"}
 ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
 POINTING_TOLERANCE_AT_224 = 15  # px, Zhang et al. (2018) pointing game
+CENTRE_SIGMA = 0.25  # the centre prior's sigma, as a fraction of the image side
+SANITY_PASS_BELOW = 0.5  # mean Spearman rho whose interval must lie below it: maps changed with the weights
+SANITY_MODES = ("full", "cascade")
+SANITY_STAGES = 4  # cascade: cumulative quarters of the layers, top first
+CONFIDENCE = 0.95
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -171,6 +193,168 @@ def random_baseline(masks: np.ndarray, tolerance_px: int = 0, n_random: int = 20
     })
 
 
+def centre_prior(height: int, width: int, sigma: float = CENTRE_SIGMA) -> np.ndarray:
+    """A Gaussian blob at the image centre, peak 1, sigma ``sigma`` times the shorter side."""
+    yy, xx = np.mgrid[:height, :width]
+    s = sigma * min(height, width)
+    return np.exp(-(((yy - (height - 1) / 2) ** 2 + (xx - (width - 1) / 2) ** 2) / (2 * s ** 2)))
+
+
+def centre_baseline(masks: np.ndarray, tolerance_px: int = 0) -> pd.DataFrame:
+    """Per image: energy share and pointing hit of the centre prior, which never looks at the image."""
+    masks = np.asarray(masks).astype(bool)
+    maps = np.broadcast_to(centre_prior(*masks.shape[1:]), masks.shape)
+    return pd.DataFrame({"centre_energy_share": energy_share(maps, masks),
+                         "centre_pointing": pointing_hits(maps, masks, tolerance_px)})
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def bootstrap_ci(values, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0) -> Interval:
+    """Mean over images with a bootstrap interval (``scipy.stats.bootstrap``, BCa; the percentile
+    interval where BCa is undefined, as for very skewed or near-constant scores). nan values are
+    dropped; one value has no interval (nan), identical values a zero-width one."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if len(x) == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    if np.ptp(x) == 0:
+        return Interval(mean, mean, mean, len(x))
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa's degenerate-distribution warning: we fall back instead
+            ci = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                                 method=method, random_state=seed).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    return Interval(mean, float(min(ci.low, mean)), float(max(ci.high, mean)), len(x))
+
+
+def paired_difference(a, b, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
+    """a - b on the same images: bootstrap interval of the mean difference and the Wilcoxon
+    signed-rank p-value (nan when every difference is zero or fewer than two pairs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    ci = bootstrap_ci(d, confidence, seed=seed)
+    p = math.nan
+    if len(d) >= 2 and np.any(d != 0):
+        p = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+    return {"n": ci.n, "a": float(a[ok].mean()) if ci.n else math.nan, "b": float(b[ok].mean()) if ci.n else math.nan,
+            "difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "wilcoxon_p": p}
+
+
+def road_scores(model: nn.Module, images: torch.Tensor, targets: Sequence[int], maps: np.ndarray,
+                percentiles: Sequence[int] = (20, 40, 60, 80), batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    """ROAD combined per image on the target's softmax probability, in [-1, 1] (higher: more faithful).
+
+    The value of ``pytorch_grad_cam.metrics.road.ROADCombined``: the mean over percentiles of
+    (p after removing the least relevant pixels - p after removing the most relevant) / 2, both
+    removals by the library's perturbations and noisy linear imputer. ROADCombined would run the
+    model on the unperturbed images at every percentile, where the difference cancels them, and
+    one batch per percentile; here every perturbed image of an image goes through one batched
+    forward pass, which halves the cost on a CPU."""
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    model.eval()
+    device = next(model.parameters()).device
+    percentiles = [int(p) for p in percentiles]
+    targets = np.asarray([int(t) for t in targets])
+    torch.manual_seed(seed)  # the imputer adds noise
+    # Ties broken at random: Grad-CAM's zero areas would otherwise put every pixel on one side of
+    # a percentile, and imputing an image with no known pixel is a singular system.
+    rng = np.random.default_rng(seed)
+    maps = np.asarray(maps, np.float32) + rng.uniform(0, 1e-4, np.shape(maps)).astype(np.float32)
+    imputer = NoisyLinearImputer()
+    removals = [(order, cls(p, imputer)) for p in percentiles
+                for order, cls in ((+1, RemoveLeastRelevantFirst), (-1, RemoveMostRelevantFirst))]
+    perturbed, sign, owner = [], [], []
+    with warnings.catch_warnings():
+        # the imputer hands torch tensors to numpy, which numpy 2 warns about on every call
+        warnings.filterwarnings("ignore", message=".*__array_wrap__.*", category=DeprecationWarning)
+        for i in range(len(images)):
+            x, cam = images[i].detach().float().cpu(), torch.from_numpy(maps[i])
+            for order, removal in removals:
+                perturbed.append(removal(x, cam))
+                sign.append(order)
+                owner.append(i)
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(perturbed), batch_size):
+            batch = torch.stack(perturbed[start:start + batch_size]).to(device)
+            probs.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
+    owner, sign = np.asarray(owner, dtype=int), np.asarray(sign, dtype=float)
+    p_target = np.concatenate(probs)[np.arange(len(owner)), targets[owner]] if len(owner) else np.zeros(0)
+    scores = np.bincount(owner, weights=sign * p_target, minlength=len(images)) / (2 * len(percentiles))
+    if not np.isfinite(scores).all():
+        raise RuntimeError("ROAD produced non-finite scores")
+    return scores
+
+
+def map_rank_correlation(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Spearman rho per image between two stacks of maps (N, H, W). Identical maps (a constant
+    method, say) score 1, the maximum: nothing changed. A map that turned constant, or came
+    from a constant one, has no ranks to compare and scores 0."""
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    rho = np.zeros(len(before))
+    for i, (a, b) in enumerate(zip(before.reshape(len(before), -1), after.reshape(len(after), -1))):
+        if np.array_equal(a, b):
+            rho[i] = 1.0
+        elif np.ptp(a) > 0 and np.ptp(b) > 0:
+            rho[i] = stats.spearmanr(a, b).statistic
+    return rho
+
+
+def _resettable_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers with their own weights and a ``reset_parameters``, top (last registered) first."""
+    return [m for m in reversed(list(model.modules()))
+            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+
+
+def randomized_models(model: nn.Module, mode: str = "full", seed: int = 0):
+    """Yield (stage name, copy of the model with re-initialised weights): ``"full"`` once, every
+    layer; ``"cascade"`` after each cumulative quarter of the layers, top first (Adebayo et al. 2018)."""
+    if mode not in SANITY_MODES:
+        raise ValueError(f"sanity must be one of {list(SANITY_MODES)}; got {mode!r}")
+    layers = _resettable_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layer with reset_parameters to randomise")
+    if mode == "full":
+        cuts = [len(layers)]
+    else:
+        cuts = sorted({max(1, round(len(layers) * k / SANITY_STAGES)) for k in range(1, SANITY_STAGES + 1)})
+    torch.manual_seed(seed)
+    rand = copy.deepcopy(model)
+    rand_layers = _resettable_layers(rand)
+    done = 0
+    for cut in cuts:
+        for layer in rand_layers[done:cut]:
+            layer.reset_parameters()
+        done = cut
+        yield ("all layers" if cut == len(layers) else f"top {cut} of {len(layers)} layers"), rand.eval()
+
+
+def sanity_correlations(method: str, model: nn.Module, arch: str, images: torch.Tensor, targets: Sequence[int],
+                        maps: np.ndarray, mode: str = "full", seed: int = 0) -> pd.DataFrame:
+    """Per image and randomisation stage: Spearman rho between the trained model's map and the
+    map of the re-initialised model (``stage_index`` counts up; the last is every layer)."""
+    rows = []
+    for k, (stage, rand) in enumerate(randomized_models(model, mode, seed)):
+        rho = map_rank_correlation(maps, compute_maps(method, rand, arch, images, targets))
+        rows.append(pd.DataFrame({"stage_index": k, "stage": stage, "image": np.arange(len(rho)), "sanity_rho": rho}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def score_maps(maps: np.ndarray, masks: np.ndarray, tolerance_px: int) -> pd.DataFrame:
     return pd.DataFrame({"energy_share": energy_share(maps, masks),
                          "pointing_hit": pointing_hits(maps, masks, tolerance_px),
@@ -178,36 +362,187 @@ def score_maps(maps: np.ndarray, masks: np.ndarray, tolerance_px: int) -> pd.Dat
 
 
 SUMMARY_COLUMNS = ["arm", "method", "n_images", "n_zero_maps", "energy_share", "energy_ci_low", "energy_ci_high",
-                   "random_energy_share", "mask_area_fraction", "energy_minus_area", "diff_ci_low",
-                   "diff_ci_high", "pointing_hit_rate", "pointing_ci_low", "pointing_ci_high",
-                   "random_pointing", "dilated_area_fraction", "tolerance_px", "region"]
+                   "random_energy_share", "mask_area_fraction", "centre_energy_share", "energy_minus_area",
+                   "diff_ci_low", "diff_ci_high", "pointing_hit_rate", "pointing_ci_low", "pointing_ci_high",
+                   "random_pointing", "dilated_area_fraction", "centre_pointing", "tolerance_px", "region"]
 
 
 def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per (arm, method): mean energy share with t-interval, pointing hit rate with Wilson interval,
-    the random baseline beside them, and the per-image difference to the mask area fraction."""
+    """Per (arm, method): mean energy share and pointing hit rate with bootstrap intervals over
+    images, the random and centre baselines beside them, and the per-image difference to the
+    mask area fraction (the random map's expectation)."""
     rows = []
     for (arm, method), part in scores.groupby(["arm", "method"], sort=False):
-        e = metrics.mean_ci(part["energy_share"])
-        diff = metrics.mean_ci(part["energy_share"] - part["mask_area_fraction"])
-        hits = part["pointing_hit"].dropna()
-        hit_ci = metrics.accuracy_ci(int(hits.sum()), len(hits)) if len(hits) else {}
+        e = bootstrap_ci(part["energy_share"])
+        diff = bootstrap_ci(part["energy_share"] - part["mask_area_fraction"])
+        hit = bootstrap_ci(part["pointing_hit"])
         rows.append({
             "arm": arm, "method": method, "n_images": len(part),
             "n_zero_maps": int(part["zero_map"].sum()),  # scored 0 and a miss
             "energy_share": e.mean, "energy_ci_low": e.low, "energy_ci_high": e.high,
             "random_energy_share": part["random_energy_share"].mean(),
             "mask_area_fraction": part["mask_area_fraction"].mean(),
+            "centre_energy_share": part["centre_energy_share"].mean(),
             "energy_minus_area": diff.mean, "diff_ci_low": diff.low, "diff_ci_high": diff.high,
-            "pointing_hit_rate": hits.mean() if len(hits) else math.nan,
-            "pointing_ci_low": hit_ci.get("wilson_low", math.nan),
-            "pointing_ci_high": hit_ci.get("wilson_high", math.nan),
+            "pointing_hit_rate": hit.mean, "pointing_ci_low": hit.low, "pointing_ci_high": hit.high,
             "random_pointing": part["random_pointing"].mean(),
             "dilated_area_fraction": part["dilated_area_fraction"].mean(),
+            "centre_pointing": part["centre_pointing"].mean(),
             "tolerance_px": int(part["tolerance_px"].iloc[0]),
             "region": part["region"].iloc[0],
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+# ------------------------------------------------------------- the book's tables
+
+SCORE_TITLES = {"energy_share": "region share", "pointing_hit": "pointing game", "road": "ROAD",
+                "sanity_rho": "sanity rho"}
+TESTS_COLUMNS = ["dataset", "arm", "method", "score", "n", "value", "ci_low", "ci_high", "random", "centre",
+                 "verdict", "meaning"]
+PAIRED_COLUMNS = ["dataset", "method", "score", "n", "imagenet", "scratch", "difference", "ci_low", "ci_high",
+                  "wilcoxon_p", "meaning"]
+
+
+def _region_sentence(score: str, ci: Interval, random: float, centre: float, region: str, arm: str) -> tuple[str, str]:
+    what = "weight" if score == "energy_share" else "peak"
+    word = "share" if score == "energy_share" else "hit rate"
+    where = f"the {region}"
+    if not np.isfinite(ci.low):
+        return "too few images", f"Too few images with a {region} mask for an interval."
+    if ci.low > max(random, centre):
+        verdict = "beats both"
+        text = (f"The {ARM_TITLES.get(arm, arm)} map puts its {what} on {where} more than a random map and a "
+                f"centre blob do: it localises beyond a prior.")
+    elif ci.low > random:
+        verdict = "beats random only"
+        text = (f"Above a random map but not above a centre blob: what looks like localisation on {where} "
+                f"could be a prior for centred anatomy.")
+    else:
+        verdict = "no better than random"
+        text = f"Its {word} is no better than a random map's: no evidence that the map finds {where}."
+    if region == "lung" and score == "energy_share" and ci.mean < 0.5:
+        text += (" Most of the map falls outside the lungs: a shortcut warning (DeGrave et al. 2021), the "
+                 "model may read text, borders or devices rather than the lungs.")
+    return verdict, text
+
+
+def _road_sentence(ci: Interval) -> tuple[str, str]:
+    if not np.isfinite(ci.low):
+        return "too few images", "Too few images for an interval."
+    if ci.low > 0:
+        return "faithful", ("Imputing the pixels the map ranks highest lowers the class probability more than "
+                            "imputing the lowest: the map points at what the model uses.")
+    if ci.high < 0:
+        return "anti-faithful", ("Imputing the pixels the map ranks lowest hurts more than the highest: the map "
+                                 "ranks the pixels against what the model uses.")
+    return "not shown", "Indistinguishable from zero: no evidence that the map tracks what the model uses."
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _sanity_sentence(ci: Interval, method: str, arm: str) -> tuple[str, str]:
+    if not np.isfinite(ci.high):
+        return "too few images", "Too few images for an interval."
+    if ci.high < SANITY_PASS_BELOW:
+        return "passes", (f"{_capital(METHOD_TITLES.get(method, method))} maps change once the {ARM_TITLES.get(arm, arm)} "
+                          f"weights are re-initialised: they depend on what the model learned.")
+    if ci.low < SANITY_PASS_BELOW:
+        return "undecided", (f"The interval straddles {SANITY_PASS_BELOW}: on these images it cannot say whether "
+                             f"{METHOD_TITLES.get(method, method)} maps depend on the learned weights; more images would.")
+    return "fails", (f"{_capital(METHOD_TITLES.get(method, method))} maps barely change with random weights: they show the "
+                     f"image more than the {ARM_TITLES.get(arm, arm)} model, so they cannot support paper B's claim.")
+
+
+def tests_table(dataset: str, scores: pd.DataFrame, faith: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and method: region share and pointing game against the random and centre maps,
+    ROAD and the sanity correlation (every layer randomised), each with its bootstrap interval,
+    a verdict and one sentence of meaning."""
+    rows = []
+
+    def add(arm, method, score, ci, random=math.nan, centre=math.nan, verdict="", text=""):
+        rows.append({"dataset": dataset, "arm": arm, "method": method, "score": SCORE_TITLES[score], "n": ci.n,
+                     "value": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "random": random, "centre": centre,
+                     "verdict": verdict, "meaning": text})
+
+    keys = {k for frame in (scores, faith, sanity) for k in frame[["arm", "method"]].itertuples(index=False, name=None)}
+    for arm, method in sorted(keys, key=lambda k: (metrics.ARMS.index(k[0]) if k[0] in metrics.ARMS else 99,
+                                                   METHODS.index(k[1]))):
+        part = scores[(scores.arm == arm) & (scores.method == method)]
+        if len(part):
+            region = part["region"].iloc[0]
+            for score, random, centre in (("energy_share", "random_energy_share", "centre_energy_share"),
+                                          ("pointing_hit", "random_pointing", "centre_pointing")):
+                ci = bootstrap_ci(part[score])
+                r, c = part[random].mean(), part[centre].mean()
+                add(arm, method, score, ci, r, c, *_region_sentence(score, ci, r, c, region, arm))
+        f = faith[(faith.arm == arm) & (faith.method == method)]
+        if len(f):
+            ci = bootstrap_ci(f["road"])
+            add(arm, method, "road", ci, verdict=_road_sentence(ci)[0], text=_road_sentence(ci)[1])
+        sn = sanity[(sanity.arm == arm) & (sanity.method == method)]
+        if len(sn):
+            ci = bootstrap_ci(sn[sn.stage_index == sn.stage_index.max()]["sanity_rho"])
+            add(arm, method, "sanity_rho", ci, verdict=_sanity_sentence(ci, method, arm)[0],
+                text=_sanity_sentence(ci, method, arm)[1])
+    return pd.DataFrame(rows, columns=TESTS_COLUMNS)
+
+
+def paired_table(dataset: str, scores: pd.DataFrame, faith: pd.DataFrame, sanity: pd.DataFrame,
+                 region: str) -> pd.DataFrame:
+    """ImageNet minus scratch on the same images, per method and score: paired bootstrap interval,
+    Wilcoxon p and what it means for paper B's claim (ImageNet maps highlight the findings,
+    scratch maps the whole picture)."""
+    last = sanity[sanity.stage_index == sanity.stage_index.max()] if len(sanity) else sanity
+    frames = [(scores, ["energy_share", "pointing_hit"], "path"), (faith, ["road"], "image"),
+              (last, ["sanity_rho"], "image")]
+    rows = []
+    for method in METHODS:
+        for frame, cols, key in frames:
+            if frame.empty:
+                continue
+            a = frame[(frame.arm == "imagenet") & (frame.method == method)].set_index(key)
+            b = frame[(frame.arm == "scratch") & (frame.method == method)].set_index(key)
+            common = a.index.intersection(b.index)
+            if not len(common):
+                continue
+            for col in cols:
+                d = paired_difference(a.loc[common, col], b.loc[common, col])
+                rows.append({"dataset": dataset, "method": method, "score": SCORE_TITLES[col], "n": d["n"],
+                             "imagenet": d["a"], "scratch": d["b"], "difference": d["difference"],
+                             "ci_low": d["ci_low"], "ci_high": d["ci_high"], "wilcoxon_p": d["wilcoxon_p"],
+                             "meaning": _paired_sentence(col, d, region)})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def for_reader(table: pd.DataFrame) -> pd.DataFrame:
+    """A tests or paired table as the book shows it: the interval as one "[low, high]" column,
+    methods by their titles."""
+    df = table.copy()
+    if "method" in df:
+        df["method"] = df["method"].map(lambda m: METHOD_TITLES.get(m, m))
+    df.insert(list(df.columns).index("ci_low"), "95% interval",
+              [f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "—"
+               for lo, hi in zip(df.pop("ci_low").astype(float), df.pop("ci_high").astype(float))])
+    return df
+
+
+def _paired_sentence(score: str, d: dict, region: str) -> str:
+    if not np.isfinite(d["ci_low"]):
+        return "Too few paired images for an interval."
+    higher, lower = d["ci_low"] > 0, d["ci_high"] < 0
+    if not (higher or lower):
+        return "No difference shown on these images: the data do not separate ImageNet from scratch here."
+    if score in ("energy_share", "pointing_hit"):
+        return (f"ImageNet maps fall on the {region} more than scratch maps: supports paper B's claim." if higher else
+                f"Scratch maps fall on the {region} more than ImageNet maps: contradicts paper B's claim.")
+    if score == "road":
+        return ("ImageNet maps are more faithful to their model than scratch maps." if higher else
+                "Scratch maps are more faithful to their model than ImageNet maps.")
+    return ("ImageNet maps change less under randomisation than scratch maps: they depend less on the trained weights."
+            if higher else "ImageNet maps depend more on the trained weights than scratch maps.")
 
 
 def region_kind(prepared) -> str:
@@ -232,6 +567,19 @@ def select_images(labels: np.ndarray, split: np.ndarray, paths: Sequence[str], n
         idx = np.flatnonzero(ok & (labels == c))
         chosen.extend(idx[np.argsort(paths[idx], kind="stable")][:n_per_class].tolist())
     return np.asarray(chosen, dtype=int)
+
+
+def select_spread(labels: np.ndarray, split: np.ndarray, paths: Sequence[str], n: int,
+                  which: str = "test") -> np.ndarray:
+    """``n`` images of ``which`` split taken round-robin over the classes, each class by path order."""
+    labels = np.asarray(labels)
+    if n <= 0:
+        return np.zeros(0, dtype=int)
+    idx = select_images(labels, split, paths, n, which)
+    rank = np.zeros(len(idx), dtype=int)
+    for c in np.unique(labels[idx]):
+        rank[labels[idx] == c] = np.arange(int((labels[idx] == c).sum()))
+    return idx[np.lexsort((labels[idx], rank))][:n]
 
 
 # ------------------------------------------------------------------ orchestration
@@ -265,6 +613,11 @@ class ExplainResult:
     region: str  # what the masks outline: "lesion" (synthetic) or "lung" (real COVID-19 masks/)
     scores: pd.DataFrame  # per image, arm, method
     summary: pd.DataFrame
+    faith: pd.DataFrame = field(default_factory=pd.DataFrame)   # ROAD per image, arm, method
+    sanity: pd.DataFrame = field(default_factory=pd.DataFrame)  # Spearman rho per image, arm, method, stage
+    tests: pd.DataFrame = field(default_factory=pd.DataFrame)   # the book's table: tests_table
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # ImageNet minus scratch: paired_table
+    seconds: dict[str, float] = field(default_factory=dict)     # time spent per part of the step
     figure: plt.Figure | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -278,8 +631,25 @@ class ExplainResult:
         parts = [f"The {ARM_TITLES.get(a, a)} run is not available ({why}); only the other arm is shown."
                  for a, why in self.missing.items()]
         if self.scores.empty:
-            parts.append("No test image has a region mask, so explanation quality is not scored.")
+            parts.append("No test image has a region mask, so region share and pointing game are not scored.")
+        if self.faith.empty:
+            parts.append("ROAD and the sanity check were not run (n_road_images is 0).")
+        if self.region == "lung" and not self.synthetic:
+            parts.append("The region is the lung mask shipped with the COVID-19 Radiography Database: maps "
+                         "outside the lungs are a shortcut warning (DeGrave et al. 2021).")
         return " ".join(parts)
+
+    @property
+    def timing_note(self) -> str:
+        s = self.seconds
+        added = s.get("road", 0.0) + s.get("sanity", 0.0) + s.get("baselines", 0.0)
+        return (f"This step took {s.get('total', math.nan):.0f} s, of which ROAD {s.get('road', 0.0):.0f} s "
+                f"({self.faith_images} images), the sanity check {s.get('sanity', 0.0):.0f} s and the "
+                f"baselines and intervals {s.get('baselines', 0.0):.0f} s ({added:.0f} s added by these tests).")
+
+    @property
+    def faith_images(self) -> int:
+        return int(self.faith["image"].nunique()) if not self.faith.empty else 0
 
 
 def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int = 0,
@@ -314,12 +684,15 @@ def _unavailable(run_dir: Path) -> str | None:
 def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "", n_per_class: int = 2,
                  methods: Sequence[str] = METHODS, out_dir: str | Path = "", root: str | Path = "runs",
                  device: str = "auto", target: str = "true", tolerance_px: int | None = None,
-                 n_random: int = 20, max_score_images: int = 300, seed: int = 0) -> ExplainResult:
+                 n_random: int = 20, max_score_images: int = 300, seed: int = 0, n_road_images: int = 8,
+                 road_percentiles: Sequence[int] = (20, 40, 60, 80), sanity: str = "full") -> ExplainResult:
     """Saliency/Grad-CAM figure and explanation-quality scores for the ImageNet and scratch runs of one arch.
 
     ``runs``: "" = ``runs/<dataset>/<arch>-imagenet-s0`` and ``-scratch-s0``; or a list (or glob) of
     run folders, one per arm. An arm that is missing or incomplete is reported, not fatal, as long as
     one arm is available. Files go to ``out_dir`` ("" = ``results/<dataset>/explain/<arch>``).
+    ROAD and the sanity check (``sanity``: "full" or "cascade") run on ``n_road_images`` test
+    images spread over the classes (0 skips both).
     """
     from .training import load_run, normalize, run_stats
 
@@ -335,6 +708,16 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
         raise ValueError(f"target must be 'true' or 'pred'; got {target!r}")
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
         raise ValueError(f"n_per_class must be an integer of at least 1; got {n_per_class!r}")
+    if isinstance(n_road_images, bool) or not isinstance(n_road_images, (int, np.integer)) or n_road_images < 0:
+        raise ValueError(f"n_road_images must be an integer of at least 0; got {n_road_images!r}")
+    road_percentiles = [road_percentiles] if isinstance(road_percentiles, (int, np.integer)) else list(road_percentiles)
+    if not road_percentiles or not all(isinstance(q, (int, np.integer)) and not isinstance(q, bool) and 0 < q < 100
+                                       for q in road_percentiles):
+        raise ValueError(f"road_percentiles must be a non-empty list of integers between 1 and 99; got {road_percentiles!r}")
+    if sanity not in SANITY_MODES:
+        raise ValueError(f"sanity must be one of {list(SANITY_MODES)}; got {sanity!r}")
+    started = time.perf_counter()
+    seconds = {"road": 0.0, "sanity": 0.0, "baselines": 0.0}
     if isinstance(runs, (str, Path)) and str(runs) == "":
         run_dirs = default_runs(dataset, arch, root)
     elif isinstance(runs, (str, Path)):
@@ -383,6 +766,12 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     if len(scored) > max_score_images:  # an evenly spaced subset keeps the class proportions
         scored = scored[np.linspace(0, len(scored) - 1, max_score_images).round().astype(int)]
     baseline = random_baseline(masks[scored], tol, n_random, seed) if len(scored) else None
+    t0 = time.perf_counter()
+    if baseline is not None:
+        baseline = pd.concat([baseline, centre_baseline(masks[scored], tol)], axis=1)
+    seconds["baselines"] += time.perf_counter() - t0
+    probe = select_spread(labels, prepared.split, prepared.paths, int(n_road_images))
+    faith_rows, sanity_rows = [], []
 
     arms, score_rows = {}, []
     for arm in order:
@@ -397,6 +786,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
             probs = torch.softmax(model(x_shown).float(), dim=1).cpu().numpy()
         tgt = labels[shown] if target == "true" else probs.argmax(axis=1)
         res = ArmResult(arm=arm, run_dir=run_dir, params=params, probs=probs)
+        x_probe = inputs(probe) if len(probe) else None
         if len(scored):
             xs = inputs(scored)
             if target == "true":
@@ -417,18 +807,42 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
                 part["tolerance_px"] = tol
                 part["region"] = region_kind(prep)
                 score_rows.append(part)
+            if len(probe):
+                ids = {"arm": arm, "method": method, "image": np.arange(len(probe)),
+                       "path": [prep.paths[i] for i in probe]}
+                t0 = time.perf_counter()
+                maps = compute_maps(method, model, arch, x_probe, labels[probe])
+                road = road_scores(model, x_probe, labels[probe], maps, road_percentiles, seed=seed)
+                faith_rows.append(pd.DataFrame({**ids, "road": road}))
+                t1 = time.perf_counter()
+                rho = sanity_correlations(method, model, arch, x_probe, labels[probe], maps, sanity, seed)
+                rho.insert(0, "path", np.asarray(ids["path"])[rho["image"].to_numpy()])
+                rho.insert(0, "method", method)
+                rho.insert(0, "arm", arm)
+                sanity_rows.append(rho)
+                seconds["road"] += t1 - t0
+                seconds["sanity"] += time.perf_counter() - t1
         arms[arm] = res
 
     scores = pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame(
         columns=["arm", "method", "class", "path", "energy_share", "pointing_hit", "zero_map",
                  "random_energy_share", "mask_area_fraction", "random_pointing", "dilated_area_fraction",
-                 "tolerance_px", "region"])
+                 "centre_energy_share", "centre_pointing", "tolerance_px", "region"])
+    faith = pd.concat(faith_rows, ignore_index=True) if faith_rows else pd.DataFrame(
+        columns=["arm", "method", "image", "path", "road"])
+    sanity_df = pd.concat(sanity_rows, ignore_index=True) if sanity_rows else pd.DataFrame(
+        columns=["arm", "method", "path", "stage_index", "stage", "image", "sanity_rho"])
+    t0 = time.perf_counter()
+    summary = summarize_scores(scores)
+    tests = tests_table(dataset, scores, faith, sanity_df)
+    paired = paired_table(dataset, scores, faith, sanity_df, region_kind(prepared))
+    seconds["baselines"] += time.perf_counter() - t0
     result = ExplainResult(
         dataset=dataset, arch=arch, methods=methods, class_names=list(prepared.class_names), shown=shown,
         images=np.asarray(prepared.images[shown]), labels=labels[shown], masks=masks[shown],
         has_mask=has_mask[shown], paths=[prepared.paths[i] for i in shown], arms=arms, missing=missing,
         synthetic=bool(prepared.synthetic), target=target, scores=scores, region=region_kind(prepared),
-        summary=summarize_scores(scores),
+        summary=summary, faith=faith, sanity=sanity_df, tests=tests, paired=paired, seconds=seconds,
     )
     result.figure = explanation_figure(result)
     out = Path(out_dir) if str(out_dir) else Path("results") / dataset / "explain" / arch
@@ -437,6 +851,11 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     plt.close(result.figure)
     result.files += report.write_table(result.scores, out, "explain_scores", markdown=False)
     result.files += report.write_table(result.summary, out, "explain_summary")
+    result.files += report.write_table(faith, out, "explain_road", markdown=False)
+    result.files += report.write_table(sanity_df, out, "explain_sanity", markdown=False)
+    result.files += report.write_table(tests, out, "explain_tests")
+    result.files += report.write_table(paired, out, "explain_paired")
+    seconds["total"] = time.perf_counter() - started
     return result
 
 

@@ -362,6 +362,9 @@ class ExplainParams(BaseModel):
     methods: list[Literal["saliency", "gradcam"]] = ["saliency", "gradcam"]
     out_dir: str = ""                # "" = results/<dataset>/explain/<arch>
     device: str = "auto"
+    n_road_images: NonNegInt = 8     # test images for ROAD and the sanity check; 0 = skip both
+    road_percentiles: list[Annotated[int, Field(ge=1, le=99)]] = Field([20, 40, 60, 80], min_length=1)
+    sanity: Literal["full", "cascade"] = "full"  # re-initialise all weights at once, or top block first
 
 
 class AuditParams(BaseModel):
