@@ -323,7 +323,9 @@ class _Engine:
         self.eval_batch = 512 if self.cuda else 2 * params["batch_size"]
 
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return normalize(x_uint8, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        """``normalize`` in place on one float copy, in channels_last (the same numbers)."""
+        x = x_uint8.to(torch.float32, memory_format=torch.channels_last)
+        return x.div_(255).sub_(self.mean).div_(self.std)
 
     def _autocast(self):
         if self.cuda:
@@ -377,6 +379,13 @@ class _Engine:
         logits = self.logits(model, part)
         y = self.y[part]
         return F.cross_entropy(logits, y, reduction="sum") / len(y), (logits.argmax(1) == y).sum()
+
+
+def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over the trainable tensors; fused (one kernel for all tensors) on CUDA and CPU.
+    On the 2-core CPU the per-tensor loop took ~10 % of a MobileNetV3-Small step at batch 16."""
+    trainable = [t for t in model.parameters() if t.requires_grad]
+    return torch.optim.Adam(trainable, lr=lr, fused=True if device.type in ("cuda", "cpu") else None)
 
 
 def _compile(model: nn.Module, wanted, device: torch.device) -> nn.Module:
@@ -532,9 +541,7 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     torch.manual_seed(run_params["seed"])
     num_classes = len(prepared.class_names)
     model = _build(run_params, num_classes, device)
-    trainable = [t for t in model.parameters() if t.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=run_params["lr"],
-                                 fused=True if device.type == "cuda" else None)
+    optimizer = make_optimizer(model, run_params["lr"], device)
     engine = _Engine(prepared, run_params, device)
 
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
