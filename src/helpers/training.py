@@ -9,8 +9,8 @@ Design notes:
 - The prepared uint8 images are moved to the device once; each batch is gathered and
   normalised there. No augmentation (neither paper used any). channels_last memory everywhere
   (on this project's 2-core CPU it made MobileNetV3 epochs 15-30 % faster and the others no
-  slower); on CUDA also bf16 autocast, fused Adam and ``torch.compile``. Losses are summed on
-  the device and read once per epoch.
+  slower); fused Adam (one kernel for every tensor, CPU included); on CUDA also bf16 autocast
+  and ``torch.compile``. Losses are summed on the device and read once per epoch.
 - Each epoch's shuffle comes from a generator seeded with (seed, epoch), and the global RNG
   state (dropout) is checkpointed, so a resumed run repeats an uninterrupted one exactly on CPU
   (deterministic algorithms on; the same number of torch threads, since it sets the order of
