@@ -176,3 +176,51 @@ def test_grid_refuses_bad_arguments_before_any_work(argv, message, capsys, tmp_p
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "grid-x.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_stage_at_tiny_sizes_and_writes_every_json(data_root, tmp_path, monkeypatch):
+    from benchmarks import gpu_check
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy2(ROOT / "Snakefile", work / "Snakefile")
+    shutil.copytree(ROOT / "notebooks", work / "notebooks")
+    tiny = {"name": "tiny", "synthetic": True,
+            "datasets": {"covid_radiography": {"image_size": 32, "balance": True, "split": "random",
+                                               "split_seed": 0}},
+            "defaults": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3, "normalize": "dataset",
+                         "early_stopping_patience": 0},
+            "grid": [{"dataset": "covid_radiography", "archs": ["mobilenet_v3_small"], "head": "replace",
+                      "arms": ["scratch"], "seeds": [0]}]}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    monkeypatch.chdir(work)
+    # The stages are child processes started from the work folder: they find the code by path.
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{ROOT / 'src'}")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    out = tmp_path / "out"
+    assert gpu_check.main(["--out", str(out), "--device", "cpu", "--tiny", "--cores", "1",
+                           "--grid-experiment", "tiny.yaml"]) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == [
+        "cpu-check.json", "cpu-paper_a.json", "cpu-paper_b.json", "grid-cpu.json"]
+    check = json.loads((out / "cpu-check.json").read_text())
+    assert check["environment"]["torch"] and check["peak_bf16"]["tflops"] > 0
+    assert {name: s["state"] for name, s in check["stages"].items()} == dict.fromkeys(
+        ("paper_a", "paper_b", "grid"), "done")
+    for setting, arch in (("paper_a", "mobilenet_v3_small"), ("paper_b", "vgg16")):
+        (row,) = json.loads((out / f"cpu-{setting}.json").read_text())["rows"]
+        assert row["arch"] == arch and row["ratio"] > 0
+    grid_runs = json.loads((out / "grid-cpu.json").read_text())["grid"]["runs"]
+    assert [r["state"] for r in grid_runs] == ["complete"]
+
+
+def test_gpu_check_skips_a_stage_whose_packages_are_missing(tmp_path, monkeypatch):
+    from benchmarks import gpu_check
+
+    monkeypatch.setitem(gpu_check.NEEDS, "grid", ("no_such_module_xyz",))
+    assert gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny",
+                           "--stages", "grid"]) == 1
+    check = json.loads((tmp_path / "cpu-check.json").read_text())
+    assert check["stages"]["grid"]["state"] == "skipped"
+    assert "no_such_module_xyz" in check["stages"]["grid"]["reason"]
+    assert not (tmp_path / "grid-cpu.json").exists()
