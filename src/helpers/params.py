@@ -16,6 +16,7 @@ written into ``params.json`` (keys ``run`` and ``arm``) and read from there by e
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -264,13 +265,19 @@ def source_params(checkpoint: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"parameter 'init_from' must be '' or the path of another run's best.pt; "
                          f"no file {path}")
-    import torch
-
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        return dict(ckpt["params"])
+        return dict(_checkpoint_params(str(path.resolve()), path.stat().st_mtime_ns))
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"parameter 'init_from': cannot read {path} as a run checkpoint: {e}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_params(path: str, mtime_ns: int) -> dict:
+    # Validation, the arm and the run identity all ask; a VGG checkpoint is read once, not
+    # each time (keyed by modification time, so a retrained source is read again).
+    import torch
+
+    return dict(torch.load(path, map_location="cpu", weights_only=True)["params"])
 
 
 def train_params(values: dict) -> TrainParams:
