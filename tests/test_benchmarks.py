@@ -111,8 +111,8 @@ def test_projection_recovers_known_linear_costs():
     assert proj["wall_seconds"] == pytest.approx(expected + 2 * 5.0 + 0.002 * (4035 + 12446))
 
 
-@pytest.mark.slow
-def test_grid_runs_the_workflow_from_nothing_and_times_it(tmp_path, monkeypatch):
+def _tiny_workspace(tmp_path, *, epochs: int, arch: str, arms: list) -> Path:
+    """A copy of the workflow with a one-configuration synthetic experiment, tiny.yaml."""
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy2(ROOT / "Snakefile", work / "Snakefile")
@@ -120,11 +120,17 @@ def test_grid_runs_the_workflow_from_nothing_and_times_it(tmp_path, monkeypatch)
     tiny = {"name": "tiny", "synthetic": True,
             "datasets": {"covid_radiography": {"image_size": 32, "balance": True, "split": "random",
                                                "split_seed": 0}},
-            "defaults": {"epochs": 3, "batch_size": 8, "lr": 1.0e-3, "normalize": "dataset",
+            "defaults": {"epochs": epochs, "batch_size": 8, "lr": 1.0e-3, "normalize": "dataset",
                          "early_stopping_patience": 0},
-            "grid": [{"dataset": "covid_radiography", "archs": ["resnet18"], "head": "replace",
-                      "arms": ["imagenet", "scratch"], "seeds": [0]}]}
+            "grid": [{"dataset": "covid_radiography", "archs": [arch], "head": "replace",
+                      "arms": arms, "seeds": [0]}]}
     (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    return work
+
+
+@pytest.mark.slow
+def test_grid_runs_the_workflow_from_nothing_and_times_it(tmp_path, monkeypatch):
+    work = _tiny_workspace(tmp_path, epochs=3, arch="resnet18", arms=["imagenet", "scratch"])
     monkeypatch.chdir(work)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))   # no real weights
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -182,18 +188,7 @@ def test_grid_refuses_bad_arguments_before_any_work(argv, message, capsys, tmp_p
 def test_gpu_check_runs_every_stage_at_tiny_sizes_and_writes_every_json(data_root, tmp_path, monkeypatch):
     from benchmarks import gpu_check
 
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy2(ROOT / "Snakefile", work / "Snakefile")
-    shutil.copytree(ROOT / "notebooks", work / "notebooks")
-    tiny = {"name": "tiny", "synthetic": True,
-            "datasets": {"covid_radiography": {"image_size": 32, "balance": True, "split": "random",
-                                               "split_seed": 0}},
-            "defaults": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3, "normalize": "dataset",
-                         "early_stopping_patience": 0},
-            "grid": [{"dataset": "covid_radiography", "archs": ["mobilenet_v3_small"], "head": "replace",
-                      "arms": ["scratch"], "seeds": [0]}]}
-    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    work = _tiny_workspace(tmp_path, epochs=1, arch="mobilenet_v3_small", arms=["scratch"])
     monkeypatch.chdir(work)
     # The stages are child processes started from the work folder: they find the code by path.
     monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{ROOT / 'src'}")

@@ -54,6 +54,12 @@ def _datasets() -> tuple[str, ...]:
     return tuple(data.DATASETS)
 
 
+def _check_dataset(name: str) -> None:
+    known = _datasets()
+    if name not in known:
+        raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; got {name!r}")
+
+
 class ParameterError(ValueError):
     """A parameter that cannot be used; the message names it, its value and what is allowed."""
 
@@ -138,10 +144,7 @@ class PrepParams(BaseModel):
 
     @model_validator(mode="after")
     def _known(self):
-        known = _datasets()
-        if self.dataset not in known:
-            raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
-                             f"got {self.dataset!r}")
+        _check_dataset(self.dataset)
         return self
 
 
@@ -205,10 +208,7 @@ class TrainParams(TrainSettings):
 
     @model_validator(mode="after")
     def _consistent(self):
-        known = _datasets()
-        if self.dataset not in known:
-            raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; "
-                             f"got {self.dataset!r}")
+        _check_dataset(self.dataset)
         if self.arch not in models.ARCHS:
             raise ValueError(f"parameter 'arch' must be one of {', '.join(map(repr, models.ARCHS))}; "
                              f"got {self.arch!r}")
