@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 from helpers import workflow as wf
+from helpers.data.synthetic import GENERATOR_VERSION
 
 EXP = wf.load_experiment(config.get("experiment", "demo"), str(config.get("data_dir", "") or ""))
 NAME = EXP["name"]
@@ -67,6 +68,7 @@ rule data_prep:
         notebook=f"{RES}/notebooks/data_prep/{{dataset}}/{{prep}}.ipynb",
     params:
         p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
+        phantoms=GENERATOR_VERSION if EXP["synthetic"] else "",  # redrawn phantoms: rebuild
     shell:
         "{PAPERMILL} {input} {output.notebook} -y {params.p}"
 

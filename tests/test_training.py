@@ -193,6 +193,23 @@ def test_load_run_refuses_data_prepared_again_differently(tmp_path, tiny_run):
         training.load_run(copy)
 
 
+def test_a_complete_run_on_other_prepared_data_is_not_reused(tmp_path, tiny_run):
+    # Phantoms redrawn or real files replaced: same parameters, other prepared data. The old run
+    # must not pass for this one; the workflow replaces it (training.stale says why).
+    import shutil
+
+    copy = shutil.copytree(tiny_run, tmp_path / "copy")
+    params = json.loads((copy / "params.json").read_text())
+    (copy / "params.json").write_text(json.dumps({**params, "prepared_fingerprint": "0" * 64}))
+    values = {**TINY, "epochs": 3, "run_dir": str(copy)}
+    assert training.stale(values).startswith("prepared_fingerprint: '0000")
+    with pytest.raises(ValueError, match="other parameters or data \\(prepared_fingerprint: '0000"):
+        train(epochs=3, run_dir=str(copy))
+    assert train(epochs=3, run_dir=str(copy), force=True) == copy
+    assert training.stale(values) == ""
+    assert run_files(copy) == run_files(tiny_run)
+
+
 def test_same_seed_same_results_other_seed_differs(env, tiny_run):
     again = train(epochs=3, run_dir=str(env / "runs" / "tiny-again"))
     assert run_files(again) == run_files(tiny_run)
@@ -205,8 +222,10 @@ def test_complete_run_is_skipped_other_params_refused_force_retrains(env, tiny_r
     assert train(epochs=3, run_dir=str(tiny_run)) == tiny_run
     assert "skipped" in capsys.readouterr().out
     assert (tiny_run / "metrics.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="other parameters \\(lr: 0.0001 there, 0.001 now\\)"):
+    with pytest.raises(ValueError, match="other parameters or data \\(lr: 0.0001 there, 0.001 now\\)"):
         train(epochs=3, lr=1e-3, run_dir=str(tiny_run))
+    assert training.stale({**TINY, "epochs": 3, "run_dir": str(tiny_run)}) == ""
+    assert training.stale({**TINY, "epochs": 3, "lr": 1e-3, "run_dir": str(tiny_run)}).startswith("lr: 0.0001 there")
     forced = train(epochs=1, force=True, run_dir=str(env / "runs" / "tiny-again"))
     assert pd.read_csv(forced / "history.csv")["epoch"].tolist() == [1]
 

@@ -255,6 +255,16 @@ def test_train_one_writes_the_status_snakemake_waits_for(tmp_path, monkeypatch):
     n = len(ran)
     target = wf.train_one(str(path), "ct_kidney/resnet18-from-covid_radiography-imagenet-s0")
     assert target["state"] == "missing" and "no ImageNet weights" in target["reason"] and len(ran) == n
+    # an edited experiment file: Snakemake reruns the job and the old run is replaced, not refused
+    (Path("runs/demo/covid_radiography/resnet18-scratch-s0") / "params.json").write_text("{}")
+    import helpers.training as training
+
+    monkeypatch.setattr(training, "stale", lambda values: "lr: 0.001 there, 0.0001 now")
+    assert wf.train_one(str(path), "covid_radiography/resnet18-scratch-s0")["state"] == "complete"
+    assert ran[-1]["force"] is True and ran[-1]["arch"] == "resnet18" and not ran[-1]["pretrained"]
+    monkeypatch.setattr(training, "stale", lambda values: "")  # same run: resumed or skipped, kept
+    wf.train_one(str(path), "covid_radiography/resnet18-scratch-s0")
+    assert "force" not in ran[-1] or ran[-1]["force"] is False
     # the weights arrive: the retry completes and the missing record goes
     monkeypatch.setattr(wf, "execute", lambda nb, out, params: (folder / "metrics.json").write_text("{}"))
     assert wf.train_one(str(path), "covid_radiography/resnet18-imagenet-s0")["state"] == "complete"

@@ -422,23 +422,42 @@ def _identity(params: dict) -> dict:
     return {k: params[k] for k in PARAM_NAMES if k not in _NOT_COMPARED}
 
 
-def _check_existing(run_dir: Path, run_params: dict) -> bool:
-    """True when run_dir already holds this exact run, complete. Refuses a different run."""
+def _conflict(run_dir: Path, run_params: dict) -> str:
+    """How run_dir's run differs from run_params (other parameters or other prepared data);
+    "" when it holds this run, or nothing."""
     params_file = run_dir / "params.json"
     if not params_file.exists():
         leftovers = [f for f in RUN_FILES if (run_dir / f).exists()]
-        if leftovers:
-            raise ValueError(f"{run_dir} holds {leftovers} but no params.json, so it cannot be "
-                             f"resumed safely; remove it or pass force=True")
-        return False
+        return f"it holds {leftovers} but no params.json, so it cannot be resumed safely" if leftovers else ""
     old = json.loads(params_file.read_text())
-    new = _identity(run_params)
+    new = {**_identity(run_params), "prepared_fingerprint": run_params["prepared_fingerprint"]}
     diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
-    if diff:
-        lines = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(f"{run_dir} holds a run with other parameters ({lines}). Not mixing runs: "
-                         f"choose another run_dir, or pass force=True to replace it")
-    return (run_dir / "metrics.json").exists()
+    return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+
+
+def _resolve(spec: TrainParams) -> tuple[dict, Path, Path]:
+    """(run parameters as recorded in params.json, run folder, prepared folder)."""
+    p = spec.model_dump()
+    device = resolve_device(p["device"])
+    run_id = spec.run_id()
+    prepared_dir = data.prepare(p["dataset"], data_dir=p["data_dir"], image_size=p["image_size"],
+                                balance=p["balance"], seed=p["split_seed"], split=p["split"],
+                                n_per_class=p["n_per_class"])
+    info = json.loads((prepared_dir / "info.json").read_text())
+    run_params = {**p, "device": device.type,
+                  "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
+                  "run_dir": str(spec.resolved_run_dir()), "arm": run_id.arm, "run": run_id.as_record(),
+                  "prepared_dir": _relative(prepared_dir), "class_names": list(info["class_names"]),
+                  "prepared_fingerprint": info.get("fingerprint"), "synthetic": bool(info.get("synthetic"))}
+    return run_params, spec.resolved_run_dir(), prepared_dir
+
+
+def stale(values: dict) -> str:
+    """Why the run folder of these parameters holds another run (other parameters, or other
+    prepared data); "" when it holds this run, complete or interrupted, or nothing. The workflow
+    replaces such a run: its experiment file or its data changed since it was trained."""
+    run_params, run_dir, _ = _resolve(params_mod.train_params(values))
+    return _conflict(run_dir, run_params)
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:
@@ -496,38 +515,22 @@ def train(**params) -> Path:
     one resumes from its last finished epoch; a folder holding other parameters is refused.
     """
     spec = _validated(params)
-    p = spec.model_dump()
-    device = resolve_device(p["device"])
-    run_id = spec.run_id()
-    run_dir = spec.resolved_run_dir()
-    run_params = {**p, "device": device.type,
-                  "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
-                  "run_dir": str(run_dir), "arm": run_id.arm, "run": run_id.as_record()}
-
-    if p["force"]:
+    run_params, run_dir, prepared_dir = _resolve(spec)
+    device = resolve_device(spec.device)
+    if spec.force:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    elif _check_existing(run_dir, run_params):
-        print(f"{run_dir}: complete run with these parameters, skipped (force=True retrains)")
+    elif conflict := _conflict(run_dir, run_params):
+        raise ValueError(f"{run_dir} holds a run with other parameters or data ({conflict}). Not mixing "
+                         f"runs: choose another run_dir, or pass force=True to replace it")
+    elif (run_dir / "metrics.json").exists():
+        print(f"{run_dir}: complete run with these parameters and data, skipped (force=True retrains)")
         return run_dir
 
-    prepared_dir = data.prepare(p["dataset"], data_dir=p["data_dir"], image_size=p["image_size"],
-                                balance=p["balance"], seed=p["split_seed"], split=p["split"],
-                                n_per_class=p["n_per_class"])
     prepared = data.load_prepared(prepared_dir)
-    run_params.update(prepared_dir=_relative(prepared_dir), class_names=list(prepared.class_names),
-                      prepared_fingerprint=prepared.info.get("fingerprint"),
-                      synthetic=bool(prepared.synthetic))
     run_dir.mkdir(parents=True, exist_ok=True)
-    params_file = run_dir / "params.json"
-    if params_file.exists():
-        old = json.loads(params_file.read_text())
-        if old.get("prepared_fingerprint") != run_params["prepared_fingerprint"]:
-            raise ValueError(f"{run_dir} was trained on prepared data with fingerprint "
-                             f"{old.get('prepared_fingerprint')}, but {prepared_dir} now has "
-                             f"{run_params['prepared_fingerprint']}; pass force=True to retrain")
-    else:
-        atomic.write_json(params_file, run_params)
+    if not (run_dir / "params.json").exists():
+        atomic.write_json(run_dir / "params.json", run_params)
 
     with _deterministic(device.type == "cpu"):
         _fit(run_dir, run_params, prepared, device)

@@ -407,6 +407,17 @@ def train_notebook(exp: dict, rid: RunId) -> Path:
     return results_dir(exp) / "notebooks" / "train" / f"{rid.dataset}__{rid.name}.ipynb"
 
 
+def replaced_because(rid: RunId, values: dict) -> str:
+    """Why the run folder holds a run that this grid replaces ("" when it holds this run or
+    nothing): Snakemake reruns a training job when its settings or its prepared data changed, and
+    the old run is then obsolete. An interrupted run of the same settings and data resumes."""
+    if not (rid.run_dir() / "params.json").exists():
+        return ""
+    from . import training  # torch: only when there is a run folder to compare with
+
+    return training.stale(values)
+
+
 def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
     """Run one training notebook and write its status; on failure record the run as missing."""
     exp = load_experiment(experiment, data_dir)
@@ -420,7 +431,12 @@ def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
         reason = f"source run {source.key} is not complete: {run_state(source)[1] or 'not run'}"
     else:
         try:
-            execute("notebooks/train.ipynb", notebook_out, grid[rid])
+            values = grid[rid]
+            if changed := replaced_because(rid, values):
+                print(f"run {rid.key}: its settings or data changed since it was trained ({changed}); "
+                      f"training it again", file=sys.stderr)
+                values = {**values, "force": True}
+            execute("notebooks/train.ipynb", notebook_out, values)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a visible gap, never a silent one
             reason = _failure_reason(exc)
     if reason:

@@ -22,7 +22,7 @@ from .specs import DATASETS, DatasetSpec, data_root, get_spec
 
 MARKER = "SYNTHETIC.json"
 LESION_DIR = "lesion_masks"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: lesions conspicuous at 64 px
 SAVE_OPTIONS = {".png": {"compress_level": 1}, ".jpg": {"quality": 92}}   # by file format
 
 
