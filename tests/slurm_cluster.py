@@ -24,7 +24,7 @@ from pathlib import Path
 # The Debian packages (installed by .ci/run) and the programs the cluster needs from them.
 PACKAGES = "slurm-wlm slurmdbd munge mariadb-server"
 PROGRAMS = ("mungekey", "munged", "mariadb-install-db", "mariadbd", "slurmdbd", "slurmctld", "slurmd",
-            "sacctmgr", "sbatch", "sacct", "sinfo", "squeue", "scancel")
+            "sacctmgr", "sbatch", "srun", "sacct", "sinfo", "squeue", "scancel")
 CLUSTER = "helpers"
 ACCOUNT = "ci"
 PARTITION = "debug"
@@ -67,7 +67,9 @@ class Cluster:
         self.dir = Path(tempfile.mkdtemp(prefix="slurm-"))
         self.dir.chmod(0o755)
         self.conf = self.dir / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.bin = self.dir / "bin"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
+                    "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.account, self.partition = ACCOUNT, PARTITION
 
@@ -125,6 +127,13 @@ class Cluster:
         ports = {name: _free_port() for name in ("mysql", "slurmdbd", "slurmctld", "slurmd")}
         for sub in ("munge", "state", "spool"):
             (d / sub).mkdir(mode=0o700)
+        # Inside a job, snakemake-executor-plugin-slurm-jobstep starts the rule with `srun`, after
+        # dropping every SLURM_* variable, SLURM_CONF included; a real cluster's srun finds its
+        # config at the default path (or configless), this one's through this shim on PATH.
+        self.bin.mkdir()
+        srun = self.bin / "srun"
+        srun.write_text(f'#!/bin/sh\nSLURM_CONF={self.conf} exec {_which("srun")} "$@"\n')
+        srun.chmod(0o755)
 
         subprocess.run([_which("mungekey"), "--create", f"--keyfile={d / 'munge' / 'munge.key'}"],
                        check=True, capture_output=True)
