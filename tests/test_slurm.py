@@ -109,11 +109,13 @@ def run_dir(root: Path, name: str) -> Path:
 
 def sacct(cluster: slurm_cluster.Cluster) -> pd.DataFrame:
     """Every job the cluster's accounting database knows: id, state and the plugin's comment
-    (rule_<rule>_wildcards_<wildcards>)."""
+    (rule_<rule>_wildcards_<wildcards>), with account, partition and requested TRES."""
+    columns = {"job": "JobIDRaw", "state": "State", "account": "Account", "partition": "Partition",
+               "tres": "ReqTRES", "comment": "Comment"}
     out = cluster.run("sacct", "-a", "-X", "-n", "-P", "--starttime", "2000-01-01",
-                      "-o", "JobIDRaw,State,Comment%300").stdout
-    rows = [line.split("|", 2) for line in out.splitlines() if line.strip()]
-    return pd.DataFrame(rows, columns=["job", "state", "comment"])
+                      "-o", ",".join(columns.values())).stdout
+    rows = [line.split("|", len(columns) - 1) for line in out.splitlines() if line.strip()]
+    return pd.DataFrame(rows, columns=list(columns))
 
 
 def _poll(what: str, check, proc: subprocess.Popen, timeout: float):
@@ -145,39 +147,50 @@ def study(cluster, tmp_path_factory):
     t0 = time.monotonic()
     base = tmp_path_factory.mktemp("slurm-study")
     local, remote = workspace(base / "local"), workspace(base / "slurm")
-    # The local reference trains alongside (its two runs only).
-    local_run = Snakemake(local, environment(local, os.environ), "--cores", "2",
-                          *[str(run_dir(Path(), r) / "status.json") for r in RUNS], name="local")
+    started: list[Snakemake] = []
 
-    env = environment(remote, cluster.env)
-    args = slurm_args(cluster)
-    facts = {"sacct_before": sacct(cluster)}
-    # No account or partition: stopped with a message that names what to set, before any sbatch.
-    facts["no_account"] = Snakemake(remote, env, *args, name="no-account").wait(120)
-    facts["sacct_after_no_account"] = sacct(cluster)
+    def snakemake(root, env, *args, name):
+        started.append(Snakemake(root, env, *args, name=name))
+        return started[-1]
 
-    env.update(HELPERS_SLURM_ACCOUNT=cluster.account, HELPERS_SLURM_PARTITION=cluster.partition)
-    first = Snakemake(remote, env, *args, name="first")
-    # Cancel the second run's job as soon as it has saved an epoch (history.csv is written last).
-    saved = run_dir(remote, CANCELLED) / "history.csv"
-    _poll(f"{saved}", saved.exists, first.proc, 300)
+    try:
+        # The local reference trains alongside (its two runs only).
+        local_run = snakemake(local, environment(local, os.environ), "--cores", "2",
+                              *[str(run_dir(Path(), r) / "status.json") for r in RUNS], name="local")
+        env = environment(remote, cluster.env)
+        args = slurm_args(cluster)
+        facts = {"sacct_before": sacct(cluster)}
+        # No account or partition: stopped with a message that names what to set, before any sbatch.
+        facts["no_account"] = snakemake(remote, env, *args, name="no-account").wait(120)
+        facts["sacct_after_no_account"] = sacct(cluster)
 
-    def job_of_cancelled_run():
-        jobs = cluster.run("squeue", "-h", "-o", "%i|%k").stdout.splitlines()
-        return next((j.split("|")[0] for j in jobs if "rule_train" in j and CANCELLED in j), None)
+        env.update(HELPERS_SLURM_ACCOUNT=cluster.account, HELPERS_SLURM_PARTITION=cluster.partition)
+        first = snakemake(remote, env, *args, name="first")
+        # Cancel the second run's job once it has saved an epoch (history.csv is written last).
+        saved = run_dir(remote, CANCELLED) / "history.csv"
+        _poll(f"{saved}", saved.exists, first.proc, 300)
 
-    facts["cancelled_job"] = _poll("the job in squeue", job_of_cancelled_run, first.proc, 30)
-    cluster.run("scancel", facts["cancelled_job"])
-    facts["first"] = first.wait(300)
-    # What the cancelled run left behind, before the rerun touches it.
-    folder = run_dir(remote, CANCELLED)
-    facts["left"] = sorted(p.name for p in folder.iterdir())
-    facts["saved_epoch"] = read_checkpoint(folder / "last.pt")["epoch"]
-    facts["history_at_cancel"] = pd.read_csv(folder / "history.csv")
+        def job_of_cancelled_run():
+            jobs = cluster.run("squeue", "-h", "-o", "%i|%k").stdout.splitlines()
+            return next((j.split("|")[0] for j in jobs if "rule_train" in j and CANCELLED in j), None)
 
-    facts["second"] = Snakemake(remote, env, *args, name="second").wait(300)
-    facts["sacct"] = sacct(cluster)
-    facts["local"] = local_run.wait(300)
+        facts["cancelled_job"] = _poll("the job in squeue", job_of_cancelled_run, first.proc, 30)
+        cluster.run("scancel", facts["cancelled_job"])
+        facts["first"] = first.wait(300)
+        # What the cancelled run left behind, before the rerun touches it.
+        folder = run_dir(remote, CANCELLED)
+        facts["left"] = sorted(p.name for p in folder.iterdir())
+        facts["saved_epoch"] = read_checkpoint(folder / "last.pt")["epoch"]
+        facts["history_at_cancel"] = pd.read_csv(folder / "history.csv")
+
+        facts["second"] = snakemake(remote, env, *args, name="second").wait(300)
+        facts["sacct"] = sacct(cluster)
+        facts["local"] = local_run.wait(300)
+    finally:
+        for run in started:
+            if run.proc.poll() is None:
+                run.proc.terminate()
+                run.proc.wait(timeout=60)
     facts["seconds"] = time.monotonic() - t0
     print(f"\nSLURM study: {facts['seconds']:.0f} s, {len(facts['sacct']) - len(facts['sacct_before'])} "
           f"sbatch jobs, cancelled run resumed after epoch {facts['saved_epoch']} of {EPOCHS}")
@@ -235,6 +248,9 @@ def test_every_training_run_went_through_sbatch_and_the_book_builds(study):
     assert len(train) == len(RUNS) + 1
     # the light steps ran where snakemake ran, never as cluster jobs
     assert set(rules[0]) == {"data_prep", "train"}, new
+    # account and partition from HELPERS_SLURM_*; no GPU was asked for, none requested
+    assert set(new["account"]) == {slurm_cluster.ACCOUNT} and set(new["partition"]) == {slurm_cluster.PARTITION}
+    assert not new["tres"].str.contains("gpu").any(), new
     assert all(state == "COMPLETED" or job == facts["cancelled_job"]
                for job, state in zip(new["job"], new["state"]))
     for name in RUNS:
@@ -252,7 +268,10 @@ def test_the_slurm_run_folders_equal_the_local_ones(study):
         here, there = run_dir(local, name), run_dir(remote, name)
         assert sorted(p.name for p in here.iterdir()) == sorted(p.name for p in there.iterdir())
         assert (here / "predictions.csv").read_bytes() == (there / "predictions.csv").read_bytes(), name
-        assert json.loads((here / "params.json").read_text()) == json.loads((there / "params.json").read_text())
+        # the prepared data's fingerprint covers the source files' paths and mtimes: two copies differ
+        params = [{k: v for k, v in json.loads((d / "params.json").read_text()).items()
+                   if k != "prepared_fingerprint"} for d in (here, there)]
+        assert params[0] == params[1], name
         columns = ["epoch", "train_loss", "val_loss", "val_acc"]       # not the timings
         pd.testing.assert_frame_equal(pd.read_csv(here / "history.csv")[columns],
                                       pd.read_csv(there / "history.csv")[columns])
