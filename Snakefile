@@ -62,12 +62,13 @@ def gpus_per_training_run():
 GPUS = gpus_per_training_run()
 
 
-def slurm_target(key, fallback=None):
-    """A resource callable: the setting's value; with the slurm executor a missing one stops the
-    run before anything is submitted, naming what to set."""
+def slurm_target(*keys):
+    """A resource callable: the first of these settings that is set. Under the slurm executor,
+    none set stops the run when it selects its first jobs, before any sbatch, naming the last."""
     def value(wildcards):
-        found = cluster_setting(key) or (fallback and cluster_setting(fallback))
+        found = next((cluster_setting(k) for k in keys if cluster_setting(k)), "")
         if not found and getattr(workflow.executor_plugin, "name", "") == "slurm":
+            key = keys[-1]
             raise WorkflowError(
                 f"the SLURM profile needs {key}: add `{key}=NAME` to --config or export "
                 f"HELPERS_{key.upper()}=NAME (sacctmgr show associations user=$USER lists your "
@@ -79,9 +80,8 @@ def slurm_target(key, fallback=None):
 CLUSTER_JOB = {"slurm_account": slurm_target("slurm_account"),
                "slurm_partition": slurm_target("slurm_partition")}
 # One training run per job; GPUs only when asked for, on the GPU partition (default: the same).
-TRAIN_JOB = ({"slurm_account": slurm_target("slurm_account"),
-              "slurm_partition": slurm_target("slurm_gpu_partition", "slurm_partition"), "gpu": GPUS}
-             if GPUS else CLUSTER_JOB)
+TRAIN_JOB = ({**CLUSTER_JOB, "slurm_partition": slurm_target("slurm_gpu_partition", "slurm_partition"),
+              "gpu": GPUS} if GPUS else CLUSTER_JOB)
 
 
 def statuses(runs):

@@ -24,7 +24,7 @@ from pathlib import Path
 # The Debian packages (installed by .ci/run) and the programs the cluster needs from them.
 PACKAGES = "slurm-wlm slurmdbd munge mariadb-server"
 PROGRAMS = ("mungekey", "munged", "mariadb-install-db", "mariadbd", "slurmdbd", "slurmctld", "slurmd",
-            "sacctmgr", "sbatch", "srun", "sacct", "sinfo", "squeue", "scancel")
+            "sacctmgr", "scontrol", "sbatch", "srun", "sacct", "sinfo", "squeue", "scancel")
 CLUSTER = "helpers"
 ACCOUNT = "ci"
 PARTITION = "debug"
@@ -34,14 +34,15 @@ def unavailable() -> str | None:
     """Why a cluster cannot be started here, or None when it can."""
     if os.name != "posix" or os.geteuid() != 0:
         return "starting a SLURM cluster needs root (slurmd runs jobs as their user)"
-    missing = [p for p in PROGRAMS if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    missing = [p for p in PROGRAMS if not _which(p)]
     if missing:
         return (f"SLURM cluster programs not found: {', '.join(missing)} "
                 f"(apt-get install {PACKAGES}; .ci/run does this)")
     return None
 
 
-def _which(program: str) -> str:
+def _which(program: str) -> str | None:
+    # the daemons live in /usr/sbin, which a non-login root shell may lack on its PATH
     return shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
@@ -198,7 +199,7 @@ class Cluster:
     def stop(self) -> None:
         """Cancel what still runs, then end every daemon this object started, newest first."""
         if any(name == "slurmctld" and proc.poll() is None for name, proc in self.procs):
-            self.run("scancel", "--full", f"--partition={PARTITION}", check=False)
+            self.run("scancel", f"--partition={PARTITION}", check=False)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.run("squeue", "-h", check=False).stdout.strip():
                 time.sleep(0.5)

@@ -125,7 +125,7 @@ def _poll(what: str, check, proc: subprocess.Popen, timeout: float):
         if found:
             return found
         assert proc.poll() is None, f"snakemake ended ({proc.returncode}) before {what}"
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -166,15 +166,14 @@ def study(cluster, tmp_path_factory):
 
         env.update(HELPERS_SLURM_ACCOUNT=cluster.account, HELPERS_SLURM_PARTITION=cluster.partition)
         first = snakemake(remote, env, *args, name="first")
-        # Cancel the second run's job once it has saved an epoch (history.csv is written last).
-        saved = run_dir(remote, CANCELLED) / "history.csv"
-        _poll(f"{saved}", saved.exists, first.proc, 300)
-
+        # Cancel the second run's job as soon as it has saved an epoch (history.csv is written last).
         def job_of_cancelled_run():
             jobs = cluster.run("squeue", "-h", "-o", "%i|%k").stdout.splitlines()
             return next((j.split("|")[0] for j in jobs if "rule_train" in j and CANCELLED in j), None)
 
-        facts["cancelled_job"] = _poll("the job in squeue", job_of_cancelled_run, first.proc, 30)
+        facts["cancelled_job"] = _poll("the training job in squeue", job_of_cancelled_run, first.proc, 300)
+        saved = run_dir(remote, CANCELLED) / "history.csv"
+        _poll(f"{saved}", saved.exists, first.proc, 300)
         cluster.run("scancel", facts["cancelled_job"])
         facts["first"] = first.wait(300)
         # What the cancelled run left behind, before the rerun touches it.
