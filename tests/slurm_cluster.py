@@ -8,7 +8,8 @@ never sees a job finish.
 Everything lives in one temporary folder: the munge key and socket, MariaDB's data directory,
 the configs, state, spool and logs. Every daemon gets free ports of its own and runs in the
 foreground as a child of this process, so ``stop()`` ends exactly the processes ``start()``
-began, by pid. Clients find the cluster through ``SLURM_CONF`` (``Cluster.env``).
+began, by pid. Clients find the cluster through ``SLURM_CONF`` and an ``srun`` shim on ``PATH``
+(both in ``Cluster.env``).
 """
 from __future__ import annotations
 

@@ -84,13 +84,20 @@ class Snakemake:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()        # snakemake cancels its SLURM jobs on the way out
-            self.proc.wait(timeout=60)
+            self.stop()
             raise AssertionError(f"snakemake ran past {timeout} s:\n{self.log.read_text()[-4000:]}")
         return self.proc.returncode, self.log.read_text()
 
+    def stop(self) -> None:
+        self.proc.terminate()            # snakemake cancels its SLURM jobs on the way out
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
-def slurm_args(cluster: slurm_cluster.Cluster) -> list[str]:
+
+def slurm_args() -> list[str]:
     """`--profile profiles/slurm`, with the profile's job sizes shrunk to the one test node (one
     CPU, a little memory each); every other setting is the profile's own."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
@@ -118,14 +125,15 @@ def sacct(cluster: slurm_cluster.Cluster) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(columns))
 
 
-def _poll(what: str, check, proc: subprocess.Popen, timeout: float):
+def _poll(what: str, check, run: Snakemake, timeout: float, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
         if found:
             return found
-        assert proc.poll() is None, f"snakemake ended ({proc.returncode}) before {what}"
-        time.sleep(0.05)
+        assert run.proc.poll() is None, (f"snakemake ended ({run.proc.returncode}) before {what}:\n"
+                                         f"{run.log.read_text()[-4000:]}")
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -158,7 +166,7 @@ def study(cluster, tmp_path_factory):
         local_run = snakemake(local, environment(local, os.environ), "--cores", "2",
                               *[str(run_dir(Path(), r) / "status.json") for r in RUNS], name="local")
         env = environment(remote, cluster.env)
-        args = slurm_args(cluster)
+        args = slurm_args()
         facts = {"sacct_before": sacct(cluster)}
         # No account or partition: stopped with a message that names what to set, before any sbatch.
         facts["no_account"] = snakemake(remote, env, *args, name="no-account").wait(120)
@@ -171,9 +179,10 @@ def study(cluster, tmp_path_factory):
             jobs = cluster.run("squeue", "-h", "-o", "%i|%k").stdout.splitlines()
             return next((j.split("|")[0] for j in jobs if "rule_train" in j and CANCELLED in j), None)
 
-        facts["cancelled_job"] = _poll("the training job in squeue", job_of_cancelled_run, first.proc, 300)
+        facts["cancelled_job"] = _poll("the training job in squeue", job_of_cancelled_run, first, 300,
+                                        every=0.5)
         saved = run_dir(remote, CANCELLED) / "history.csv"
-        _poll(f"{saved}", saved.exists, first.proc, 300)
+        _poll(f"{saved}", saved.exists, first, 300)
         cluster.run("scancel", facts["cancelled_job"])
         facts["first"] = first.wait(300)
         # What the cancelled run left behind, before the rerun touches it.
@@ -188,8 +197,7 @@ def study(cluster, tmp_path_factory):
     finally:
         for run in started:
             if run.proc.poll() is None:
-                run.proc.terminate()
-                run.proc.wait(timeout=60)
+                run.stop()
     facts["seconds"] = time.monotonic() - t0
     print(f"\nSLURM study: {facts['seconds']:.0f} s, {len(facts['sacct']) - len(facts['sacct_before'])} "
           f"sbatch jobs, cancelled run resumed after epoch {facts['saved_epoch']} of {EPOCHS}")
