@@ -2,9 +2,11 @@
 # Every step is a papermill run of a notebook in notebooks/, kept under results/<experiment>/notebooks.
 #   snakemake --cores 1 --config experiment=demo
 #   snakemake --cores 1 --config experiment=paper_a data_dir=/path/to/download
+#   snakemake --profile profiles/slurm --config experiment=paper_a data_dir=... slurm_account=... slurm_partition=...
 # Parsing this file only reads: nothing is written or deleted until a job runs (a dry run,
 # `snakemake -n`, changes no file; tests/test_workflow.py checks it).
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -40,6 +42,49 @@ onerror:
     wf.forget_missing(EXP)
 
 
+# SLURM (`--profile profiles/slurm`): where the cluster jobs go, from --config or else the
+# environment (HELPERS_SLURM_ACCOUNT, ...). The profile says how big each job is. The steps that
+# only read run folders and notebooks run where snakemake runs, never as cluster jobs.
+localrules: all, evaluate, gap, summary, book
+
+
+def cluster_setting(key):
+    return str(config.get(key, "") or os.environ.get(f"HELPERS_{key.upper()}", "")).strip()
+
+
+def gpus_per_training_run():
+    value = cluster_setting("slurm_gpus") or "0"
+    if not value.isdigit():
+        raise WorkflowError(f"slurm_gpus (or HELPERS_SLURM_GPUS) must be a whole number of GPUs per "
+                            f"training job, 0 for none; got {value!r}")
+    return int(value)
+
+
+GPUS = gpus_per_training_run()
+
+
+def slurm_target(*keys):
+    """A resource callable: the first of these settings that is set. Under the slurm executor,
+    none set stops the run when it selects its first jobs, before any sbatch, naming the last."""
+    def value(wildcards):
+        found = next((cluster_setting(k) for k in keys if cluster_setting(k)), "")
+        if not found and getattr(workflow.executor_plugin, "name", "") == "slurm":
+            key = keys[-1]
+            raise WorkflowError(
+                f"the SLURM profile needs {key}: add `{key}=NAME` to --config or export "
+                f"HELPERS_{key.upper()}=NAME (sacctmgr show associations user=$USER lists your "
+                f"accounts, sinfo -s the partitions)")
+        return found
+    return value
+
+
+CLUSTER_JOB = {"slurm_account": slurm_target("slurm_account"),
+               "slurm_partition": slurm_target("slurm_partition")}
+# One training run per job; GPUs only when asked for, on the GPU partition (default: the same).
+TRAIN_JOB = ({**CLUSTER_JOB, "slurm_partition": slurm_target("slurm_gpu_partition", "slurm_partition"),
+              "gpu": GPUS} if GPUS else CLUSTER_JOB)
+
+
 def statuses(runs):
     return [str(wf.status_file(rid)) for rid in runs]
 
@@ -69,6 +114,8 @@ rule data_prep:
     params:
         p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
         phantoms=GENERATOR_VERSION if EXP["synthetic"] else "",  # redrawn phantoms: rebuild
+    resources:
+        **CLUSTER_JOB,
     shell:
         "{PAPERMILL} {input} {output.notebook} -y {params.p}"
 
@@ -83,6 +130,8 @@ rule train:
         "{run}/status.json",
     params:
         run=lambda wc: json.dumps(RUNS[RUN_DIRS[wc.run]], sort_keys=True),  # edited settings rerun it
+    resources:
+        **TRAIN_JOB,
     shell:
         "python -m helpers.workflow train {EXP_ARG} {wildcards.run} --data-dir {DATA_ARG}"
 
@@ -108,6 +157,8 @@ rule explain:
         f"{RES}/notebooks/explain_{{dataset}}.ipynb",
     params:
         p=lambda wc: papermill_params(wf.notebook_params(EXP, "explain", wc.dataset)),
+    resources:
+        **CLUSTER_JOB,
     shell:
         "{PAPERMILL} {input[0]} {output} -y {params.p}"
 
@@ -120,6 +171,8 @@ rule audit:
         f"{RES}/notebooks/audit_{{dataset}}.ipynb",
     params:
         p=lambda wc: papermill_params(wf.notebook_params(EXP, "audit", wc.dataset)),
+    resources:
+        **CLUSTER_JOB,
     shell:
         "{PAPERMILL} {input[0]} {output} -y {params.p}"
 

@@ -328,10 +328,10 @@ def _snakemake_bin() -> str:
     return shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
 
 
-def _dry_run(experiment, data_dir, *extra, cwd=ROOT, env=None):
+def _dry_run(experiment, data_dir, *extra, cwd=ROOT, env=None, config=()):
     out = subprocess.run(
         [_snakemake_bin(), "-n", "-p", "--cores", "1", *extra,
-         "--config", f"experiment={experiment}", f"data_dir={data_dir}"],
+         "--config", f"experiment={experiment}", f"data_dir={data_dir}", *config],
         cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, flags=re.M))
@@ -374,12 +374,16 @@ def test_a_dry_run_changes_no_file(tmp_path):
 @pytest.mark.slow
 def test_slurm_profile_sends_each_training_run_to_a_gpu_job(tmp_path):
     # Parsed by snakemake-executor-plugin-slurm itself; a dry run submits nothing.
-    counts, log = _dry_run("paper_b", str(tmp_path / "download"), "--profile", "profiles/slurm")
+    # The account and partitions come from --config (or HELPERS_SLURM_*), GPUs only when asked for.
+    counts, log = _dry_run("paper_b", str(tmp_path / "download"), "--profile", "profiles/slurm", config=(
+        "slurm_account=lab", "slurm_partition=cpu", "slurm_gpu_partition=gpu", "slurm_gpus=1"))
     assert counts.get("train") == 2, log
     jobs = re.findall(r"^rule (\w+):.*?^\s+resources: (.*?)$", log, flags=re.M | re.S)
     resources = {rule: res for rule, res in jobs}
     assert "slurm_partition=gpu" in resources["train"] and "gpu=1" in resources["train"]
+    assert "slurm_account=lab" in resources["train"] and "slurm_account=lab" in resources["data_prep"]
     assert "slurm_partition=cpu" in resources["data_prep"] and "gpu=" not in resources["data_prep"]
+    assert "slurm_partition" not in resources["book"]          # a local rule
 
 
 @pytest.mark.slow
