@@ -140,6 +140,8 @@ def _poll(what: str, check, run: Snakemake, timeout: float, every: float = 0.05)
 @pytest.fixture(scope="session")
 def cluster():
     reason = slurm_cluster.unavailable()
+    if reason and os.environ.get("HELPERS_REQUIRE_SLURM") == "1":  # set by .ci/run: CI must run it
+        pytest.fail(f"HELPERS_REQUIRE_SLURM=1 but {reason}")
     if reason:
         pytest.skip(reason)
     started = slurm_cluster.Cluster().start()
