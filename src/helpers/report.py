@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -211,7 +212,9 @@ def banner(runset: metrics.RunSet | None = None, *, synthetic: bool | None = Non
 def _panels(n: int, ncols: int, size: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.6), squeeze=False)
+    # constrained layout makes room for multi-line panel titles and the suptitle
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.6), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     return fig, axes.ravel()
@@ -265,8 +268,12 @@ def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
         ax.set_ylabel("loss (mean cross-entropy per image)")
         ax.legend(fontsize=7)
     fig.suptitle(f"{runset.dataset}: training and validation loss{synthetic_suffix(runset.synthetic)}")
-    fig.tight_layout()
     return fig
+
+
+def _wrapped(label: str, width: int = 30) -> str:
+    """A configuration label on as many lines as a small panel's title needs."""
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False))
 
 
 def confusion_figure(runset: metrics.RunSet) -> plt.Figure:
@@ -292,9 +299,8 @@ def confusion_figure(runset: metrics.RunSet) -> plt.Figure:
         ax.tick_params(axis="y", labelrotation=0, labelsize=7)
         pooled = f"{len(runs)} seeds pooled" if len(runs) > 1 else f"seed {runs[0].seed}"
         acc = np.trace(counts) / counts.sum()
-        ax.set_title(f"{label} · {arm_title(arm)}\n{pooled}, accuracy {acc:.3f}", fontsize=9)
+        ax.set_title(f"{_wrapped(label)}\n{arm_title(arm)} · {pooled}, accuracy {acc:.3f}", fontsize=9)
     fig.suptitle(f"{runset.dataset}: confusion matrices (count, row share){synthetic_suffix(runset.synthetic)}")
-    fig.tight_layout()
     return fig
 
 
@@ -304,7 +310,7 @@ def roc_figure(runset: metrics.RunSet) -> plt.Figure:
     if not cells:
         return _empty_figure(runset, "ROC curves")
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = _panels(len(cells), 4, (3.4, 3.3))
+    fig, axes = _panels(len(cells), 4, (3.4, 4.2))
     palette = sns.color_palette("colorblind")
     for ax, (label, arm, runs) in zip(axes, cells):
         run = runs[0]
@@ -315,11 +321,10 @@ def roc_figure(runset: metrics.RunSet) -> plt.Figure:
         ax.set_ylabel("true positive rate")
         ax.set_aspect("equal")
         more = f" of {len(runs)}" if len(runs) > 1 else ""
-        ax.set_title(f"{label} · {arm_title(arm)} · seed {run.seed}{more}\n"
+        ax.set_title(f"{_wrapped(label)}\n{arm_title(arm)} · seed {run.seed}{more}\n"
                      f"macro AUC {run.metrics['test_auc_macro']:.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{runset.dataset}: one-vs-rest ROC curves{synthetic_suffix(runset.synthetic)}")
-    fig.tight_layout()
     return fig
 
 
