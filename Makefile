@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= demo
 DATA_DIR ?=
-CORES ?= 1
+CORES ?= $(shell nproc 2>/dev/null || echo 1)   # heavy steps take them all, one at a time
 SNAKE_ARGS ?=
 
 .PHONY: report test venv clean-book publish

@@ -85,6 +85,13 @@ TRAIN_JOB = ({**CLUSTER_JOB, "slurm_partition": slurm_target("slurm_gpu_partitio
               "gpu": GPUS} if GPUS else CLUSTER_JOB)
 
 
+# Snakemake sets OMP_NUM_THREADS (and MKL's, OpenBLAS's) to a job's threads, 1 unless declared:
+# the heavy steps (data prep, training, explanation, audit) declare every core snakemake was given
+# (`--cores`, capped at this machine's), so torch uses them and they run one at a time; the light
+# notebook steps keep one thread each and may run side by side.
+HEAVY_THREADS = max(1, min(int(workflow.cores or 1), os.cpu_count() or 1))
+
+
 def statuses(runs):
     return [str(wf.status_file(rid)) for rid in runs]
 
@@ -114,6 +121,7 @@ rule data_prep:
     params:
         p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
         phantoms=GENERATOR_VERSION if EXP["synthetic"] else "",  # redrawn phantoms: rebuild
+    threads: HEAVY_THREADS
     resources:
         **CLUSTER_JOB,
     shell:
@@ -130,6 +138,7 @@ rule train:
         "{run}/status.json",
     params:
         run=lambda wc: json.dumps(RUNS[RUN_DIRS[wc.run]], sort_keys=True),  # edited settings rerun it
+    threads: HEAVY_THREADS
     resources:
         **TRAIN_JOB,
     shell:
@@ -157,6 +166,7 @@ rule explain:
         f"{RES}/notebooks/explain_{{dataset}}.ipynb",
     params:
         p=lambda wc: papermill_params(wf.notebook_params(EXP, "explain", wc.dataset)),
+    threads: HEAVY_THREADS
     resources:
         **CLUSTER_JOB,
     shell:
@@ -171,6 +181,7 @@ rule audit:
         f"{RES}/notebooks/audit_{{dataset}}.ipynb",
     params:
         p=lambda wc: papermill_params(wf.notebook_params(EXP, "audit", wc.dataset)),
+    threads: HEAVY_THREADS
     resources:
         **CLUSTER_JOB,
     shell:
