@@ -86,10 +86,20 @@ TRAIN_JOB = ({**CLUSTER_JOB, "slurm_partition": slurm_target("slurm_gpu_partitio
 
 
 # Snakemake sets OMP_NUM_THREADS (and MKL's, OpenBLAS's) to a job's threads, 1 unless declared:
-# the heavy steps (data prep, training, explanation, audit) declare every core snakemake was given
-# (`--cores`, capped at this machine's), so torch uses them and they run one at a time; the light
-# notebook steps keep one thread each and may run side by side.
-HEAVY_THREADS = max(1, min(int(workflow.cores or 1), os.cpu_count() or 1))
+# the heavy steps (data prep, training, explanation, audit) declare every core snakemake was
+# given (`--cores`, capped at the CPUs this process or SLURM job may use), so torch uses them and
+# they run one at a time; the light notebook steps keep one thread each and may run side by side.
+def heavy_threads():
+    try:
+        given = int(workflow.cores)
+    except Exception:  # a cluster executor has no total: the profile's cpus_per_task sizes each job
+        return 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = int(os.environ.get("SLURM_CPUS_PER_TASK") or usable)  # inside a cluster job: its share
+    return max(1, min(given, usable))
+
+
+HEAVY_THREADS = heavy_threads()
 
 
 def statuses(runs):
