@@ -109,6 +109,10 @@ def test_glue_evaluation_names(evaluation, monkeypatch):
     for fig in ("loss_curves", "confusion", "roc"):
         assert glued[fig].format == "png" and glued[fig].width >= 300
     assert "Figure size" not in repr(glued["roc"])
+    # what the notebook shows and what it glues are the same bytes (myst-nb writes a pasted
+    # image's file only where the notebook shows it), however often a figure is drawn
+    for fig in ("loss_curves", "confusion", "roc"):
+        assert report.figure_image(evaluation.figures[fig]).data == glued[fig].data
     # the grid has no vgg11 runs: the paper's headline comparison says so in words, never nan
     assert glued["headline_imagenet"] == report.NOT_RUN and glued["headline_scratch"] == report.NOT_RUN
     assert "nan" not in glued["headline_difference"] and report.NOT_RUN in glued["headline_difference"]

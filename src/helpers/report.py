@@ -26,6 +26,7 @@ import html
 import math
 import re
 import textwrap
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -418,18 +419,29 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
     return HTML(f'{note}<div class="report-table">{styler.to_html()}</div>')
 
 
+_PNG_CACHE: "weakref.WeakKeyDictionary[plt.Figure, dict[int, bytes]]" = weakref.WeakKeyDictionary()
+
+
 def figure_image(fig: plt.Figure, dpi: int = 110, min_width: int = 300):
     """A figure as PNG bytes (IPython Image): what myst-nb pastes across pages is the image,
-    never the Figure's text form. Displayed at its natural width, at least ``min_width`` px."""
+    never the Figure's text form. Displayed at its natural width, at least ``min_width`` px.
+
+    Drawn once per figure and dpi: a notebook shows a figure and glues it, and the two must be
+    the same bytes. myst-nb writes a pasted image's file only where the notebook itself shows
+    that image, and a constrained-layout figure drawn twice can come out different, which left
+    a page with a broken image."""
     import io
 
     from IPython.display import Image
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    drawn = _PNG_CACHE.setdefault(fig, {})
+    if dpi not in drawn:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        drawn[dpi] = buf.getvalue()
     plt.close(fig)
     width = int(fig.get_size_inches()[0] * dpi)
-    return Image(data=buf.getvalue(), format="png", width=max(width, min_width))
+    return Image(data=drawn[dpi], format="png", width=max(width, min_width))
 
 
 def _cell(mean: float, low: float, high: float, n: int) -> str:
