@@ -39,7 +39,7 @@ def demo_entry(**changes):
 
 
 @pytest.mark.parametrize("name, data_dir, n_runs", [
-    ("demo", "", 24),
+    ("demo", "", 22),
     ("paper_a", "/data/covid", 8),
     ("paper_b", "/data/kidney", 2),
     ("full", "covid_radiography=/a,ct_kidney=/b", 140),
@@ -167,7 +167,7 @@ def test_every_prepared_folder_the_grid_reads_is_planned():
                 "balance": p["balance"], "seed": p["split_seed"], "split": rid.split,
                 "n_per_class": p["n_per_class"]}
         assert wf.prepared_dir(prep) in planned
-    assert {d.name for d in planned} == {"synthetic-n100-64px-random-bal-s0", "synthetic-n50-64px-random-all-s0"}
+    assert {d.name for d in planned} == {"synthetic-n100-64px-random-bal-s0", "synthetic-n100-64px-random-all-s0"}
 
 
 def _parameter_cell(notebook: Path) -> dict:
