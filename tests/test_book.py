@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
+
+from workspace import workflow_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,16 +59,8 @@ def study(tmp_path_factory):
     import torch
     import torchvision
 
-    work = tmp_path_factory.mktemp("study")
-    for name in ("Snakefile", "_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, work / name)
-    for name in ("notebooks", "benchmarks"):
-        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("results", "__pycache__"))
-    shutil.copytree(ROOT / "book", work / "book", symlinks=True,
-                    ignore=shutil.ignore_patterns("generated*", "_build", "__pycache__"))
+    work = workflow_copy(tmp_path_factory.mktemp("study"), TINY)
     assert (work / "book" / "_toc.yml").resolve() == (work / "_toc.yml").resolve()
-    (work / "experiments").mkdir()
-    (work / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     checkpoints = work / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoints / "resnet18-f37072fd.pth")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 import slurm_cluster
+from workspace import workflow_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,20 +47,6 @@ TINY = {
     "explain": {},
     "audit": [],
 }
-
-
-def workspace(root: Path) -> Path:
-    """A copy of the workflow (Snakefile, notebooks, profile, book pages) with the tiny experiment."""
-    root.mkdir(parents=True)
-    for name in ("Snakefile", "_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, root / name)
-    for name in ("notebooks", "benchmarks", "profiles"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "book", root / "book", symlinks=True,
-                    ignore=shutil.ignore_patterns("generated*", "_build", "__pycache__"))
-    (root / "experiments").mkdir()
-    (root / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    return root
 
 
 def environment(root: Path, base: dict) -> dict:
@@ -156,7 +142,7 @@ def study(cluster, tmp_path_factory):
 
     t0 = time.monotonic()
     base = tmp_path_factory.mktemp("slurm-study")
-    local, remote = workspace(base / "local"), workspace(base / "slurm")
+    local, remote = workflow_copy(base / "local", TINY), workflow_copy(base / "slurm", TINY)
     started: list[Snakemake] = []
 
     def snakemake(root, env, *args, name):

@@ -435,28 +435,29 @@ def _conflict(run_dir: Path, run_params: dict) -> str:
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
 
 
-def _resolve(spec: TrainParams) -> tuple[dict, Path, Path]:
-    """(run parameters as recorded in params.json, run folder, prepared folder)."""
+def _resolve(spec: TrainParams) -> tuple[dict, Path, Path, torch.device]:
+    """(run parameters as recorded in params.json, run folder, prepared folder, device)."""
     p = spec.model_dump()
     device = resolve_device(p["device"])
     run_id = spec.run_id()
+    run_dir = spec.resolved_run_dir()
     prepared_dir = data.prepare(p["dataset"], data_dir=p["data_dir"], image_size=p["image_size"],
                                 balance=p["balance"], seed=p["split_seed"], split=p["split"],
                                 n_per_class=p["n_per_class"])
     info = json.loads((prepared_dir / "info.json").read_text())
     run_params = {**p, "device": device.type,
                   "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
-                  "run_dir": str(spec.resolved_run_dir()), "arm": run_id.arm, "run": run_id.as_record(),
+                  "run_dir": str(run_dir), "arm": run_id.arm, "run": run_id.as_record(),
                   "prepared_dir": _relative(prepared_dir), "class_names": list(info["class_names"]),
                   "prepared_fingerprint": info.get("fingerprint"), "synthetic": bool(info.get("synthetic"))}
-    return run_params, spec.resolved_run_dir(), prepared_dir
+    return run_params, run_dir, prepared_dir, device
 
 
 def stale(values: dict) -> str:
     """Why the run folder of these parameters holds another run (other parameters, or other
     prepared data); "" when it holds this run, complete or interrupted, or nothing. The workflow
     replaces such a run: its experiment file or its data changed since it was trained."""
-    run_params, run_dir, _ = _resolve(params_mod.train_params(values))
+    run_params, run_dir, _, _ = _resolve(params_mod.train_params(values))
     return _conflict(run_dir, run_params)
 
 
@@ -515,8 +516,7 @@ def train(**params) -> Path:
     one resumes from its last finished epoch; a folder holding other parameters is refused.
     """
     spec = _validated(params)
-    run_params, run_dir, prepared_dir = _resolve(spec)
-    device = resolve_device(spec.device)
+    run_params, run_dir, prepared_dir, device = _resolve(spec)
     if spec.force:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
