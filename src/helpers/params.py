@@ -30,7 +30,8 @@ from . import models
 
 # ---------------------------------------------------------------- shared choices
 
-SPLITS = ("random", "grouped")
+# "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
+SPLITS = ("random", "grouped", "block")
 # The normalisations a run may use: the prepared train split's statistics ("dataset"), the
 # statistics the arch's ImageNet weights were trained with ("imagenet": torchvision's ImageNet
 # mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's published constants.
@@ -137,7 +138,7 @@ class PrepParams(BaseModel):
     image_size: int = Field(128, ge=MIN_PREP_SIZE, le=1024)
     balance: bool = True             # balance classes to the smallest (paper A)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # the split seed
-    split: Literal["random", "grouped"] = "random"
+    split: Literal[SPLITS] = "random"
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)  # synthetic images per class
     out_dir: str = ""                # "" = the default folder under data/prepared
     progress: bool = True
@@ -184,6 +185,9 @@ class TrainSettings(BaseModel):
     # validation, best-epoch choice and test scoring use statistics that match the weights
     # (with momentum 0.01, MobileNetV3/EfficientNet from scratch otherwise sit at chance).
     recompute_bn: bool = True
+    # Train on this share of the training split (stratified, drawn with the run's seed; the
+    # subsets of one seed are nested). Validation and test stay whole: the data-efficiency curve.
+    train_fraction: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
 
 
 class TrainParams(TrainSettings):
@@ -198,7 +202,7 @@ class TrainParams(TrainSettings):
     image_size: PosInt = 128
     seed: NonNegInt = 0
     balance: bool = True
-    split: Literal["random", "grouped"] = "random"
+    split: Literal[SPLITS] = "random"
     split_seed: NonNegInt = 0        # fixed across training seeds, so runs pair image by image
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)
     init_from: str = ""              # another run's best.pt of the same arch (backbone only)
@@ -248,7 +252,7 @@ class TrainParams(TrainSettings):
             init_source = source_params(self.init_from).get("run", {}).get("key", self.init_from)
         return RunId(experiment=self.experiment, dataset=self.dataset, arch=self.arch,
                      head=self.head, arm=self.arm, seed=self.seed, split=self.split,
-                     init_source=init_source)
+                     init_source=init_source, train_fraction=self.train_fraction)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else self.run_id().run_dir()
@@ -300,13 +304,15 @@ class RunId(BaseModel):
     seed: NonNegInt
     split: str = "random"
     init_source: str = ""            # the source run's key for "from-*" arms
+    train_fraction: float = 1.0
 
     @property
     def name(self) -> str:
-        """``<arch>[_<head>]-<arm>[-<split>]-s<seed>``: the folder name."""
+        """``<arch>[_<head>]-<arm>[-<split>][-f<fraction>]-s<seed>``: the folder name."""
         base = self.arch if self.head == "replace" else f"{self.arch}_{self.head}"
         split = "" if self.split == "random" else f"-{self.split}"
-        return f"{base}-{self.arm}{split}-s{self.seed}"
+        fraction = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
+        return f"{base}-{self.arm}{split}{fraction}-s{self.seed}"
 
     @property
     def key(self) -> str:

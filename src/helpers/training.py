@@ -298,6 +298,18 @@ def _build(params: dict, num_classes: int, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
+def train_subset(labels: np.ndarray, train_idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` of each class's training images (at least one), drawn with ``seed``: one
+    permutation per class, cut at the fraction, so one seed's subsets are nested."""
+    rng = np.random.default_rng([seed, 20])     # 20: its own stream, not the epochs' shuffles
+    keep = []
+    for k in np.unique(labels[train_idx]):
+        own = train_idx[labels[train_idx] == k]
+        own = own[rng.permutation(len(own))]
+        keep.append(own[:max(1, int(np.ceil(fraction * len(own) - 1e-9)))])
+    return np.sort(np.concatenate(keep))
+
+
 class _Engine:
     """Device-resident data and the per-epoch loops."""
 
@@ -312,6 +324,8 @@ class _Engine:
         self.x, self.y, self.index = {}, {}, {}
         for part in ("train", "val", "test"):
             idx = np.flatnonzero(split == part)
+            if part == "train" and params.get("train_fraction", 1.0) < 1:
+                idx = train_subset(labels, idx, params["train_fraction"], params["seed"])
             if len(idx) == 0:
                 raise ValueError(f"the prepared data {params.get('prepared_dir', '')} has no "
                                  f"{part!r} images")

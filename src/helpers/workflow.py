@@ -115,6 +115,7 @@ class ExplainSettings(BaseModel):
     arch: Literal[ARCH_NAMES]
     head: Head = "replace"
     n_per_class: PosInt = NOTEBOOK_PARAMS["explain"].model_fields["n_per_class"].default
+    n_road_images: NonNegInt = NOTEBOOK_PARAMS["explain"].model_fields["n_road_images"].default
 
 
 class ExperimentFile(BaseModel):
@@ -321,7 +322,8 @@ def runs(exp: dict) -> dict[RunId, dict]:
                         fields = {"pretrained": False, "freeze_backbone": False,
                                   "init_from": str(source.run_dir() / "best.pt")}
                     rid = RunId(experiment=exp["name"], dataset=ds, arch=arch, head=head, arm=label,
-                                seed=seed, split=split, init_source=source.key if source else "")
+                                seed=seed, split=split, init_source=source.key if source else "",
+                                train_fraction=train["train_fraction"])
                     params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
                               **train, "experiment": exp["name"]}
                     if rid not in grid:
@@ -509,7 +511,8 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
     elif step == "explain":
         values = {"dataset": dataset, "arch": exp["explain"][dataset]["arch"], "out_dir": out_dir,
                   "runs": [str(rid.run_dir()) for rid in explained_runs(exp, dataset)],
-                  "n_per_class": exp["explain"][dataset]["n_per_class"]}
+                  "n_per_class": exp["explain"][dataset]["n_per_class"],
+                  "n_road_images": exp["explain"][dataset]["n_road_images"]}
     else:  # audit: measured on the random split (and the grouped one it tries itself)
         prep = _prep(exp, dataset, "random")
         values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}

@@ -22,11 +22,12 @@ from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
 from .specs import MIN_PER_CLASS, SPLITS, DatasetSpec, data_root, get_spec
-from .splits import SPLIT_NAMES, grouped_split, near_duplicate_groups, random_split
+from .splits import (SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
+                     perceptual_hashes, random_split)
 from .summary import print_summary, reason_counts, save_samples
 from .synthetic import find_synthetic_root, is_int, synthesize
 
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: near_copy_share in info.json, the block split
 PREPARED_FILES = ("manifest.csv", "images.npy", "masks.npy", "skipped.csv", "samples.png", "info.json")
 
 
@@ -173,8 +174,12 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
     sel = np.flatnonzero(keep)
     images, masks, has_mask, labels = images[sel], masks[sel], has_mask[sel], labels_all[sel]
 
+    hashes = perceptual_hashes(images, progress=p["progress"])
     if p["split"] == "grouped":
-        groups = near_duplicate_groups(images)
+        groups = components(len(images), *hamming_pairs(hashes)[:2])
+        split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed)).astype(str)
+    elif p["split"] == "block":
+        groups = block_groups([cands[i][0] for i in sel], labels)
         split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed)).astype(str)
     else:
         split = random_split(labels, seed)
@@ -218,6 +223,8 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
         "skipped_reasons": reason_counts(skipped),
         "n_per_class_synthetic": p["n_per_class"] if synthetic else None,
         "prep_version": PREP_VERSION,
+        # share of val/test images with a near-copy in train (phash, see data.splits)
+        "near_copy_share": near_copy_share(hashes, split),
     }
     atomic.write_json(tmp / "info.json", info)        # last: marks the folder complete
 

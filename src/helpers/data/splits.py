@@ -42,6 +42,12 @@ noise: planted copies up to 53 of 256 bits, distinct chest X-rays from 18).
 
 SPLIT_NAMES = ("train", "val", "test")
 
+BLOCK_SIZE = 25
+"""The block split keeps files numbered 0-24, 25-49, ... of a class together. Kidney CT slices
+of one scan carry consecutive numbers (``Cyst- (301).jpg``); neighbours 1-2 numbers apart are
+near-copies, and blocks of 25 leave about 12% of test slices with a near-copy in train on the
+Kaggle set, against 96% for a random split (measured on 1,914 real slices)."""
+
 
 # --------------------------------------------------------------------------- hashing
 
@@ -205,9 +211,42 @@ def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2)) -> 
     return np.asarray(SPLIT_NAMES)[split_of_group[groups]].astype(str)
 
 
+def file_number(path: str) -> int:
+    """The last run of digits in a file's stem: ``Tumor- (1203).jpg`` -> 1203."""
+    import re
+    from pathlib import PurePath
+
+    found = re.findall(r"\d+", PurePath(path).stem)
+    if not found:
+        raise ValueError(f"block split: {path!r} has no number in its name; the block split needs "
+                         "files numbered in acquisition order (e.g. 'Cyst- (12).jpg'); use "
+                         "split='random' or 'grouped'")
+    return int(found[-1])
+
+
+def block_groups(paths, labels, block: int = BLOCK_SIZE) -> np.ndarray:
+    """Group id per image: (class, file number // block)."""
+    keys = [(int(k), file_number(p) // block) for p, k in zip(paths, labels)]
+    return np.unique(np.asarray(keys, dtype=np.int64).reshape(-1, 2), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def near_copy_share(hashes: np.ndarray, split, threshold: int = HAMMING_THRESHOLD) -> dict:
+    """Per val/test: the share of its images with a near-copy (phash distance <= threshold) in train."""
+    split = np.asarray(split)
+    i, j, _ = hamming_pairs(hashes, threshold)
+    out = {}
+    for part in ("val", "test"):
+        own = split == part
+        linked = np.zeros(len(split), bool)
+        cross = (own[i] & (split[j] == "train")) | (own[j] & (split[i] == "train"))
+        linked[np.where(own[i[cross]], i[cross], j[cross])] = True
+        out[part] = float(linked[own].mean()) if own.any() else 0.0
+    return out
+
+
 def _too_few_message(name: str, n_groups: int, n_images: int, needed: int) -> str:
     return (
-        f"grouped split: class '{name}' has only {n_groups} independent near-duplicate group"
+        f"grouped split: class '{name}' has only {n_groups} independent group"
         f"{'s' if n_groups != 1 else ''} ({n_images} images), fewer than the {needed} needed to put "
         f"it in every split without a near-copy crossing splits; use split='random' "
         f"knowingly (near-copies will leak across splits), or more data (more independent "
