@@ -11,6 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
+from helpers import records
 from helpers import workflow as wf
 from helpers.data.synthetic import GENERATOR_VERSION
 
@@ -45,7 +46,7 @@ onerror:
 # SLURM (`--profile profiles/slurm`): where the cluster jobs go, from --config or else the
 # environment (HELPERS_SLURM_ACCOUNT, ...). The profile says how big each job is. The steps that
 # only read run folders and notebooks run where snakemake runs, never as cluster jobs.
-localrules: all, evaluate, gap, summary, book
+localrules: all, evaluate, gap, summary, reference, book
 
 
 def cluster_setting(key):
@@ -224,9 +225,25 @@ rule summary:
         "{PAPERMILL} {input[0]} {output} -y {params.p}"
 
 
+# The real-data pages: the reference study's committed records (helpers.records), read on every
+# build; no data, network or training needed. A re-export of the records reruns it.
+rule reference:
+    input:
+        "notebooks/reference.ipynb",
+        f"records/{records.REFERENCE}/manifest.json",
+        f"experiments/{records.REFERENCE}.yaml",
+    output:
+        str(wf.reference_notebook(EXP)),
+    params:
+        p=papermill_params({"experiment": records.REFERENCE, "root": str(records.ROOT)}),
+    shell:
+        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+
+
 rule book:
     input:
         statuses(RUNS),
+        str(wf.reference_notebook(EXP)),
         [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in wf.DATASET_NAMES],
         str(wf.summary_notebook(EXP)),
         "_toc.yml",

@@ -136,7 +136,12 @@ PAGE_CHECKS = r"""
   const clone = article.cloneNode(true);
   clone.querySelectorAll("pre, code, script, style, .highlight").forEach(e => e.remove());
   const text = clone.textContent;
-  if (text.includes("<Figure size")) out.text.push("<Figure size");
+  // An object's repr instead of the object: "<Figure size 640x480 with 1 Axes>",
+  // "<IPython.core.display.Markdown object>", "<pandas.io.formats.style.Styler at 0x7f...>".
+  const repr = text.match(/<(Figure size [^>]*|[A-Za-z_]\w*(\.\w+)+( object)?( at 0x[0-9a-fA-F]+)?|[A-Za-z_]\w* object( at 0x[0-9a-fA-F]+)?)>/);
+  if (repr) out.text.push(repr[0]);
+  const answer = [...article.querySelectorAll("table")].find(t => t.textContent.includes("ImageNet − scratch"));
+  out.answer_top = answer ? answer.getBoundingClientRect().top + window.scrollY : null;
   const nan = text.match(/.{0,40}\b(nan|NaN)\b.{0,40}/);
   if (nan) out.text.push(nan[0]);
   const right = article.getBoundingClientRect().right + 1;
@@ -215,6 +220,14 @@ def test_every_page_in_a_real_browser(study, tmp_path, capsys):
                     table1 = page.locator("article table", has_text="Testing accuracy").count()
                     if table1 < 1 or tables < 2 or images < 3:
                         problems.append(f"{rel}: Table 1 {table1}, tables {tables}, figures {images}")
+                # The front page answers the question on real images in its first screen.
+                if rel == "index.html" and (found["answer_top"] is None or found["answer_top"] > 900):
+                    problems.append(f"index.html: the real-image answer table is not in the first "
+                                    f"screen (top at {found['answer_top']})")
+                if rel in ("chest_xray.html", "kidney_ct.html", "real_study.html"):
+                    real = page.locator("article table", has_text="published").count()
+                    if rel != "real_study.html" and real < 1:
+                        problems.append(f"{rel}: no real-image table beside the published values")
                 if rel in ("kidney_ct.html", "index.html") and found["banner"] is None:
                     problems.append(f"{rel}: no missing-runs box, though a run is missing")
             browser.close()

@@ -612,3 +612,58 @@ def test_real_sample_loads_from_the_sample_root(real_sample, tmp_path, dataset, 
     for i, path in enumerate(p.paths):
         assert path.split("/")[0] == spec.classes[p.labels[i]]
     assert not p.has_mask.any()
+
+
+# ----------------------------------------------------------------------------- block split
+
+
+def _numbered(n_per_class: dict[str, int], start: int = 1) -> tuple[list[str], np.ndarray]:
+    paths, labels = [], []
+    for k, (cls, n) in enumerate(n_per_class.items()):
+        paths += [f"{cls}/{cls}- ({i}).jpg" for i in range(start, start + n)]
+        labels += [k] * n
+    return paths, np.asarray(labels)
+
+
+def test_block_split_keeps_every_block_in_one_split_and_every_class_in_every_split():
+    from helpers.data.splits import BLOCK_SIZE, block_groups, file_number, grouped_split
+
+    classes = ["Cyst", "Normal", "Stone", "Tumor"]
+    paths, labels = _numbered({"Cyst": 120, "Normal": 200, "Stone": 194, "Tumor": 200}, start=301)
+    assert file_number("Tumor/Tumor- (1203).jpg") == 1203 and file_number("COVID-17.png") == 17
+    groups = block_groups(paths, labels)
+    assert len(np.unique(groups)) == sum(-(-(300 + n) // BLOCK_SIZE) - 300 // BLOCK_SIZE
+                                         for n in (120, 200, 194, 200))
+    for seed in range(5):
+        split = grouped_split(labels, groups, classes, seed)
+        for g in np.unique(groups):
+            assert len(set(split[groups == g])) == 1, f"block {g} crosses splits (seed {seed})"
+        for k in range(len(classes)):
+            assert set(split[labels == k]) == {"train", "val", "test"}
+        assert abs((split == "train").mean() - 0.6) < 0.1
+
+
+def test_block_split_refuses_a_class_with_too_few_blocks_and_files_without_numbers():
+    from helpers.data.splits import block_groups, grouped_split
+
+    paths, labels = _numbered({"Cyst": 40, "Normal": 40})          # Cyst 1-40, Normal 1-40: 2 blocks each
+    with pytest.raises(ValueError, match="class 'Cyst' has only 2 independent groups"):
+        grouped_split(labels, block_groups(paths, labels), ["Cyst", "Normal"], 0)
+    with pytest.raises(ValueError, match="'Cyst/scan.jpg' has no number in its name"):
+        block_groups(["Cyst/scan.jpg"], np.asarray([0]))
+
+
+def test_block_split_on_real_slices_refuses_clearly_and_the_random_split_reports_its_near_copies(tmp_path):
+    sample = Path(__file__).resolve().parents[2] / "shared" / "real-sample" / "ct_kidney"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} not here")
+    # slices (1)-(40) of each class are two blocks, (1)-(24) and (25)-(40): too few for three
+    # splits, so the block split refuses rather than leak a block across splits
+    with pytest.raises(ValueError, match="class 'Cyst' has only 2 independent groups"):
+        prepare("ct_kidney", data_dir=str(sample), image_size=32, balance=False, split="block",
+                out_dir=str(tmp_path / "b"), progress=False)
+    assert not (tmp_path / "b").exists()
+    rand = load_prepared(prepare("ct_kidney", data_dir=str(sample), image_size=32, balance=False,
+                                 split="random", out_dir=str(tmp_path / "r"), progress=False))
+    share = rand.info["near_copy_share"]
+    assert set(share) == {"val", "test"} and share["test"] > 0.8, share   # neighbouring slices

@@ -507,3 +507,16 @@ def test_linear_probe_trains_only_the_head_on_frozen_real_imagenet_features(env)
     assert (pd.read_csv(run_dir / "history.csv")["bn_seconds"] < 0.01).all()  # no recompute
     fresh = models.get_model("efficientnet_lite0", weights=True, num_classes=3, image_size=32)
     assert not torch.equal(trained["classifier.weight"], fresh.state_dict()["classifier.weight"])
+
+
+def test_train_subset_is_stratified_nested_and_seeded():
+    from helpers.training import train_subset
+
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    train_idx = np.arange(0, 100)
+    small, large = (train_subset(labels, train_idx, f, seed=3) for f in (0.1, 0.5))
+    assert np.bincount(labels[small]).tolist() == [5, 3, 2]
+    assert np.bincount(labels[large]).tolist() == [25, 15, 10]
+    assert set(small) <= set(large), "one seed's subsets are nested"
+    assert not np.array_equal(small, train_subset(labels, train_idx, 0.1, seed=4)), "each seed draws its own"
+    assert np.bincount(labels[train_subset(labels, train_idx, 0.01, seed=0)]).tolist() == [1, 1, 1]

@@ -20,5 +20,8 @@ def workflow_copy(root: Path, experiment: dict) -> Path:
     shutil.copytree(ROOT / "book", root / "book", symlinks=True,
                     ignore=shutil.ignore_patterns("generated*", "_build", "__pycache__"))
     (root / "experiments").mkdir()
+    # The real-data pages read the reference study's committed records on every build.
+    shutil.copytree(ROOT / "records", root / "records")
+    shutil.copy2(ROOT / "experiments" / "real_study.yaml", root / "experiments" / "real_study.yaml")
     (root / "experiments" / f"{experiment['name']}.yaml").write_text(yaml.safe_dump(experiment))
     return root

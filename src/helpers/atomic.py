@@ -51,6 +51,31 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(json_clean(obj), indent=2, default=str) + "\n")
 
 
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    import shutil
+
+    return write(dst, lambda p: shutil.copyfile(src, p))
+
+
+def replace_dir(new: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Put the finished folder ``new`` at ``dst``: the old one is moved aside first, so ``dst``
+    never holds a mix, and is put back if the move fails."""
+    import shutil
+
+    new, dst = Path(new), Path(dst)
+    old = dst.with_name(f".{dst.name}.old{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    try:
+        os.replace(new, dst)
+    except OSError:
+        if old.exists():
+            os.replace(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
 def save_torch(path: str | os.PathLike, obj) -> Path:
     import torch
 

@@ -554,6 +554,14 @@ def summary_notebook(exp: dict) -> Path:
     return results_dir(exp) / "notebooks" / "summary.ipynb"
 
 
+def reference_notebook(exp: dict) -> Path:
+    """The real-data pages' notebook, run on the committed records of the reference study."""
+    return results_dir(exp) / "notebooks" / "reference.ipynb"
+
+
+REAL_NOTEBOOKS = ("explain", "audit", "evaluate")   # the reference study's own, shown as recorded
+
+
 BOOK_DIR = Path("book")
 GENERATED = BOOK_DIR / "generated"
 
@@ -688,6 +696,20 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
         else:
             _copy_titled(src, tmp / f"{step}_{ds}.ipynb", ds)
     shutil.copy2(summary_notebook(exp), tmp / "summary.ipynb")
+    if not reference_notebook(exp).is_file():
+        raise ExperimentError(f"the book needs {reference_notebook(exp)}; run the workflow first")
+    shutil.copy2(reference_notebook(exp), tmp / "reference.ipynb")
+    from . import records  # it imports this module
+
+    recorded = records.folder(records.REFERENCE) / "notebooks"
+    (tmp / "real").mkdir()
+    for step in REAL_NOTEBOOKS:
+        for ds in DATASET_NAMES:
+            src = recorded / f"{step}_{ds}.ipynb"
+            if not src.is_file():
+                raise ExperimentError(f"{src} is missing from the committed records; re-export them "
+                                      f"(python -m helpers.records export {records.REFERENCE} --data-dir ...)")
+            _copy_titled(src, tmp / "real" / f"{step}_{ds}.ipynb", f"{ds}, real images")
     for rid in runs(exp):
         path = train_notebook(exp, rid)
         if path.is_file():

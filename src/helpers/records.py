@@ -1,0 +1,239 @@
+"""Committed run records: a study's results without its checkpoints or images, with provenance.
+
+``records/<experiment>/`` holds what the book's real-data pages read, so that a fresh clone with
+no data and no network shows them (CONTRACTS.md lists the files):
+
+* ``runs/<dataset>/<run name>/``: each run's ``params.json``, ``history.csv``, ``metrics.json``,
+  ``predictions.csv`` (or ``missing.json`` with the reason it could not run);
+* ``data/<prepared folder>.json``: each prepared folder's ``info.json`` (split counts, near-copy
+  share of each split, fingerprint);
+* ``notebooks/``: the executed evaluate, explain, audit, data-prep and summary notebooks;
+* ``manifest.json``: the image set's fingerprint (every file's name and SHA-256), the commit,
+  machine and device, library versions and the wall time of every step.
+
+``python -m helpers.records export EXPERIMENT --data-dir ...`` writes it from the run folders
+(again at any time: it only adds and replaces, so an interrupted study loses nothing);
+``check`` says where the experiment file and the records disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from . import atomic
+from . import workflow as wf
+
+ROOT = Path("records")
+REFERENCE = "real_study"   # the study whose records the book's real-data pages show
+RUN_RECORD_FILES = ("params.json", "history.csv", "metrics.json", "predictions.csv", "missing.json")
+# Parameters of a run that describe the machine or the paths, not the experiment.
+MACHINE_PARAMS = frozenset({"data_dir", "device", "compile", "run_dir", "force", "prepared_dir",
+                            "prepared_fingerprint", "class_names", "synthetic", "run", "arm",
+                            "init_from"})
+
+
+def folder(experiment: str, root: str | os.PathLike = ROOT) -> Path:
+    return Path(root) / experiment
+
+
+def run_record(rid, root: str | os.PathLike = ROOT) -> Path:
+    """The record folder of a run: ``records/<experiment>/runs/<dataset>/<name>``."""
+    return Path(root) / rid.experiment / "runs" / rid.dataset / rid.name
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def image_fingerprint(data_dir: str | os.PathLike, dataset: str) -> dict:
+    """The image set a dataset folder holds: every file the data step lists (relative path and
+    SHA-256), one hash over them, and the count per class."""
+    from .data import get_spec
+    from .data.discover import find_class_root, scan
+    from .data.synthetic import find_synthetic_root
+
+    spec = get_spec(dataset)
+    class_root = find_class_root(data_dir, dataset)
+    listing = scan(class_root, spec, find_synthetic_root(class_root))
+    total = hashlib.sha256()
+    per_class: dict[str, int] = {}
+    for rel, cls, _mask in sorted(listing.candidates):
+        digest = hashlib.sha256((class_root / rel).read_bytes()).hexdigest()
+        total.update(f"{rel}\t{digest}\n".encode())
+        per_class[cls] = per_class.get(cls, 0) + 1
+    return {"n_files": sum(per_class.values()), "per_class": per_class, "sha256": total.hexdigest()}
+
+
+def _notebook_seconds(path: Path) -> float | None:
+    try:
+        meta = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+        return round(float(meta["duration"]), 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
+    return {"system": platform.platform(), "cpu": cpu,
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gib": memory_gib,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# ---------------------------------------------------------------- export
+
+def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) -> Path:
+    """Copy the experiment's finished runs, step notebooks and prepared-data facts into
+    ``records/<experiment>/`` and write its manifest. Runs not finished yet are left out (and
+    listed as such in the manifest); existing records of finished runs are replaced."""
+    from .training import git_state
+
+    exp = wf.load_experiment(experiment, data_dir)
+    out = folder(exp["name"], root)
+    states: dict[str, dict] = {}
+    for rid in wf.runs(exp):
+        state, reason = wf.run_state(rid)
+        states[rid.key] = {"state": state, **({"reason": reason} if reason else {})}
+        if state == "not run":
+            continue
+        dst = run_record(rid, root)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in RUN_RECORD_FILES:
+            if (rid.run_dir() / name).is_file():
+                shutil.copy2(rid.run_dir() / name, tmp / name)
+        atomic.replace_dir(tmp, dst)
+        metrics = rid.run_dir() / "metrics.json"
+        if metrics.is_file():
+            states[rid.key]["train_seconds"] = round(float(json.loads(metrics.read_text())
+                                                           .get("train_seconds") or 0), 1)
+        notebook = wf.train_notebook(exp, rid)
+        if notebook.is_file():
+            states[rid.key]["notebook_seconds"] = _notebook_seconds(notebook)
+    steps = {}
+    for step in wf.BOOK_STEPS:
+        for ds in exp["datasets"]:
+            src = wf.step_notebook(exp, step, ds)
+            if src.is_file() and not wf.gap_reason(exp, step, ds):
+                atomic.copy_file(src, out / "notebooks" / f"{step}_{ds}.ipynb")
+                steps[f"{step}_{ds}"] = _notebook_seconds(src)
+    for prep in wf.preps(exp):
+        info = wf.prepared_dir(prep) / "info.json"
+        if info.is_file():
+            nb = wf.data_prep_notebook(exp, prep)
+            steps[f"data_prep_{prep['dataset']}_{prep['split']}"] = _notebook_seconds(nb) if nb.is_file() else None
+            atomic.copy_file(info, out / "data" / f"{prep['dataset']}-{prep['split']}.json")
+    if wf.summary_notebook(exp).is_file():
+        atomic.copy_file(wf.summary_notebook(exp), out / "notebooks" / "summary.ipynb")
+    commit, dirty = git_state()
+    commits = sorted({json.loads((run_record(r, root) / "metrics.json").read_text()).get("git_commit") or ""
+                      for r in wf.runs(exp) if (run_record(r, root) / "metrics.json").is_file()} - {""})
+    manifest = {
+        "experiment": exp["name"],
+        "experiment_file": exp["path"],
+        "experiment_sha256": hashlib.sha256(Path(exp["path"]).read_bytes()).hexdigest(),
+        "images": {ds: {"data_dir": d, **image_fingerprint(d, ds)} for ds, d in exp["data_dirs"].items() if d},
+        "commit": commit, "dirty": dirty, "run_commits": commits,
+        "machine": _machine(),
+        "versions": wf.library_versions(),
+        "runs": states,
+        "step_seconds": steps,
+        "export_command": f"python -m helpers.records export {exp['name']} --data-dir '{data_dir}'",
+        "report_command": wf.report_command(exp),
+    }
+    atomic.write_json(out / "manifest.json", manifest)
+    return out
+
+
+# ---------------------------------------------------------------- reading and checking
+
+def load_manifest(experiment: str, root: str | os.PathLike = ROOT) -> dict:
+    path = folder(experiment, root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: no committed records of experiment {experiment!r} "
+                                f"(write them with `python -m helpers.records export {experiment} --data-dir ...`)")
+    return json.loads(path.read_text())
+
+
+def _settings(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in MACHINE_PARAMS}
+
+
+def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
+    """Where the experiment file and its committed records disagree ([] when they agree): a run
+    of the grid without a record, a record whose settings differ from the file's, or a record of
+    a run the grid no longer has."""
+    exp = wf.load_experiment(experiment, need_data=False)
+    manifest = load_manifest(exp["name"], root)
+    problems = []
+    grid = wf.runs(exp)
+    for rid, values in grid.items():
+        record = run_record(rid, root)
+        if (record / "missing.json").is_file():
+            continue
+        if not (record / "params.json").is_file():
+            problems.append(f"{rid.key}: in {exp['path']} but has no record under {record}")
+            continue
+        recorded = _settings(json.loads((record / "params.json").read_text()))
+        wanted = _settings(wf.TrainParams(**{**values, "device": "auto", "init_from": ""}).model_dump())
+        diff = {k: (recorded.get(k, "<absent>"), v) for k, v in wanted.items() if recorded.get(k, "<absent>") != v}
+        if diff:
+            problems.append(f"{rid.key}: settings changed since the records were made: "
+                            + "; ".join(f"{k} {a!r} recorded, {b!r} in the file" for k, (a, b) in diff.items()))
+    keys = {rid.key for rid in grid}
+    for key in manifest.get("runs", {}):
+        if key not in keys:
+            problems.append(f"{key}: recorded, but no longer in {exp['path']}")
+    return problems
+
+
+def record_dirs(experiment: str, dataset: str, root: str | os.PathLike = ROOT) -> list[str]:
+    """The run record folders of one dataset (complete or missing), in the experiment's order."""
+    exp = wf.load_experiment(experiment, need_data=False)
+    return [str(run_record(rid, root)) for rid in wf.runs(exp)
+            if rid.dataset == dataset and run_record(rid, root).is_dir()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.records", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write records/<experiment>/ from its run folders")
+    ex.add_argument("experiment")
+    ex.add_argument("--data-dir", default="")
+    ch = sub.add_parser("check", help="compare the experiment file with its records")
+    ch.add_argument("experiment")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "export":
+            print(f"records: {export(args.experiment, args.data_dir)}")
+            return 0
+        problems = check(args.experiment)
+    except (wf.ExperimentError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} disagreement(s) between experiments/{args.experiment}.yaml and its records")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The reference study's answer, read from its committed records (``helpers.records``).
+
+Per dataset and split: each arm's test accuracy and the differences between arms, with 95%
+intervals from a bootstrap over the test images (each image's correctness averaged over seeds,
+so the interval is about the test set, and seeds are not counted as extra images); the seeds'
+spread is reported beside it. Data efficiency: accuracy against the share of the training split,
+mean over seeds with a t-interval (each seed draws its own subset). The papers' published
+numbers sit beside ours.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import metrics, models, records
+from .report import ARM_COLORS, ARM_TITLES
+from .metrics import CONFIDENCE
+
+COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
+N_RESAMPLES = 2000
+SPLIT_TITLES = {"random": "random split", "block": "blocks of 25 consecutive slices",
+                "grouped": "near-duplicate groups"}
+
+
+def load(experiment: str, root: str | Path = records.ROOT) -> dict[str, metrics.RunSet]:
+    """dataset -> the RunSet of its records (missing runs listed in ``.missing``)."""
+    exp = records.wf.load_experiment(experiment, need_data=False)
+    out = {}
+    for ds in exp["datasets"]:
+        dirs = records.record_dirs(experiment, ds, root)
+        if dirs:
+            out[ds] = metrics.load_runs(ds, runs=dirs)
+    return out
+
+
+def _fraction(run: metrics.Run) -> float:
+    return float(run.params.get("train_fraction", 1.0))
+
+
+def _split(run: metrics.Run) -> str:
+    return str(run.params.get("split", "random"))
+
+
+def correctness(runs: list[metrics.Run]) -> pd.DataFrame:
+    """Test images x seeds: 1 where the run of that seed got the image right."""
+    cols = {}
+    for r in sorted(runs, key=lambda r: r.seed):
+        p = r.predictions.set_index("path")
+        cols[r.seed] = (p["label"] == p["pred"]).astype(float)
+    frame = pd.DataFrame(cols)
+    if frame.isna().any().any():
+        raise ValueError(f"runs {[str(r.path) for r in runs]} were tested on different images")
+    return frame
+
+
+def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        return float(values.mean()), float(values.mean())
+    res = stats.bootstrap((values,), np.mean, n_resamples=N_RESAMPLES, confidence_level=confidence,
+                          method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list[metrics.Run]]:
+    """(arch, head, split, fraction, arm) -> runs (one per seed)."""
+    out: dict[tuple, list[metrics.Run]] = {}
+    for r in runset.runs:
+        if arch is None or r.arch == arch:
+            out.setdefault((r.arch, r.head, _split(r), _fraction(r), r.arm), []).append(r)
+    return out
+
+
+def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+    """Per dataset, split and arm (whole training split): accuracy, bootstrap interval, seeds."""
+    rows = []
+    for ds, runset in runsets.items():
+        for (a, head, split, fraction, arm), runs in _groups(runset, arch).items():
+            if fraction != 1:
+                continue
+            per_image = correctness(runs).mean(axis=1).to_numpy()
+            low, high = bootstrap_ci(per_image)
+            accs = [r.metrics["test_accuracy"] for r in runs]
+            rows.append({"dataset": ds, "split": split, "arch": a, "head": head, "arm": arm,
+                         "seeds": len(runs), "n_test": len(per_image), "accuracy": float(np.mean(accs)),
+                         "ci_low": low, "ci_high": high,
+                         "seed_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
+                         "epochs": runs[0].params.get("epochs")})
+    frame = pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "arm", "seeds", "n_test",
+                                        "accuracy", "ci_low", "ci_high", "seed_sd", "epochs"])
+    if len(frame):
+        frame = frame.sort_values(["dataset", "split", "arm"], key=lambda c: c.map(_order)).reset_index(drop=True)
+    return frame
+
+
+def _order(value):
+    order = {"covid_radiography": 0, "ct_kidney": 1, "random": 0, "block": 1, "grouped": 2,
+             "imagenet": 0, "linear_probe": 1, "scratch": 2}
+    return order.get(value, 9)
+
+
+def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+    """ImageNet − scratch and ImageNet − linear probe per dataset and split: the difference in
+    accuracy with its bootstrap interval over test images (paired: the same images), and
+    McNemar's exact p on the seed-0 pair."""
+    rows = []
+    for ds, runset in runsets.items():
+        groups = _groups(runset, arch)
+        for key in sorted({k[:4] for k in groups if k[3] == 1}, key=lambda k: _order(k[2])):
+            for a, b in COMPARISONS:
+                if key + (a,) not in groups or key + (b,) not in groups:
+                    continue
+                ca, cb = correctness(groups[key + (a,)]), correctness(groups[key + (b,)])
+                seeds = sorted(set(ca.columns) & set(cb.columns))
+                ca, cb = ca[seeds], cb.loc[ca.index, seeds]
+                diff = (ca.mean(axis=1) - cb.mean(axis=1)).to_numpy()
+                low, high = bootstrap_ci(diff)
+                s0 = seeds[0]
+                mc = metrics.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
+                rows.append({"dataset": ds, "split": key[2], "comparison": f"{ARM_TITLES[a]} − {ARM_TITLES[b]}",
+                             "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
+                             "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
+    return pd.DataFrame(rows, columns=["dataset", "split", "comparison", "arm_a", "arm_b", "seeds",
+                                       "difference", "ci_low", "ci_high", "p_mcnemar_seed0"])
+
+
+def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
+               arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
+               confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Test accuracy against the share of the training split: mean over seeds, t-interval.
+    ``train_counts`` (training images per class) gives the images each share trains on."""
+    rows = []
+    for (a, h, s, fraction, arm), runs in _groups(runset, arch).items():
+        if h != head or s != split:
+            continue
+        ci = metrics.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence)
+        n = sum(max(1, math.ceil(fraction * c - 1e-9)) for c in train_counts) if train_counts else None
+        rows.append({"arm": arm, "fraction": fraction, "n_train_images": n, "seeds": ci.n,
+                     "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high})
+    frame = pd.DataFrame(rows, columns=["arm", "fraction", "n_train_images", "seeds", "accuracy", "ci_low", "ci_high"])
+    return frame.sort_values(["arm", "fraction"], key=lambda c: c.map(_order) if c.name == "arm" else c
+                             ).reset_index(drop=True) if len(frame) else frame
+
+
+def train_counts(experiment: str, dataset: str, split: str = "random", root: str | Path = records.ROOT) -> list[int]:
+    """Training images per class of a prepared folder, from its record."""
+    import json
+
+    info = json.loads((records.folder(experiment, root) / "data" / f"{dataset}-{split}.json").read_text())
+    return [info["counts"][c]["train"] for c in info["class_names"]]
+
+
+def efficiency_figure(table: pd.DataFrame, n_train_full: int | None = None):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    for arm, part in table.groupby("arm", sort=False):
+        part = part.sort_values("fraction")
+        x = part["fraction"] * 100
+        ax.plot(x, part["accuracy"], marker="o", color=ARM_COLORS.get(arm), label=ARM_TITLES.get(arm, arm))
+        ok = part["ci_low"].notna()
+        ax.fill_between(x[ok], part["ci_low"][ok], part["ci_high"][ok], color=ARM_COLORS.get(arm), alpha=0.18)
+    ax.set_xscale("log")
+    ticks = sorted(table["fraction"].unique() * 100)
+    ax.set_xticks(ticks, [f"{t:g}%" + (f"\n({round(t / 100 * n_train_full)})" if n_train_full else "")
+                          for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("share of the training split (images)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def published(dataset: str) -> dict[tuple[str, str, str], dict]:
+    return metrics.PAPER_VALUES.get(dataset, {}).get("values", {})
+
+
+def arch_label(arch: str, head: str = "replace") -> str:
+    label = models.ARCHS[arch].label
+    return label + (" + Dense 1024" if head == "dense1024" else "")
+
+
+def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | None = None) -> pd.DataFrame:
+    """The papers' design beside ours on real images: per arch, head and arm, the published test
+    accuracy and ours on the whole training split, one ``ours|<split>`` column (with
+    ``ci_low|<split>``, ``ci_high|<split>``) per split, or why ours is absent (``note``)."""
+    pub = published(dataset)
+    ours: dict[tuple, dict[str, list[metrics.Run]]] = {}
+    for r in (runset.runs if runset else []):
+        if _fraction(r) == 1:
+            ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(_split(r), []).append(r)
+    splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
+    mine = sorted(ours, key=lambda k: (k[0] == "efficientnet_lite0", k[0], _order(k[2])))
+    rows = []
+    for arch, head, arm in dict.fromkeys([*pub, *mine]):
+        by_split = ours.get((arch, head, arm), {})
+        row = {"model": arch_label(arch, head), "arm": ARM_TITLES.get(arm, arm),
+               "published": pub.get((arch, head, arm), {}).get("test_accuracy", math.nan),
+               "seeds": max((len(v) for v in by_split.values()), default=0),
+               "note": "" if by_split else (missing or {}).get((arch, head, arm), "not in this study")}
+        for split in splits:
+            runs = by_split.get(split, [])
+            value = low = high = math.nan
+            if runs:
+                value = float(np.mean([r.metrics["test_accuracy"] for r in runs]))
+                low, high = bootstrap_ci(correctness(runs).mean(axis=1).to_numpy())
+            row.update({f"ours|{split}": value, f"ci_low|{split}": low, f"ci_high|{split}": high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def missing_reasons(experiment: str, dataset: str, root: str | Path = records.ROOT) -> dict[tuple[str, str, str], str]:
+    """(arch, head, arm) -> why a run of the grid has no result (its missing.json, shortened)."""
+    import json
+
+    exp = records.wf.load_experiment(experiment, need_data=False)
+    out = {}
+    for rid in records.wf.runs(exp):
+        path = records.run_record(rid, root) / "missing.json"
+        if rid.dataset == dataset and path.is_file():
+            out[(rid.arch, rid.head, rid.arm)] = short_reason(str(json.loads(path.read_text()).get("reason", "")))
+    return out
+
+
+def short_reason(reason: str) -> str:
+    if "ImageNet" in reason or "weights" in reason.lower():
+        return "not run: no ImageNet weights on this machine"
+    return "not run: " + reason.split(";")[0][:120]
+
+
+def fmt_ci(value: float, low: float, high: float, pct: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:+.3f}")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return f(value) + ("%" if pct else "")
+    return f"{f(value)}% [{f(low)}, {f(high)}]" if pct else f"{f(value)} [{f(low)}, {f(high)}]"
+
+
+def fmt_diff(value: float, low: float, high: float) -> str:
+    """Percentage points with sign: +14.2 pp [+11.0, +17.5]."""
+    return f"{100 * value:+.1f} pp [{100 * low:+.1f}, {100 * high:+.1f}]"

@@ -1,0 +1,104 @@
+"""The reference study's committed records: they agree with its experiment file, their image
+fingerprint matches the images where those are here, and the book's real-data numbers are
+computed from them."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import records, study
+from helpers import workflow as wf
+from helpers.params import RunId
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_STUDY = ROOT.parent / "shared" / "real-study"
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_the_committed_records_agree_with_the_experiment_file():
+    assert records.check(records.REFERENCE) == []
+    manifest = records.load_manifest(records.REFERENCE)
+    grid = wf.runs(wf.load_experiment(records.REFERENCE, need_data=False))
+    assert set(manifest["runs"]) == {rid.key for rid in grid}
+    complete = [k for k, v in manifest["runs"].items() if v["state"] == "complete"]
+    assert len(complete) >= 20, "the study's runs are recorded"
+    for key in complete:
+        folder = records.ROOT / records.REFERENCE / "runs" / key
+        assert {p.name for p in folder.iterdir()} == {"params.json", "history.csv", "metrics.json", "predictions.csv"}
+    assert not list((records.ROOT / records.REFERENCE).rglob("*.pt")), "no checkpoints are committed"
+
+
+def test_changed_settings_without_new_records_are_caught(tmp_path):
+    raw = yaml.safe_load((ROOT / "experiments" / f"{records.REFERENCE}.yaml").read_text())
+    raw["defaults"]["epochs"] += 1
+    raw["grid"].append({"dataset": "covid_radiography", "archs": ["vgg11"], "arms": ["scratch"], "seeds": [0]})
+    changed = tmp_path / f"{records.REFERENCE}.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    problems = records.check(str(changed))
+    assert any("epochs" in p and "recorded" in p for p in problems), problems
+    assert any("vgg11-scratch-s0" in p and "has no record" in p for p in problems), problems
+    assert not any("ct_kidney" in p and "epochs" in p for p in problems), "kidney sets its own epochs"
+
+
+@pytest.mark.skipif(not REAL_STUDY.is_dir(), reason=f"{REAL_STUDY} not here")
+def test_the_manifest_fingerprints_the_images_in_shared_real_study():
+    manifest = records.load_manifest(records.REFERENCE)
+    for dataset, recorded in manifest["images"].items():
+        now = records.image_fingerprint(REAL_STUDY / dataset, dataset)
+        assert now["per_class"] == recorded["per_class"], dataset
+        assert now["sha256"] == recorded["sha256"], f"{dataset}: the images differ from those the records came from"
+
+
+def test_a_changed_image_changes_the_fingerprint(tmp_path):
+    sample = ROOT.parent / "shared" / "real-sample" / "ct_kidney"
+    if not sample.is_dir():
+        pytest.skip(f"{sample} not here")
+    copy = tmp_path / "ct_kidney"
+    shutil.copytree(sample, copy)
+    before = records.image_fingerprint(copy, "ct_kidney")
+    victim = next((copy / "Stone").iterdir())
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    after = records.image_fingerprint(copy, "ct_kidney")
+    assert before["n_files"] == after["n_files"] == 160 and before["sha256"] != after["sha256"]
+
+
+def test_fraction_runs_have_their_own_folder():
+    base = dict(dataset="covid_radiography", arch="efficientnet_lite0", arm="imagenet", seed=0)
+    assert RunId(**base).name == "efficientnet_lite0-imagenet-s0"
+    assert RunId(**base, train_fraction=0.05).name == "efficientnet_lite0-imagenet-f0.05-s0"
+    assert RunId(**base, split="block", train_fraction=0.5).name == "efficientnet_lite0-imagenet-block-f0.5-s0"
+
+
+def test_the_answer_is_computed_from_the_records():
+    runsets = study.load(records.REFERENCE)
+    arms = study.arm_table(runsets)
+    chest = arms[arms["dataset"] == "covid_radiography"].set_index("arm")
+    assert set(chest.index) == {"imagenet", "linear_probe", "scratch"} and (chest["seeds"] == 3).all()
+    assert set(arms[arms["dataset"] == "ct_kidney"]["split"]) == {"random", "block"}
+    # every interval holds its estimate; the pooled accuracy is the mean of the recorded runs
+    assert ((arms["ci_low"] <= arms["accuracy"]) & (arms["accuracy"] <= arms["ci_high"])).all()
+    imagenet = [r for r in runsets["covid_radiography"].runs
+                if r.arm == "imagenet" and r.arch == "efficientnet_lite0" and r.params["train_fraction"] == 1]
+    recorded = [json.loads((r.path / "metrics.json").read_text())["test_accuracy"] for r in imagenet]
+    assert chest.loc["imagenet", "accuracy"] == pytest.approx(np.mean(recorded))
+    diffs = study.differences(runsets)
+    row = diffs[(diffs["dataset"] == "covid_radiography") & (diffs["arm_b"] == "scratch")].iloc[0]
+    assert row["difference"] == pytest.approx(chest.loc["imagenet", "accuracy"] - chest.loc["scratch", "accuracy"])
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+    small, large = (rng.random(n) < 0.8 for n in (50, 2000))
+    lo_s, hi_s = study.bootstrap_ci(small.astype(float))
+    lo_l, hi_l = study.bootstrap_ci(large.astype(float))
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
