@@ -235,15 +235,16 @@ def short_reason(reason: str) -> str:
     return "not run: " + reason.split(";")[0][:120]
 
 
-def fmt_ci(value: float, low: float, high: float, pct: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def fmt_ci(value: float, low: float, high: float, unit: bool = True) -> str:
+    """An accuracy in percent with its interval: "97.2% [95.8, 98.5]" ("—" when absent)."""
+    if value is None or math.isnan(value):
         return "—"
-    f = (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:+.3f}")
-    if low is None or (isinstance(low, float) and math.isnan(low)):
-        return f(value) + ("%" if pct else "")
-    return f"{f(value)}% [{f(low)}, {f(high)}]" if pct else f"{f(value)} [{f(low)}, {f(high)}]"
+    text = f"{100 * value:.1f}" + ("%" if unit else "")
+    if low is None or math.isnan(low):
+        return text
+    return f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def fmt_diff(value: float, low: float, high: float) -> str:
-    """Percentage points with sign: +14.2 pp [+11.0, +17.5]."""
-    return f"{100 * value:+.1f} pp [{100 * low:+.1f}, {100 * high:+.1f}]"
+def fmt_diff(value: float, low: float, high: float, unit: bool = True) -> str:
+    """A difference in percentage points with its interval: "+14.2 pp [+11.0, +17.5]"."""
+    return f"{100 * value:+.1f}{' pp' if unit else ''} [{100 * low:+.1f}, {100 * high:+.1f}]"
