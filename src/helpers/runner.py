@@ -248,14 +248,14 @@ def record_failure(to: str | os.PathLike, step: str, target: str, notebook: str 
 
 _SNAKE_ERROR = re.compile(r"^Error in rule (\w+):\s*$(?P<body>(?:\n[ \t]+.*)*)", re.M)
 _EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(?:\w*(?:Error|Exception|Interrupt|Exit)|Timeout|Warning)\b:? .+$", re.M)
-_LOG = re.compile(r"^Complete log\(s\)?: (.+)$|^Complete log: (.+)$", re.M)
+_LOG = re.compile(r"^Complete log(?:\(s\))?: (.+)$", re.M)
 
 
 def failed_steps(text: str, records: list[dict]) -> list[dict]:
     """The steps Snakemake reports as failed (``Error in rule X``), each with its reason and the
     notebook or log to open: from the step's failure record when there is one, else the last
     exception line of the output before Snakemake's error block."""
-    log = next((m.group(1) or m.group(2) for m in _LOG.finditer(text)), "")
+    log = next((m.group(1).strip() for m in _LOG.finditer(text)), "")
     out = []
     for m in _SNAKE_ERROR.finditer(text):
         rule, body = m.group(1), m.group("body")
@@ -393,16 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    p.add_argument("snake_args", nargs=argparse.REMAINDER, help="after --: more snakemake arguments")
     p = sub.add_parser("failed", help="(the Snakefile's shell) keep a failed step's notebook and reason")
     p.add_argument("--to", required=True)
     p.add_argument("step")
     p.add_argument("target")
     p.add_argument("notebook", nargs="?", default="")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)   # after --: more snakemake arguments
+    args = parser.parse_args(argv[:cut])
     if args.cmd == "report":
-        extra = args.snake_args[1:] if args.snake_args[:1] == ["--"] else args.snake_args
-        return report(args.experiment, args.data_dir, args.cores, extra)
+        return report(args.experiment, args.data_dir, args.cores, argv[cut + 1:])
     path = record_failure(args.to, args.step, args.target, args.notebook)
     rec = json.loads(path.read_text())
     print(f"{args.step} failed: {rec['reason'] or 'see the output above'}"

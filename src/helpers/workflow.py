@@ -596,6 +596,8 @@ def reproducibility_table(exp: dict):
                 "train_seconds": round(float(metrics.get("train_seconds") or 0), 1),
                 "device": metrics.get("device"), "torch": metrics.get("torch_version"),
                 "git_commit": (metrics.get("git_commit") or "")[:10],
+                # the prepared data it came from: info.json's fingerprint (data prep's params)
+                "data_fingerprint": (params.get("prepared_fingerprint") or "")[:12],
             })
         else:
             missing = spec.run_dir() / "missing.json"
