@@ -25,6 +25,9 @@ FULL_DISK_BYTES = 1 << 20
 class DiskFullError(OSError):
     """A write failed because its file system is full; names the file and the free space."""
 
+    def __str__(self) -> str:  # the message alone: it is the reason a run is recorded with
+        return str(self.strerror)
+
 
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):

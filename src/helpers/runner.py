@@ -247,7 +247,7 @@ def record_failure(to: str | os.PathLike, step: str, target: str, notebook: str 
 
 
 _SNAKE_ERROR = re.compile(r"^Error in rule (\w+):\s*$(?P<body>(?:\n[ \t]+.*)*)", re.M)
-_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(?:\w*(?:Error|Exception|Interrupt|Exit)|Timeout|Warning)\b:? .+$", re.M)
+_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Warning|Interrupt|Exit|Timeout): .+$", re.M)
 _LOG = re.compile(r"^Complete log(?:\(s\))?: (.+)$", re.M)
 
 
