@@ -42,8 +42,8 @@ def _env(work: Path) -> dict:
 
 
 def _snakemake(work: Path, data_dir: Path, *args, dry=False) -> tuple[dict, str]:
-    cmd = [str(BIN / "snakemake"), "--cores", "1", *(["-n"] if dry else []),
-           "--config", "experiment=tiny", f"data_dir={data_dir}", *args]
+    cmd = [str(BIN / "snakemake"), "--cores", "1", *(["-n"] if dry else []), *args,
+           "--config", "experiment=tiny", f"data_dir={data_dir}"]
     out = subprocess.run(cmd, cwd=work, env=_env(work), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     counts = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M)}
@@ -61,6 +61,54 @@ def study(tmp_path_factory, tiny_synthetic):
     assert counts.get("data_prep") == 1 and counts.get("train") == 1, log
     assert json.loads((work / RUN / "status.json").read_text())["state"] == "complete", log
     return work, download
+
+
+# ---------------------------------------------------------------- 2. a crash leaves no lock
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from helpers import runner
+    with runner.ReportLock("make report EXPERIMENT=tiny (the live one)"):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+@pytest.mark.slow
+def test_a_stale_lock_is_cleared_and_a_live_one_refused(study, capfd, monkeypatch):
+    work, download = study
+    for key, value in _env(work).items():
+        monkeypatch.setenv(key, value)
+    os.chdir(work)
+    try:
+        # kill -9 of a run leaves Snakemake's locks, and nobody holds the lock file
+        locks = work / ".snakemake" / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        (locks / "0.input.lock").write_text(str(work / RUN / "status.json"))
+        status = runner.report(str(work / "experiments/tiny.yaml"), str(download), 1, [f"{RUN}/status.json"])
+        err = capfd.readouterr().err
+        assert status == 0, err
+        assert "stale Snakemake lock" in err and "cannot be locked" not in err
+        assert "Nothing to be done" in err or "steps (100%) done" in err, err   # and the run went on
+        assert not locks.exists() or not any(locks.iterdir())
+        # a live run holds the lock file: refused in one line naming it; its locks untouched
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER], cwd=work, env=_env(work),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            locks.mkdir(parents=True, exist_ok=True)
+            (locks / "0.input.lock").write_text("held by the live run")
+            status = runner.report(str(work / "experiments/tiny.yaml"), str(download), 1, [f"{RUN}/status.json"])
+            err = capfd.readouterr().err.strip().splitlines()
+            assert status == 1
+            assert len(err) == 1 and f"pid {holder.pid}" in err[0] and "the live one" in err[0], err
+            assert (locks / "0.input.lock").read_text() == "held by the live run"
+        finally:
+            holder.kill()
+            holder.wait()
+        shutil.rmtree(locks)
+    finally:
+        os.chdir(ROOT)
 
 
 # ---------------------------------------------------------------- 1. changed images rerun
@@ -97,77 +145,35 @@ def test_a_changed_data_folder_reruns_data_prep_and_training(study):
     assert runner.data_fingerprint({**prep, "data_dir": ""}) == ""  # synthetic: no listing
 
 
-# ---------------------------------------------------------------- 2. a crash leaves no lock
-
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from helpers import runner
-    with runner.ReportLock("make report EXPERIMENT=tiny (the live one)"):
-        print("held", flush=True)
-        time.sleep(60)
-""")
-
-
-@pytest.mark.slow
-def test_a_stale_lock_is_cleared_and_a_live_one_refused(study, capfd, monkeypatch):
-    work, download = study
-    for key, value in _env(work).items():
-        monkeypatch.setenv(key, value)
-    os.chdir(work)
-    try:
-        # kill -9 of a run leaves Snakemake's locks, and nobody holds the lock file
-        locks = work / ".snakemake" / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        (locks / "0.input.lock").write_text(str(work / RUN / "status.json"))
-        status = runner.report(str(work / "experiments/tiny.yaml"), str(download), 1, [f"{RUN}/status.json"])
-        err = capfd.readouterr().err
-        assert status == 0, err
-        assert "stale Snakemake lock" in err and "Nothing to be done" in err
-        assert not locks.exists() or not any(locks.iterdir())
-        # a live run holds the lock file: refused in one line naming it; its locks untouched
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER], cwd=work, env=_env(work),
-                                  stdout=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout.readline().strip() == "held"
-            locks.mkdir(parents=True, exist_ok=True)
-            (locks / "0.input.lock").write_text("held by the live run")
-            status = runner.report(str(work / "experiments/tiny.yaml"), str(download), 1, [f"{RUN}/status.json"])
-            err = capfd.readouterr().err.strip().splitlines()
-            assert status == 1
-            assert len(err) == 1 and f"pid {holder.pid}" in err[0] and "the live one" in err[0], err
-            assert (locks / "0.input.lock").read_text() == "held by the live run"
-        finally:
-            holder.kill()
-            holder.wait()
-        shutil.rmtree(locks)
-    finally:
-        os.chdir(ROOT)
-
-
 # ---------------------------------------------------------------- 3. a wrong folder fails early
 
-def test_a_wrong_data_folder_fails_before_any_job(tmp_path, real_or_tiny_kidney):
+def test_a_wrong_data_folder_fails_before_any_job(tmp_path, real_or_tiny_kidney, monkeypatch, capfd):
     work = workflow_copy(tmp_path / "work", TINY_EXP)
     for name in ("requirements.txt", "pyproject.toml"):  # make's venv target: up to date, kept
         shutil.copy2(ROOT / name, work / name)
     before = sorted(p.relative_to(work) for p in work.rglob("*"))
-    for folder, named in [(tmp_path / "no-such-folder", "does not exist"),
-                          (real_or_tiny_kidney, "ct_kidney class folders instead")]:
-        started = time.monotonic()
-        done = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "report", f"BIN={BIN}", "EXPERIMENT=tiny",
-                               f"DATA_DIR={folder}"], cwd=work, env=_env(work), capture_output=True, text=True)
-        assert done.returncode != 0
-        lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("make: ***")]
-        assert named in lines[-1] and str(folder) in lines[-1] and "DATA_DIR for covid_radiography" in lines[-1], done.stderr
-        assert time.monotonic() - started < 60
-        assert sorted(p.relative_to(work) for p in work.rglob("*")) == before   # nothing written
+    missing = tmp_path / "no-such-folder"
+    started = time.monotonic()
+    done = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "report", f"BIN={BIN}", "EXPERIMENT=tiny",
+                           f"DATA_DIR={missing}"], cwd=work, env=_env(work), capture_output=True, text=True)
+    assert done.returncode != 0
+    lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("make: ***")]   # make's own last word
+    assert "DATA_DIR for covid_radiography" in lines[-1] and f"{missing}' does not exist" in lines[-1], done.stderr
+    assert time.monotonic() - started < 60
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before   # nothing written, no .snakemake
+    # the kidney download given for the chest X-rays: refused, and recognised
+    monkeypatch.chdir(work)
+    assert runner.report("tiny", str(real_or_tiny_kidney), 1) == 2
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert "ct_kidney class folders instead" in last and str(real_or_tiny_kidney) in last, last
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
     # an empty class folder is named too
     empty = tmp_path / "empty"
     for cls in ("COVID", "Normal", "Viral Pneumonia"):
         (empty / cls).mkdir(parents=True)
         (empty / cls / "notes.txt").write_text("no images here")
     exp = wf.load_experiment(str(work / "experiments/tiny.yaml"), str(empty))
-    with pytest.raises(runner.PreflightError, match=r"'COVID'.* holds no image files"):
+    with pytest.raises(runner.PreflightError, match=r"COVID' holds no image files; expected .png images"):
         runner.check_data_dirs(exp)
 
 

@@ -352,7 +352,8 @@ def report(experiment: str, data_dir: str = "", cores: int = 1, snake_args: list
         print(f"make report: refused before any work: {exc}", file=sys.stderr)
         return 2
     config = ["--config", f"experiment={experiment}", f"data_dir={data_dir}"]
-    cmd = [_snakemake_bin(), "--cores", str(cores), "--rerun-incomplete", *config, *snake_args]
+    # --config takes every argument after it: targets in snake_args go before it
+    cmd = [_snakemake_bin(), "--cores", str(cores), "--rerun-incomplete", *snake_args, *config]
     command = f"make report EXPERIMENT={experiment}" + (f" DATA_DIR={data_dir}" if data_dir else "")
     started = time.time()
     try:
