@@ -258,7 +258,7 @@ def test_a_failed_run_fails_make_report_an_absent_one_does_not(tmp_path, monkeyp
     def snakemake(cmd):  # stands in for Snakemake: the train jobs, then the book
         for rid in wf.runs(wf.load_experiment(str(exp_file))):
             wf.train_one(str(exp_file), rid.key)
-        return 0, "6 of 6 steps (100%) done\n"
+        return 0, "6 of 6 steps (100%) done\n", None
 
     monkeypatch.setattr(runner, "_run_teed", snakemake)
     assert runner.report(str(exp_file), "", 1) == 1

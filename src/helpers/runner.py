@@ -316,14 +316,22 @@ def _snakemake_bin() -> str:
     return shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
 
 
-def _run_teed(cmd: list[str]) -> tuple[int, str]:
-    """Run ``cmd``, passing its stderr through unchanged while keeping the tail of it.
+def _run_teed(cmd: list[str]) -> tuple[int, str, int | None]:
+    """Run ``cmd``, passing its stderr through unchanged while keeping the tail of it; returns
+    its exit status, that tail, and the signal that stopped this run (None if none).
 
-    SIGTERM is passed on to it (it cancels its jobs and releases its locks); Ctrl-C reaches it
-    from the terminal, so this process only waits for it to finish cleaning up."""
+    SIGTERM is passed on to it (it finishes or cancels its jobs and releases its locks); Ctrl-C
+    reaches it from the terminal, so this process only waits for it to finish cleaning up.
+    Snakemake exits 1 either way, as after a failure: the signal tells them apart."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM)),
-           signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: None)}
+    got: list[int] = []
+
+    def on_term(signum, frame):
+        got.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
+           signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))}
     tail = bytearray()
     try:
         fd, sink = proc.stderr.fileno(), sys.stderr.buffer
@@ -336,7 +344,7 @@ def _run_teed(cmd: list[str]) -> tuple[int, str]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    return rc, tail.decode("utf-8", "replace")
+    return rc, tail.decode("utf-8", "replace"), (got[0] if got else None)
 
 
 def report(experiment: str, data_dir: str = "", cores: int = 1, snake_args: list[str] = ()) -> int:
@@ -358,13 +366,13 @@ def report(experiment: str, data_dir: str = "", cores: int = 1, snake_args: list
     started = time.time()
     try:
         with ReportLock(command, unlock_cmd=[_snakemake_bin(), "--unlock", "--cores", "1", *config]):
-            rc, text = _run_teed(cmd)
+            rc, text, stopped_by = _run_teed(cmd)
     except LockedError as exc:
         print(f"make report: refused: {exc}", file=sys.stderr)
         return 1
-    if rc in (-signal.SIGINT, 130, -signal.SIGTERM, 143) or "Terminating processes on user request" in text:
+    if stopped_by is not None and rc != 0:
         print("make report: interrupted; make report again resumes where it stopped", file=sys.stderr)
-        return 130 if rc in (-signal.SIGINT, 130) else (143 if rc in (-signal.SIGTERM, 143) else rc or 1)
+        return 128 + stopped_by
     records = []
     folder = failed_dir(exp)
     if rc != 0 and folder.is_dir():
