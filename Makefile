@@ -19,12 +19,13 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 venv: $(BIN)/.installed
 
-# Real-data experiments without DATA_DIR fetch their datasets with kagglehub first.
+# Real-data experiments without DATA_DIR fetch their datasets with kagglehub first. helpers.runner
+# checks the data folders, holds the folder's lock around snakemake (a stale one is cleared), and
+# ends with what failed and what did not complete; its exit status is non-zero when a run failed.
 report: venv
-	dirs="$$($(BIN)/python -m helpers.workflow data-dirs $(EXPERIMENT) --data-dir "$(DATA_DIR)")" && \
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete \
-	  --config experiment=$(EXPERIMENT) data_dir="$$dirs" $(SNAKE_ARGS)
-	@echo "Book: $(abspath _build/html/index.html)"
+	@dirs="$$($(BIN)/python -m helpers.workflow data-dirs $(EXPERIMENT) --data-dir "$(DATA_DIR)")" && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m helpers.runner report $(EXPERIMENT) --data-dir "$$dirs" \
+	  --cores $(CORES) -- $(SNAKE_ARGS)
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

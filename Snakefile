@@ -11,7 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
-from helpers import records
+from helpers import records, runner
 from helpers import workflow as wf
 from helpers.data.synthetic import GENERATOR_VERSION
 
@@ -25,6 +25,9 @@ PREPARED = str(Path(next(iter(PREPS))).parent.parent)  # <data root>/prepared
 EXP_ARG = shlex.quote(EXP["path"])
 DATA_ARG = shlex.quote(str(config.get("data_dir", "") or ""))
 PAPERMILL = f"papermill --cwd . --no-progress-bar --start-timeout {wf.kernel_start_timeout()}"
+# After a step's command fails: keep its executed notebook and one-line reason for make report's
+# closing lines (Snakemake deletes a failed job's outputs), and fail the job.
+FAILED = f"python -m helpers.runner failed --to {shlex.quote(str(runner.failed_dir(EXP)))}"
 
 wildcard_constraints:
     dataset="|".join(wf.DATASET_NAMES),
@@ -131,12 +134,15 @@ rule data_prep:
         notebook=f"{RES}/notebooks/data_prep/{{dataset}}/{{prep}}.ipynb",
     params:
         p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
-        phantoms=GENERATOR_VERSION if EXP["synthetic"] else "",  # redrawn phantoms: rebuild
+        # What the images are: redrawn phantoms, or a real folder whose files changed (added,
+        # removed, replaced: a listing, no decoding), rebuild the folder and all downstream.
+        source=lambda wc: (GENERATOR_VERSION if EXP["synthetic"]
+                           else runner.data_fingerprint(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"])),
     threads: HEAVY_THREADS
     resources:
         **CLUSTER_JOB,
     shell:
-        "{PAPERMILL} {input} {output.notebook} -y {params.p}"
+        "{PAPERMILL} {input} {output.notebook} -y {params.p} || {FAILED} data_prep {output.folder} {output.notebook}"
 
 
 # Output: the run's status.json (complete: metrics.json is there; missing: missing.json says why).
@@ -149,11 +155,13 @@ rule train:
         "{run}/status.json",
     params:
         run=lambda wc: json.dumps(RUNS[RUN_DIRS[wc.run]], sort_keys=True),  # edited settings rerun it
+        notebook=lambda wc: str(wf.train_notebook(EXP, RUN_DIRS[wc.run])),
     threads: HEAVY_THREADS
     resources:
         **TRAIN_JOB,
     shell:
         "python -m helpers.workflow train {EXP_ARG} {wildcards.run} --data-dir {DATA_ARG}"
+        " || {FAILED} train {wildcards.run} {params.notebook}"
 
 
 rule evaluate:
@@ -165,7 +173,7 @@ rule evaluate:
     params:
         p=lambda wc: papermill_params(wf.notebook_params(EXP, "evaluate", wc.dataset)),
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} evaluate {wildcards.dataset} {output}"
 
 
 rule explain:
@@ -181,7 +189,7 @@ rule explain:
     resources:
         **CLUSTER_JOB,
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} explain {wildcards.dataset} {output}"
 
 
 rule audit:
@@ -196,7 +204,7 @@ rule audit:
     resources:
         **CLUSTER_JOB,
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} audit {wildcards.dataset} {output}"
 
 
 # A visible note in place of a step this experiment does not run (a dataset it does not use).
@@ -208,7 +216,7 @@ rule gap:
     params:
         p=lambda wc: papermill_params(wf.gap_params(EXP, wc.step, wc.dataset)),
     shell:
-        "{PAPERMILL} {input} {output} -y {params.p}"
+        "{PAPERMILL} {input} {output} -y {params.p} || {FAILED} gap {wildcards.step}_{wildcards.dataset} {output}"
 
 
 rule summary:
@@ -222,7 +230,7 @@ rule summary:
     params:
         p=papermill_params({"experiment": EXP["path"], "data_dir": str(config.get("data_dir", "") or "")}),
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} summary {NAME} {output}"
 
 
 # The real-data pages: the reference study's committed records (helpers.records), read on every
@@ -237,7 +245,7 @@ rule reference:
     params:
         p=papermill_params({"experiment": records.REFERENCE, "root": str(records.ROOT)}),
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p}"
+        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} reference {records.REFERENCE} {output}"
 
 
 rule book:
@@ -252,4 +260,4 @@ rule book:
     output:
         touch(f"{RES}/book.done"),
     shell:
-        "python -m helpers.workflow book {EXP_ARG} --data-dir {DATA_ARG}"
+        "python -m helpers.workflow book {EXP_ARG} --data-dir {DATA_ARG} || {FAILED} book {NAME}"

@@ -17,8 +17,47 @@ from typing import Any, Callable
 _TMP = re.compile(r"^\..+\.tmp(\d+)$")
 
 
+# Below this much free space, a failed write is taken for a full disk: torch.save reports one as
+# "RuntimeError: [enforce fail at inline_container.cc:...] . unexpected pos ...", without errno.
+FULL_DISK_BYTES = 1 << 20
+
+
+class DiskFullError(OSError):
+    """A write failed because its file system is full; names the file and the free space."""
+
+    def __str__(self) -> str:  # the message alone: it is the reason a run is recorded with
+        return str(self.strerror)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def disk_full(path: Path, exc: BaseException) -> DiskFullError | None:
+    """A :class:`DiskFullError` for a write of ``path`` that failed with ``exc``, if the disk is full."""
+    import errno
+    import shutil
+
+    try:
+        usage = shutil.disk_usage(path.parent)
+    except OSError:
+        return None
+    if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and usage.free >= FULL_DISK_BYTES:
+        return None
+    return DiskFullError(
+        errno.ENOSPC, f"disk full: could not write {path} ({_size(usage.free)} free of "
+        f"{_size(usage.total)} on the file system of {path.parent}); the previous {path.name}, if "
+        f"any, is kept whole. Free some space there and run again: it resumes from it. "
+        f"(the writer said: {type(exc).__name__}: {str(exc).strip()[:200]})")
+
+
 def write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
-    """Call ``writer(tmp_path)``, flush it to disk, then move it onto ``path``."""
+    """Call ``writer(tmp_path)``, flush it to disk, then move it onto ``path``. A failure leaves
+    ``path`` as it was; on a full disk it is raised as :class:`DiskFullError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -27,6 +66,11 @@ def write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        full = disk_full(path, exc)  # measured before the partial file goes: what the writer met
+        if full is None:
+            raise
+        raise full from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -389,6 +389,23 @@ def run_state(rid: RunId) -> tuple[str, str]:
     return "not run", ""
 
 
+# A run that cannot happen here by design (no ImageNet weights on an air-gapped machine) is
+# "absent": the book shows the gap and make report succeeds. Any other exception is "failed".
+ABSENT_BY_DESIGN = ("MissingWeightsError",)
+
+
+def run_kind(rid: RunId) -> str:
+    """Why a missing run is missing: "absent" (by design) or "failed" (an exception in training)."""
+    try:
+        record = json.loads((rid.run_dir() / "missing.json").read_text())
+    except (OSError, ValueError):
+        return "failed"
+    if record.get("kind"):
+        return str(record["kind"])
+    # written before runs had a kind: the reason starts with the exception's name
+    return "absent" if str(record.get("reason", "")).startswith(ABSENT_BY_DESIGN) else "failed"
+
+
 def _failure_reason(exc: BaseException) -> str:
     """The user-facing line of a failed notebook: the exception's type and message."""
     ename = getattr(exc, "ename", type(exc).__name__)
@@ -428,9 +445,10 @@ def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
     notebook_out = train_notebook(exp, rid)
     missing = rid.run_dir() / "missing.json"
     source = source_of(grid, rid)
-    reason = ""
+    reason, kind = "", "failed"
     if source is not None and run_state(source)[0] != "complete":
         reason = f"source run {source.key} is not complete: {run_state(source)[1] or 'not run'}"
+        kind = run_kind(source)
     else:
         try:
             values = grid[rid]
@@ -441,10 +459,12 @@ def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
             execute("notebooks/train.ipynb", notebook_out, values)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a visible gap, never a silent one
             reason = _failure_reason(exc)
+            kind = "absent" if getattr(exc, "ename", type(exc).__name__) in ABSENT_BY_DESIGN else "failed"
     if reason:
-        status = {"state": "missing", "key": rid.key, "reason": reason, "notebook": str(notebook_out)}
-        atomic.write_json(missing, {"reason": reason, "notebook": str(notebook_out)})
-        print(f"run {rid.key} could not complete: {reason}", file=sys.stderr)
+        status = {"state": "missing", "kind": kind, "key": rid.key, "reason": reason,
+                  "notebook": str(notebook_out)}
+        atomic.write_json(missing, {"reason": reason, "kind": kind, "notebook": str(notebook_out)})
+        print(f"run {rid.key} could not complete ({kind}): {reason}", file=sys.stderr)
     else:
         missing.unlink(missing_ok=True)
         status = {"state": "complete", "key": rid.key, "run_dir": str(rid.run_dir()),
@@ -587,6 +607,8 @@ def reproducibility_table(exp: dict):
                 "train_seconds": round(float(metrics.get("train_seconds") or 0), 1),
                 "device": metrics.get("device"), "torch": metrics.get("torch_version"),
                 "git_commit": (metrics.get("git_commit") or "")[:10],
+                # the prepared data it came from: info.json's fingerprint (data prep's params)
+                "data_fingerprint": (params.get("prepared_fingerprint") or "")[:12],
             })
         else:
             missing = spec.run_dir() / "missing.json"
