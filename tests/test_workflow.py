@@ -283,7 +283,9 @@ def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, mo
     with pytest.raises(wf.ExperimentError, match="run the workflow first"):
         wf.build_book(str(path))
     made = [wf.step_notebook(exp, step, ds) for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES]
-    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(wf.runs(exp))))]
+    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(wf.runs(exp)))), wf.reference_notebook(exp)]
+    made += [tmp_path / "records" / "real_study" / "notebooks" / f"{step}_{ds}.ipynb"
+             for step in wf.REAL_NOTEBOOKS for ds in wf.DATASET_NAMES]   # the committed real-data ones
     for nb in made:
         nb.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Step")]), nb)
@@ -293,7 +295,11 @@ def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, mo
     wf.build_book(str(path))
     generated = tmp_path / "book" / "generated"
     assert sorted(p.name for p in generated.glob("*.ipynb")) == sorted(
-        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES] + ["summary.ipynb"])
+        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES] + ["summary.ipynb", "reference.ipynb"])
+    assert sorted(p.name for p in (generated / "real").glob("*.ipynb")) == sorted(
+        f"{step}_{ds}.ipynb" for step in wf.REAL_NOTEBOOKS for ds in wf.DATASET_NAMES)
+    assert nbformat.read(generated / "real" / "explain_ct_kidney.ipynb", 4).cells[0].source.strip() == \
+        "# Step: ct_kidney, real images"
     title = nbformat.read(generated / "data_prep_covid_radiography.ipynb", 4).cells[0].source
     assert title.strip() == "# Step: covid_radiography"
     assert [p.name for p in (generated / "train").iterdir()] == ["covid_radiography__resnet18-scratch-s0.ipynb"]
@@ -355,7 +361,7 @@ def test_a_dry_run_changes_no_file(tmp_path):
     work.mkdir()
     for name in ("Snakefile", "_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, work / name)
-    for name in ("notebooks", "experiments"):
+    for name in ("notebooks", "experiments", "records"):
         shutil.copytree(ROOT / name, work / name)
     shutil.copytree(ROOT / "book", work / "book", symlinks=True,
                     ignore=shutil.ignore_patterns("generated*", "_build"))
