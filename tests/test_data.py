@@ -644,11 +644,11 @@ def test_block_split_keeps_every_block_in_one_split_and_every_class_in_every_spl
 
 
 def test_block_split_refuses_a_class_with_too_few_blocks_and_files_without_numbers():
-    from helpers.data.splits import block_groups, grouped_split
+    from helpers.data.splits import BLOCK_KIND, block_groups, grouped_split
 
     paths, labels = _numbered({"Cyst": 40, "Normal": 40})          # Cyst 1-40, Normal 1-40: 2 blocks each
-    with pytest.raises(ValueError, match="class 'Cyst' has only 2 independent groups"):
-        grouped_split(labels, block_groups(paths, labels), ["Cyst", "Normal"], 0)
+    with pytest.raises(ValueError, match="block split: class 'Cyst' has only 2 independent blocks of 25 consecutive"):
+        grouped_split(labels, block_groups(paths, labels), ["Cyst", "Normal"], 0, group_kind=BLOCK_KIND)
     with pytest.raises(ValueError, match="'Cyst/scan.jpg' has no number in its name"):
         block_groups(["Cyst/scan.jpg"], np.asarray([0]))
 
@@ -659,7 +659,7 @@ def test_block_split_on_real_slices_refuses_clearly_and_the_random_split_reports
         pytest.skip(f"{sample} not here")
     # slices (1)-(40) of each class are two blocks, (1)-(24) and (25)-(40): too few for three
     # splits, so the block split refuses rather than leak a block across splits
-    with pytest.raises(ValueError, match="class 'Cyst' has only 2 independent groups"):
+    with pytest.raises(ValueError, match="block split: class 'Cyst' has only 2 independent blocks"):
         prepare("ct_kidney", data_dir=str(sample), image_size=32, balance=False, split="block",
                 out_dir=str(tmp_path / "b"), progress=False)
     assert not (tmp_path / "b").exists()

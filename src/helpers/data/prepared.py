@@ -22,7 +22,7 @@ from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
 from .specs import MIN_PER_CLASS, SPLITS, DatasetSpec, data_root, get_spec
-from .splits import (SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
+from .splits import (BLOCK_KIND, SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
                      perceptual_hashes, random_split)
 from .summary import print_summary, reason_counts, save_samples
 from .synthetic import find_synthetic_root, is_int, synthesize
@@ -180,7 +180,7 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
         split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed)).astype(str)
     elif p["split"] == "block":
         groups = block_groups([cands[i][0] for i in sel], labels)
-        split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed)).astype(str)
+        split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed, group_kind=BLOCK_KIND)).astype(str)
     else:
         split = random_split(labels, seed)
 

@@ -43,6 +43,7 @@ noise: planted copies up to 53 of 256 bits, distinct chest X-rays from 18).
 SPLIT_NAMES = ("train", "val", "test")
 
 BLOCK_SIZE = 25
+BLOCK_KIND = f"block of {BLOCK_SIZE} consecutive file numbers"
 """The block split keeps files numbered 0-24, 25-49, ... of a class together. Kidney CT slices
 of one scan carry consecutive numbers (``Cyst- (301).jpg``); neighbours 1-2 numbers apart are
 near-copies, and blocks of 25 leave about 12% of test slices with a near-copy in train on the
@@ -154,7 +155,8 @@ def _group_majority(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- grouped split
 
 
-def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2)) -> np.ndarray:
+def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2),
+                  group_kind: str = "near-duplicate group") -> np.ndarray:
     """'train'/'val'/'test' per image, every group wholly in one split, classes stratified.
 
     Each group counts for its majority class (ties: the first in ``class_names`` order); a
@@ -188,7 +190,7 @@ def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2)) -> 
     table = groups_per_class(labels, groups, class_names)
     for row in table.to_dict("records"):
         if row["groups"] < len(used):
-            raise ValueError(_too_few_message(row["class"], row["groups"], row["images"], len(used)))
+            raise ValueError(_too_few_message(row["class"], row["groups"], row["images"], len(used), group_kind))
 
     rng = np.random.default_rng(seed)
     split_of_group = np.full(len(sizes), -1)
@@ -244,10 +246,12 @@ def near_copy_share(hashes: np.ndarray, split, threshold: int = HAMMING_THRESHOL
     return out
 
 
-def _too_few_message(name: str, n_groups: int, n_images: int, needed: int) -> str:
+def _too_few_message(name: str, n_groups: int, n_images: int, needed: int, kind: str) -> str:
+    split = "block split" if kind.startswith("block") else "grouped split"
+    if n_groups != 1:   # "near-duplicate groups", "blocks of 25 ..."
+        kind = kind.replace(" of ", "s of ", 1) if " of " in kind else kind + "s"
     return (
-        f"grouped split: class '{name}' has only {n_groups} independent group"
-        f"{'s' if n_groups != 1 else ''} ({n_images} images), fewer than the {needed} needed to put "
+        f"{split}: class '{name}' has only {n_groups} independent {kind} ({n_images} images), fewer than the {needed} needed to put "
         f"it in every split without a near-copy crossing splits; use split='random' "
         f"knowingly (near-copies will leak across splits), or more data (more independent "
         f"scans/patients of '{name}')"
