@@ -197,7 +197,8 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
         if _fraction(r) == 1:
             ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(_split(r), []).append(r)
     splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
-    mine = sorted(ours, key=lambda k: (k[0] == "efficientnet_lite0", k[0], _order(k[2])))
+    archs = metrics.arch_order()    # the arch table's order
+    mine = sorted(ours, key=lambda k: (archs.index(k[0]), k[1], _order(k[2])))
     rows = []
     for arch, head, arm in dict.fromkeys([*pub, *mine]):
         by_split = ours.get((arch, head, arm), {})
