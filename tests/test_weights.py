@@ -163,6 +163,16 @@ def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home, ca
     assert "resnet18" in out and "missing" in out
 
 
+def test_the_arch_table_names_torchvisions_imagenet1k_v1_files():
+    # The table writes the URLs so that reading it never imports torchvision; they must be the
+    # files torchvision itself would fetch for pretrained=True.
+    import torchvision
+
+    for name, spec in models.ARCHS.items():
+        if spec.weights.kind == "torchvision":
+            assert spec.weights.url == torchvision.models.get_model_weights(name).IMAGENET1K_V1.url, name
+
+
 def test_cli_rejects_unknown_arch(capsys):
     with pytest.raises(SystemExit):
         weights.main(["fetch", "resnet50"])

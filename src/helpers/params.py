@@ -152,11 +152,13 @@ class PrepParams(BaseModel):
 # ---------------------------------------------------------------- training
 
 def _device_problem(value: str) -> str | None:
-    import torch
-
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         return (f"parameter 'device' must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; "
                 f"got {value!r}")
+    if value in ("auto", "cpu"):
+        return None  # nothing to ask torch (and the experiment layer stays torch-free)
+    import torch
+
     if value.startswith("cuda"):
         if not torch.cuda.is_available():
             return f"parameter 'device' is {value!r} but CUDA is not available here; use 'auto' or 'cpu'"

