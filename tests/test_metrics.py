@@ -14,6 +14,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_
                              roc_auc_score)
 
 from helpers import metrics
+from helpers.params import RunId, arm_order
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -60,6 +61,13 @@ def write_run(folder: Path, *, arch="resnet18", pretrained=True, seed=0, labels=
               "device": "cpu", "run_dir": str(folder), "force": False, "class_names": list(class_names),
               "prepared_dir": str(synthetic_prepared or folder.parent / "synthetic-64px-random-bal-s0"),
               **(extra_params or {})}
+    if "run" not in params:  # the identity training writes (CONTRACTS.md); None = an old run without one
+        arm = params.get("arm") or ("imagenet" if pretrained else "scratch")
+        params["run"] = RunId(dataset=dataset, arch=arch, head=head, arm=arm, seed=seed,
+                              split=params.get("split", "random")).as_record()
+        params["arm"] = arm
+    elif params["run"] is None:
+        del params["run"]
     (folder / "params.json").write_text(json.dumps(params))
     best = int(np.argmax(history["val_acc"].to_numpy()))
     stored = {
@@ -167,7 +175,7 @@ def test_arm_read_from_params_and_every_arm_compared(tmp_path):
                   extra_params={"arm": "from-ct_kidney-imagenet", "init_from": "runs/x/ct_kidney/r/best.pt"})
     rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
     assert {r.label for r in rs.runs} == {"resnet18"}  # the arm's parameters are not the configuration's
-    assert sorted({r.arm for r in rs.runs}, key=metrics.arm_order) == [
+    assert sorted({r.arm for r in rs.runs}, key=arm_order) == [
         "imagenet", "linear_probe", "scratch", "from-ct_kidney-imagenet"]
     paired = metrics.paired_tests(rs)
     pairs = list(dict.fromkeys(zip(paired.arm_a, paired.arm_b)))
@@ -176,12 +184,14 @@ def test_arm_read_from_params_and_every_arm_compared(tmp_path):
     assert len(metrics.mcnemar_tests(rs)) == 12  # 6 pairs x 2 seeds
 
 
-def test_old_runs_without_an_arm_field_derive_it(tmp_path):
+def test_a_run_without_an_identity_is_reported_never_guessed_from_its_folder_name(tmp_path):
     ds = tmp_path / "runs" / "covid_radiography"
-    write_run(ds / "a", pretrained=False, extra_params={"init_from": "runs/demo/ct_kidney/resnet18-imagenet-s0/best.pt"})
-    write_run(ds / "b", pretrained=True)
+    write_run(ds / "resnet18-imagenet-s0", pretrained=True, extra_params={"run": None})
+    write_run(ds / "b", pretrained=False)
     rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
-    assert sorted(r.arm for r in rs.runs) == ["from-ct_kidney-imagenet", "imagenet"]
+    assert [r.arm for r in rs.runs] == ["scratch"]
+    (folder, why), = rs.incomplete
+    assert folder.endswith("resnet18-imagenet-s0") and "no run identity" in why and "retrain" in why
 
 
 def test_history_metrics():

@@ -49,11 +49,10 @@ from torch import nn
 
 from . import metrics
 from .data import get_spec
-from .params import RunId, read_run_id
+from .params import ARMS, RunId, arm_order, arm_title, read_run_id
 
 METHODS = ("saliency", "gradcam")
 METHOD_TITLES = {"saliency": "saliency", "gradcam": "Grad-CAM"}
-ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
 POINTING_TOLERANCE_AT_224 = 15  # px, Zhang et al. (2018) pointing game
 CENTRE_SIGMA = 0.25  # the centre prior's sigma, as a fraction of the image side
 SANITY_PASS_BELOW = 0.5  # mean Spearman rho whose interval must lie below it: maps changed with the weights
@@ -412,7 +411,7 @@ def _region_sentence(score: str, ci: Interval, random: float, centre: float, reg
         return "too few images", f"Too few images with a {region} mask for an interval."
     if ci.low > max(random, centre):
         verdict = "beats both"
-        text = (f"The {ARM_TITLES.get(arm, arm)} map puts its {what} on {where} more than a random map and a "
+        text = (f"The {arm_title(arm)} map puts its {what} on {where} more than a random map and a "
                 f"centre blob do: it localises beyond a prior.")
     elif ci.low > random:
         verdict = "beats random only"
@@ -447,13 +446,13 @@ def _sanity_sentence(ci: Interval, method: str, arm: str) -> tuple[str, str]:
     if not np.isfinite(ci.high):
         return "too few images", "Too few images for an interval."
     if ci.high < SANITY_PASS_BELOW:
-        return "passes", (f"{_capital(METHOD_TITLES.get(method, method))} maps change once the {ARM_TITLES.get(arm, arm)} "
+        return "passes", (f"{_capital(METHOD_TITLES.get(method, method))} maps change once the {arm_title(arm)} "
                           f"weights are re-initialised: they depend on what the model learned.")
     if ci.low < SANITY_PASS_BELOW:
         return "undecided", (f"The interval straddles {SANITY_PASS_BELOW}: on these images it cannot say whether "
                              f"{METHOD_TITLES.get(method, method)} maps depend on the learned weights; more images would.")
     return "fails", (f"{_capital(METHOD_TITLES.get(method, method))} maps barely change with random weights: they show the "
-                     f"image more than the {ARM_TITLES.get(arm, arm)} model, so they cannot support paper B's claim.")
+                     f"image more than the {arm_title(arm)} model, so they cannot support paper B's claim.")
 
 
 def tests_table(dataset: str, scores: pd.DataFrame, faith: pd.DataFrame, sanity: pd.DataFrame) -> pd.DataFrame:
@@ -468,7 +467,7 @@ def tests_table(dataset: str, scores: pd.DataFrame, faith: pd.DataFrame, sanity:
                      "verdict": verdict, "meaning": text})
 
     keys = {k for frame in (scores, faith, sanity) for k in frame[["arm", "method"]].itertuples(index=False, name=None)}
-    for arm, method in sorted(keys, key=lambda k: (metrics.ARMS.index(k[0]) if k[0] in metrics.ARMS else 99,
+    for arm, method in sorted(keys, key=lambda k: (arm_order(k[0]),
                                                    METHODS.index(k[1]))):
         part = scores[(scores.arm == arm) & (scores.method == method)]
         if len(part):
@@ -628,7 +627,7 @@ class ExplainResult:
 
     @property
     def note(self) -> str:
-        parts = [f"The {ARM_TITLES.get(a, a)} run is not available ({why}); only the other arm is shown."
+        parts = [f"The {arm_title(a)} run is not available ({why}); only the other arm is shown."
                  for a, why in self.missing.items()]
         if self.scores.empty:
             parts.append("No test image has a region mask, so region share and pointing game are not scored.")
@@ -659,16 +658,13 @@ def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int =
             for arm in ("imagenet", "scratch")]
 
 
-def _arm_of(run_dir: Path) -> str:
-    """The arm a run folder's params.json records; for a run that never started (missing), the
-    arm its folder name was given by RunId."""
-    params_file = run_dir / "params.json"
-    if params_file.is_file():
+def _arm_of(run_dir: Path, planned: dict[Path, str]) -> str:
+    """The arm the run folder records; a folder that was never written is known by the RunId
+    that named it (``planned``), else shown by its name."""
+    try:
         return read_run_id(run_dir).arm
-    for arm in ARM_TITLES:
-        if f"-{arm}-" in run_dir.name:
-            return arm
-    raise ValueError(f"cannot tell the arm of {run_dir}: no params.json and no -<arm>- in its name")
+    except (OSError, ValueError):
+        return planned.get(run_dir, run_dir.name)
 
 
 def _unavailable(run_dir: Path) -> str | None:
@@ -718,8 +714,10 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
         raise ValueError(f"sanity must be one of {list(SANITY_MODES)}; got {sanity!r}")
     started = time.perf_counter()
     seconds = {"road": 0.0, "sanity": 0.0, "baselines": 0.0}
+    planned: dict[Path, str] = {}
     if isinstance(runs, (str, Path)) and str(runs) == "":
         run_dirs = default_runs(dataset, arch, root)
+        planned = dict(zip(run_dirs, ("imagenet", "scratch")))
     elif isinstance(runs, (str, Path)):
         run_dirs = metrics.find_run_dirs(dataset, runs)
     else:
@@ -728,8 +726,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
 
     loaded, missing = {}, {}
     for run_dir in run_dirs:
-        arm = _arm_of(run_dir) if run_dir.exists() else next(
-            (a for a in metrics.ARMS if f"-{a}-" in run_dir.name), run_dir.name)
+        arm = _arm_of(run_dir, planned)
         why = _unavailable(run_dir)
         if why:
             missing[arm] = why
@@ -744,7 +741,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     if not loaded:
         raise FileNotFoundError(f"no usable run for {dataset}/{arch}: " + "; ".join(f"{a}: {w}" for a, w in missing.items()))
 
-    order = [a for a in metrics.ARMS if a in loaded]
+    order = sorted(loaded, key=arm_order)
     prepared = loaded[order[0]][3]
     test = np.flatnonzero(np.asarray(prepared.split) == "test")
     test_paths = [prepared.paths[i] for i in test]
@@ -884,21 +881,21 @@ def explanation_figure(result: ExplainResult) -> plt.Figure:
                     if result.has_mask[i]:
                         ax.contour(result.masks[i], levels=[0.5], colors="lime", linewidths=0.8)
                     pred = int(p.argmax())
-                    ax.set_xlabel(f"{ARM_TITLES[arm]}: {result.class_names[pred]} ({p[pred]:.2f})",
+                    ax.set_xlabel(f"{arm_title(arm)}: {result.class_names[pred]} ({p[pred]:.2f})",
                                   fontsize=8, color="black" if pred == result.labels[i] else "crimson")
                 elif panel == "saliency":
                     ax.imshow(ar.maps["saliency"][i], cmap="inferno", vmin=0, vmax=1)
                 else:
                     ax.imshow(show_cam_on_image(rgb, ar.maps[panel][i], use_rgb=True))
                 if i == 0:
-                    ax.set_title(f"{ARM_TITLES[arm]}\n{METHOD_TITLES.get(panel, panel)}", fontsize=9)
+                    ax.set_title(f"{arm_title(arm)}\n{METHOD_TITLES.get(panel, panel)}", fontsize=9)
         axes[i, 0].set_ylabel(f"true: {result.class_names[result.labels[i]]}", fontsize=9)
     target = "true class" if result.target == "true" else "predicted class"
     title = (f"{result.dataset} · {result.arch}{synthetic_suffix(result.synthetic)}\n"
              f"maps for the {target} (green: {result.region} mask)")
     if result.missing:
         # The reasons are in the note: a long one here would widen the figure to a thumbnail.
-        title += "\nnot available: " + ", ".join(f"{ARM_TITLES.get(a, a)} run" for a in result.missing)
+        title += "\nnot available: " + ", ".join(f"{arm_title(a)} run" for a in result.missing)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

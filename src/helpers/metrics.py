@@ -40,6 +40,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+from .params import RunId, TrainSettings, arm_order, read_run_id
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -50,21 +51,19 @@ from sklearn.metrics import (
 
 # Arms in display order; any other arm ("from-<dataset>-<arm>", a run started from another
 # run's checkpoint) sorts after them, alphabetically. See arm_order().
-ARMS = ("imagenet", "linear_probe", "scratch")
 REFERENCE_ARM = "scratch"  # paired comparisons: every other arm against this one, and each pair
 ZERO_DIVISION = 0.0
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6  # below 6 pairs the exact two-sided p can never reach 0.05
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
 
-# Parameters that do not define a configuration: the replicate index and bookkeeping.
-BOOKKEEPING_PARAMS = frozenset(
-    {"seed", "run_dir", "force", "device", "compile", "prepared_dir", "prepared_fingerprint",
-     "class_names", "synthetic", "run", "experiment", "recompute_bn"}
-)
-# Parameters that define the arm, not the configuration: runs that differ only in these are
-# the arms of one configuration and are compared with each other.
-ARM_PARAMS = frozenset({"arm", "pretrained", "freeze_backbone", "init_from"})
+# What makes a configuration, stated positively: the run identity and the training settings,
+# less the replicate (seed), the arm (compared within a configuration) and where or how fast it
+# ran; plus the data it saw. Runs that differ only in seed and arm are compared with each other.
+CONFIG_FIELDS = tuple(dict.fromkeys(
+    [f for f in RunId.model_fields if f not in ("experiment", "seed", "arm", "init_source")]
+    + [f for f in TrainSettings.model_fields if f not in ("device", "compile")]
+    + ["image_size", "balance", "split_seed", "n_per_class"]))
 
 TABLE1_ROWS = {
     "first_epoch_train_loss": "Training loss of the first epoch",
@@ -115,11 +114,6 @@ def arch_order() -> tuple[str, ...]:
     return tuple(ARCHS)
 
 
-def arm_order(arm: str) -> tuple[int, str]:
-    """Sort key of an arm: imagenet, linear_probe, scratch, then from-* arms alphabetically."""
-    return (ARMS.index(arm), "") if arm in ARMS else (len(ARMS), arm)
-
-
 METRIC_NOTES = (
     "Metrics follow scikit-learn's definitions: accuracy_score; confusion_matrix (rows = true "
     "class, columns = predicted); roc_auc_score one-vs-rest per class, macro = unweighted mean "
@@ -147,6 +141,7 @@ class Run:
     """One complete run folder, with its metrics recomputed."""
 
     path: Path
+    id: RunId                 # who the run is, as training wrote it into params.json
     params: dict
     history: pd.DataFrame
     predictions: pd.DataFrame
@@ -163,38 +158,32 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        return str(self.params.get("dataset", ""))
+        return self.id.dataset
 
     @property
     def arch(self) -> str:
-        return str(self.params.get("arch", ""))
+        return self.id.arch
 
     @property
     def head(self) -> str:
-        return str(self.params.get("head", "replace"))
-
-    @property
-    def pretrained(self) -> bool:
-        return bool(self.params.get("pretrained"))
+        return self.id.head
 
     @property
     def arm(self) -> str:
-        """params.json's ``arm``; runs written before it existed: derived from pretrained/init_from."""
-        if self.params.get("arm"):
-            return str(self.params["arm"])
-        if self.params.get("init_from"):
-            source = Path(str(self.params["init_from"])).parent
-            return f"from-{source.parent.name}-{'imagenet' if '-imagenet-' in source.name else 'scratch'}"
-        return "imagenet" if self.pretrained else "scratch"
+        return self.id.arm
 
     @property
     def seed(self) -> int:
-        return int(self.params.get("seed", 0))
+        return self.id.seed
+
+    @property
+    def split(self) -> str:
+        return self.id.split
 
     @property
     def papers_design(self) -> bool:
         """Trained as the papers did: their random split, from ImageNet or scratch only."""
-        return self.params.get("split", "random") == "random" and self.arm in ("imagenet", "scratch")
+        return self.split == "random" and self.arm in ("imagenet", "scratch")
 
     @property
     def labels(self) -> np.ndarray:
@@ -210,8 +199,9 @@ class Run:
         return self.predictions[cols].to_numpy(dtype=float)
 
     def config(self, with_arm: bool = True) -> str:
-        """Stable key of the configuration (all parameters except seed, bookkeeping and the arm's)."""
-        cfg = {k: v for k, v in self.params.items() if k not in BOOKKEEPING_PARAMS | ARM_PARAMS}
+        """Stable key of the configuration: CONFIG_FIELDS, with the arm unless ``with_arm`` is False."""
+        record = {**self.params, **self.id.model_dump()}
+        cfg = {k: record[k] for k in CONFIG_FIELDS if k in record}
         if with_arm:
             cfg["arm"] = self.arm
         return json.dumps(cfg, sort_keys=True, default=str)
@@ -344,12 +334,14 @@ def load_run(run_dir: str | Path, on_mismatch: str = "raise") -> Run:
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} not found: not a complete run folder")
     params = _read_json(run_dir / "params.json")
+    run_id = read_run_id(run_dir)
     stored = _read_json(run_dir / "metrics.json")
     class_names = list(params.get("class_names") or stored.get("class_names") or [])
     if not class_names:
         raise ValueError(f"{run_dir}: neither params.json nor metrics.json names class_names")
     run = Run(
         path=run_dir,
+        id=run_id,
         params=params,
         history=read_history(run_dir / "history.csv"),
         predictions=read_predictions(run_dir / "predictions.csv", len(class_names)),
@@ -384,6 +376,10 @@ def load_runs(dataset: str, runs: str | Sequence[str | Path] = "", root: str | P
         absent = [n for n in ("params.json", "history.csv", "predictions.csv") if not (folder / n).is_file()]
         if absent:
             incomplete.append((str(folder), f"metrics.json present but {', '.join(absent)} missing"))
+            continue
+        if not isinstance(_read_json(folder / "params.json").get("run"), dict):
+            incomplete.append((str(folder), "params.json records no run identity (written by an "
+                                            "older version): retrain it"))
             continue
         run = load_run(folder, on_mismatch=on_mismatch)
         if run.dataset and run.dataset != dataset:

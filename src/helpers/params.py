@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -36,10 +37,51 @@ SPLITS = ("random", "grouped", "block")
 # statistics the arch's ImageNet weights were trained with ("imagenet": torchvision's ImageNet
 # mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's published constants.
 NORMALIZATIONS = ("dataset", "imagenet", "paper_a")
-# Arms of the ImageNet question. "linear_probe" trains only the head on frozen ImageNet
-# features (feature reuse, Matsoukas et al. 2022); "from-<dataset>-<arm>" starts from another
-# run's backbone (medical-to-medical transfer) and is named by RunId.
-ARMS = ("imagenet", "linear_probe", "scratch")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm of the ImageNet question: what a reader sees and what it sets in TrainParams."""
+
+    title: str      # in tables and legends
+    words: str      # in a run's one-line description
+    color: str      # in every figure
+    fields: dict    # the TrainParams values that make this arm
+
+
+# The arms, in display order; every reader of an arm uses this table. "linear_probe" trains
+# only the head on frozen ImageNet features (feature reuse, Matsoukas et al. 2022). An arm
+# "from-<dataset>-<arm>" starts from another run's backbone (medical-to-medical transfer).
+ARMS: dict[str, ArmSpec] = {
+    "imagenet": ArmSpec("ImageNet", "ImageNet weights, fine-tuned", "#1f77b4",
+                        {"pretrained": True, "freeze_backbone": False}),
+    "linear_probe": ArmSpec("linear probe", "frozen ImageNet features, head trained", "#2ca02c",
+                            {"pretrained": True, "freeze_backbone": True}),
+    "scratch": ArmSpec("scratch", "random initialisation", "#d62728",
+                       {"pretrained": False, "freeze_backbone": False}),
+}
+TRANSFER_ARM = re.compile(r"from-(?P<dataset>.+)-(?P<arm>[a-z_]+)")
+
+
+def transfer_arm(source: dict) -> str:
+    """The arm of a run that starts from ``source`` (another run's params)."""
+    return f"from-{source.get('dataset', 'run')}-{source.get('arm', 'run')}"
+
+
+def arm_title(arm: str) -> str:
+    """'ImageNet', 'scratch', ...; 'from-ct_kidney-imagenet' -> 'from ct_kidney (ImageNet)'."""
+    if arm in ARMS:
+        return ARMS[arm].title
+    m = TRANSFER_ARM.fullmatch(arm)
+    return f"from {m['dataset']} ({ARMS[m['arm']].title if m['arm'] in ARMS else m['arm']})" if m else arm
+
+
+def arm_order(arm: str) -> tuple[int, str]:
+    """Sort key of an arm: the table's order, then from-* arms alphabetically."""
+    order = list(ARMS)
+    return (order.index(arm), "") if arm in ARMS else (len(order), arm)
+
+
 MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 MIN_PREP_SIZE = 16
 
@@ -242,11 +284,9 @@ class TrainParams(TrainSettings):
     @property
     def arm(self) -> str:
         if self.init_from:
-            source = source_params(self.init_from)
-            return f"from-{source.get('dataset', 'run')}-{source.get('arm', 'run')}"
-        if self.pretrained:
-            return "linear_probe" if self.freeze_backbone else "imagenet"
-        return "scratch"
+            return transfer_arm(source_params(self.init_from))
+        mine = {k: getattr(self, k) for k in ("pretrained", "freeze_backbone")}
+        return next(name for name, a in ARMS.items() if a.fields == mine)
 
     def run_id(self) -> "RunId":
         init_source = ""
@@ -330,13 +370,16 @@ class RunId(BaseModel):
 
 
 def read_run_id(run_dir: str | os.PathLike) -> RunId:
-    """The identity a run folder's ``params.json`` records."""
-    params = json.loads((Path(run_dir) / "params.json").read_text())
-    record = params.get("run")
-    if not isinstance(record, dict):
-        raise ValueError(f"{run_dir}/params.json has no 'run' identity (written by an older "
-                         f"version?); retrain it")
-    return RunId(**{k: record[k] for k in RunId.model_fields if k in record})
+    """The identity a run folder's ``params.json`` records (``missing.json`` for a run that
+    could not start): the one source of a run's dataset, arch, arm and seed for every reader."""
+    for name in ("params.json", "missing.json"):
+        path = Path(run_dir) / name
+        if path.is_file():
+            record = json.loads(path.read_text()).get("run")
+            if isinstance(record, dict):
+                return RunId(**{k: record[k] for k in RunId.model_fields if k in record})
+    raise ValueError(f"{run_dir}: neither params.json nor missing.json records the run's identity "
+                     f"(written by an older version?); retrain it")
 
 
 # ---------------------------------------------------------------- notebook steps (workflow)
@@ -344,13 +387,6 @@ def read_run_id(run_dir: str | os.PathLike) -> RunId:
 # notebook (tests/test_workflow.py checks names and defaults against the notebooks).
 
 BOOK_STEPS = ("data_prep", "evaluate", "explain", "audit")  # the per-dataset notebooks of the book
-
-# What each arm of an experiment file sets in TrainParams ({init_from: ...} arms add the source).
-ARM_FIELDS = {
-    "imagenet": {"pretrained": True, "freeze_backbone": False},
-    "linear_probe": {"pretrained": True, "freeze_backbone": True},
-    "scratch": {"pretrained": False, "freeze_backbone": False},
-}
 
 RunFolders = Union[str, list[str]]   # "" = the notebook's default, a glob, or run folders
 

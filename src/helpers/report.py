@@ -38,27 +38,21 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from . import atomic, metrics, models
+from .params import ARMS, arm_order, arm_title
 
 SYNTHETIC_SUFFIX = " — SYNTHETIC DATA"
 # Display names: one table per kind. An arch or arm not listed shows under its own name.
 ARCH_TITLES = {name: spec.label for name, spec in models.ARCHS.items()}  # the arch table's labels
-ARM_TITLES = {"imagenet": "ImageNet", "linear_probe": "linear probe", "scratch": "scratch"}
-ARM_COLORS = {"imagenet": "#1f77b4", "linear_probe": "#2ca02c", "scratch": "#d62728"}
 NOT_RUN = "not run on this machine"  # headline text for a number whose runs did not happen
 MISSING_LINK = "reproducibility.html#missing-runs"  # the full table of missing runs and reasons
 
 
-def arm_title(arm: str) -> str:
-    """'ImageNet', 'scratch', ...; 'from-ct_kidney-imagenet' -> 'from ct_kidney (ImageNet)'."""
-    if arm in ARM_TITLES:
-        return ARM_TITLES[arm]
-    m = re.fullmatch(r"from-(.+)-([a-z_]+)", arm)
-    return f"from {m[1]} ({ARM_TITLES.get(m[2], m[2])})" if m else arm
-
-
 def arm_color(arm: str) -> str:
+    """The arm table's colour; a from-* arm gets a stable one of its own."""
+    if arm in ARMS:
+        return ARMS[arm].color
     others = sns.color_palette("Dark2").as_hex()
-    return ARM_COLORS.get(arm, others[sum(map(ord, arm)) % len(others)])
+    return others[sum(map(ord, arm)) % len(others)]
 
 
 # ------------------------------------------------------------------------- glue
@@ -232,7 +226,7 @@ def _empty_figure(runset: metrics.RunSet, what: str) -> plt.Figure:
 
 def _by_config(runset: metrics.RunSet) -> dict[str, dict[str, list[metrics.Run]]]:
     out: dict[str, dict[str, list[metrics.Run]]] = {}
-    for r in sorted(runset.runs, key=lambda r: (r.label, metrics.arm_order(r.arm), r.seed)):
+    for r in sorted(runset.runs, key=lambda r: (r.label, arm_order(r.arm), r.seed)):
         out.setdefault(r.label, {}).setdefault(r.arm, []).append(r)
     return out
 
@@ -459,7 +453,7 @@ def table1_display(ev: "Evaluation"):
     cols, data, published = [], {}, []
     arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
     keys = sorted({(r.arm, r.label, r.arch) for r in long.itertuples()},
-                  key=lambda k: (metrics.arm_order(k[0]), arch_pos.get(k[2], len(arch_pos)), k[1]))
+                  key=lambda k: (arm_order(k[0]), arch_pos.get(k[2], len(arch_pos)), k[1]))
     for arm, label, arch in keys:
         part = long[(long["arm"] == arm) & (long["label"] == label)].set_index("metric").loc[list(metrics.TABLE1_ROWS)]
         name = ARCH_TITLES.get(arch, arch) + label[len(arch):]
@@ -507,7 +501,7 @@ def seed_summary_display(ev: "Evaluation"):
         for metric, title in SEED_SUMMARY_COLUMNS.items():
             r = part.loc[metric]
             row[title] = _cell(r["mean"], r["ci_low"], r["ci_high"], r["n"])
-        rows.append(((arch_pos.get(arch, len(arch_pos)), label, metrics.arm_order(arm)), row))
+        rows.append(((arch_pos.get(arch, len(arch_pos)), label, arm_order(arm)), row))
     df = pd.DataFrame([r for _, r in sorted(rows, key=lambda kv: kv[0])])
     return styled(df, caption="Mean ± half-width of the 95 % t-interval over the seeds listed "
                               "(one seed: the value).")
@@ -578,7 +572,7 @@ def headline(ev: "Evaluation") -> dict[str, str]:
         p_text = f"p = {p:.3g}" if np.isfinite(p) else "p undefined: the differences do not vary"
         diff = f"The difference, ImageNet minus scratch, is {r['mean_diff']:+.3f} ({p_text}, {test})."
     else:
-        absent = [ARM_TITLES[a] for a in ("imagenet", "scratch") if out[a] == NOT_RUN]
+        absent = [arm_title(a) for a in ("imagenet", "scratch") if out[a] == NOT_RUN]
         diff = (f"The difference cannot be computed here: the {' and '.join(absent)} run"
                 f"{'s were' if len(absent) > 1 else ' was'} {NOT_RUN}." if absent else
                 "The difference cannot be computed here: the two arms share no seed.")
@@ -608,12 +602,12 @@ def split_comparison(ev: Evaluation) -> pd.DataFrame:
     rows = []
     groups: dict[tuple, list] = {}
     for r in ev.runset.runs:
-        groups.setdefault((r.arch, r.head, r.params.get("split", "random"), r.arm), []).append(
+        groups.setdefault((r.arch, r.head, r.split, r.arm), []).append(
             r.metrics["test_accuracy"])
     arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
     for (arch, head, split, arm), accs in sorted(
             groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
-                                            metrics.arm_order(kv[0][3]))):
+                                            arm_order(kv[0][3]))):
         ci = metrics.mean_ci(accs)
         rows.append({"backbone": ARCH_TITLES.get(arch, arch), "head": head, "split": split,
                      "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
@@ -632,7 +626,7 @@ def learned_sentence(ev: Evaluation) -> str:
     stuck = table[~table["learned"]]
     if stuck.empty:
         return f"Every configuration that ran learned above chance ({chance}; 95% interval of the test accuracy)."
-    names = "; ".join(f"{r.configuration} {ARM_TITLES.get(r.arm, r.arm)} ({r.accuracy:.0%})"
+    names = "; ".join(f"{r.configuration} {arm_title(r.arm)} ({r.accuracy:.0%})"
                       for r in stuck.itertuples())
     return (f"At chance ({chance}) in this build, within the 95% interval of their test accuracy: {names}. "
             f"These networks did not learn at this data size; every other configuration did.")

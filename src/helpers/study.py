@@ -17,7 +17,8 @@ import pandas as pd
 from scipy import stats
 
 from . import metrics, models, records
-from .report import ARM_COLORS, ARM_TITLES
+from .params import arm_title
+from .report import arm_color
 from .metrics import CONFIDENCE
 
 COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
@@ -35,14 +36,6 @@ def load(experiment: str, root: str | Path = records.ROOT) -> dict[str, metrics.
         if dirs:
             out[ds] = metrics.load_runs(ds, runs=dirs)
     return out
-
-
-def _fraction(run: metrics.Run) -> float:
-    return float(run.params.get("train_fraction", 1.0))
-
-
-def _split(run: metrics.Run) -> str:
-    return str(run.params.get("split", "random"))
 
 
 def correctness(runs: list[metrics.Run]) -> pd.DataFrame:
@@ -72,7 +65,7 @@ def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list
     out: dict[tuple, list[metrics.Run]] = {}
     for r in runset.runs:
         if arch is None or r.arch == arch:
-            out.setdefault((r.arch, r.head, _split(r), _fraction(r), r.arm), []).append(r)
+            out.setdefault((r.arch, r.head, r.split, r.id.train_fraction, r.arm), []).append(r)
     return out
 
 
@@ -122,7 +115,7 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                 low, high = bootstrap_ci(diff)
                 s0 = seeds[0]
                 mc = metrics.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
-                rows.append({"dataset": ds, "split": key[2], "comparison": f"{ARM_TITLES[a]} − {ARM_TITLES[b]}",
+                rows.append({"dataset": ds, "split": key[2], "comparison": f"{arm_title(a)} − {arm_title(b)}",
                              "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
                              "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
     return pd.DataFrame(rows, columns=["dataset", "split", "comparison", "arm_a", "arm_b", "seeds",
@@ -162,9 +155,9 @@ def efficiency_figure(table: pd.DataFrame, n_train_full: int | None = None):
     for arm, part in table.groupby("arm", sort=False):
         part = part.sort_values("fraction")
         x = part["fraction"] * 100
-        ax.plot(x, part["accuracy"], marker="o", color=ARM_COLORS.get(arm), label=ARM_TITLES.get(arm, arm))
+        ax.plot(x, part["accuracy"], marker="o", color=arm_color(arm), label=arm_title(arm))
         ok = part["ci_low"].notna()
-        ax.fill_between(x[ok], part["ci_low"][ok], part["ci_high"][ok], color=ARM_COLORS.get(arm), alpha=0.18)
+        ax.fill_between(x[ok], part["ci_low"][ok], part["ci_high"][ok], color=arm_color(arm), alpha=0.18)
     ax.set_xscale("log")
     ticks = sorted(table["fraction"].unique() * 100)
     ax.set_xticks(ticks, [f"{t:g}%" + (f"\n({round(t / 100 * n_train_full)})" if n_train_full else "")
@@ -194,15 +187,15 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
     pub = published(dataset)
     ours: dict[tuple, dict[str, list[metrics.Run]]] = {}
     for r in (runset.runs if runset else []):
-        if _fraction(r) == 1:
-            ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(_split(r), []).append(r)
+        if r.id.train_fraction == 1:
+            ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(r.split, []).append(r)
     splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
     archs = metrics.arch_order()    # the arch table's order
     mine = sorted(ours, key=lambda k: (archs.index(k[0]), k[1], _order(k[2])))
     rows = []
     for arch, head, arm in dict.fromkeys([*pub, *mine]):
         by_split = ours.get((arch, head, arm), {})
-        row = {"model": arch_label(arch, head), "arm": ARM_TITLES.get(arm, arm),
+        row = {"model": arch_label(arch, head), "arm": arm_title(arm),
                "published": pub.get((arch, head, arm), {}).get("test_accuracy", math.nan),
                "seeds": max((len(v) for v in by_split.values()), default=0),
                "note": "" if by_split else (missing or {}).get((arch, head, arm), "not in this study")}

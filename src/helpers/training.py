@@ -68,8 +68,6 @@ PARAM_NAMES = tuple(DEFAULTS)
 # paper A's published constants (grey images replicated to RGB)
 PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
 EARLY_STOPPING_MONITOR = "val_loss"
-ARM_WORDS = {"imagenet": "ImageNet weights, fine-tuned", "linear_probe": "frozen ImageNet features, head trained",
-             "scratch": "random initialisation"}
 # Not part of a run's identity: a folder may be reached by another spelling of run_dir.
 _NOT_COMPARED = ("force", "run_dir")
 RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
@@ -677,7 +675,9 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
 def describe_run(run_dir: str | os.PathLike) -> str:
     """One line saying what was trained, flagging synthetic data."""
     params = json.loads((Path(run_dir) / "params.json").read_text())
-    arm = ARM_WORDS.get(params["arm"], f"backbone of {params['run'].get('init_source') or params['init_from']}")
+    arms = params_mod.ARMS
+    arm = (arms[params["arm"]].words if params["arm"] in arms
+           else f"backbone of {params['run'].get('init_source') or params['init_from']}")
     line = (f"{params['arch']} ({params['head']} head) on {params['dataset']}, {arm}, "
             f"{params['image_size']} px, seed {params['seed']}, device {params['device']}")
     if params.get("synthetic"):

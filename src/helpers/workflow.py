@@ -29,7 +29,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
                       model_validator)
 
 from . import atomic, data, models
-from .params import (ARM_FIELDS, ARMS, BOOK_STEPS, NOTEBOOK_PARAMS, NonNegInt, ParameterError,
+from .params import (ARMS, BOOK_STEPS, NOTEBOOK_PARAMS, NonNegInt, ParameterError,
                      PosInt, PrepParams, RunId, TrainParams, TrainSettings, check)
 
 EXPERIMENTS_DIR = Path("experiments")
@@ -80,7 +80,7 @@ class InitFrom(BaseModel):
     model_config = _YAML
 
     dataset: str
-    arm: Literal[ARMS] = "imagenet"
+    arm: Literal[tuple(ARMS)] = "imagenet"
 
 
 class InitFromArm(BaseModel):
@@ -93,7 +93,7 @@ class InitFromArm(BaseModel):
 
 # An arm is a name or an {init_from: ...} mapping; the tags only route validation (and its errors).
 _ARM_TAGS = ("arm name", "arm init_from")
-Arm = Annotated[Union[Annotated[Literal[ARMS], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
+Arm = Annotated[Union[Annotated[Literal[tuple(ARMS)], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
                 Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
 
 
@@ -313,7 +313,7 @@ def runs(exp: dict) -> dict[RunId, dict]:
             for arm in entry["arms"]:
                 for seed in entry["seeds"]:
                     if isinstance(arm, str):
-                        label, source, fields = arm, None, {"init_from": "", **ARM_FIELDS[arm]}
+                        label, source, fields = arm, None, {"init_from": "", **ARMS[arm].fields}
                     else:
                         src = arm["init_from"]
                         label = f"from-{src['dataset']}-{src['arm']}"
@@ -463,7 +463,8 @@ def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
     if reason:
         status = {"state": "missing", "kind": kind, "key": rid.key, "reason": reason,
                   "notebook": str(notebook_out)}
-        atomic.write_json(missing, {"reason": reason, "kind": kind, "notebook": str(notebook_out)})
+        atomic.write_json(missing, {"reason": reason, "kind": kind, "notebook": str(notebook_out),
+                                    "run": rid.as_record()})
         print(f"run {rid.key} could not complete ({kind}): {reason}", file=sys.stderr)
     else:
         missing.unlink(missing_ok=True)
