@@ -16,7 +16,7 @@ from torch import nn  # noqa: E402
 
 from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
 
-from helpers import explain, models  # noqa: E402
+from helpers import explain, intervals, models  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -251,22 +251,22 @@ def test_lung_maps_outside_the_lungs_carry_the_shortcut_warning():
 @pytest.mark.parametrize("values", [np.r_[np.zeros(30), np.ones(10)], np.linspace(-1, 3, 25) ** 3,
                                     np.random.default_rng(0).exponential(size=12), np.r_[0.0, 0.0, 0.0, 1.0]])
 def test_bootstrap_interval_contains_the_point_estimate(values):
-    ci = explain.bootstrap_ci(values)
+    ci = intervals.bootstrap_ci(values)
     assert ci.n == len(values) and ci.mean == pytest.approx(values.mean())
     assert ci.low <= ci.mean <= ci.high and ci.low < ci.high
-    assert explain.bootstrap_ci(values) == ci  # seeded
+    assert intervals.bootstrap_ci(values) == ci  # seeded
 
 
 def test_bootstrap_edge_cases_and_paired_difference():
-    flat = explain.bootstrap_ci([0.4, 0.4, 0.4])
+    flat = intervals.bootstrap_ci([0.4, 0.4, 0.4])
     assert flat.n == 3 and flat.low == flat.mean == flat.high == pytest.approx(0.4)
-    one = explain.bootstrap_ci([0.7, np.nan])
+    one = intervals.bootstrap_ci([0.7, np.nan])
     assert one.n == 1 and one.mean == 0.7 and np.isnan(one.low)
     rng = np.random.default_rng(1)
     b = rng.random(30)
-    d = explain.paired_difference(b + 0.3 + 0.01 * rng.standard_normal(30), b)
+    d = intervals.paired_difference(b + 0.3 + 0.01 * rng.standard_normal(30), b)
     assert d["ci_low"] > 0.25 and d["ci_high"] < 0.35 and d["wilcoxon_p"] < 0.001
-    same = explain.paired_difference(b, b)
+    same = intervals.paired_difference(b, b)
     assert same["difference"] == 0 and np.isnan(same["wilcoxon_p"])
 
 

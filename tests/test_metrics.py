@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support,
                              roc_auc_score)
 
-from helpers import metrics
+from helpers import intervals, metrics
 from helpers.params import RunId, arm_order
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -149,11 +149,11 @@ def test_test_scores_are_the_metrics_json_fields():
 
 
 def test_binomial_ci_wilson_and_exact():
-    low, high = metrics.binomial_ci(18, 20)
+    low, high = intervals.binomial_ci(18, 20)
     ci = stats.binomtest(18, 20).proportion_ci(0.95, method="wilson")
     assert (low, high) == pytest.approx((ci.low, ci.high))
-    assert metrics.binomial_ci(18, 20, method="exact")[0] < low  # Clopper-Pearson is wider here
-    assert all(math.isnan(v) for v in metrics.binomial_ci(0, 0))
+    assert intervals.binomial_ci(18, 20, method="exact")[0] < low  # Clopper-Pearson is wider here
+    assert all(math.isnan(v) for v in intervals.binomial_ci(0, 0))
 
 
 def test_published_values_come_from_the_data_file(tmp_path):
@@ -267,21 +267,21 @@ def test_load_runs_reports_missing_and_incomplete(tmp_path):
 
 
 def test_t_interval_by_formula():
-    ci = metrics.mean_ci([1, 2, 3])
+    ci = intervals.mean_ci([1, 2, 3])
     # mean 2, sd 1, sem 1/sqrt(3), t_{0.975, 2} = 4.302652729...
     half = 4.302652729749464 / math.sqrt(3)
     assert ci.mean == 2 and ci.sd == 1 and ci.n == 3
     assert ci.low == pytest.approx(2 - half, rel=1e-12)
     assert ci.high == pytest.approx(2 + half, rel=1e-12)
-    one = metrics.mean_ci([0.9])
+    one = intervals.mean_ci([0.9])
     assert one.mean == 0.9 and math.isnan(one.low) and one.n == 1
-    assert metrics.mean_ci([0.5, 0.5]).low == 0.5
+    assert intervals.mean_ci([0.5, 0.5]).low == 0.5
 
 
 def test_paired_test_known_answer():
     a = [0.9, 0.8, 0.7]
     b = [0.8, 0.6, 0.4]  # differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1
-    res = metrics.paired_test(a, b)
+    res = intervals.paired_test(a, b)
     t = 0.2 / (0.1 / math.sqrt(3))
     assert res["mean_diff"] == pytest.approx(0.2)
     assert res["t"] == pytest.approx(t)
@@ -290,7 +290,7 @@ def test_paired_test_known_answer():
     half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
     assert (res["diff_ci_low"], res["diff_ci_high"]) == pytest.approx((0.2 - half, 0.2 + half))
     assert math.isnan(res["p_wilcoxon"]) and "Wilcoxon not run" in res["note"]
-    six = metrics.paired_test([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0])
+    six = intervals.paired_test([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0])
     assert six["p_wilcoxon"] == pytest.approx(2 / 2 ** 6)  # all six signs positive, exact two-sided
 
 
@@ -298,13 +298,13 @@ def test_mcnemar_known_answers():
     # b = 0, c = 10: p = 2 * 0.5**10
     ca = np.array([True] * 20 + [False] * 10)
     cb = np.array([True] * 30)
-    res = metrics.mcnemar_exact(ca, cb)
+    res = intervals.mcnemar_exact(ca, cb)
     assert (res["b"], res["c"]) == (0, 10)
     assert res["p_mcnemar"] == pytest.approx(2 * 0.5 ** 10)
     assert res["acc_diff"] == pytest.approx(-10 / 30)
-    assert metrics.mcnemar_exact([True, False], [True, False])["p_mcnemar"] == 1.0
+    assert intervals.mcnemar_exact([True, False], [True, False])["p_mcnemar"] == 1.0
     # b = 3, c = 1: p = 2 * P(X <= 1 | n=4) = 2 * 5/16
-    res = metrics.mcnemar_exact([1, 1, 1, 0, 1], [0, 0, 0, 1, 1])
+    res = intervals.mcnemar_exact([1, 1, 1, 0, 1], [0, 0, 0, 1, 1])
     assert (res["b"], res["c"]) == (3, 1) and res["p_mcnemar"] == pytest.approx(10 / 16)
 
 
@@ -313,7 +313,7 @@ def test_accuracy_ci_wilson_by_formula():
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    ci = metrics.accuracy_ci(k, n)
+    ci = intervals.accuracy_ci(k, n)
     assert (ci["wilson_low"], ci["wilson_high"]) == pytest.approx((centre - half, centre + half))
     assert ci["exact_low"] == pytest.approx(stats.beta.ppf(0.025, k, n - k + 1))
     assert ci["exact_high"] == pytest.approx(stats.beta.ppf(0.975, k + 1, n - k))
@@ -335,7 +335,7 @@ def test_seed_summary_and_paired_tests(tmp_path):
     summary = metrics.seed_summary(rs)
     row = summary[(summary.arm == "imagenet") & (summary.metric == "test_accuracy")].iloc[0]
     accs = [r.metrics["test_accuracy"] for r in rs.runs if r.arm == "imagenet"]
-    ci = metrics.mean_ci(accs)
+    ci = intervals.mean_ci(accs)
     assert row["n"] == 3 and row["mean"] == pytest.approx(np.mean(accs))
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
     assert {"precision[COVID]", "recall[Normal]", "f1[Viral Pneumonia]", "auc[COVID]"} <= set(summary.metric)

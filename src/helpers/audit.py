@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import atomic, metrics
-from .metrics import binomial_ci
+from .intervals import binomial_ci
 from .data import load_prepared, prepare
 from .data.splits import (
     HAMMING_THRESHOLD,

@@ -49,7 +49,8 @@ from torch import nn
 
 from . import metrics
 from .data import get_spec
-from .params import ARMS, RunId, arm_order, arm_title, read_run_id
+from .intervals import Interval, bootstrap_ci, paired_difference
+from .params import RunId, arm_order, arm_title, read_run_id
 
 METHODS = ("saliency", "gradcam")
 METHOD_TITLES = {"saliency": "saliency", "gradcam": "Grad-CAM"}
@@ -58,7 +59,6 @@ CENTRE_SIGMA = 0.25  # the centre prior's sigma, as a fraction of the image side
 SANITY_PASS_BELOW = 0.5  # mean Spearman rho whose interval must lie below it: maps changed with the weights
 SANITY_MODES = ("full", "cascade")
 SANITY_STAGES = 4  # cascade: cumulative quarters of the layers, top first
-CONFIDENCE = 0.95
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -205,51 +205,6 @@ def centre_baseline(masks: np.ndarray, tolerance_px: int = 0) -> pd.DataFrame:
     maps = np.broadcast_to(centre_prior(*masks.shape[1:]), masks.shape)
     return pd.DataFrame({"centre_energy_share": energy_share(maps, masks),
                          "centre_pointing": pointing_hits(maps, masks, tolerance_px)})
-
-
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float
-    high: float
-    n: int
-
-
-def bootstrap_ci(values, confidence: float = CONFIDENCE, n_resamples: int = 2000, seed: int = 0) -> Interval:
-    """Mean over images with a bootstrap interval (``scipy.stats.bootstrap``, BCa; the percentile
-    interval where BCa is undefined, as for very skewed or near-constant scores). nan values are
-    dropped; one value has no interval (nan), identical values a zero-width one."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if len(x) == 1:
-        return Interval(mean, math.nan, math.nan, 1)
-    if np.ptp(x) == 0:
-        return Interval(mean, mean, mean, len(x))
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # BCa's degenerate-distribution warning: we fall back instead
-            ci = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                                 method=method, random_state=seed).confidence_interval
-        if np.isfinite(ci.low) and np.isfinite(ci.high):
-            break
-    return Interval(mean, float(min(ci.low, mean)), float(max(ci.high, mean)), len(x))
-
-
-def paired_difference(a, b, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
-    """a - b on the same images: bootstrap interval of the mean difference and the Wilcoxon
-    signed-rank p-value (nan when every difference is zero or fewer than two pairs)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    d = a[ok] - b[ok]
-    ci = bootstrap_ci(d, confidence, seed=seed)
-    p = math.nan
-    if len(d) >= 2 and np.any(d != 0):
-        p = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
-    return {"n": ci.n, "a": float(a[ok].mean()) if ci.n else math.nan, "b": float(b[ok].mean()) if ci.n else math.nan,
-            "difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "wilcoxon_p": p}
 
 
 def road_scores(model: nn.Module, images: torch.Tensor, targets: Sequence[int], maps: np.ndarray,

@@ -35,12 +35,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from .params import RunId, TrainSettings, arm_order, read_run_id
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -53,9 +51,10 @@ from sklearn.metrics import (
 # run's checkpoint) sorts after them, alphabetically. See arm_order().
 REFERENCE_ARM = "scratch"  # paired comparisons: every other arm against this one, and each pair
 ZERO_DIVISION = 0.0
-CONFIDENCE = 0.95
-WILCOXON_MIN_PAIRS = 6  # below 6 pairs the exact two-sided p can never reach 0.05
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
+
+from .intervals import CONFIDENCE, accuracy_ci, binomial_ci, mcnemar_exact, mean_ci, paired_test
+from .params import RunId, TrainSettings, arm_order, read_run_id
 
 # What makes a configuration, stated positively: the run identity and the training settings,
 # less the replicate (seed), the arm (compared within a configuration) and where or how fast it
@@ -538,96 +537,6 @@ def roc_curves(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
         fpr, tpr, _ = roc_curve(positive, probs[:, c])
         out[name] = (fpr, tpr, run.metrics["test_auc_per_class"][c])
     return out
-
-
-# ------------------------------------------------------------------- statistics
-
-
-class CI(NamedTuple):
-    mean: float
-    low: float
-    high: float
-    n: int
-    sd: float
-
-
-def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> CI:
-    """Mean with its Student t-interval; for one value the interval is undefined (nan)."""
-    x = np.asarray([v for v in values], dtype=float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return CI(math.nan, math.nan, math.nan, 0, math.nan)
-    mean = float(x.mean())
-    if n == 1:
-        return CI(mean, math.nan, math.nan, 1, math.nan)
-    sd = float(x.std(ddof=1))
-    if sd == 0:
-        return CI(mean, mean, mean, n, 0.0)
-    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return CI(mean, float(low), float(high), n, sd)
-
-
-def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:
-    """Paired comparison of a and b (a - b): t-test, Wilcoxon (n >= 6), mean difference with CI, Cohen's d_z."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
-    d = a - b
-    n = len(d)
-    ci = mean_ci(d, confidence)
-    out = {"n_pairs": n, "mean_a": float(a.mean()) if n else math.nan,
-           "mean_b": float(b.mean()) if n else math.nan, "mean_diff": ci.mean,
-           "diff_ci_low": ci.low, "diff_ci_high": ci.high, "t": math.nan, "p_ttest": math.nan,
-           "cohens_dz": math.nan, "wilcoxon_stat": math.nan, "p_wilcoxon": math.nan, "note": ""}
-    notes = []
-    if n < 2:
-        notes.append("fewer than 2 pairs: no paired t-test (see McNemar for single runs)")
-    elif ci.sd == 0:
-        notes.append("all paired differences are equal: t-test and d_z undefined")
-    else:
-        res = stats.ttest_rel(a, b)
-        out.update(t=float(res.statistic), p_ttest=float(res.pvalue), cohens_dz=ci.mean / ci.sd)
-    if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
-        res = stats.wilcoxon(a, b)
-        out.update(wilcoxon_stat=float(res.statistic), p_wilcoxon=float(res.pvalue))
-    elif n >= 2:
-        notes.append(f"Wilcoxon not run: {n} pairs (< {WILCOXON_MIN_PAIRS}) cannot reach p < 0.05"
-                     if n < WILCOXON_MIN_PAIRS else "Wilcoxon not run: all differences are zero")
-    out["note"] = "; ".join(notes)
-    return out
-
-
-def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
-    """McNemar's exact test for two classifiers on the same items.
-
-    b = items only a gets right, c = items only b gets right; under H0 b ~ Binomial(b + c, 1/2).
-    """
-    ca, cb = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if ca.shape != cb.shape:
-        raise ValueError(f"McNemar needs the same items for both models, got {len(ca)} and {len(cb)}")
-    b = int((ca & ~cb).sum())
-    c = int((~ca & cb).sum())
-    n = len(ca)
-    p = float(stats.binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
-    return {"n_test": n, "acc_a": float(ca.mean()), "acc_b": float(cb.mean()),
-            "acc_diff": (b - c) / n if n else math.nan, "b": b, "c": c, "p_mcnemar": p}
-
-
-def binomial_ci(n_correct: int, n: int, confidence: float = CONFIDENCE,
-                method: str = "wilson") -> tuple[float, float]:
-    """Interval for a proportion n_correct / n: ``"wilson"`` (score) or ``"exact"``
-    (Clopper-Pearson), from ``scipy.stats.binomtest``; (nan, nan) when n is 0."""
-    if n == 0:
-        return math.nan, math.nan
-    ci = stats.binomtest(int(n_correct), int(n)).proportion_ci(confidence, method=method)
-    return float(ci.low), float(ci.high)
-
-
-def accuracy_ci(n_correct: int, n: int, confidence: float = CONFIDENCE) -> dict:
-    """Wilson and Clopper-Pearson ('exact') intervals for one accuracy."""
-    (wl, wh), (el, eh) = (binomial_ci(n_correct, n, confidence, m) for m in ("wilson", "exact"))
-    return {"wilson_low": wl, "wilson_high": wh, "exact_low": el, "exact_high": eh}
 
 
 # ------------------------------------------------------------------------ tables

@@ -37,7 +37,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, metrics, models
+from . import atomic, intervals, metrics, models
 from .params import ARMS, arm_order, arm_title
 
 SYNTHETIC_SUFFIX = " — SYNTHETIC DATA"
@@ -248,8 +248,8 @@ def loss_curves_figure(runset: metrics.RunSet) -> plt.Figure:
         for arm, runs in arms.items():
             long = pd.concat([r.history.assign(seed=r.seed) for r in runs])
             for col, style in (("train_loss", "-"), ("val_loss", "--")):
-                stats = long.groupby("epoch")[col].apply(lambda v: metrics.mean_ci(v)).apply(pd.Series)
-                stats.columns = list(metrics.CI._fields)
+                stats = long.groupby("epoch")[col].apply(lambda v: intervals.mean_ci(v)).apply(pd.Series)
+                stats.columns = list(intervals.Interval._fields)
                 name = f"{arm_title(arm)} {'train' if col == 'train_loss' else 'val'}"
                 ax.plot(stats.index, stats["mean"], style, color=arm_color(arm), label=name, marker=".")
                 band = stats["n"] > 1
@@ -556,7 +556,7 @@ def headline(ev: "Evaluation") -> dict[str, str]:
     out = {}
     for arm in ("imagenet", "scratch"):
         accs = [r.metrics["test_accuracy"] for r in runs if r.label == label and r.arm == arm]
-        ci = metrics.mean_ci(accs)
+        ci = intervals.mean_ci(accs)
         seeds = f" (mean of {ci.n} seeds)" if ci.n > 1 else ""
         out[arm] = _number(ci.mean) + (seeds if ci.n else "")
     row = ev.paired_tests[(ev.paired_tests["label"] == label) & (ev.paired_tests["metric"] == "test_accuracy")
@@ -608,7 +608,7 @@ def split_comparison(ev: Evaluation) -> pd.DataFrame:
     for (arch, head, split, arm), accs in sorted(
             groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
                                             arm_order(kv[0][3]))):
-        ci = metrics.mean_ci(accs)
+        ci = intervals.mean_ci(accs)
         rows.append({"backbone": ARCH_TITLES.get(arch, arch), "head": head, "split": split,
                      "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
                      "95% CI low": ci.low, "95% CI high": ci.high})

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from . import metrics, models, records
+from . import intervals, metrics, models, records
 from .params import arm_title
 from .report import arm_color
-from .metrics import CONFIDENCE
+from .intervals import CONFIDENCE
 
 COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
-N_RESAMPLES = 2000
 SPLIT_TITLES = {"random": "random split", "block": "blocks of 25 consecutive slices",
                 "grouped": "near-duplicate groups"}
 
@@ -52,13 +50,8 @@ def correctness(runs: list[metrics.Run]) -> pd.DataFrame:
 
 def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-image values."""
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2 or np.all(values == values[0]):
-        return float(values.mean()), float(values.mean())
-    res = stats.bootstrap((values,), np.mean, n_resamples=N_RESAMPLES, confidence_level=confidence,
-                          method="percentile", random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
+    ci = intervals.bootstrap_ci(values, confidence, seed=np.random.default_rng(seed), method="percentile")
+    return ci.low, ci.high
 
 def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list[metrics.Run]]:
     """(arch, head, split, fraction, arm) -> runs (one per seed)."""
@@ -114,7 +107,7 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                 diff = (ca.mean(axis=1) - cb.mean(axis=1)).to_numpy()
                 low, high = bootstrap_ci(diff)
                 s0 = seeds[0]
-                mc = metrics.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
+                mc = intervals.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
                 rows.append({"dataset": ds, "split": key[2], "comparison": f"{arm_title(a)} − {arm_title(b)}",
                              "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
                              "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
@@ -131,7 +124,7 @@ def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
     for (a, h, s, fraction, arm), runs in _groups(runset, arch).items():
         if h != head or s != split:
             continue
-        ci = metrics.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence)
+        ci = intervals.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence)
         n = sum(max(1, math.ceil(fraction * c - 1e-9)) for c in train_counts) if train_counts else None
         rows.append({"arm": arm, "fraction": fraction, "n_train_images": n, "seeds": ci.n,
                      "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high})

@@ -42,7 +42,6 @@ import subprocess
 import time
 import types
 import warnings
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
