@@ -12,15 +12,16 @@ import shlex
 from pathlib import Path
 
 from helpers import records, runner
+from helpers import experiment as ex
 from helpers import workflow as wf
 from helpers.data.synthetic import GENERATOR_VERSION
 
-EXP = wf.load_experiment(config.get("experiment", "demo"), str(config.get("data_dir", "") or ""))
+EXP = ex.load_experiment(config.get("experiment", "demo"), str(config.get("data_dir", "") or ""))
 NAME = EXP["name"]
-RES = str(wf.results_dir(EXP))
-RUNS = wf.runs(EXP)                                    # RunId -> TrainParams values
+RES = str(ex.results_dir(EXP))
+RUNS = ex.runs(EXP)                                    # RunId -> TrainParams values
 RUN_DIRS = {str(rid.run_dir()): rid for rid in RUNS}
-PREPS = {str(wf.prepared_dir(p)): p for p in wf.preps(EXP)}   # prepared folder -> PrepParams values
+PREPS = {str(ex.prepared_dir(p)): p for p in ex.preps(EXP)}   # prepared folder -> PrepParams values
 PREPARED = str(Path(next(iter(PREPS))).parent.parent)  # <data root>/prepared
 EXP_ARG = shlex.quote(EXP["path"])
 DATA_ARG = shlex.quote(str(config.get("data_dir", "") or ""))
@@ -30,7 +31,7 @@ PAPERMILL = f"papermill --cwd . --no-progress-bar --start-timeout {wf.kernel_sta
 FAILED = f"python -m helpers.runner failed --to {shlex.quote(str(runner.failed_dir(EXP)))}"
 
 wildcard_constraints:
-    dataset="|".join(wf.DATASET_NAMES),
+    dataset="|".join(ex.DATASET_NAMES),
     step="|".join(wf.BOOK_STEPS),
     prep=r"[^/]+",
     run="|".join(map(re.escape, RUN_DIRS)),   # exactly the grid's run folders
@@ -252,7 +253,7 @@ rule book:
     input:
         statuses(RUNS),
         str(wf.reference_notebook(EXP)),
-        [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in wf.DATASET_NAMES],
+        [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in ex.DATASET_NAMES],
         str(wf.summary_notebook(EXP)),
         "_toc.yml",
         "_config.yml",

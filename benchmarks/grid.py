@@ -48,9 +48,9 @@ PROJECTED = ("paper_a+paper_b", "full")
 
 
 def _experiment_file(name: str) -> dict:
-    from helpers import workflow
+    from helpers import experiment as ex
 
-    return yaml.safe_load(workflow.experiment_path(name).read_text())
+    return yaml.safe_load(ex.experiment_path(name).read_text())
 
 
 def compose(experiments: list[str], fraction: float, epochs: int | None = None,
@@ -122,17 +122,18 @@ def run_grid(exp: dict, cores: int = 1, keep: bool = False) -> dict:
     """Run the training part of ``exp`` from nothing with Snakemake; time it and its steps."""
     import pandas as pd
 
+    from helpers import experiment as ex
     from helpers import workflow
 
     name = exp["name"]
-    results, runs_dir = workflow.results_dir({"name": name}), Path("runs") / name
+    results, runs_dir = ex.results_dir({"name": name}), Path("runs") / name
     for folder in (results, runs_dir):
         shutil.rmtree(folder, ignore_errors=True)
     results.mkdir(parents=True)
     exp_file = results / "experiment.yaml"
     exp_file.write_text(yaml.safe_dump(exp, sort_keys=False))
-    loaded = workflow.load_experiment(exp_file)
-    specs = workflow.runs(loaded)
+    loaded = ex.load_experiment(exp_file)
+    specs = ex.runs(loaded)
     targets = [str(workflow.status_file(rid)) for rid in specs]
     bin_dir = str(Path(sys.executable).parent)
     with tempfile.TemporaryDirectory(prefix="bench-grid-") as tmp:
@@ -237,7 +238,7 @@ def _config_key(row: dict) -> str:
 
 def project(experiments: list[str], fits: dict) -> dict:
     """Projected one-at-a-time wall time of a grid from the fitted per-configuration costs."""
-    from helpers import workflow
+    from helpers import experiment as ex
 
     exps = [_experiment_file(e) for e in experiments]
     total, train, unknown = 0.0, 0.0, []
@@ -250,8 +251,8 @@ def project(experiments: list[str], fits: dict) -> dict:
     n_runs = 0
     for name in experiments:
         # Only to list the runs: no data is read, so no data directories are needed.
-        listed = workflow.load_experiment(name, need_data=False)
-        for rid, p in workflow.runs(listed).items():
+        listed = ex.load_experiment(name, need_data=False)
+        for rid, p in ex.runs(listed).items():
             key = _config_key({"dataset": rid.dataset, "arch": rid.arch, "head": rid.head,
                                "image_size": p["image_size"]})
             fit = fits["configs"].get(key)

@@ -16,7 +16,7 @@ from torch import nn  # noqa: E402
 
 from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
 
-from helpers import explain, intervals, models  # noqa: E402
+from helpers import explain, intervals, map_scores, models  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,26 +91,26 @@ def test_energy_share_and_pointing_known_answers():
     maps[0, 2, 2], maps[0, 8, 8] = 3.0, 1.0  # 3/4 inside, peak inside
     maps[1, 5, 5] = 1.0  # peak 2.8 px from the mask corner (3, 3): outside, within 3 px
     maps[2] = 0  # all zero: nothing in the region, no maximum to point with
-    share = explain.energy_share(maps, masks)
+    share = map_scores.energy_share(maps, masks)
     assert share[0] == pytest.approx(0.75) and share[1] == 0 and share[2] == 0
-    hits0 = explain.pointing_hits(maps, masks, tolerance_px=0)
+    hits0 = map_scores.pointing_hits(maps, masks, tolerance_px=0)
     assert hits0[0] == 1 and hits0[1] == 0 and hits0[2] == 0
     empty = np.zeros((1, 10, 10))
-    assert np.isnan(explain.energy_share(maps[:1], empty)[0]) and np.isnan(explain.pointing_hits(maps[:1], empty)[0])
-    hits3 = explain.pointing_hits(maps, masks, tolerance_px=3)
+    assert np.isnan(map_scores.energy_share(maps[:1], empty)[0]) and np.isnan(map_scores.pointing_hits(maps[:1], empty)[0])
+    hits3 = map_scores.pointing_hits(maps, masks, tolerance_px=3)
     assert hits3[1] == 1
-    assert explain.pointing_tolerance(224) == 15 and explain.pointing_tolerance(64) == 4
+    assert map_scores.pointing_tolerance(224) == 15 and map_scores.pointing_tolerance(64) == 4
 
 
 def test_random_baseline_matches_area_fraction():
     masks = np.zeros((4, 32, 32), np.uint8)
     masks[:, :8, :] = 1  # a quarter of the image
-    base = explain.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
+    base = map_scores.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
     assert base["mask_area_fraction"].tolist() == [0.25] * 4
     assert base["random_energy_share"].mean() == pytest.approx(0.25, abs=0.01)
     assert base["random_pointing"].mean() == pytest.approx(0.25, abs=0.1)
     assert base["dilated_area_fraction"].tolist() == [0.25] * 4
-    again = explain.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
+    again = map_scores.random_baseline(masks, tolerance_px=0, n_random=50, seed=0)
     assert again.equals(base)  # seeded
 
 
@@ -118,10 +118,10 @@ def test_select_images_deterministic():
     labels = np.array([0, 1, 0, 1, 0, 2, 1])
     split = np.array(["test", "test", "test", "train", "test", "test", "test"])
     paths = ["c.png", "b.png", "a.png", "z.png", "b0.png", "q.png", "a.png"]
-    idx = explain.select_images(labels, split, paths, 2)
+    idx = map_scores.select_images(labels, split, paths, 2)
     assert idx.tolist() == [2, 4, 6, 1, 5]
     eligible = np.array([1, 1, 0, 1, 1, 1, 1], bool)
-    assert explain.select_images(labels, split, paths, 1, eligible=eligible).tolist() == [4, 6, 5]
+    assert map_scores.select_images(labels, split, paths, 1, eligible=eligible).tolist() == [4, 6, 5]
 
 
 # ------------------------------------------------------- end to end on tiny runs
@@ -207,11 +207,11 @@ def _off_centre_masks(n=4, size=32):
 
 
 def test_centre_prior_scores_centred_regions_and_not_off_centre_ones():
-    prior = explain.centre_prior(32, 32)
+    prior = map_scores.centre_prior(32, 32)
     assert prior.max() == pytest.approx(prior[15:17, 15:17].max()) and prior[0, 0] < 0.05
     centred = np.zeros((1, 32, 32), np.uint8)
     centred[0, 8:24, 8:24] = 1
-    base = explain.centre_baseline(np.concatenate([centred, _off_centre_masks(1)]), tolerance_px=0)
+    base = map_scores.centre_baseline(np.concatenate([centred, _off_centre_masks(1)]), tolerance_px=0)
     assert base["centre_pointing"].tolist() == [1.0, 0.0]
     # the blob puts more of its weight on a centred region than its area fraction (a quarter)
     assert base["centre_energy_share"][0] > 0.25 + 0.2 and base["centre_energy_share"][1] < 0.05
@@ -220,29 +220,29 @@ def test_centre_prior_scores_centred_regions_and_not_off_centre_ones():
 def test_a_map_equal_to_the_mask_beats_both_baselines():
     masks = _off_centre_masks()
     maps = masks.astype(float)
-    ours = explain.score_maps(maps, masks, tolerance_px=0)
-    base = pd.concat([explain.random_baseline(masks, 0, n_random=20), explain.centre_baseline(masks, 0)], axis=1)
+    ours = map_scores.score_maps(maps, masks, tolerance_px=0)
+    base = pd.concat([map_scores.random_baseline(masks, 0, n_random=20), map_scores.centre_baseline(masks, 0)], axis=1)
     assert (ours["energy_share"] > base["random_energy_share"]).all()
     assert (ours["energy_share"] > base["centre_energy_share"]).all()
     assert (ours["pointing_hit"] > base["random_pointing"]).all()
     assert (ours["pointing_hit"] > base["centre_pointing"]).all()
     scores = pd.concat([ours, base], axis=1).assign(arm="imagenet", method="gradcam", region="lesion",
                                                     path=[f"{i}.png" for i in range(len(masks))])
-    table = explain.tests_table("ct_kidney", scores, pd.DataFrame(columns=["arm", "method"]),
+    table = map_scores.tests_table("ct_kidney", scores, pd.DataFrame(columns=["arm", "method"]),
                                 pd.DataFrame(columns=["arm", "method", "stage_index"]))
     assert table["verdict"].tolist() == ["beats both", "beats both"]
     # the centre prior itself, used as the map, beats the random map but not itself
-    centre = np.broadcast_to(explain.centre_prior(32, 32), masks.shape)
-    assert (explain.energy_share(centre, masks) < ours["energy_share"]).all()
+    centre = np.broadcast_to(map_scores.centre_prior(32, 32), masks.shape)
+    assert (map_scores.energy_share(centre, masks) < ours["energy_share"]).all()
 
 
 def test_lung_maps_outside_the_lungs_carry_the_shortcut_warning():
     masks = _off_centre_masks()
     maps = 1.0 - masks  # everything but the region
-    scores = pd.concat([explain.score_maps(maps, masks, 0), explain.random_baseline(masks, 0),
-                        explain.centre_baseline(masks, 0)], axis=1).assign(arm="scratch", method="saliency",
+    scores = pd.concat([map_scores.score_maps(maps, masks, 0), map_scores.random_baseline(masks, 0),
+                        map_scores.centre_baseline(masks, 0)], axis=1).assign(arm="scratch", method="saliency",
                                                                           region="lung")
-    table = explain.tests_table("covid_radiography", scores, pd.DataFrame(columns=["arm", "method"]),
+    table = map_scores.tests_table("covid_radiography", scores, pd.DataFrame(columns=["arm", "method"]),
                                 pd.DataFrame(columns=["arm", "method", "stage_index"]))
     share = table[table.score == "region share"].iloc[0]
     assert share["verdict"] == "no better than random" and "DeGrave" in share["meaning"]
@@ -302,12 +302,12 @@ def test_road_is_positive_for_the_relevant_region_and_negative_for_its_inverse()
 def test_rank_correlation_of_identical_constant_and_unrelated_maps():
     rng = np.random.default_rng(0)
     a = rng.random((2, 8, 8))
-    assert explain.map_rank_correlation(a, a) == pytest.approx([1, 1])
-    assert explain.map_rank_correlation(a, a ** 3 + 5) == pytest.approx([1, 1])  # ranks only
-    assert explain.map_rank_correlation(a, -a) == pytest.approx([-1, -1])
+    assert map_scores.map_rank_correlation(a, a) == pytest.approx([1, 1])
+    assert map_scores.map_rank_correlation(a, a ** 3 + 5) == pytest.approx([1, 1])  # ranks only
+    assert map_scores.map_rank_correlation(a, -a) == pytest.approx([-1, -1])
     const = np.full((2, 8, 8), 0.5)
-    assert explain.map_rank_correlation(const, const).tolist() == [1.0, 1.0]  # unchanged: the maximum
-    assert explain.map_rank_correlation(a, np.zeros_like(a)).tolist() == [0.0, 0.0]
+    assert map_scores.map_rank_correlation(const, const).tolist() == [1.0, 1.0]  # unchanged: the maximum
+    assert map_scores.map_rank_correlation(a, np.zeros_like(a)).tolist() == [0.0, 0.0]
 
 
 def test_randomized_models_reinitialise_every_layer_and_leave_the_model_alone():
@@ -337,7 +337,7 @@ def test_a_constant_map_fails_the_sanity_check(monkeypatch):
     maps = explain.compute_maps("saliency", model, "resnet18", x, [0, 1, 2, 0])
     rho = explain.sanity_correlations("saliency", model, "resnet18", x, [0, 1, 2, 0], maps, "full")
     assert rho["sanity_rho"].tolist() == [1.0] * 4
-    table = explain.tests_table("ct_kidney", pd.DataFrame(columns=["arm", "method"]),
+    table = map_scores.tests_table("ct_kidney", pd.DataFrame(columns=["arm", "method"]),
                                 pd.DataFrame(columns=["arm", "method"]), rho.assign(arm="imagenet", method="saliency"))
     row = table.iloc[0]
     assert row["score"] == "sanity rho" and row["value"] == 1.0 and row["verdict"] == "fails"

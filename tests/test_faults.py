@@ -19,6 +19,7 @@ import torch
 
 from helpers import atomic, runner, training
 from helpers import params as P
+from helpers import experiment as ex
 from helpers import workflow as wf
 
 from workspace import workflow_copy
@@ -131,11 +132,11 @@ def test_a_changed_data_folder_reruns_data_prep_and_training(study):
         assert counts.get("data_prep") == 1 and counts.get("train") == 1, (change, log)
         assert "Params have changed" in log, (change, log)
     # the fingerprint Snakemake compares is the one data prep records and the run traces
-    exp = wf.load_experiment(str(work / "experiments/tiny.yaml"), str(download))
-    (prep,) = wf.preps(exp)
+    exp = ex.load_experiment(str(work / "experiments/tiny.yaml"), str(download))
+    (prep,) = ex.preps(exp)
     os.chdir(work)
     try:
-        info = json.loads((wf.prepared_dir(prep) / "info.json").read_text())
+        info = json.loads((ex.prepared_dir(prep) / "info.json").read_text())
     finally:
         os.chdir(ROOT)
     params = json.loads((work / RUN / "params.json").read_text())
@@ -173,7 +174,7 @@ def test_a_wrong_data_folder_fails_before_any_job(tmp_path, real_or_tiny_kidney,
     for cls in ("COVID", "Normal", "Viral Pneumonia"):
         (empty / cls).mkdir(parents=True)
         (empty / cls / "notes.txt").write_text("no images here")
-    exp = wf.load_experiment(str(work / "experiments/tiny.yaml"), str(empty))
+    exp = ex.load_experiment(str(work / "experiments/tiny.yaml"), str(empty))
     with pytest.raises(runner.PreflightError, match=r"COVID' holds no image files; expected .png images"):
         runner.check_data_dirs(exp)
 
@@ -257,7 +258,7 @@ def test_a_failed_run_fails_make_report_an_absent_one_does_not(tmp_path, monkeyp
     monkeypatch.setattr(wf, "execute", execute)
 
     def snakemake(cmd):  # stands in for Snakemake: the train jobs, then the book
-        for rid in wf.runs(wf.load_experiment(str(exp_file))):
+        for rid in ex.runs(ex.load_experiment(str(exp_file))):
             wf.train_one(str(exp_file), rid.key)
         return 0, "6 of 6 steps (100%) done\n", None
 
@@ -267,7 +268,7 @@ def test_a_failed_run_fails_make_report_an_absent_one_does_not(tmp_path, monkeyp
     assert err[-1].startswith("make report: FAILED") and "1 run(s) failed" in err[-1]
     assert "failed: covid_radiography/resnet18-scratch-s0: DiskFullError: disk full" in "\n".join(err[-4:])
     assert "absent: covid_radiography/resnet18-imagenet-s0: MissingWeightsError" in "\n".join(err[-4:])
-    kinds = {r["key"].split("/")[1]: r["kind"] for r in runner.runs_not_complete(wf.load_experiment(str(exp_file)))}
+    kinds = {r["key"].split("/")[1]: r["kind"] for r in runner.runs_not_complete(ex.load_experiment(str(exp_file)))}
     assert kinds == {"resnet18-imagenet-s0": "absent", "resnet18-scratch-s0": "failed"}
     state["fail"] = False      # the disk has room again: only the absent run remains, exit 0
     assert runner.report(str(exp_file), "", 1) == 0

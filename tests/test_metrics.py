@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support,
                              roc_auc_score)
 
-from helpers import intervals, metrics
+from helpers import intervals, metrics, tables
 from helpers.params import RunId, arm_order
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -177,11 +177,11 @@ def test_arm_read_from_params_and_every_arm_compared(tmp_path):
     assert {r.label for r in rs.runs} == {"resnet18"}  # the arm's parameters are not the configuration's
     assert sorted({r.arm for r in rs.runs}, key=arm_order) == [
         "imagenet", "linear_probe", "scratch", "from-ct_kidney-imagenet"]
-    paired = metrics.paired_tests(rs)
+    paired = tables.paired_tests(rs)
     pairs = list(dict.fromkeys(zip(paired.arm_a, paired.arm_b)))
     assert pairs[:3] == [("imagenet", "scratch"), ("linear_probe", "scratch"), ("from-ct_kidney-imagenet", "scratch")]
     assert len(pairs) == 6 and (paired.n_pairs == 2).all()
-    assert len(metrics.mcnemar_tests(rs)) == 12  # 6 pairs x 2 seeds
+    assert len(tables.mcnemar_tests(rs)) == 12  # 6 pairs x 2 seeds
 
 
 def test_a_run_without_an_identity_is_reported_never_guessed_from_its_folder_name(tmp_path):
@@ -332,25 +332,25 @@ def _grid(tmp_path, seeds=(0, 1, 2)):
 
 def test_seed_summary_and_paired_tests(tmp_path):
     rs = _grid(tmp_path)
-    summary = metrics.seed_summary(rs)
+    summary = tables.seed_summary(rs)
     row = summary[(summary.arm == "imagenet") & (summary.metric == "test_accuracy")].iloc[0]
     accs = [r.metrics["test_accuracy"] for r in rs.runs if r.arm == "imagenet"]
     ci = intervals.mean_ci(accs)
     assert row["n"] == 3 and row["mean"] == pytest.approx(np.mean(accs))
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
     assert {"precision[COVID]", "recall[Normal]", "f1[Viral Pneumonia]", "auc[COVID]"} <= set(summary.metric)
-    paired = metrics.paired_tests(rs)
+    paired = tables.paired_tests(rs)
     acc = paired[paired.metric == "test_accuracy"].iloc[0]
     a = [r.metrics["test_accuracy"] for r in sorted(rs.runs, key=lambda r: r.seed) if r.arm == "imagenet"]
     b = [r.metrics["test_accuracy"] for r in sorted(rs.runs, key=lambda r: r.seed) if r.arm == "scratch"]
     assert acc["n_pairs"] == 3 and acc["p_ttest"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    mc = metrics.mcnemar_tests(rs)
+    mc = tables.mcnemar_tests(rs)
     assert len(mc) == 3 and set(mc.seed) == {0, 1, 2}
 
 
 def test_table1_beside_paper_a(tmp_path):
     rs = _grid(tmp_path, seeds=(0,))
-    t = metrics.table1(rs)
+    t = tables.table1(rs)
     assert ("resnet18", "imagenet", "ours") in t.columns
     assert t.loc["Testing accuracy", ("resnet18", "imagenet", "paper A (published)")] == "0.971"
     assert t.loc["Validation loss (final epoch)", ("alexnet", "imagenet", "paper A (published)")] == "5.0975"
@@ -359,7 +359,7 @@ def test_table1_beside_paper_a(tmp_path):
     assert t.loc["Testing accuracy", ("vgg11", "scratch", "ours")] == "—"
     ours = rs.runs[0].metrics["test_accuracy"]
     assert t.loc["Testing accuracy", ("resnet18", rs.runs[0].arm, "ours")] == f"{ours:.3f}"
-    note = metrics.loss_scale_note(rs)
+    note = tables.loss_scale_note(rs)
     assert "4.228–13.931" in note and "ln 3" in note
 
 
@@ -373,7 +373,7 @@ def test_table1_paper_b_and_heads(tmp_path):
                   dataset="ct_kidney")
     rs = metrics.load_runs("ct_kidney", root=tmp_path / "runs")
     assert {r.label for r in rs.runs} == {"vgg16-dense1024"}
-    t = metrics.table1(rs)
+    t = tables.table1(rs)
     assert t.loc["Testing accuracy", ("vgg16-dense1024", "imagenet", "paper B (published)")] == "0.9896"
     assert t.loc["Testing accuracy", ("vgg16-dense1024", "scratch", "paper B (published)")] == "0.6894"
     assert t.loc["Highest validation accuracy", ("vgg16-dense1024", "scratch", "paper B (published)")] == "—"
@@ -388,7 +388,7 @@ def test_published_values_sit_only_beside_the_papers_own_split(tmp_path):
             write_run(ds / f"vgg16-{pre}-{split}", arch="vgg16", head="dense1024", pretrained=pre,
                       labels=labels, preds=preds, probs=probs, class_names=classes,
                       dataset="ct_kidney", extra_params={"split": split})
-    t = metrics.table1(metrics.load_runs("ct_kidney", root=tmp_path / "runs"))
+    t = tables.table1(metrics.load_runs("ct_kidney", root=tmp_path / "runs"))
     published = [c for c in t.columns if c[2] == "paper B (published)"]
     assert sorted(published) == [("vgg16-dense1024 (split=random)", "imagenet", "paper B (published)"),
                                  ("vgg16-dense1024 (split=random)", "scratch", "paper B (published)")]
@@ -403,7 +403,7 @@ def test_pairing_requires_identical_test_images(tmp_path):
               paths=[f"other/{i}.png" for i in range(len(labels))])
     rs = metrics.load_runs("covid_radiography", root=tmp_path / "runs")
     with pytest.raises(ValueError, match="different images"):
-        metrics.mcnemar_tests(rs)
+        tables.mcnemar_tests(rs)
 
 
 def test_config_labels_separate_differing_params(tmp_path):
@@ -423,7 +423,7 @@ def test_above_chance_pools_seeds_and_compares_the_interval_with_one_over_k():
 
     runset = types.SimpleNamespace(runs=[run("net", "imagenet", 0, 30), run("net", "imagenet", 1, 28),
                                          run("net", "scratch", 0, 11), run("net", "scratch", 1, 9)])
-    table = metrics.above_chance(runset).set_index("arm")
+    table = tables.above_chance(runset).set_index("arm")
     assert table.loc["imagenet", "seeds"] == 2 and table.loc["imagenet", "accuracy"] == 58 / 80
     assert table.loc["imagenet", "learned"] and not table.loc["scratch", "learned"]  # 20/80 = chance
     assert table.loc["scratch", "ci_low"] < 0.25 < table.loc["scratch", "ci_high"]

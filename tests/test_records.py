@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import records, study
-from helpers import workflow as wf
+from helpers import experiment as ex
 from helpers.params import RunId
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def _repo_root(monkeypatch):
 def test_the_committed_records_agree_with_the_experiment_file():
     assert records.check(records.REFERENCE) == []
     manifest = records.load_manifest(records.REFERENCE)
-    grid = wf.runs(wf.load_experiment(records.REFERENCE, need_data=False))
+    grid = ex.runs(ex.load_experiment(records.REFERENCE, need_data=False))
     assert set(manifest["runs"]) == {rid.key for rid in grid}
     complete = [k for k, v in manifest["runs"].items() if v["state"] == "complete"]
     assert len(complete) >= 20, "the study's runs are recorded"

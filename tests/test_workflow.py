@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from helpers import params as P
+from helpers import book
+from helpers import experiment as ex
 from helpers import workflow as wf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +48,8 @@ def demo_entry(**changes):
     ("cross_domain", "covid_radiography=/a,ct_kidney=/b", 24),
 ])
 def test_every_experiment_file_expands(name, data_dir, n_runs):
-    exp = wf.load_experiment(name, data_dir)
-    grid = wf.runs(exp)
+    exp = ex.load_experiment(name, data_dir)
+    grid = ex.runs(exp)
     assert len(grid) == n_runs
     assert len({rid.key for rid in grid}) == n_runs
     for rid, p in grid.items():
@@ -59,7 +61,7 @@ def test_every_experiment_file_expands(name, data_dir, n_runs):
 
 
 def test_the_grid_names_each_run_as_training_does():
-    grid = wf.runs(wf.load_experiment("demo"))
+    grid = ex.runs(ex.load_experiment("demo"))
     for rid, p in grid.items():
         assert P.check(P.TrainParams, p).run_id() == rid
     assert Path("runs/demo/ct_kidney/efficientnet_lite0_dense1024-scratch-s0") in {r.run_dir() for r in grid}
@@ -67,17 +69,17 @@ def test_the_grid_names_each_run_as_training_does():
 
 def test_arms_set_the_training_fields(tmp_path):
     path = write_exp(tmp_path, grid=[demo_entry(arms=["imagenet", "linear_probe", "scratch"])])
-    grid = {rid.arm: p for rid, p in wf.runs(wf.load_experiment(path)).items()}
+    grid = {rid.arm: p for rid, p in ex.runs(ex.load_experiment(path)).items()}
     assert {arm: (p["pretrained"], p["freeze_backbone"]) for arm, p in grid.items()} == {
         "imagenet": (True, False), "linear_probe": (True, True), "scratch": (False, False)}
 
 
 def test_paper_settings_are_the_papers():
-    a = wf.runs(wf.load_experiment("paper_a", "/d"))
+    a = ex.runs(ex.load_experiment("paper_a", "/d"))
     assert {r.arch for r in a} == {"resnet18", "vgg11", "alexnet", "mobilenet_v3_large"}
     assert all(p["image_size"] == 128 and p["batch_size"] == 16 and p["epochs"] == 20
                and p["lr"] == 1e-4 and p["balance"] is True for p in a.values())
-    b = wf.runs(wf.load_experiment("paper_b", "/d"))
+    b = ex.runs(ex.load_experiment("paper_b", "/d"))
     assert {(r.arch, r.head, r.arm) for r in b} == {
         ("vgg16", "dense1024", "imagenet"), ("vgg16", "dense1024", "scratch")}
     assert all(p["image_size"] == 200 and p["batch_size"] == 100 and p["epochs"] == 30
@@ -104,8 +106,8 @@ def test_paper_settings_are_the_papers():
 ])
 def test_a_bad_experiment_file_is_refused_naming_file_key_value_and_choices(tmp_path, changes, named):
     path = write_exp(tmp_path, **changes)
-    with pytest.raises(wf.ExperimentError) as err:
-        wf.load_experiment(path)
+    with pytest.raises(ex.ExperimentError) as err:
+        ex.load_experiment(path)
     message = str(err.value)
     assert str(path) in message
     for part in named:
@@ -116,33 +118,33 @@ def test_a_size_below_the_arch_minimum_is_refused_before_any_work(tmp_path):
     # needs the lead's models.py (ARCHS as a table with min_image_size)
     path = write_exp(tmp_path, datasets={"covid_radiography": {"image_size": 32}},
                      grid=[demo_entry(archs=["alexnet"])], explain={}, audit=[])
-    with pytest.raises(wf.ExperimentError, match=r"grid\[0\].*image_size.*63"):
-        wf.load_experiment(path)
+    with pytest.raises(ex.ExperimentError, match=r"grid\[0\].*image_size.*63"):
+        ex.load_experiment(path)
 
 
 def test_unknown_experiment_lists_known_ones():
-    with pytest.raises(wf.ExperimentError, match="paper_a"):
-        wf.load_experiment("no_such_study")
+    with pytest.raises(ex.ExperimentError, match="paper_a"):
+        ex.load_experiment("no_such_study")
 
 
 def test_data_dir_rules():
-    with pytest.raises(wf.ExperimentError, match="synthetic"):
-        wf.load_experiment("demo", "/some/path")
-    with pytest.raises(wf.ExperimentError, match="DATA_DIR"):
-        wf.load_experiment("paper_a", "")
-    with pytest.raises(wf.ExperimentError, match="covid_radiography=/path/a"):
-        wf.load_experiment("full", "/one/path")
-    with pytest.raises(wf.ExperimentError, match="does not use"):
-        wf.load_experiment("paper_a", "ct_kidney=/x")
-    assert len(wf.runs(wf.load_experiment("paper_a", need_data=False))) == 8
+    with pytest.raises(ex.ExperimentError, match="synthetic"):
+        ex.load_experiment("demo", "/some/path")
+    with pytest.raises(ex.ExperimentError, match="DATA_DIR"):
+        ex.load_experiment("paper_a", "")
+    with pytest.raises(ex.ExperimentError, match="covid_radiography=/path/a"):
+        ex.load_experiment("full", "/one/path")
+    with pytest.raises(ex.ExperimentError, match="does not use"):
+        ex.load_experiment("paper_a", "ct_kidney=/x")
+    assert len(ex.runs(ex.load_experiment("paper_a", need_data=False))) == 8
 
 
 def test_init_from_needs_a_trained_source(tmp_path):
     path = write_exp(tmp_path, grid=[{
         "dataset": "ct_kidney", "archs": ["resnet18"],
         "arms": [{"init_from": {"dataset": "covid_radiography", "arm": "imagenet"}}], "seeds": [0]}])
-    with pytest.raises(wf.ExperimentError, match="does not train"):
-        wf.load_experiment(path)
+    with pytest.raises(ex.ExperimentError, match="does not train"):
+        ex.load_experiment(path)
 
 
 def test_init_from_points_at_the_source_best_checkpoint(tmp_path):
@@ -150,23 +152,23 @@ def test_init_from_points_at_the_source_best_checkpoint(tmp_path):
         {"dataset": "covid_radiography", "archs": ["resnet18"], "arms": ["imagenet"], "seeds": [0]},
         {"dataset": "ct_kidney", "archs": ["resnet18"],
          "arms": [{"init_from": {"dataset": "covid_radiography", "arm": "imagenet"}}], "seeds": [0]}])
-    grid = wf.runs(wf.load_experiment(path))
+    grid = ex.runs(ex.load_experiment(path))
     by_key = {rid.key: rid for rid in grid}
     target = by_key["ct_kidney/resnet18-from-covid_radiography-imagenet-s0"]
     assert target.init_source == "covid_radiography/resnet18-imagenet-s0"
-    assert wf.source_of(grid, target) == by_key["covid_radiography/resnet18-imagenet-s0"]
+    assert ex.source_of(grid, target) == by_key["covid_radiography/resnet18-imagenet-s0"]
     assert grid[target]["init_from"] == "runs/demo/covid_radiography/resnet18-imagenet-s0/best.pt"
     assert grid[target]["pretrained"] is False
 
 
 def test_every_prepared_folder_the_grid_reads_is_planned():
-    exp = wf.load_experiment("demo")
-    planned = {wf.prepared_dir(p) for p in wf.preps(exp)}
-    for rid, p in wf.runs(exp).items():
+    exp = ex.load_experiment("demo")
+    planned = {ex.prepared_dir(p) for p in ex.preps(exp)}
+    for rid, p in ex.runs(exp).items():
         prep = {"dataset": rid.dataset, "data_dir": p["data_dir"], "image_size": p["image_size"],
                 "balance": p["balance"], "seed": p["split_seed"], "split": rid.split,
                 "n_per_class": p["n_per_class"]}
-        assert wf.prepared_dir(prep) in planned
+        assert ex.prepared_dir(prep) in planned
     assert {d.name for d in planned} == {"synthetic-n100-64px-random-bal-s0", "synthetic-n100-64px-random-all-s0"}
 
 
@@ -185,7 +187,7 @@ def test_each_notebook_declares_exactly_its_parameter_model(step):
 
 
 def test_step_parameters_are_the_step_models():
-    exp = wf.load_experiment("demo")
+    exp = ex.load_experiment("demo")
     for step in P.BOOK_STEPS:
         for ds in exp["datasets"]:
             values = wf.notebook_params(exp, step, ds)
@@ -194,8 +196,8 @@ def test_step_parameters_are_the_step_models():
     explain = wf.notebook_params(exp, "explain", "ct_kidney")
     assert explain["runs"] == ["runs/demo/ct_kidney/efficientnet_lite0_dense1024-imagenet-s0",
                                "runs/demo/ct_kidney/efficientnet_lite0_dense1024-scratch-s0"]
-    paper_a = wf.load_experiment("paper_a", "/d")
-    with pytest.raises(wf.ExperimentError, match="does not use ct_kidney"):
+    paper_a = ex.load_experiment("paper_a", "/d")
+    with pytest.raises(ex.ExperimentError, match="does not use ct_kidney"):
         wf.notebook_params(paper_a, "evaluate", "ct_kidney")
     assert wf.gap_params(paper_a, "audit", "ct_kidney")["reason"] == "experiment paper_a does not use ct_kidney"
 
@@ -213,7 +215,7 @@ def test_missing_runs_are_forgotten_completed_ones_kept(tmp_path, monkeypatch):
     path = write_exp(tmp_path, grid=[demo_entry(arms=["imagenet", "scratch"])],
                      explain={}, audit=[], datasets={"covid_radiography": {}})
     monkeypatch.chdir(tmp_path)
-    exp = wf.load_experiment(path)
+    exp = ex.load_experiment(path)
     missing = _run(tmp_path, "demo", "covid_radiography", "resnet18-imagenet-s0", "missing")
     done = _run(tmp_path, "demo", "covid_radiography", "resnet18-scratch-s0", "complete")
     status = wf.grid_status(exp).set_index("run")
@@ -279,25 +281,25 @@ def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, mo
     path = write_exp(tmp_path, datasets={"covid_radiography": {}}, explain={}, audit=[],
                      grid=[demo_entry(arms=["scratch"])])
     monkeypatch.chdir(tmp_path)
-    exp = wf.load_experiment(path)
-    with pytest.raises(wf.ExperimentError, match="run the workflow first"):
-        wf.build_book(str(path))
-    made = [wf.step_notebook(exp, step, ds) for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES]
-    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(wf.runs(exp)))), wf.reference_notebook(exp)]
+    exp = ex.load_experiment(path)
+    with pytest.raises(ex.ExperimentError, match="run the workflow first"):
+        book.build_book(str(path))
+    made = [wf.step_notebook(exp, step, ds) for step in P.BOOK_STEPS for ds in ex.DATASET_NAMES]
+    made += [wf.summary_notebook(exp), wf.train_notebook(exp, next(iter(ex.runs(exp)))), wf.reference_notebook(exp)]
     made += [tmp_path / "records" / "real_study" / "notebooks" / f"{step}_{ds}.ipynb"
-             for step in wf.REAL_NOTEBOOKS for ds in wf.DATASET_NAMES]   # the committed real-data ones
+             for step in book.REAL_NOTEBOOKS for ds in ex.DATASET_NAMES]   # the committed real-data ones
     for nb in made:
         nb.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Step")]), nb)
     assert sum(nb.parent.name == "gap" for nb in made) == 6      # ct_kidney: 4 steps; explain, audit
     commands = []
     monkeypatch.setattr(sp, "run", lambda cmd, **kw: commands.append(cmd))
-    wf.build_book(str(path))
+    book.build_book(str(path))
     generated = tmp_path / "book" / "generated"
     assert sorted(p.name for p in generated.glob("*.ipynb")) == sorted(
-        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in wf.DATASET_NAMES] + ["summary.ipynb", "reference.ipynb"])
+        [f"{step}_{ds}.ipynb" for step in P.BOOK_STEPS for ds in ex.DATASET_NAMES] + ["summary.ipynb", "reference.ipynb"])
     assert sorted(p.name for p in (generated / "real").glob("*.ipynb")) == sorted(
-        f"{step}_{ds}.ipynb" for step in wf.REAL_NOTEBOOKS for ds in wf.DATASET_NAMES)
+        f"{step}_{ds}.ipynb" for step in book.REAL_NOTEBOOKS for ds in ex.DATASET_NAMES)
     assert nbformat.read(generated / "real" / "explain_ct_kidney.ipynb", 4).cells[0].source.strip() == \
         "# Step: ct_kidney, real images"
     title = nbformat.read(generated / "data_prep_covid_radiography.ipynb", 4).cells[0].source
@@ -317,7 +319,7 @@ def test_a_slow_kernel_gets_a_generous_configurable_start_timeout(monkeypatch, t
     wf.execute("notebooks/gap.ipynb", tmp_path / "out.ipynb", {})
     assert seen["start_timeout"] == 1200
     monkeypatch.setenv(wf.KERNEL_START_ENV, "soon")
-    with pytest.raises(wf.ExperimentError, match=wf.KERNEL_START_ENV):
+    with pytest.raises(ex.ExperimentError, match=wf.KERNEL_START_ENV):
         wf.kernel_start_timeout()
 
 
@@ -326,7 +328,7 @@ def test_page_keys_are_read_from_the_pages(tmp_path):
         "```{glue} fig_a\n:doc: generated/evaluate_ct_kidney.ipynb\n```\n"
         "Accuracy {glue:text}`generated/evaluate_ct_kidney.ipynb::acc:.1%`.\n"
         "```{glue} other\n:doc: generated/summary.ipynb\n```\n")
-    keys = wf.page_keys("generated/evaluate_ct_kidney.ipynb", pages=tmp_path)
+    keys = book.page_keys("generated/evaluate_ct_kidney.ipynb", pages=tmp_path)
     assert keys == {"fig_a": "block", "acc": "number"}
 
 
@@ -372,7 +374,7 @@ def test_a_dry_run_changes_no_file(tmp_path):
     env = {**os.environ, "HELPERS_DATA_ROOT": str(work / "data"), "PYTHONPATH": path}
     before = _tree_digest(work)
     counts, log = _dry_run("demo", "", cwd=work, env=env)
-    assert counts.get("train") == len(wf.runs(wf.load_experiment("demo"))), log  # no prepared data yet: every run is planned
+    assert counts.get("train") == len(ex.runs(ex.load_experiment("demo"))), log  # no prepared data yet: every run is planned
     assert _tree_digest(work) == before            # ... and the missing run's status.json is still there
     assert (work / "runs/demo/covid_radiography/resnet18-imagenet-s0/status.json").is_file()
 
@@ -405,9 +407,9 @@ def test_snakemake_dry_run_lists_the_papers_jobs(tmp_path, experiment, dataset, 
         assert counts.get(rule) == 1, (rule, log)
     assert counts.get("gap") == 4, log             # the other dataset's four book steps
     # The prepared folder is data prep's output and every training run's input.
-    exp = wf.load_experiment(experiment, str(tmp_path / "download"))
-    (prep,) = wf.preps(exp)
-    folder = str(wf.prepared_dir(prep))
+    exp = ex.load_experiment(experiment, str(tmp_path / "download"))
+    (prep,) = ex.preps(exp)
+    folder = str(ex.prepared_dir(prep))
     assert re.search(rf"rule data_prep:\n\s+input: .*\n\s+output: {re.escape(folder)},", log), log
     assert len(re.findall(rf"rule train:\n\s+input: .*{re.escape(folder)}", log)) == n_train
     # every papermill call waits generously for its kernel
@@ -446,7 +448,7 @@ def test_a_real_experiment_without_data_dir_fetches_with_kagglehub(monkeypatch, 
     dirs = wf.fetch_data_dirs("full", "covid_radiography=/data/covid")
     assert dirs == f"covid_radiography=/data/covid,ct_kidney={kidney}"
     assert asked == [data.get_spec("ct_kidney").kaggle_slug]
-    exp = wf.load_experiment("full", dirs)  # what snakemake is then given
+    exp = ex.load_experiment("full", dirs)  # what snakemake is then given
     assert exp["data_dirs"] == {"covid_radiography": "/data/covid", "ct_kidney": str(kidney)}
     data.find_class_root(str(kidney), "ct_kidney")  # the handed-back folder is usable as is
     assert wf.fetch_data_dirs("demo", "") == ""  # synthetic: nothing to fetch

@@ -120,6 +120,12 @@ def replace_dir(new: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """A matplotlib figure, in the format its suffix names (png, svg, ...)."""
+    fmt = Path(path).suffix.lstrip(".")
+    return write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
+
+
 def save_torch(path: str | os.PathLike, obj) -> Path:
     import torch
 

@@ -22,6 +22,7 @@ from .data.splits import (
     HAMMING_THRESHOLD,
     HASH_SIZE,
     SPLIT_NAMES as SPLITS,
+    SplitRefusedError,
     check_images,
     components,
     groups_per_class,
@@ -357,24 +358,17 @@ def plot_closest_pairs(pairs: pd.DataFrame, images: np.ndarray, n: int = 6, cros
 def try_grouped_prepare(**prepare_kwargs):
     """``helpers.data.prepare(split="grouped", ...)`` -> (folder, None), or (None, message) when it refuses.
 
-    Only the documented refusal (a ValueError from ``grouped_split``) is caught; anything
-    else propagates.
+    Only the documented refusal (:class:`SplitRefusedError`) is caught; anything else propagates.
     """
     try:
         return prepare(split="grouped", **prepare_kwargs), None
-    except ValueError as err:
-        if "grouped split" not in str(err):
-            raise
+    except SplitRefusedError as err:
         return None, str(err)
 
 
 
 def write_csv(df: pd.DataFrame, path) -> Path:
     return atomic.write(path, lambda tmp: df.to_csv(tmp, index=False))
-
-
-def save_figure(fig, path) -> Path:
-    return atomic.write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
 
 
 def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int = 0, balance: bool = False, n_per_class: int = 100, out_dir: str = "", progress: bool = True) -> dict:
@@ -417,7 +411,7 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         write_csv(grouped_counts.reset_index(), out / "grouped_split_counts.csv")
     else:
         write_csv(pd.DataFrame({"error": [grouped_error]}), out / "grouped_split_counts.csv")
-    save_figure(fig, out / "closest_pairs.png")
+    atomic.save_figure(fig, out / "closest_pairs.png", dpi=110)
     return {
         "out_dir": out,
         "prepared": prepared,

@@ -27,7 +27,10 @@ import sys
 from pathlib import Path
 
 from . import atomic
+from . import book
+from . import experiment as ex
 from . import workflow as wf
+from .params import TrainParams
 
 ROOT = Path("records")
 REFERENCE = "real_study"   # the study whose records the book's real-data pages show
@@ -105,10 +108,10 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
     listed as such in the manifest); existing records of finished runs are replaced."""
     from .training import git_state
 
-    exp = wf.load_experiment(experiment, data_dir)
+    exp = ex.load_experiment(experiment, data_dir)
     out = folder(exp["name"], root)
     states: dict[str, dict] = {}
-    for rid in wf.runs(exp):
+    for rid in ex.runs(exp):
         state, reason = wf.run_state(rid)
         states[rid.key] = {"state": state, **({"reason": reason} if reason else {})}
         if state == "not run":
@@ -135,8 +138,8 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
             if src.is_file() and not wf.gap_reason(exp, step, ds):
                 atomic.copy_file(src, out / "notebooks" / f"{step}_{ds}.ipynb")
                 steps[f"{step}_{ds}"] = _notebook_seconds(src)
-    for prep in wf.preps(exp):
-        info = wf.prepared_dir(prep) / "info.json"
+    for prep in ex.preps(exp):
+        info = ex.prepared_dir(prep) / "info.json"
         if info.is_file():
             nb = wf.data_prep_notebook(exp, prep)
             steps[f"data_prep_{prep['dataset']}_{prep['split']}"] = _notebook_seconds(nb) if nb.is_file() else None
@@ -145,7 +148,7 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
         atomic.copy_file(wf.summary_notebook(exp), out / "notebooks" / "summary.ipynb")
     commit, dirty = git_state()
     commits = sorted({json.loads((run_record(r, root) / "metrics.json").read_text()).get("git_commit") or ""
-                      for r in wf.runs(exp) if (run_record(r, root) / "metrics.json").is_file()} - {""})
+                      for r in ex.runs(exp) if (run_record(r, root) / "metrics.json").is_file()} - {""})
     manifest = {
         "experiment": exp["name"],
         "experiment_file": exp["path"],
@@ -153,11 +156,11 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
         "images": {ds: {"data_dir": d, **image_fingerprint(d, ds)} for ds, d in exp["data_dirs"].items() if d},
         "commit": commit, "dirty": dirty, "run_commits": commits,
         "machine": _machine(),
-        "versions": wf.library_versions(),
+        "versions": book.library_versions(),
         "runs": states,
         "step_seconds": steps,
         "export_command": f"python -m helpers.records export {exp['name']} --data-dir '{data_dir}'",
-        "report_command": wf.report_command(exp),
+        "report_command": book.report_command(exp),
     }
     atomic.write_json(out / "manifest.json", manifest)
     return out
@@ -181,10 +184,10 @@ def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
     """Where the experiment file and its committed records disagree ([] when they agree): a run
     of the grid without a record, a record whose settings differ from the file's, or a record of
     a run the grid no longer has."""
-    exp = wf.load_experiment(experiment, need_data=False)
+    exp = ex.load_experiment(experiment, need_data=False)
     manifest = load_manifest(exp["name"], root)
     problems = []
-    grid = wf.runs(exp)
+    grid = ex.runs(exp)
     for rid, values in grid.items():
         record = run_record(rid, root)
         if (record / "missing.json").is_file():
@@ -193,7 +196,7 @@ def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
             problems.append(f"{rid.key}: in {exp['path']} but has no record under {record}")
             continue
         recorded = _settings(json.loads((record / "params.json").read_text()))
-        wanted = _settings(wf.TrainParams(**{**values, "device": "auto", "init_from": ""}).model_dump())
+        wanted = _settings(TrainParams(**{**values, "device": "auto", "init_from": ""}).model_dump())
         diff = {k: (recorded.get(k, "<absent>"), v) for k, v in wanted.items() if recorded.get(k, "<absent>") != v}
         if diff:
             problems.append(f"{rid.key}: settings changed since the records were made: "
@@ -207,8 +210,8 @@ def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
 
 def record_dirs(experiment: str, dataset: str, root: str | os.PathLike = ROOT) -> list[str]:
     """The run record folders of one dataset (complete or missing), in the experiment's order."""
-    exp = wf.load_experiment(experiment, need_data=False)
-    return [str(run_record(rid, root)) for rid in wf.runs(exp)
+    exp = ex.load_experiment(experiment, need_data=False)
+    return [str(run_record(rid, root)) for rid in ex.runs(exp)
             if rid.dataset == dataset and run_record(rid, root).is_dir()]
 
 
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"records: {export(args.experiment, args.data_dir)}")
             return 0
         problems = check(args.experiment)
-    except (wf.ExperimentError, FileNotFoundError, ValueError) as e:
+    except (ex.ExperimentError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for p in problems:

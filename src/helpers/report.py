@@ -37,7 +37,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, intervals, metrics, models
+from . import atomic, intervals, metrics, models, tables
 from .params import ARMS, arm_order, arm_title
 
 SYNTHETIC_SUFFIX = " — SYNTHETIC DATA"
@@ -84,11 +84,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def save_figure(fig: plt.Figure, out_dir: str | Path, stem: str, dpi: int = 130) -> list[Path]:
     """Save a figure as PNG and SVG (atomically)."""
-    out = []
-    for ext in ("png", "svg"):
-        out.append(atomic.write(Path(out_dir) / f"{stem}.{ext}",
-                                lambda p, ext=ext: fig.savefig(p, format=ext, dpi=dpi, bbox_inches="tight")))
-    return out
+    return [atomic.save_figure(fig, Path(out_dir) / f"{stem}.{ext}", dpi) for ext in ("png", "svg")]
 
 
 def _flat_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -353,14 +349,14 @@ def evaluate(dataset: str, runs: str | Sequence[str] = "", out_dir: str | Path =
     ("" = ``results/<dataset>/evaluate``)."""
     runset = metrics.load_runs(dataset, runs, root=root, on_mismatch=on_mismatch)
     out = Path(out_dir) if str(out_dir) else Path("results") / dataset / "evaluate"
-    notes = "\n\n".join(t for t in (metrics.METRIC_NOTES, metrics.loss_scale_note(runset)) if t)
+    notes = "\n\n".join(t for t in (metrics.METRIC_NOTES, tables.loss_scale_note(runset)) if t)
     ev = Evaluation(
         dataset=dataset, runset=runset, out_dir=out,
-        table1=metrics.table1(runset), table1_values=metrics.table1(runset, formatted=False),
-        table1_long=metrics.table1_long(runset), runs=metrics.run_table(runset),
-        per_class=metrics.per_class_table(runset), test_accuracy=metrics.test_accuracy_table(runset),
-        seed_summary=metrics.seed_summary(runset), paired_tests=metrics.paired_tests(runset),
-        mcnemar=metrics.mcnemar_tests(runset), inventory=runset.inventory(), notes=notes,
+        table1=tables.table1(runset), table1_values=tables.table1(runset, formatted=False),
+        table1_long=tables.table1_long(runset), runs=tables.run_table(runset),
+        per_class=tables.per_class_table(runset), test_accuracy=tables.test_accuracy_table(runset),
+        seed_summary=tables.seed_summary(runset), paired_tests=tables.paired_tests(runset),
+        mcnemar=tables.mcnemar_tests(runset), inventory=runset.inventory(), notes=notes,
         banner=banner(runset, expected=expected, link="../" + MISSING_LINK),  # shown in generated/
     )
     ev.files += write_table(ev.table1, out, "table1", index=True)
@@ -619,7 +615,7 @@ def split_comparison(ev: Evaluation) -> pd.DataFrame:
 def learned_sentence(ev: Evaluation) -> str:
     """One sentence: which configurations of this build stayed at chance (their pooled test
     accuracy's 95% interval reaches 1/K), so a reader knows which comparisons show something."""
-    table = metrics.above_chance(ev.runset)
+    table = tables.above_chance(ev.runset)
     if table.empty:
         return "No run of this dataset completed on this machine."
     chance = f"{table['chance'].iloc[0]:.0%}"

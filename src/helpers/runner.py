@@ -209,7 +209,7 @@ class ReportLock:
 # ---------------------------------------------------------------- failures
 
 def failed_dir(exp: dict) -> Path:
-    from .workflow import results_dir
+    from .experiment import results_dir
 
     return results_dir(exp) / "failed"
 
@@ -277,7 +277,8 @@ def failed_steps(text: str, records: list[dict]) -> list[dict]:
 
 def runs_not_complete(exp: dict) -> list[dict]:
     """Every run of the grid without metrics.json: its key, kind (failed, absent, not run) and reason."""
-    from .workflow import run_kind, run_state, runs
+    from .experiment import runs
+    from .workflow import run_kind, run_state
 
     out = []
     for rid in runs(exp):
@@ -351,12 +352,12 @@ def report(experiment: str, data_dir: str = "", cores: int = 1, snake_args: list
     """``make report``: check, lock, run Snakemake, then say what did not complete. Returns the
     exit status: 0, 1 (a step or a run failed, or another run holds the folder), 2 (refused
     before any work: a wrong experiment or data folder), 130/143 (interrupted)."""
-    from . import workflow as wf
+    from . import experiment as ex
 
     try:
-        exp = wf.load_experiment(experiment, data_dir)
+        exp = ex.load_experiment(experiment, data_dir)
         check_data_dirs(exp)
-    except (wf.ExperimentError, PreflightError) as exc:
+    except (ex.ExperimentError, PreflightError) as exc:
         print(f"make report: refused before any work: {exc}", file=sys.stderr)
         return 2
     config = ["--config", f"experiment={experiment}", f"data_dir={data_dir}"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import experiment as ex
 from . import intervals, metrics, models, records
 from .params import arm_title
 from .report import arm_color
@@ -27,7 +28,7 @@ SPLIT_TITLES = {"random": "random split", "block": "blocks of 25 consecutive sli
 
 def load(experiment: str, root: str | Path = records.ROOT) -> dict[str, metrics.RunSet]:
     """dataset -> the RunSet of its records (missing runs listed in ``.missing``)."""
-    exp = records.wf.load_experiment(experiment, need_data=False)
+    exp = ex.load_experiment(experiment, need_data=False)
     out = {}
     for ds in exp["datasets"]:
         dirs = records.record_dirs(experiment, ds, root)
@@ -207,9 +208,9 @@ def missing_reasons(experiment: str, dataset: str, root: str | Path = records.RO
     """(arch, head, arm) -> why a run of the grid has no result (its missing.json, shortened)."""
     import json
 
-    exp = records.wf.load_experiment(experiment, need_data=False)
+    exp = ex.load_experiment(experiment, need_data=False)
     out = {}
-    for rid in records.wf.runs(exp):
+    for rid in ex.runs(exp):
         path = records.run_record(rid, root) / "missing.json"
         if rid.dataset == dataset and path.is_file():
             out[(rid.arch, rid.head, rid.arm)] = short_reason(str(json.loads(path.read_text()).get("reason", "")))

@@ -1,11 +1,7 @@
-"""Experiment files, the run grid, and the papermill steps the Snakefile calls.
+"""The papermill steps the Snakefile calls, the runs' status files, and the command line.
 
-An experiment file (``experiments/<name>.yaml``) holds everything a run needs; only paths
-(``data_dir``) come from the command line. It is checked by pydantic models built from the
-fields of :mod:`helpers.params`, and expands into a grid: one :class:`~helpers.params.RunId`
-per training run, mapped to that run's ``TrainParams`` values.
-
-Each training run is one papermill execution of ``notebooks/train.ipynb``. Its outcome is
+The experiment file and its grid are :mod:`helpers.experiment`'s; the book's build is
+:mod:`helpers.book`'s. Each training run is one papermill execution of ``notebooks/train.ipynb``. Its outcome is
 ``<run folder>/status.json`` (the Snakefile's ``train`` output): ``complete`` when the run
 wrote ``metrics.json``, ``missing`` with the reason (also in ``missing.json``) when it could
 not happen, e.g. without ImageNet weights on an air-gapped machine; the rest of the grid goes
@@ -18,33 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union, get_args
 
-import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model,
-                      model_validator)
+from . import atomic, data
+from .experiment import (ExperimentError, find_run, load_experiment, parse_data_dirs, planned, prep_of,
+                         prepared_dir, results_dir, runs, source_of)
+from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
 
-from . import atomic, data, models
-from .params import (ARMS, BOOK_STEPS, NOTEBOOK_PARAMS, NonNegInt, ParameterError,
-                     PosInt, PrepParams, RunId, TrainParams, TrainSettings, check)
-
-EXPERIMENTS_DIR = Path("experiments")
-DATASET_NAMES = tuple(data.DATASETS)
-ARCH_NAMES = tuple(models.ARCHS)
-Head = TrainParams.model_fields["head"].annotation
-Split = TrainParams.model_fields["split"].annotation
 
 # A kernel that starts slowly (a loaded machine, parallel jobs) is not an error.
 KERNEL_START_ENV = "HELPERS_KERNEL_START_TIMEOUT"
 KERNEL_START_DEFAULT = 600
-
-
-class ExperimentError(ValueError):
-    """An experiment file or a DATA_DIR override that cannot be used."""
 
 
 def kernel_start_timeout() -> int:
@@ -57,318 +39,7 @@ def kernel_start_timeout() -> int:
     return int(raw)
 
 
-# ---------------------------------------------------------------- the experiment file
-
-_YAML = ConfigDict(strict=True, extra="forbid")
-
-
-def _field(model: type[BaseModel], name: str):
-    """A field of a params model, reused (type, constraints and default) in the file's models."""
-    field = model.model_fields[name]
-    return field.annotation, field
-
-
-# A dataset's settings are data prep's parameters (``split_seed`` is PrepParams' ``seed``).
-DatasetSettings = create_model(
-    "DatasetSettings", __config__=_YAML,
-    **{name: _field(PrepParams, name) for name in ("image_size", "balance", "split", "n_per_class")},
-    split_seed=_field(PrepParams, "seed"),
-)
-
-
-class InitFrom(BaseModel):
-    model_config = _YAML
-
-    dataset: str
-    arm: Literal[tuple(ARMS)] = "imagenet"
-
-
-class InitFromArm(BaseModel):
-    """``{init_from: {dataset, arm}}``: start from that dataset's run of the same arch and seed."""
-
-    model_config = _YAML
-
-    init_from: InitFrom
-
-
-# An arm is a name or an {init_from: ...} mapping; the tags only route validation (and its errors).
-_ARM_TAGS = ("arm name", "arm init_from")
-Arm = Annotated[Union[Annotated[Literal[tuple(ARMS)], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
-                Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
-
-
-class GridEntry(BaseModel):
-    model_config = _YAML
-
-    dataset: str
-    archs: list[Literal[ARCH_NAMES]] = Field(min_length=1)
-    head: Head = "replace"
-    arms: list[Arm] = Field(min_length=1)
-    seeds: list[NonNegInt] = Field(min_length=1)
-    split: Optional[Split] = None              # None = the dataset's split
-    train: dict[str, Any] = {}                 # TrainSettings over the file's defaults
-
-
-class ExplainSettings(BaseModel):
-    model_config = _YAML
-
-    arch: Literal[ARCH_NAMES]
-    head: Head = "replace"
-    n_per_class: PosInt = NOTEBOOK_PARAMS["explain"].model_fields["n_per_class"].default
-    n_road_images: NonNegInt = NOTEBOOK_PARAMS["explain"].model_fields["n_road_images"].default
-
-
-class ExperimentFile(BaseModel):
-    model_config = _YAML
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    description: str = ""
-    synthetic: bool = False
-    datasets: dict[str, DatasetSettings] = Field(min_length=1)
-    defaults: dict[str, Any] = {}              # TrainSettings
-    grid: list[GridEntry] = Field(min_length=1)
-    explain: dict[str, ExplainSettings] = {}
-    audit: list[str] = []
-
-    @model_validator(mode="after")
-    def _datasets_known(self):
-        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
-        if unknown:
-            raise ValueError(f"datasets: unknown dataset(s) {unknown}; allowed: {list(DATASET_NAMES)}")
-        used = {f"grid[{i}]": e.dataset for i, e in enumerate(self.grid)}
-        used.update({f"explain.{d}": d for d in self.explain})
-        used.update({f"audit[{i}]": d for i, d in enumerate(self.audit)})
-        for where, d in used.items():
-            if d not in self.datasets:
-                raise ValueError(f"{where} uses dataset {d!r}, which is not listed under "
-                                 f"datasets: {list(self.datasets)}")
-        return self
-
-
-def _where(loc: tuple) -> tuple[str, tuple]:
-    """('grid', 1, 'archs', 0) -> 'grid[1].archs[0]', and the location without union tags."""
-    text, kept = "", []
-    for part in loc:
-        if part in _ARM_TAGS:
-            continue
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-        kept.append(part)
-    return text, tuple(kept)
-
-
-def _inner_model(tp: Any) -> Any:
-    """The pydantic model inside list[X], dict[str, X], Optional/Union/Annotated[..., X]."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    for arg in reversed(get_args(tp)):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _keys_at(loc: tuple) -> list[str]:
-    """The keys the file may hold where ``loc`` (without union tags) points."""
-    model = ExperimentFile
-    for part in loc[:-1]:
-        if isinstance(part, str) and model is not None and part in model.model_fields:
-            model = _inner_model(model.model_fields[part].annotation)
-    return list(model.model_fields) if model is not None else []
-
-
-def _file_error(path: Path, error: ValidationError) -> ExperimentError:
-    lines = []
-    for err in error.errors():
-        where, loc = _where(err["loc"])
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key (value {value!r}); allowed: {_keys_at(loc)}")
-        elif err["type"] == "missing":
-            lines.append(f"{where}: missing required key")
-        elif not where:
-            lines.append(err["msg"].removeprefix("Value error, "))
-        elif loc[:1] == ("grid",) and loc[2:3] == ("arms",) and len(loc) == 4:   # grid[i].arms[j]
-            lines.append(f"{where}: arm {value!r} must be one of {', '.join(ARMS)} or "
-                         "{init_from: {dataset: <name>, arm: <arm>}}")
-        else:
-            lines.append(f"{where}: {value!r} ({type(value).__name__}) is not allowed: "
-                         f"{err['msg'].removeprefix('Value error, ')}")
-    return ExperimentError(f"{path}: " + "; ".join(dict.fromkeys(lines)))
-
-
-def experiment_path(name_or_path: str | os.PathLike) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        candidate = path
-    else:
-        candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
-        raise ExperimentError(
-            f"experiment {str(name_or_path)!r} not found (looked for {candidate}); "
-            f"known experiments: {', '.join(known) or 'none'}"
-        )
-    return candidate
-
-
-def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
-    """``DATA_DIR`` is one path (one-dataset experiments) or ``name=path,name=path``."""
-    data_dir = (data_dir or "").strip()
-    if not data_dir:
-        return {}
-    if "=" not in data_dir:
-        if len(datasets) != 1:
-            raise ExperimentError(
-                f"DATA_DIR={data_dir!r} is one path but the experiment uses {datasets}; "
-                "give DATA_DIR='covid_radiography=/path/a,ct_kidney=/path/b'"
-            )
-        return {datasets[0]: data_dir}
-    out = {}
-    for part in data_dir.split(","):
-        name, _, path = part.partition("=")
-        name = name.strip()
-        if name not in datasets:
-            raise ExperimentError(
-                f"DATA_DIR names dataset {name!r}, which this experiment does not use; "
-                f"it uses {datasets}"
-            )
-        out[name] = path.strip()
-    return out
-
-
-def _planned(model: type[BaseModel], values: dict) -> dict:
-    """Check ``values`` against ``model`` as far as a plan can: whether a device is present or a
-    source checkpoint is readable is checked when the step runs (the source is not trained yet)."""
-    machine = {"device": "auto", "init_from": ""}
-    check(model, {**values, **{k: v for k, v in machine.items() if k in values}})
-    return values
-
-
-def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_data: bool = True) -> dict:
-    """Read and check an experiment file; attach the resolved data directories.
-
-    Returns the file's content with every default filled in, plus ``data_dirs`` and ``path``.
-    ``need_data=False`` only lists the grid (no DATA_DIR needed for real-data experiments).
-    """
-    path = experiment_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ExperimentError(f"{path}: not valid YAML: {e}") from None
-    try:
-        exp = ExperimentFile.model_validate(raw).model_dump()
-    except ValidationError as e:
-        raise _file_error(path, e) from None
-    for where, settings in [("defaults", exp["defaults"])] + [
-            (f"grid[{i}].train", {**exp["defaults"], **e["train"]}) for i, e in enumerate(exp["grid"])]:
-        try:
-            check(TrainSettings, settings)
-        except ParameterError as e:
-            raise ExperimentError(f"{path}: {where}: {e}") from None
-    datasets = list(exp["datasets"])
-    if exp["synthetic"] and (data_dir or "").strip():
-        raise ExperimentError(
-            f"experiment {exp['name']!r} runs on the embedded synthetic data; "
-            "DATA_DIR is for real-data experiments (e.g. EXPERIMENT=paper_a)"
-        )
-    dirs = parse_data_dirs(data_dir, datasets)
-    if need_data and not exp["synthetic"]:
-        lacking = [d for d in datasets if not dirs.get(d)]
-        if lacking:
-            raise ExperimentError(
-                f"experiment {exp['name']!r} needs the real data of {lacking}: "
-                "pass DATA_DIR=/path/to/download (see README, 'Real data'); "
-                "EXPERIMENT=demo runs on synthetic phantoms"
-            )
-    exp["data_dirs"] = {d: dirs.get(d, "") for d in datasets}
-    exp["path"] = str(path)
-    runs(exp)  # every run's parameters are checked before any work
-    return exp
-
-
-# ---------------------------------------------------------------- the grid
-
-def _prep(exp: dict, dataset: str, split: str) -> dict:
-    """PrepParams values of ``dataset`` under ``split`` in this experiment."""
-    s = exp["datasets"][dataset]
-    return {"dataset": dataset, "data_dir": exp["data_dirs"].get(dataset, ""),
-            "image_size": s["image_size"], "balance": s["balance"], "seed": s["split_seed"],
-            "split": split, "n_per_class": s["n_per_class"]}
-
-
-def runs(exp: dict) -> dict[RunId, dict]:
-    """Every training run of the experiment, in file order: its identity -> its TrainParams values
-    (``experiment`` names the run folder's parent: no explicit run_dir)."""
-    grid: dict[RunId, dict] = {}
-    for i, entry in enumerate(exp["grid"]):
-        ds = entry["dataset"]
-        split = entry["split"] or exp["datasets"][ds]["split"]
-        prep = _prep(exp, ds, split)
-        data_fields = {"dataset": ds, "data_dir": prep["data_dir"], "image_size": prep["image_size"],
-                       "balance": prep["balance"], "split": split, "split_seed": prep["seed"],
-                       "n_per_class": prep["n_per_class"]}
-        train = TrainSettings(**{**exp["defaults"], **entry["train"]}).model_dump()
-        head = entry["head"]
-        for arch in entry["archs"]:
-            for arm in entry["arms"]:
-                for seed in entry["seeds"]:
-                    if isinstance(arm, str):
-                        label, source, fields = arm, None, {"init_from": "", **ARMS[arm].fields}
-                    else:
-                        src = arm["init_from"]
-                        label = f"from-{src['dataset']}-{src['arm']}"
-                        source = RunId(experiment=exp["name"], dataset=src["dataset"], arch=arch,
-                                       head=head, arm=src["arm"], seed=seed, split=split)
-                        fields = {"pretrained": False, "freeze_backbone": False,
-                                  "init_from": str(source.run_dir() / "best.pt")}
-                    rid = RunId(experiment=exp["name"], dataset=ds, arch=arch, head=head, arm=label,
-                                seed=seed, split=split, init_source=source.key if source else "",
-                                train_fraction=train["train_fraction"])
-                    params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
-                              **train, "experiment": exp["name"]}
-                    if rid not in grid:
-                        try:
-                            _planned(TrainParams, params)
-                        except ParameterError as e:
-                            raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
-                        grid[rid] = params
-    keys = {rid.key for rid in grid}
-    for rid in grid:
-        if rid.init_source and rid.init_source not in keys:
-            raise ExperimentError(f"{exp['path']}: run {rid.key} starts from {rid.init_source}, "
-                                  "which the grid does not train")
-    return grid
-
-
-def source_of(exp_runs: dict[RunId, dict], rid: RunId) -> RunId | None:
-    """The run whose best.pt ``rid`` starts from (init_from), if any."""
-    return next((r for r in exp_runs if r.key == rid.init_source), None) if rid.init_source else None
-
-
-def find_run(exp: dict, run: str) -> RunId:
-    """A run of the grid by its key (``<dataset>/<name>``) or its run folder."""
-    for rid in runs(exp):
-        if run in (rid.key, str(rid.run_dir())):
-            return rid
-    raise ExperimentError(f"run {run!r} is not in experiment {exp['name']!r}")
-
-
-def preps(exp: dict) -> list[dict]:
-    """PrepParams values of every prepared folder the experiment reads: the datasets' own
-    splits, the splits of the grid's runs, and the random split the audit measures."""
-    wanted = [(d, s["split"]) for d, s in exp["datasets"].items()]
-    wanted += [(rid.dataset, rid.split) for rid in runs(exp)]
-    wanted += [(d, "random") for d in exp["audit"]]
-    return [_prep(exp, d, split) for d, split in dict.fromkeys(wanted)]
-
-
-def prepared_dir(prep: dict) -> Path:
-    """The folder ``data.prepare(**prep)`` writes, computed without any work."""
-    return data.prepared_dir(**prep)
-
-
-def results_dir(exp: dict) -> Path:
-    return Path("results") / exp["name"]
+# ---------------------------------------------------------------- the runs' status
 
 
 def status_file(rid: RunId) -> Path:
@@ -525,7 +196,7 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
     settings = exp["datasets"][dataset]
     out_dir = str(results_dir(exp) / dataset / step)
     if step == "data_prep":
-        values = _prep(exp, dataset, split or settings["split"])
+        values = prep_of(exp, dataset, split or settings["split"])
     elif step == "evaluate":
         values = {"dataset": dataset, "out_dir": out_dir,
                   "runs": [str(rid.run_dir()) for rid in runs(exp) if rid.dataset == dataset]}
@@ -535,15 +206,15 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
                   "n_per_class": exp["explain"][dataset]["n_per_class"],
                   "n_road_images": exp["explain"][dataset]["n_road_images"]}
     else:  # audit: measured on the random split (and the grouped one it tries itself)
-        prep = _prep(exp, dataset, "random")
+        prep = prep_of(exp, dataset, "random")
         values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}
         values["out_dir"] = out_dir
-    return _planned(NOTEBOOK_PARAMS[step], values)
+    return planned(NOTEBOOK_PARAMS[step], values)
 
 
 def gap_params(exp: dict, step: str, dataset: str) -> dict:
     """Parameters of the gap note standing in for a step the experiment does not run."""
-    return _planned(NOTEBOOK_PARAMS["gap"], {"step": step, "dataset": dataset,
+    return planned(NOTEBOOK_PARAMS["gap"], {"step": step, "dataset": dataset,
                                              "reason": gap_reason(exp, step, dataset)})
 
 
@@ -560,7 +231,7 @@ def step_notebook(exp: dict, step: str, dataset: str) -> Path:
     if gap_reason(exp, step, dataset):
         return nb / "gap" / f"{step}_{dataset}.ipynb"
     if step == "data_prep":
-        prep = _prep(exp, dataset, exp["datasets"][dataset]["split"])
+        prep = prep_of(exp, dataset, exp["datasets"][dataset]["split"])
         return data_prep_notebook(exp, prep)
     return nb / f"{step}_{dataset}.ipynb"
 
@@ -578,174 +249,6 @@ def summary_notebook(exp: dict) -> Path:
 def reference_notebook(exp: dict) -> Path:
     """The real-data pages' notebook, run on the committed records of the reference study."""
     return results_dir(exp) / "notebooks" / "reference.ipynb"
-
-
-REAL_NOTEBOOKS = ("explain", "audit", "evaluate")   # the reference study's own, shown as recorded
-
-
-BOOK_DIR = Path("book")
-GENERATED = BOOK_DIR / "generated"
-
-
-def reproducibility_table(exp: dict):
-    """Per run: parameters, seconds, device, library versions and git commit."""
-    import pandas as pd
-
-    rows = []
-    for spec in runs(exp):
-        row = {"dataset": spec.dataset, "run": spec.name}
-        params_path, metrics_path = spec.run_dir() / "params.json", spec.run_dir() / "metrics.json"
-        if metrics_path.exists():
-            params = json.loads(params_path.read_text()) if params_path.exists() else {}
-            metrics = json.loads(metrics_path.read_text())
-            row.update({
-                "arch": params.get("arch"), "head": params.get("head"),
-                "arm": params.get("arm"), "init_from": params.get("init_from") or "",
-                "image_size": params.get("image_size"), "epochs": params.get("epochs"),
-                "epochs_run": metrics.get("epochs_run"), "batch_size": params.get("batch_size"),
-                "lr": params.get("lr"), "normalize": params.get("normalize"),
-                "split": params.get("split"), "seed": params.get("seed"),
-                "train_seconds": round(float(metrics.get("train_seconds") or 0), 1),
-                "device": metrics.get("device"), "torch": metrics.get("torch_version"),
-                "git_commit": (metrics.get("git_commit") or "")[:10],
-                # the prepared data it came from: info.json's fingerprint (data prep's params)
-                "data_fingerprint": (params.get("prepared_fingerprint") or "")[:12],
-            })
-        else:
-            missing = spec.run_dir() / "missing.json"
-            reason = json.loads(missing.read_text()).get("reason") if missing.exists() else "not run"
-            row.update({"arch": spec.arch, "head": spec.head, "seed": spec.seed,
-                        "device": f"missing: {reason}"})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def library_versions() -> dict:
-    import importlib.metadata as md
-    import platform
-
-    names = ["torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "pandas", "grad-cam",
-             "papermill", "snakemake", "jupyter-book", "myst-nb"]
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def report_command(exp: dict) -> str:
-    data = ""
-    real = {d: p for d, p in exp["data_dirs"].items() if p}
-    if real:
-        joined = ",".join(f"{d}={p}" for d, p in real.items()) if len(real) > 1 else next(iter(real.values()))
-        data = f" DATA_DIR={joined}"
-    return f"make report EXPERIMENT={exp['name']}{data}"
-
-
-_DIRECTIVE = re.compile(r"```\{glue\}\s+(?P<key>\S+)\s*\n:doc:\s*(?P<doc>\S+)")
-_ROLE = re.compile(r"\{glue:text\}`(?P<doc>[^`:]+)::(?P<key>[^`:]+)(?::(?P<fmt>[^`]*))?`")
-
-
-def page_keys(doc: str, pages: Path = BOOK_DIR) -> dict[str, str]:
-    """Glue keys the book's pages take from ``doc`` (e.g. ``generated/evaluate_ct_kidney.ipynb``),
-    mapped to how they are pasted: ``"block"`` (directive), ``"text"`` (inline role) or
-    ``"number"`` (inline role with a numeric format such as ``.3f``)."""
-    keys: dict[str, str] = {}
-    for page in sorted(pages.glob("*.md")):
-        text = page.read_text()
-        for m in _DIRECTIVE.finditer(text):
-            if m["doc"] == doc:
-                keys.setdefault(m["key"], "block")
-        for m in _ROLE.finditer(text):
-            if m["doc"] == doc:
-                numeric = (m["fmt"] or "")[-1:] in tuple("eEfFgGn%d")
-                keys[m["key"]] = "number" if numeric else "text"
-    return keys
-
-
-def glue_gap(step: str, dataset: str, reason: str) -> dict[str, str]:
-    """Glue a visible gap note under every key the pages expect from a step that did not run."""
-    from html import escape
-
-    from IPython.display import HTML
-    from myst_nb import glue
-
-    keys = page_keys(f"generated/{step}_{dataset}.ipynb")
-    note = HTML(f'<div class="admonition warning"><p class="admonition-title">Not available</p>'
-                f"<p>{escape(step)} of {escape(dataset)}: {escape(reason)}</p></div>")
-    for key, kind in keys.items():
-        # A number pasted with a format spec must stay a number: NaN reads "nan".
-        value = {"text": f"n/a ({reason})", "number": float("nan")}.get(kind, note)
-        glue(key, value, display=False)
-    return keys
-
-
-def _copy_titled(src: Path, dst: Path, suffix: str) -> None:
-    """Copy an executed notebook, naming its dataset or run in its title (the appendix lists
-    one entry per notebook, and several share a template)."""
-    import nbformat
-
-    nb = nbformat.read(src, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
-            first, _, rest = cell.source.lstrip().partition("\n")
-            cell.source = f"{first}: {suffix}\n{rest}"
-            break
-    nbformat.write(nb, dst)
-
-
-def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path:
-    """Gather the executed notebooks of one experiment into book/generated and build the book.
-
-    Every notebook it reads is an output of the Snakefile (the steps, their gap notes, the
-    summary); it executes none itself."""
-    import shutil
-    import subprocess
-
-    exp = load_experiment(experiment, data_dir)
-    pages = {(step, ds): step_notebook(exp, step, ds) for step in BOOK_STEPS for ds in DATASET_NAMES}
-    absent = [str(p) for p in [*pages.values(), summary_notebook(exp)] if not p.is_file()]
-    if absent:
-        raise ExperimentError(f"the book needs {absent}; run the workflow first "
-                              f"(`snakemake --cores 1 --config experiment={exp['name']}`)")
-    tmp = GENERATED.with_name(GENERATED.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "train").mkdir(parents=True)
-    for (step, ds), src in pages.items():
-        if gap_reason(exp, step, ds):
-            shutil.copy2(src, tmp / f"{step}_{ds}.ipynb")
-        else:
-            _copy_titled(src, tmp / f"{step}_{ds}.ipynb", ds)
-    shutil.copy2(summary_notebook(exp), tmp / "summary.ipynb")
-    if not reference_notebook(exp).is_file():
-        raise ExperimentError(f"the book needs {reference_notebook(exp)}; run the workflow first")
-    shutil.copy2(reference_notebook(exp), tmp / "reference.ipynb")
-    from . import records  # it imports this module
-
-    recorded = records.folder(records.REFERENCE) / "notebooks"
-    (tmp / "real").mkdir()
-    for step in REAL_NOTEBOOKS:
-        for ds in DATASET_NAMES:
-            src = recorded / f"{step}_{ds}.ipynb"
-            if not src.is_file():
-                raise ExperimentError(f"{src} is missing from the committed records; re-export them "
-                                      f"(python -m helpers.records export {records.REFERENCE} --data-dir ...)")
-            _copy_titled(src, tmp / "real" / f"{step}_{ds}.ipynb", f"{ds}, real images")
-    for rid in runs(exp):
-        path = train_notebook(exp, rid)
-        if path.is_file():
-            _copy_titled(path, tmp / "train" / path.name, f"{rid.dataset} / {rid.name}")
-    shutil.rmtree(GENERATED, ignore_errors=True)
-    os.replace(tmp, GENERATED)
-    # A clean build: pages of an earlier experiment must not linger in the site.
-    shutil.rmtree("_build", ignore_errors=True)
-    cmd = ["jupyter-book", "build", str(BOOK_DIR)] + (["-W", "--keep-going"] if strict else [])
-    subprocess.run(cmd, check=True)
-    index = Path("_build") / "html" / "index.html"
-    print(f"Book of experiment {exp['name']}: {index.resolve()}")
-    return index
 
 
 def fetch_data_dirs(experiment: str, data_dir: str = "") -> str:
@@ -806,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             exp = load_experiment(args.experiment, args.data_dir)
             print(json.dumps(notebook_params(exp, args.step, args.dataset, args.split)))
         elif args.cmd == "book":
+            from .book import build_book
+
             build_book(args.experiment, args.data_dir, strict=not args.no_strict)
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)

@@ -1,0 +1,351 @@
+"""The experiment layer: experiment files, the run grid and the run identities.
+
+An experiment file (``experiments/<name>.yaml``) holds everything a run needs; only paths
+(``data_dir``) come from the command line. It is checked by pydantic models built from the
+fields of :mod:`helpers.params`, and expands into a grid: one :class:`~helpers.params.RunId`
+per training run, mapped to that run's ``TrainParams`` values.
+
+This is what the Snakefile parses with, so it imports no torch (a test checks that
+``snakemake -n`` runs with a torch that cannot be imported): every dry run and every cluster
+job pays for what this module imports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union, get_args
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model,
+                      model_validator)
+
+from . import data, models
+from .params import (ARMS, NOTEBOOK_PARAMS, NonNegInt, ParameterError, PosInt, PrepParams, RunId, TrainParams,
+                     TrainSettings, check)
+
+EXPERIMENTS_DIR = Path("experiments")
+DATASET_NAMES = tuple(data.DATASETS)
+ARCH_NAMES = tuple(models.ARCHS)
+Head = TrainParams.model_fields["head"].annotation
+Split = TrainParams.model_fields["split"].annotation
+
+
+# ---------------------------------------------------------------- the experiment file
+
+class ExperimentError(ValueError):
+    """An experiment file or a DATA_DIR override that cannot be used."""
+
+
+_YAML = ConfigDict(strict=True, extra="forbid")
+
+
+def _field(model: type[BaseModel], name: str):
+    """A field of a params model, reused (type, constraints and default) in the file's models."""
+    field = model.model_fields[name]
+    return field.annotation, field
+
+
+# A dataset's settings are data prep's parameters (``split_seed`` is PrepParams' ``seed``).
+DatasetSettings = create_model(
+    "DatasetSettings", __config__=_YAML,
+    **{name: _field(PrepParams, name) for name in ("image_size", "balance", "split", "n_per_class")},
+    split_seed=_field(PrepParams, "seed"),
+)
+
+
+class InitFrom(BaseModel):
+    model_config = _YAML
+
+    dataset: str
+    arm: Literal[tuple(ARMS)] = "imagenet"
+
+
+class InitFromArm(BaseModel):
+    """``{init_from: {dataset, arm}}``: start from that dataset's run of the same arch and seed."""
+
+    model_config = _YAML
+
+    init_from: InitFrom
+
+
+# An arm is a name or an {init_from: ...} mapping; the tags only route validation (and its errors).
+_ARM_TAGS = ("arm name", "arm init_from")
+
+
+Arm = Annotated[Union[Annotated[Literal[tuple(ARMS)], Tag(_ARM_TAGS[0])], Annotated[InitFromArm, Tag(_ARM_TAGS[1])]],
+                Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
+
+
+class GridEntry(BaseModel):
+    model_config = _YAML
+
+    dataset: str
+    archs: list[Literal[ARCH_NAMES]] = Field(min_length=1)
+    head: Head = "replace"
+    arms: list[Arm] = Field(min_length=1)
+    seeds: list[NonNegInt] = Field(min_length=1)
+    split: Optional[Split] = None              # None = the dataset's split
+    train: dict[str, Any] = {}                 # TrainSettings over the file's defaults
+
+
+class ExplainSettings(BaseModel):
+    model_config = _YAML
+
+    arch: Literal[ARCH_NAMES]
+    head: Head = "replace"
+    n_per_class: PosInt = NOTEBOOK_PARAMS["explain"].model_fields["n_per_class"].default
+    n_road_images: NonNegInt = NOTEBOOK_PARAMS["explain"].model_fields["n_road_images"].default
+
+
+class ExperimentFile(BaseModel):
+    model_config = _YAML
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    synthetic: bool = False
+    datasets: dict[str, DatasetSettings] = Field(min_length=1)
+    defaults: dict[str, Any] = {}              # TrainSettings
+    grid: list[GridEntry] = Field(min_length=1)
+    explain: dict[str, ExplainSettings] = {}
+    audit: list[str] = []
+
+    @model_validator(mode="after")
+    def _datasets_known(self):
+        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
+        if unknown:
+            raise ValueError(f"datasets: unknown dataset(s) {unknown}; allowed: {list(DATASET_NAMES)}")
+        used = {f"grid[{i}]": e.dataset for i, e in enumerate(self.grid)}
+        used.update({f"explain.{d}": d for d in self.explain})
+        used.update({f"audit[{i}]": d for i, d in enumerate(self.audit)})
+        for where, d in used.items():
+            if d not in self.datasets:
+                raise ValueError(f"{where} uses dataset {d!r}, which is not listed under "
+                                 f"datasets: {list(self.datasets)}")
+        return self
+
+
+def _where(loc: tuple) -> tuple[str, tuple]:
+    """('grid', 1, 'archs', 0) -> 'grid[1].archs[0]', and the location without union tags."""
+    text, kept = "", []
+    for part in loc:
+        if part in _ARM_TAGS:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        kept.append(part)
+    return text, tuple(kept)
+
+
+def _inner_model(tp: Any) -> Any:
+    """The pydantic model inside list[X], dict[str, X], Optional/Union/Annotated[..., X]."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in reversed(get_args(tp)):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the file may hold where ``loc`` (without union tags) points."""
+    model = ExperimentFile
+    for part in loc[:-1]:
+        if isinstance(part, str) and model is not None and part in model.model_fields:
+            model = _inner_model(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _file_error(path: Path, error: ValidationError) -> ExperimentError:
+    lines = []
+    for err in error.errors():
+        where, loc = _where(err["loc"])
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (value {value!r}); allowed: {_keys_at(loc)}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}: missing required key")
+        elif not where:
+            lines.append(err["msg"].removeprefix("Value error, "))
+        elif loc[:1] == ("grid",) and loc[2:3] == ("arms",) and len(loc) == 4:   # grid[i].arms[j]
+            lines.append(f"{where}: arm {value!r} must be one of {', '.join(ARMS)} or "
+                         "{init_from: {dataset: <name>, arm: <arm>}}")
+        else:
+            lines.append(f"{where}: {value!r} ({type(value).__name__}) is not allowed: "
+                         f"{err['msg'].removeprefix('Value error, ')}")
+    return ExperimentError(f"{path}: " + "; ".join(dict.fromkeys(lines)))
+
+
+def experiment_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        candidate = path
+    else:
+        candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise ExperimentError(
+            f"experiment {str(name_or_path)!r} not found (looked for {candidate}); "
+            f"known experiments: {', '.join(known) or 'none'}"
+        )
+    return candidate
+
+
+def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
+    """``DATA_DIR`` is one path (one-dataset experiments) or ``name=path,name=path``."""
+    data_dir = (data_dir or "").strip()
+    if not data_dir:
+        return {}
+    if "=" not in data_dir:
+        if len(datasets) != 1:
+            raise ExperimentError(
+                f"DATA_DIR={data_dir!r} is one path but the experiment uses {datasets}; "
+                "give DATA_DIR='covid_radiography=/path/a,ct_kidney=/path/b'"
+            )
+        return {datasets[0]: data_dir}
+    out = {}
+    for part in data_dir.split(","):
+        name, _, path = part.partition("=")
+        name = name.strip()
+        if name not in datasets:
+            raise ExperimentError(
+                f"DATA_DIR names dataset {name!r}, which this experiment does not use; "
+                f"it uses {datasets}"
+            )
+        out[name] = path.strip()
+    return out
+
+
+def planned(model: type[BaseModel], values: dict) -> dict:
+    """Check ``values`` against ``model`` as far as a plan can: whether a device is present or a
+    source checkpoint is readable is checked when the step runs (the source is not trained yet)."""
+    machine = {"device": "auto", "init_from": ""}
+    check(model, {**values, **{k: v for k, v in machine.items() if k in values}})
+    return values
+
+
+def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_data: bool = True) -> dict:
+    """Read and check an experiment file; attach the resolved data directories.
+
+    Returns the file's content with every default filled in, plus ``data_dirs`` and ``path``.
+    ``need_data=False`` only lists the grid (no DATA_DIR needed for real-data experiments).
+    """
+    path = experiment_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{path}: not valid YAML: {e}") from None
+    try:
+        exp = ExperimentFile.model_validate(raw).model_dump()
+    except ValidationError as e:
+        raise _file_error(path, e) from None
+    for where, settings in [("defaults", exp["defaults"])] + [
+            (f"grid[{i}].train", {**exp["defaults"], **e["train"]}) for i, e in enumerate(exp["grid"])]:
+        try:
+            check(TrainSettings, settings)
+        except ParameterError as e:
+            raise ExperimentError(f"{path}: {where}: {e}") from None
+    datasets = list(exp["datasets"])
+    if exp["synthetic"] and (data_dir or "").strip():
+        raise ExperimentError(
+            f"experiment {exp['name']!r} runs on the embedded synthetic data; "
+            "DATA_DIR is for real-data experiments (e.g. EXPERIMENT=paper_a)"
+        )
+    dirs = parse_data_dirs(data_dir, datasets)
+    if need_data and not exp["synthetic"]:
+        lacking = [d for d in datasets if not dirs.get(d)]
+        if lacking:
+            raise ExperimentError(
+                f"experiment {exp['name']!r} needs the real data of {lacking}: "
+                "pass DATA_DIR=/path/to/download (see README, 'Real data'); "
+                "EXPERIMENT=demo runs on synthetic phantoms"
+            )
+    exp["data_dirs"] = {d: dirs.get(d, "") for d in datasets}
+    exp["path"] = str(path)
+    runs(exp)  # every run's parameters are checked before any work
+    return exp
+
+
+# ---------------------------------------------------------------- the grid
+
+def prep_of(exp: dict, dataset: str, split: str) -> dict:
+    """PrepParams values of ``dataset`` under ``split`` in this experiment."""
+    s = exp["datasets"][dataset]
+    return {"dataset": dataset, "data_dir": exp["data_dirs"].get(dataset, ""),
+            "image_size": s["image_size"], "balance": s["balance"], "seed": s["split_seed"],
+            "split": split, "n_per_class": s["n_per_class"]}
+
+
+def runs(exp: dict) -> dict[RunId, dict]:
+    """Every training run of the experiment, in file order: its identity -> its TrainParams values
+    (``experiment`` names the run folder's parent: no explicit run_dir)."""
+    grid: dict[RunId, dict] = {}
+    for i, entry in enumerate(exp["grid"]):
+        ds = entry["dataset"]
+        split = entry["split"] or exp["datasets"][ds]["split"]
+        prep = prep_of(exp, ds, split)
+        data_fields = {"dataset": ds, "data_dir": prep["data_dir"], "image_size": prep["image_size"],
+                       "balance": prep["balance"], "split": split, "split_seed": prep["seed"],
+                       "n_per_class": prep["n_per_class"]}
+        train = TrainSettings(**{**exp["defaults"], **entry["train"]}).model_dump()
+        head = entry["head"]
+        for arch in entry["archs"]:
+            for arm in entry["arms"]:
+                for seed in entry["seeds"]:
+                    if isinstance(arm, str):
+                        label, source, fields = arm, None, {"init_from": "", **ARMS[arm].fields}
+                    else:
+                        src = arm["init_from"]
+                        label = f"from-{src['dataset']}-{src['arm']}"
+                        source = RunId(experiment=exp["name"], dataset=src["dataset"], arch=arch,
+                                       head=head, arm=src["arm"], seed=seed, split=split)
+                        fields = {"pretrained": False, "freeze_backbone": False,
+                                  "init_from": str(source.run_dir() / "best.pt")}
+                    rid = RunId(experiment=exp["name"], dataset=ds, arch=arch, head=head, arm=label,
+                                seed=seed, split=split, init_source=source.key if source else "",
+                                train_fraction=train["train_fraction"])
+                    params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
+                              **train, "experiment": exp["name"]}
+                    if rid not in grid:
+                        try:
+                            planned(TrainParams, params)
+                        except ParameterError as e:
+                            raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
+                        grid[rid] = params
+    keys = {rid.key for rid in grid}
+    for rid in grid:
+        if rid.init_source and rid.init_source not in keys:
+            raise ExperimentError(f"{exp['path']}: run {rid.key} starts from {rid.init_source}, "
+                                  "which the grid does not train")
+    return grid
+
+
+def source_of(exp_runs: dict[RunId, dict], rid: RunId) -> RunId | None:
+    """The run whose best.pt ``rid`` starts from (init_from), if any."""
+    return next((r for r in exp_runs if r.key == rid.init_source), None) if rid.init_source else None
+
+
+def find_run(exp: dict, run: str) -> RunId:
+    """A run of the grid by its key (``<dataset>/<name>``) or its run folder."""
+    for rid in runs(exp):
+        if run in (rid.key, str(rid.run_dir())):
+            return rid
+    raise ExperimentError(f"run {run!r} is not in experiment {exp['name']!r}")
+
+
+def preps(exp: dict) -> list[dict]:
+    """PrepParams values of every prepared folder the experiment reads: the datasets' own
+    splits, the splits of the grid's runs, and the random split the audit measures."""
+    wanted = [(d, s["split"]) for d, s in exp["datasets"].items()]
+    wanted += [(rid.dataset, rid.split) for rid in runs(exp)]
+    wanted += [(d, "random") for d in exp["audit"]]
+    return [prep_of(exp, d, split) for d, split in dict.fromkeys(wanted)]
+
+
+def prepared_dir(prep: dict) -> Path:
+    """The folder ``data.prepare(**prep)`` writes, computed without any work."""
+    return data.prepared_dir(**prep)
+
+
+def results_dir(exp: dict) -> Path:
+    return Path("results") / exp["name"]
