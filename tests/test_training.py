@@ -122,7 +122,7 @@ def test_collect_rejects_names_papermill_injected_that_are_not_parameters():
     namespace = {k: None for k in before} | {"_names_before_parameters": before,
         "arch": "resnet18", "pretrained": False, "_7": "an output", "_i8": "an input",
         "np": np, "helper": print}
-    assert training.collect(namespace, before=before)["arch"] == "resnet18"
+    assert training.collect(namespace, before=before).arch == "resnet18"
     with pytest.raises(ValueError, match="'bogus'"):
         training.collect({**namespace, "bogus": 1}, before=before)
 
@@ -520,3 +520,22 @@ def test_train_subset_is_stratified_nested_and_seeded():
     assert set(small) <= set(large), "one seed's subsets are nested"
     assert not np.array_equal(small, train_subset(labels, train_idx, 0.1, seed=4)), "each seed draws its own"
     assert np.bincount(labels[train_subset(labels, train_idx, 0.01, seed=0)]).tolist() == [1, 1, 1]
+
+
+def test_training_uses_the_prepared_folder_the_workflow_passes_and_prepares_nothing(env, monkeypatch):
+    folder = data.prepare("covid_radiography", image_size=32, n_per_class=6, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training prepared data although the workflow passed its folder")
+
+    monkeypatch.setattr(data, "prepare", refuse)
+    monkeypatch.setattr(data, "validate_prep_params", refuse)
+    spec = training.collect({**TINY, "epochs": 1, "prepared_dir": str(folder),
+                             "run_dir": str(env / "runs" / "given-prepared")})
+    run_dir = training.train(spec)
+    recorded = json.loads((run_dir / "params.json").read_text())
+    assert recorded["prepared_fingerprint"] == json.loads((folder / "info.json").read_text())["fingerprint"]
+    with pytest.raises(FileNotFoundError, match=r"prepared_dir.*no-such.*no info\.json"):
+        training.train(**TINY, prepared_dir=str(env / "no-such"), run_dir=str(env / "runs" / "nowhere"))
+    with pytest.raises(TypeError, match="no other parameters"):
+        training.train(spec, epochs=3)

@@ -305,7 +305,8 @@ def runs(exp: dict) -> dict[RunId, dict]:
                                 seed=seed, split=split, init_source=source.key if source else "",
                                 train_fraction=train["train_fraction"])
                     params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
-                              **train, "experiment": exp["name"]}
+                              **train, "experiment": exp["name"],
+                              "prepared_dir": str(prepared_dir(prep))}
                     if rid not in grid:
                         try:
                             planned(TrainParams, params)

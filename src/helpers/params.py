@@ -249,6 +249,7 @@ class TrainParams(TrainSettings):
     split_seed: NonNegInt = 0        # fixed across training seeds, so runs pair image by image
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)
     init_from: str = ""              # another run's best.pt of the same arch (backbone only)
+    prepared_dir: str = ""           # the workflow's prepared folder for this run; "" = prepare it here
     experiment: str = ""             # names the run folder's parent; "" for a run by hand
     run_dir: str = ""                # "" = RunId.run_dir()
     force: bool = False

@@ -67,8 +67,9 @@ PARAM_NAMES = tuple(DEFAULTS)
 # paper A's published constants (grey images replicated to RGB)
 PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
 EARLY_STOPPING_MONITOR = "val_loss"
-# Not part of a run's identity: a folder may be reached by another spelling of run_dir.
-_NOT_COMPARED = ("force", "run_dir")
+# Not part of a run's identity: a folder may be reached by another spelling of run_dir, and
+# the prepared data is compared by its fingerprint, not by where it lies.
+_NOT_COMPARED = ("force", "run_dir", "prepared_dir")
 RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "checkpoint_seconds",
                    "bn_seconds", "lr")
@@ -97,8 +98,8 @@ def validate_params(values: dict) -> dict:
 
 def _validated(values: dict) -> TrainParams:
     p = params_mod.train_params(values)
-    # data prep's own checks (e.g. data_dir must contain the dataset's class folders)
-    data.validate_prep_params(**p.prep().model_dump(exclude={"out_dir", "progress"}))
+    if not p.prepared_dir:  # by hand: data prep's own checks (data_dir must hold the class folders)
+        data.validate_prep_params(**p.prep().model_dump(exclude={"out_dir", "progress"}))
     if p.pretrained:
         weights.require(models.spec(p.arch).weights)  # names the missing file, before any work
     return p
@@ -108,8 +109,8 @@ def _validated(values: dict) -> TrainParams:
 _IPYTHON_NAMES = re.compile(r"_{1,3}|_i{1,3}|_i?\d+|_ih|_oh|_dh|In|Out|get_ipython|exit|quit|open")
 
 
-def collect(namespace: dict, before=()) -> dict:
-    """Validated parameters from a notebook's globals.
+def collect(namespace: dict, before=()) -> TrainParams:
+    """Validated parameters from a notebook's globals, as the object :func:`train` takes.
 
     ``before`` is the set of global names that existed before the parameters cell; every
     name defined since (the parameters cell and papermill's injected cell) must be a known
@@ -120,7 +121,7 @@ def collect(namespace: dict, before=()) -> dict:
            and not _IPYTHON_NAMES.fullmatch(k)
            and not (k.startswith("__") and k.endswith("__"))
            and not isinstance(v, types.ModuleType) and not callable(v)}  # papermill injects values only
-    return validate_params(new)
+    return _validated(new)
 
 
 def _frozen(params: dict) -> bool:
@@ -452,10 +453,16 @@ def _resolve(spec: TrainParams) -> tuple[dict, Path, Path, torch.device]:
     device = resolve_device(p["device"])
     run_id = spec.run_id()
     run_dir = spec.resolved_run_dir()
-    prepared_dir = data.prepare(p["dataset"], data_dir=p["data_dir"], image_size=p["image_size"],
-                                balance=p["balance"], seed=p["split_seed"], split=p["split"],
-                                n_per_class=p["n_per_class"])
+    if spec.prepared_dir:  # the workflow prepared it (and reruns this run when it changes)
+        prepared_dir = Path(spec.prepared_dir)
+        if not (prepared_dir / "info.json").is_file():
+            raise FileNotFoundError(f"parameter 'prepared_dir': {prepared_dir} is not a complete prepared "
+                                    f"folder (no info.json); run data prep first, or pass '' to prepare here")
+    else:
+        prepared_dir = data.prepare(**spec.prep().model_dump(exclude={"out_dir", "progress"}))
     info = json.loads((prepared_dir / "info.json").read_text())
+    if info.get("dataset", p["dataset"]) != p["dataset"]:
+        raise ValueError(f"parameter 'prepared_dir': {prepared_dir} holds {info['dataset']}, not {p['dataset']}")
     run_params = {**p, "device": device.type,
                   "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
                   "run_dir": str(run_dir), "arm": run_id.arm, "run": run_id.as_record(),
@@ -520,13 +527,17 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
     atomic.write_json(run_dir / "metrics.json", metrics)
 
 
-def train(**params) -> Path:
-    """Train one run into its run folder and return the folder.
+def train(spec: TrainParams | None = None, /, **values) -> Path:
+    """Train one run into its run folder and return the folder: ``train(params)`` with the
+    object :func:`collect` checked, or ``train(arch=..., ...)`` by hand.
 
     A complete run with the same parameters is skipped unless ``force=True``; an interrupted
     one resumes from its last finished epoch; a folder holding other parameters is refused.
     """
-    spec = _validated(params)
+    if spec is None:
+        spec = _validated(values)
+    elif values:
+        raise TypeError(f"train(params) takes no other parameters; got {sorted(values)}")
     run_params, run_dir, prepared_dir, device = _resolve(spec)
     if spec.force:
         for name in RUN_FILES:
