@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixture shared with test_report)
 
 from helpers import explain, intervals, map_scores, models  # noqa: E402
+from helpers.params import RunId  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -158,7 +159,9 @@ def test_explain_with_one_arm_missing(tiny_runs, tmp_path):  # noqa: F811
     runs = tiny_runs / "runs" / "covid_radiography"
     missing = tmp_path / "resnet18-imagenet-s0"
     missing.mkdir()
-    (missing / "missing.json").write_text(json.dumps({"reason": "no ImageNet weights"}))
+    # as the workflow writes it: the reason and the run's identity (never guessed from the folder name)
+    rid = RunId(dataset="covid_radiography", arch="resnet18", arm="imagenet", seed=0)
+    (missing / "missing.json").write_text(json.dumps({"reason": "no ImageNet weights", "run": rid.as_record()}))
     res = explain.explain_runs("covid_radiography", "resnet18", [missing, runs / "resnet18-scratch-s0"],
                                n_per_class=1, methods=["gradcam"], out_dir=tmp_path / "out", device="cpu")
     assert list(res.arms) == ["scratch"] and "no ImageNet weights" in res.missing["imagenet"]

@@ -70,3 +70,38 @@ def test_the_graph_sees_imports():
     assert "helpers.models" in graph["helpers.params"]
     assert "helpers.weights" in graph["helpers.models"]
     assert "helpers.data" in graph["helpers.training"]
+
+
+MAX_MODULE_LINES = 700  # a module a newcomer reads in one sitting
+
+
+def test_no_module_is_over_700_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert sizes and max(sizes.values()) > 50  # the sizes were read
+    over = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines: {over}"
+
+
+def _imports_torch_at_top(path: Path) -> bool:
+    for node in ast.parse(path.read_text()).body:
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        if any(n.split(".")[0] in ("torch", "torchvision", "timm") for n in names):
+            return True
+    return False
+
+
+def test_the_experiment_layer_imports_no_torch():
+    # What the Snakefile parses with: every dry run and every cluster job imports it.
+    graph = import_graph()
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    seen, todo = set(), ["helpers.experiment", "helpers.workflow", "helpers.runner", "helpers.records"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    assert "helpers.models" in seen and "helpers.params" in seen  # the walk follows imports
+    heavy = sorted(n for n in seen if _imports_torch_at_top(paths[n]))
+    assert not heavy, f"imported when the Snakefile is parsed, and they import torch: {heavy}"
+    assert _imports_torch_at_top(paths["helpers.training"])  # the check can see a torch import
