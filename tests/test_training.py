@@ -314,6 +314,16 @@ def test_a_failed_checkpoint_write_stops_training_with_its_error(env, monkeypatc
     assert not (env / "runs" / "disk-full" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("head", models.HEADS)
+def test_densenet121_trains_with_either_head(env, head):
+    run_dir = train(arch="densenet121", head=head, epochs=1, run_dir=str(env / "runs" / f"densenet121-{head}"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and np.isfinite(metrics["final_train_loss"])
+    model, params, _ = training.load_run(run_dir)
+    assert params["arch"] == "densenet121" and params["head"] == head
+    assert isinstance(models.gradcam_target_layer(model, "densenet121"), torch.nn.Module)
+
+
 def test_early_stopping_on_val_loss_and_best_epoch_by_val_acc(env, monkeypatch):
     """Scripted validation results drive the real loop: Keras' rule on val_loss, patience 2;
     the best epoch is the first with the highest val_acc."""
