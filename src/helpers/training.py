@@ -36,12 +36,14 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import subprocess
 import time
 import types
 import warnings
+import zipfile
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -80,9 +82,42 @@ _REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- parameters
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A ``best.pt``/``last.pt`` dict, loaded without unpickling code."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(RuntimeError):
+    """A run checkpoint that cannot be read (truncated, partly copied); the one-line message
+    names the file and the way out."""
+
+
+RESTART = "Delete it to start this run again from epoch 1, or pass force=True to retrain it"
+RESTART_BOTH = ("Delete best.pt and last.pt to start this run again from epoch 1, or pass force=True "
+                "to retrain it")
+
+
+def _damaged(path, exc: Exception) -> bool:
+    """Whether torch.load failed on the bytes of the file: a torch checkpoint is a zip archive,
+    and a truncated or partly copied one has lost its central directory (at the end)."""
+    if not isinstance(exc, (RuntimeError, EOFError, pickle.UnpicklingError)):
+        return False  # a missing or unreadable file says so itself
+    return "PytorchStreamReader" in str(exc) or not zipfile.is_zipfile(path)
+
+
+def _first_sentence(exc: Exception) -> str:
+    text = re.split(r"(?<=\.) ", " ".join(str(exc).split()), maxsplit=1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (empty file?)"
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu", *,
+                    fix: str = "Copy it again, or retrain the run that wrote it") -> dict:
+    """A ``best.pt``/``last.pt`` dict, loaded without unpickling code.
+
+    A damaged file raises :class:`CheckpointError` naming it, torch's error and ``fix``.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        if not _damaged(path, exc):
+            raise
+        raise CheckpointError(f"{path} is damaged (truncated or partly copied): {_first_sentence(exc)}. "
+                              f"{fix}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
         raise ValueError(f"{path} is not a run checkpoint (a dict with 'model' and 'params')")
     return ckpt
@@ -482,7 +517,7 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 
 def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_params: dict,
             state: dict, device: torch.device) -> None:
-    best = read_checkpoint(run_dir / "best.pt", map_location=device)
+    best = read_checkpoint(run_dir / "best.pt", map_location=device, fix=RESTART_BOTH)
     model.load_state_dict(best["model"])
     probs = torch.softmax(engine.logits(model, "test"), dim=1).cpu().numpy().astype(np.float64)
     labels = engine.y["test"].cpu().numpy()
@@ -566,15 +601,26 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
     atomic.remove_stale_tmp(run_dir)
     if last_file.exists():
-        last = read_checkpoint(last_file, map_location=device)
+        last = read_checkpoint(last_file, map_location=device, fix=RESTART)
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         state = {k: last[k] for k in state}
         _set_rng_state(last["rng"], device)
-        # A kill between writing last.pt and best.pt leaves best.pt one improvement behind;
-        # the model of that epoch is the one in last.pt.
-        if state["best_epoch"] == state["epoch"] and (
-                not best_file.exists() or read_checkpoint(best_file)["epoch"] != state["epoch"]):
+        # A kill between writing last.pt and best.pt leaves best.pt one improvement behind (or
+        # damaged); the model of that epoch is the one in last.pt. An older best model is only
+        # in best.pt, which is read now rather than after the remaining epochs.
+        best_on_disk = None
+        if best_file.exists():
+            try:
+                best_on_disk = read_checkpoint(best_file, fix=(
+                    f"Its model (epoch {state['best_epoch']}) is not in last.pt (epoch {state['epoch']}). "
+                    f"{RESTART_BOTH}"))["epoch"]
+            except CheckpointError as e:
+                if state["best_epoch"] != state["epoch"]:
+                    raise
+                print(f"{best_file} is damaged ({_first_sentence(e.__cause__)}); rewriting it from "
+                      f"last.pt, which holds the same epoch's model")
+        if state["best_epoch"] == state["epoch"] and best_on_disk != state["epoch"]:
             atomic.save_torch(best_file, {"model": last["model"], "params": run_params,
                                           "epoch": state["epoch"], "val_acc": state["best_val_acc"]})
         print(f"{run_dir}: resuming after epoch {state['epoch']}")
