@@ -51,6 +51,36 @@ def test_maps_shape_finite_unit_range(arch, head):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("head", models.HEADS)
+def test_densenet121_gradcam_on_its_last_dense_block(head):
+    """DenseNet pools inside forward; Grad-CAM hooks features.denseblock4 for both heads: the maps
+    are relu(sum_k mean(dlogit/dA_k) A_k) on its 3x3 grid at 96 px, min-max scaled and resized.
+    (Not norm5: forward's in-place ReLU overwrites the activations the library keeps on CPU.)"""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    torch.manual_seed(0)
+    model = models.get_model("densenet121", weights=False, head=head, num_classes=3, image_size=96).eval()
+    block = model.features.denseblock4
+    assert models.gradcam_target_layer(model, "densenet121") is block
+    x, targets = torch.randn(4, 3, 96, 96), [0, 1, 2, 0]
+    cam = explain.compute_maps("gradcam", model, "densenet121", x, targets)
+    _check(cam, 4, 96)
+    assert not any(m._forward_hooks for m in model.modules())
+
+    seen = {}
+    hook = block.register_forward_hook(lambda module, inputs, output: seen.update(a=output))
+    logits = model(x)
+    hook.remove()
+    (grad,) = torch.autograd.grad(logits[range(4), targets].sum(), seen["a"])  # eval: per image
+    raw = (grad.mean(dim=(2, 3), keepdim=True) * seen["a"]).sum(1).relu().detach()
+    assert raw.shape == (4, 3, 3)
+    # the library scales per layer (and resizes), then again after averaging its layers (one here)
+    np.testing.assert_allclose(cam, scale_cam_image(scale_cam_image(raw.numpy(), (96, 96))), atol=1e-4)
+    # random weights: some maps have no positive evidence (all zero); the others vary in space
+    assert ((cam.reshape(4, -1).std(axis=1) > 0.01) == (raw.flatten(1).amax(1) > 0).numpy()).all()
+    assert (cam.reshape(4, -1).std(axis=1) > 0.01).any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("head", models.HEADS)
 @pytest.mark.parametrize("arch", models.ARCHS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import atomic, runner, training
+from helpers import atomic, checkpoints, runner, training
 from helpers import params as P
 from helpers import experiment as ex
 from helpers import workflow as wf
@@ -219,7 +219,7 @@ def test_a_full_disk_is_named_keeps_the_previous_checkpoint_and_resumes(tmp_path
         training.train(**TINY_RUN, run_dir=str(run_dir))
     message = str(err.value)
     assert message.startswith("disk full: could not write") and str(run_dir / "last.pt") in message and "4.0 KiB free" in message
-    seen["epoch"] = training.read_checkpoint(run_dir / "last.pt")["epoch"]
+    seen["epoch"] = checkpoints.read_checkpoint(run_dir / "last.pt")["epoch"]
     assert seen["epoch"] == 1                                    # the previous checkpoint, whole
     assert not list(run_dir.glob(".*.tmp*")) and not (run_dir / "metrics.json").exists()
     monkeypatch.setattr(torch, "save", real_save)

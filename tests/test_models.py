@@ -41,7 +41,11 @@ def test_every_arch_and_head_gives_class_logits(arch, head):
         kinds = [type(m) for m in dense]
         assert kinds == [nn.Linear, nn.ReLU, nn.Linear]
         assert dense[0].out_features == models.DENSE_WIDTH
-        assert isinstance(model.get_submodule(models.spec(arch).pool), nn.Flatten)  # of the raw conv base
+        pool = models.spec(arch).pool
+        if isinstance(pool, models.PoolInForward):  # rebuilt: base, what forward did, Flatten, head
+            assert isinstance(model, nn.Sequential) and isinstance(model[-2], nn.Flatten)
+        else:
+            assert isinstance(model.get_submodule(pool), nn.Flatten)  # of the raw conv base
 
 
 def test_dense1024_width_follows_image_size():
@@ -51,6 +55,32 @@ def test_dense1024_width_follows_image_size():
     assert built("vgg16", "dense1024").classifier[0].in_features == 512 * 2 * 2  # 64 px
     assert built("resnet18", "dense1024").fc[0].in_features == 512 * 2 * 2
     assert built("alexnet", "dense1024").classifier[0].in_features == 256 * 1 * 1
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_densenet121_heads_flatten_the_unpooled_feature_map(size):
+    """DenseNet pools inside forward: dense1024 flattens all 1024 x h x w features (stride 32),
+    "replace" keeps torchvision's pooled Linear(1024, n); state-dict keys stay torchvision's."""
+    torch.manual_seed(0)
+    side = size // 32
+    x = torch.rand(2, 3, size, size)
+    dense = models.get_model("densenet121", weights=False, head="dense1024", num_classes=NUM_CLASSES,
+                             image_size=size).eval()
+    first = [m for m in dense.modules() if isinstance(m, nn.Linear)][0]
+    assert first.in_features == 1024 * side * side and first.out_features == models.DENSE_WIDTH
+    assert [name for name, _ in dense.named_children()][0] == "features"
+    assert dense.features.denseblock4 is models.gradcam_target_layer(dense, "densenet121")
+    replace = models.get_model("densenet121", weights=False, num_classes=NUM_CLASSES, image_size=size).eval()
+    assert isinstance(replace, torchvision.models.DenseNet)
+    assert (replace.classifier.in_features, replace.classifier.out_features) == (1024, NUM_CLASSES)
+    with torch.no_grad():
+        assert dense(x).shape == replace(x).shape == (2, NUM_CLASSES)
+    backbone = {k for k in replace.state_dict() if not k.startswith("classifier.")}
+    assert backbone == {k for k in dense.state_dict() if not k.startswith("classifier.")}
+    assert [k for k in dense.state_dict() if models.is_head_key(k, "densenet121", "dense1024")] == [
+        "classifier.0.weight", "classifier.0.bias", "classifier.2.weight", "classifier.2.bias"]
+    with pytest.raises(ValueError, match="at least 32 px for densenet121"):
+        models.get_model("densenet121", weights=False, num_classes=3, image_size=31)
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg11"])

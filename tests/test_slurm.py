@@ -138,7 +138,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
     """Runs everything once and hands the tests what happened."""
-    from helpers.training import read_checkpoint
+    from helpers.checkpoints import read_checkpoint
 
     t0 = time.monotonic()
     base = tmp_path_factory.mktemp("slurm-study")

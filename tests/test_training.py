@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import data, models, training, weights
+from helpers import checkpoints, data, models, training, weights
 from helpers import params as params_mod
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,13 +249,13 @@ KILLER = _KILL_PREAMBLE + textwrap.dedent("""
         return loss
 
     training._Engine.train_epoch = train_epoch
-    real_submit = training._CheckpointWriter.submit
+    real_submit = checkpoints.CheckpointWriter.submit
 
     def submit(self, *args):  # the previous epoch's files are on disk when the crash comes
         real_submit(self, *args)
         self.wait()
 
-    training._CheckpointWriter.submit = submit
+    checkpoints.CheckpointWriter.submit = submit
     training.train(**params)
 """)
 
@@ -312,6 +312,107 @@ def test_a_failed_checkpoint_write_stops_training_with_its_error(env, monkeypatc
     with pytest.raises(OSError, match="No space left"):
         training.train(**{**TINY, "epochs": 2, "run_dir": str(env / "runs" / "disk-full")})
     assert not (env / "runs" / "disk-full" / "metrics.json").exists()
+
+
+def truncate(path: Path) -> None:
+    """A partial copy or a full disk: the first half of the file's bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_truncated_last_pt_names_the_file_and_the_way_out(env):
+    run_dir = env / "runs" / "truncated-last"
+    train(run_dir=str(run_dir))
+    before = run_files(run_dir)
+    (run_dir / "metrics.json").unlink()  # interrupted before it finished
+    truncate(run_dir / "last.pt")
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        train(run_dir=str(run_dir))
+    message = str(err.value)
+    assert message.startswith(f"{run_dir / 'last.pt'} is damaged (truncated or partly copied): RuntimeError: "
+                              f"PytorchStreamReader failed reading zip archive")
+    assert message.endswith("Delete it to start this run again from epoch 1, or pass force=True to retrain it")
+    assert "\n" not in message and len(message) < 400
+    # the way out works: without last.pt the run starts again and repeats itself exactly
+    (run_dir / "last.pt").unlink()
+    assert train(run_dir=str(run_dir)) == run_dir
+    assert run_files(run_dir) == before
+
+
+def _scripted_val_acc(monkeypatch, val_correct):
+    calls = []
+
+    def scripted(self, model, part):
+        calls.append(part)
+        return torch.tensor(1.0), torch.tensor(val_correct[len(calls) - 1])
+
+    monkeypatch.setattr(training._Engine, "evaluate", scripted)
+
+
+def test_a_damaged_best_pt_is_rebuilt_from_last_pt_or_refused_naming_it(env, monkeypatch, capsys):
+    # best epoch 2 of 2: last.pt holds the same model, so best.pt is written again from it
+    _scripted_val_acc(monkeypatch, [1, 3])
+    same = train(run_dir=str(env / "runs" / "damaged-best-same"))
+    (same / "metrics.json").unlink()
+    truncate(same / "best.pt")
+    assert train(run_dir=str(same)) == same
+    assert f"{same / 'best.pt'} is damaged (RuntimeError: PytorchStreamReader" in capsys.readouterr().out
+    assert checkpoints.read_checkpoint(same / "best.pt")["epoch"] == 2
+    assert json.loads((same / "metrics.json").read_text())["best_epoch"] == 2
+
+    # best epoch 1 of 2: its model is only in best.pt; refused at once, naming both files
+    _scripted_val_acc(monkeypatch, [3, 1])
+    older = train(run_dir=str(env / "runs" / "damaged-best-older"))
+    (older / "metrics.json").unlink()
+    truncate(older / "best.pt")
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        train(run_dir=str(older))
+    message = str(err.value)
+    assert message.startswith(f"{older / 'best.pt'} is damaged (truncated or partly copied): ")
+    assert message.endswith("Its model (epoch 1) is not in last.pt (epoch 2). Delete best.pt and last.pt to "
+                            "start this run again from epoch 1, or pass force=True to retrain it")
+    assert "\n" not in message
+
+
+def test_the_workflow_records_a_damaged_checkpoint_as_a_failed_run(env, tmp_path, monkeypatch):
+    import yaml
+
+    from helpers import workflow as wf
+
+    exp = yaml.safe_load((REPO / "experiments" / "demo.yaml").read_text())
+    exp.update(name="damaged", explain={}, audit=[],
+               datasets={"covid_radiography": {"image_size": 32, "balance": True, "split": "random",
+                                               "split_seed": 0, "n_per_class": 6}},
+               defaults={"epochs": 1, "batch_size": 4, "lr": 1e-4},
+               grid=[{"dataset": "covid_radiography", "archs": ["mobilenet_v3_small"], "arms": ["scratch"],
+                      "seeds": [0]}])
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    monkeypatch.chdir(tmp_path)
+    # the notebook's work, in this process (papermill reports the same exception name and message)
+    monkeypatch.setattr(wf, "execute", lambda notebook, out, values: training.train(**{**values, "device": "cpu"}))
+    run = "covid_radiography/mobilenet_v3_small-scratch-s0"
+    assert wf.train_one(str(path), run)["state"] == "complete"
+    run_dir = Path("runs/damaged") / run
+    (run_dir / "metrics.json").unlink()
+    truncate(run_dir / "last.pt")
+    status = wf.train_one(str(path), run)
+    assert status["state"] == "missing" and status["kind"] == "failed"
+    assert status["reason"].startswith(f"CheckpointError: {run_dir / 'last.pt'} is damaged (truncated or partly "
+                                       f"copied): RuntimeError: PytorchStreamReader failed reading zip archive")
+    assert status["reason"].endswith("Delete it to start this run again from epoch 1, or pass force=True to "
+                                     "retrain it")
+    assert json.loads((run_dir / "missing.json").read_text())["reason"] == status["reason"]
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+def test_densenet121_trains_with_either_head(env, head):
+    run_dir = train(arch="densenet121", head=head, epochs=1, run_dir=str(env / "runs" / f"densenet121-{head}"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and np.isfinite(metrics["final_train_loss"])
+    model, params, _ = training.load_run(run_dir)
+    assert params["arch"] == "densenet121" and params["head"] == head
+    assert isinstance(models.gradcam_target_layer(model, "densenet121"), torch.nn.Module)
 
 
 def test_early_stopping_on_val_loss_and_best_epoch_by_val_acc(env, monkeypatch):

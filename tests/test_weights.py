@@ -172,6 +172,40 @@ def test_the_arch_table_names_torchvisions_imagenet1k_v1_files():
             assert spec.weights.url == torchvision.models.get_model_weights(name).IMAGENET1K_V1.url, name
 
 
+def legacy_densenet_key(key: str) -> str:
+    """torchvision's old _DenseLayer names, as in densenet121-a639ec97.pth: norm1 -> norm.1."""
+    import re
+
+    return re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", key)
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+def test_densenet121_file_with_legacy_key_names_loads_exactly(torch_home, head):
+    import torchvision
+
+    torch.manual_seed(7)
+    state = torchvision.models.densenet121(weights=None).state_dict()
+    planted = {k: v + torch.rand_like(v) for k, v in state.items()  # BN statistics made distinctive too
+               if not k.endswith("num_batches_tracked")}  # a 2017 file: no num_batches_tracked
+    legacy = {legacy_densenet_key(k): v for k, v in planted.items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    assert sum(a != b for a, b in zip(legacy, planted)) == 58 * 10  # 58 dense layers: 2 BN x 4 + 2 conv
+    path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(legacy, path)
+    assert weights.expected_path("densenet121") == path
+    assert list(weights.load_state_dict("densenet121")) == list(planted)
+
+    model = models.get_model("densenet121", weights=True, head=head, num_classes=3, image_size=64)
+    loaded = model.state_dict()
+    backbone = [k for k in planted if not models.is_head_key(k, "densenet121", head)]
+    assert len(backbone) == len(planted) - 2  # all but torchvision's classifier
+    for key in backbone:
+        assert torch.equal(loaded[key], planted[key]), key
+    head_keys = [k for k in loaded if models.is_head_key(k, "densenet121", head)]
+    assert loaded[head_keys[-1]].shape[0] == 3
+
+
 def test_cli_rejects_unknown_arch(capsys):
     with pytest.raises(SystemExit):
         weights.main(["fetch", "resnet50"])

