@@ -235,7 +235,7 @@ _KILL_PREAMBLE = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from helpers import training
+    from helpers import checkpoints, training
     params, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
 """)
 

@@ -113,13 +113,13 @@ def data_fingerprint(prep: dict) -> str:
     works; ``make report`` refuses it earlier, in :func:`check_data_dirs`)."""
     if not prep.get("data_dir"):
         return ""
-    from .data.prepared import _fingerprint  # the very function prepare() records
+    from .data.prepared import fingerprint  # the very function prepare() records
 
     try:
         class_root, listing = _listing(prep["dataset"], str(prep["data_dir"]))
     except (OSError, ValueError) as exc:
         return f"unusable: {exc}"
-    return _fingerprint(prep, class_root, listing)
+    return fingerprint(prep, class_root, listing)
 
 
 # ---------------------------------------------------------------- the lock

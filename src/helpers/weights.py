@@ -30,6 +30,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
+
 MANIFEST = "SHA256SUMS"
 _MEMBER_DIR = "checkpoints"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
@@ -282,15 +284,15 @@ def pack(out_file: Path, archs: list[str] | None = None) -> Path:
     files = sorted({expected_path(a) for a in wanted})
     lines = [f"{sha256(p)}  {_MEMBER_DIR}/{p.name}\n" for p in files]
     manifest = "".join(lines).encode()
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(out_file.name + ".tmp")
-    with tarfile.open(tmp, "w") as tar:
-        info = tarfile.TarInfo(MANIFEST)
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-        for p in files:
-            tar.add(p, arcname=f"{_MEMBER_DIR}/{p.name}")
-    os.replace(tmp, out_file)
+    def write_tar(tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            info = tarfile.TarInfo(MANIFEST)
+            info.size = len(manifest)
+            tar.addfile(info, io.BytesIO(manifest))
+            for p in files:
+                tar.add(p, arcname=f"{_MEMBER_DIR}/{p.name}")
+
+    atomic.write(out_file, write_tar)
     for line in lines:
         print(line, end="")
     print(f"packed {len(files)} file(s) into {out_file}")

@@ -84,10 +84,10 @@ def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 12
     listing = scan(class_root, spec, synthetic_root)
     out = Path(p["out_dir"]) if p["out_dir"] else prepared_dir(
         dataset, p["data_dir"], p["image_size"], p["balance"], p["seed"], p["split"], p["n_per_class"])
-    fingerprint = _fingerprint(p, class_root, listing)
+    digest = fingerprint(p, class_root, listing)
     synthetic = synthetic_root is not None
-    built = publish_dir(out, lambda tmp: _build(tmp, p, spec, class_root, synthetic, listing, fingerprint),
-                        lambda: _cache_valid(out, fingerprint))
+    built = publish_dir(out, lambda tmp: _build(tmp, p, spec, class_root, synthetic, listing, digest),
+                        lambda: _cache_valid(out, digest))
     info = json.loads((out / "info.json").read_text())
     if built:
         print_summary(info, out)
@@ -97,7 +97,7 @@ def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 12
     return out
 
 
-def _fingerprint(params: dict, class_root: Path, listing: Listing) -> str:
+def fingerprint(params: dict, class_root: Path, listing: Listing) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"prep_version": PREP_VERSION, "source_dir": str(class_root.resolve()),
                          **{k: params[k] for k in ("dataset", "image_size", "balance", "seed", "split")}},
