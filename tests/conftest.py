@@ -74,3 +74,12 @@ def _offline(monkeypatch):
     """No test reaches the internet: missing torchvision weights fail at once, as on an
     air-gapped machine. The download tests lift this and serve files from 127.0.0.1."""
     monkeypatch.setenv("HELPERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def book_study(tmp_path_factory):
+    """(work folder, environment, first invocation): the tiny study of tests/tiny_study.py, run
+    once per session with Snakemake and shared by the book tests and the step-notebook tests."""
+    import tiny_study
+
+    return tiny_study.run(tmp_path_factory)

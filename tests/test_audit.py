@@ -16,6 +16,8 @@ from PIL import Image
 from helpers import audit
 from helpers.data import splits as data_splits
 
+import tiny_study
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
 N_PER_CLASS = 25  # one synthetic set per dataset, shared by every test here
@@ -336,26 +338,16 @@ def test_real_chest_xrays_of_different_patients_do_not_pair(tmp_path):
 
 
 @pytest.mark.slow
-def test_audit_notebook_runs_through_papermill(tmp_path, synthetic):
-    synthetic("ct_kidney")  # the notebook reuses this prepared random split
-    import papermill
-
-    out_dir = tmp_path / "audit"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "audit.ipynb"),
-        str(tmp_path / "audit_out.ipynb"),
-        parameters={"dataset": "ct_kidney", "image_size": 64, "n_per_class": N_PER_CLASS, "out_dir": str(out_dir)},
-        cwd=str(tmp_path),  # relative paths (data/, results/) stay out of the repo
-        kernel_name="python3",
-        progress_bar=False,
-    )
+def test_the_workflows_audit_notebook_writes_every_file(book_study):
+    # The audit step of the session's tiny study (Snakemake ran audit.ipynb through papermill).
+    work = book_study[0]
+    out_dir = work / tiny_study.RESULTS / "ct_kidney" / "audit"
     for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv", "closest_pairs.png"]:
         assert (out_dir / name).stat().st_size > 0, name
     shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
-    assert set(shortcut["split"]) <= {"random", "grouped"} and "random" in set(shortcut["split"])
-    text = (tmp_path / "audit_out.ipynb").read_text()
-    assert "audit_test_with_train_copy" in text and "audit_shortcut_table" in text
-    assert "SYNTHETIC DATA" in text  # the banner and the prep summary say so
+    notebook = work / tiny_study.NOTEBOOKS / "audit_ct_kidney.ipynb"
+    assert {"audit_test_with_train_copy", "audit_shortcut_table"} <= tiny_study.glued(notebook)
+    assert "SYNTHETIC DATA" in notebook.read_text()  # the banner and the prep summary say so
     # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
     assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
     assert set(shortcut["split"]) == {"random", "grouped"}

@@ -21,6 +21,8 @@ from helpers import data
 from helpers.data import DATASETS, find_class_root, load_prepared, prepare, prepared_dir, synthesize
 from helpers.data import prepared as prepared_module
 
+import tiny_study
+
 REPO = Path(__file__).resolve().parents[1]
 COVID_ROOT = "COVID-19_Radiography_Dataset"
 KIDNEY_NEST = ("CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone",) * 2
@@ -579,19 +581,15 @@ def test_cli_prepare_reports_errors_without_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_data_prep_notebook_runs_through_papermill(tmp_path, data_root):
-    import papermill
-
-    out_dir = tmp_path / "prepared"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "data_prep.ipynb"), str(tmp_path / "out.ipynb"),
-        parameters={"dataset": "covid_radiography", "image_size": 32, "n_per_class": 6, "out_dir": str(out_dir)},
-        cwd=str(REPO), kernel_name="python3", progress_bar=False)
-    text = (tmp_path / "out.ipynb").read_text()
+def test_the_workflows_data_prep_notebook_shows_its_data(book_study):
+    # The data_prep step of the session's tiny study (HELPERS_DATA_ROOT points into its folder).
+    work = book_study[0]
+    (notebook,) = (work / tiny_study.NOTEBOOKS / "data_prep" / "covid_radiography").glob("*.ipynb")
+    text = notebook.read_text()
     assert "SYNTHETIC DATA" in text and "image/png" in text
-    info = json.loads((out_dir / "info.json").read_text())
+    info = json.loads((work / "data" / "prepared" / "covid_radiography" / notebook.stem / "info.json").read_text())
     assert info["synthetic"] and info["image_size"] == 32
-    assert (data_root / "synthetic" / "covid_radiography-n6" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
+    assert (work / "data" / "synthetic" / "covid_radiography-n12" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
 
 
 # ----------------------------------------------------------------------------- real sample

@@ -19,6 +19,8 @@ from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixtur
 from helpers import explain, intervals, map_scores, models  # noqa: E402
 from helpers.params import RunId  # noqa: E402
 
+import tiny_study  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _two_threads():
@@ -158,28 +160,19 @@ def test_select_images_deterministic():
 # ------------------------------------------------------- end to end on tiny runs
 
 
-def _glued(notebook_file) -> set[str]:
-    nb = json.loads(notebook_file.read_text())
-    return {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
-            for o in c.get("outputs", [])} - {None}
-
-
 @pytest.mark.slow
-def test_explain_notebook_on_tiny_runs(tiny_runs, tmp_path):  # noqa: F811
-    runs = tiny_runs / "runs" / "covid_radiography"
-    out = tmp_path / "explain"
-    done = papermill("explain.ipynb", tmp_path / "explain.ipynb",
-                     {"dataset": "covid_radiography", "arch": "resnet18", "n_per_class": 1, "out_dir": out,
-                      "device": "cpu"},
-                     yaml=f"runs: ['{runs / 'resnet18-imagenet-s0'}', '{runs / 'resnet18-scratch-s0'}']")
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_the_workflows_explain_notebook_writes_every_file(book_study):
+    # The explain step of the session's tiny study (Snakemake ran explain.ipynb on its
+    # ResNet-18 ImageNet/scratch pair).
+    work = book_study[0]
+    out = work / tiny_study.RESULTS / "covid_radiography" / "explain"
     for name in ("explanations.png", "explanations.svg", "explain_scores.csv", "explain_summary.csv"):
         assert (out / name).is_file(), name
     summary = pd.read_csv(out / "explain_summary.csv")
     assert set(summary.arm) == {"imagenet", "scratch"} and set(summary.method) == {"saliency", "gradcam"}
     assert {"energy_share", "random_energy_share", "mask_area_fraction", "pointing_hit_rate",
             "random_pointing"} <= set(summary.columns)
-    glued = _glued(tmp_path / "explain.ipynb")
+    glued = tiny_study.glued(work / tiny_study.NOTEBOOKS / "explain_covid_radiography.ipynb")
     assert {"explain", "explain_summary", "explain_note", "explain_banner", "explain_tests", "explain_paired",
             "explain_timing"} <= glued
 
