@@ -69,6 +69,19 @@ def tiny_prepared(tmp_path_factory, tiny_synthetic):
     return make
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's ``--dist loadgroup``: a test without an ``xdist_group`` mark goes with
+    the rest of its file, so a module fixture (a tiny study, a trained run) is made once."""
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if "book_study" in item.fixturenames and (mark is None or mark.args[:1] != ("book_study",)):
+            raise pytest.UsageError(f"{item.nodeid} uses book_study: mark it @tiny_study.BOOK_STUDY, "
+                                    "or each xdist worker makes its own study")
+        if mark is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """No test reaches the internet: missing torchvision weights fail at once, as on an

@@ -338,6 +338,7 @@ def test_real_chest_xrays_of_different_patients_do_not_pair(tmp_path):
 
 
 @pytest.mark.slow
+@tiny_study.BOOK_STUDY
 def test_the_workflows_audit_notebook_writes_every_file(book_study):
     # The audit step of the session's tiny study (Snakemake ran audit.ipynb through papermill).
     work = book_study[0]

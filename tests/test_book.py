@@ -14,6 +14,7 @@ import pytest
 
 import tiny_study
 
+pytestmark = tiny_study.BOOK_STUDY   # one worker: the session's study is made once
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -581,6 +581,7 @@ def test_cli_prepare_reports_errors_without_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@tiny_study.BOOK_STUDY
 def test_the_workflows_data_prep_notebook_shows_its_data(book_study):
     # The data_prep step of the session's tiny study (HELPERS_DATA_ROOT points into its folder).
     work = book_study[0]

@@ -161,6 +161,7 @@ def test_select_images_deterministic():
 
 
 @pytest.mark.slow
+@tiny_study.BOOK_STUDY
 def test_the_workflows_explain_notebook_writes_every_file(book_study):
     # The explain step of the session's tiny study (Snakemake ran explain.ipynb on its
     # ResNet-18 ImageNet/scratch pair).

@@ -219,6 +219,7 @@ def papermill(notebook: str, out, params: dict, yaml: str = ""):
 
 
 @pytest.mark.slow
+@tiny_study.BOOK_STUDY
 def test_the_workflows_evaluate_notebooks_write_every_file(book_study):
     # The evaluate steps of the session's tiny study: chest X-ray with two seeds per arm, and
     # kidney CT whose ImageNet run could not happen (no VGG-11 weights).

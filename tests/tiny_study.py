@@ -15,10 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from workspace import workflow_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Every test that asks for the book_study fixture carries this mark: one xdist worker runs them all.
+BOOK_STUDY = pytest.mark.xdist_group("book_study")
 RESULTS = Path("results/tiny")
 NOTEBOOKS = RESULTS / "notebooks"
 
