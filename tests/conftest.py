@@ -69,30 +69,8 @@ def tiny_prepared(tmp_path_factory, tiny_synthetic):
     return make
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the marks
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's ``--dist loadgroup``: a test without an ``xdist_group`` mark goes with
-    the rest of its file, so a module fixture (a tiny study, a trained run) is made once."""
-    for item in items:
-        mark = item.get_closest_marker("xdist_group")
-        if "book_study" in item.fixturenames and (mark is None or mark.args[:1] != ("book_study",)):
-            raise pytest.UsageError(f"{item.nodeid} uses book_study: mark it @tiny_study.BOOK_STUDY, "
-                                    "or each xdist worker makes its own study")
-        if mark is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """No test reaches the internet: missing torchvision weights fail at once, as on an
     air-gapped machine. The download tests lift this and serve files from 127.0.0.1."""
     monkeypatch.setenv("HELPERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def book_study(tmp_path_factory):
-    """(work folder, environment, first invocation): the tiny study of tests/tiny_study.py, run
-    once per session with Snakemake and shared by the book tests and the step-notebook tests."""
-    import tiny_study
-
-    return tiny_study.run(tmp_path_factory)

@@ -16,7 +16,6 @@ from PIL import Image
 from helpers import audit
 from helpers.data import splits as data_splits
 
-import tiny_study
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
@@ -335,23 +334,6 @@ def test_real_chest_xrays_of_different_patients_do_not_pair(tmp_path):
 
 
 # --------------------------------------------------------------------------- notebook
-
-
-@pytest.mark.slow
-@tiny_study.BOOK_STUDY
-def test_the_workflows_audit_notebook_writes_every_file(book_study):
-    # The audit step of the session's tiny study (Snakemake ran audit.ipynb through papermill).
-    work = book_study[0]
-    out_dir = work / tiny_study.RESULTS / "ct_kidney" / "audit"
-    for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv", "closest_pairs.png"]:
-        assert (out_dir / name).stat().st_size > 0, name
-    shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
-    notebook = work / tiny_study.NOTEBOOKS / "audit_ct_kidney.ipynb"
-    assert {"audit_test_with_train_copy", "audit_shortcut_table"} <= tiny_study.glued(notebook)
-    assert "SYNTHETIC DATA" in notebook.read_text()  # the banner and the prep summary say so
-    # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
-    assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
-    assert set(shortcut["split"]) == {"random", "grouped"}
 
 
 @pytest.mark.skipif(not (REAL / "covid_radiography").is_dir(), reason=f"real-image sample not found at {REAL}")

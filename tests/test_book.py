@@ -1,5 +1,6 @@
-"""The whole study end to end: the session's tiny Snakemake grid (tests/tiny_study.py), the
-strict book build, a real browser. One ImageNet arm has no weights and must show up as a gap."""
+"""The whole study end to end: the tiny Snakemake grid (tests/tiny_study.py), the strict book
+build, a real browser, and the step notebooks it executed. One ImageNet arm has no weights and
+must show up as a gap."""
 
 import functools
 import http.server
@@ -10,11 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import tiny_study
 
-pytestmark = tiny_study.BOOK_STUDY   # one worker: the session's study is made once
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,10 +24,11 @@ def _snakemake(work: Path, env: dict, *targets: str) -> subprocess.CompletedProc
     return tiny_study.snakemake(work, env, *targets)
 
 
-@pytest.fixture
-def study(book_study):
-    """The session's tiny study (tests/tiny_study.py), run once and shared with the step tests."""
-    return book_study
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """(work folder, environment, first invocation) of the tiny study (tests/tiny_study.py),
+    run once for this file: the book tests and the step-notebook tests below read it."""
+    return tiny_study.run(tmp_path_factory)
 
 
 @pytest.mark.slow
@@ -232,3 +234,74 @@ def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
     assert len(cited) > 30
     unfound = sorted(k for k in cited if f'"{k}"' not in sources and f'\\"{k}\\"' not in sources)
     assert not unfound, f"glue keys cited by book pages but glued under a built name: {unfound}"
+
+
+# ------------------------------------------------------------ the step notebooks it executed
+# Each step's notebook as Snakemake ran it, checked here rather than run again by the step's tests.
+
+@pytest.mark.slow
+def test_the_workflows_audit_notebook_writes_every_file(study):
+    # The audit step of the tiny study (Snakemake ran audit.ipynb through papermill).
+    work = study[0]
+    out_dir = work / tiny_study.RESULTS / "ct_kidney" / "audit"
+    for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv", "closest_pairs.png"]:
+        assert (out_dir / name).stat().st_size > 0, name
+    shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
+    notebook = work / tiny_study.NOTEBOOKS / "audit_ct_kidney.ipynb"
+    assert {"audit_test_with_train_copy", "audit_shortcut_table"} <= tiny_study.glued(notebook)
+    assert "SYNTHETIC DATA" in notebook.read_text()  # the banner and the prep summary say so
+    # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
+    assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
+    assert set(shortcut["split"]) == {"random", "grouped"}
+
+
+@pytest.mark.slow
+def test_the_workflows_data_prep_notebook_shows_its_data(study):
+    # The data_prep step of the tiny study (HELPERS_DATA_ROOT points into its folder).
+    work = study[0]
+    (notebook,) = (work / tiny_study.NOTEBOOKS / "data_prep" / "covid_radiography").glob("*.ipynb")
+    text = notebook.read_text()
+    assert "SYNTHETIC DATA" in text and "image/png" in text
+    info = json.loads((work / "data" / "prepared" / "covid_radiography" / notebook.stem / "info.json").read_text())
+    assert info["synthetic"] and info["image_size"] == 32
+    assert (work / "data" / "synthetic" / "covid_radiography-n12" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
+
+
+@pytest.mark.slow
+def test_the_workflows_explain_notebook_writes_every_file(study):
+    # The explain step of the tiny study (Snakemake ran explain.ipynb on its
+    # ResNet-18 ImageNet/scratch pair).
+    work = study[0]
+    out = work / tiny_study.RESULTS / "covid_radiography" / "explain"
+    for name in ("explanations.png", "explanations.svg", "explain_scores.csv", "explain_summary.csv"):
+        assert (out / name).is_file(), name
+    summary = pd.read_csv(out / "explain_summary.csv")
+    assert set(summary.arm) == {"imagenet", "scratch"} and set(summary.method) == {"saliency", "gradcam"}
+    assert {"energy_share", "random_energy_share", "mask_area_fraction", "pointing_hit_rate",
+            "random_pointing"} <= set(summary.columns)
+    glued = tiny_study.glued(work / tiny_study.NOTEBOOKS / "explain_covid_radiography.ipynb")
+    assert {"explain", "explain_summary", "explain_note", "explain_banner", "explain_tests", "explain_paired",
+            "explain_timing"} <= glued
+
+
+@pytest.mark.slow
+def test_the_workflows_evaluate_notebooks_write_every_file(study):
+    # The evaluate steps of the tiny study: chest X-ray with two seeds per arm, and
+    # kidney CT whose ImageNet run could not happen (no VGG-11 weights).
+    work = study[0]
+    out = work / tiny_study.RESULTS / "covid_radiography" / "evaluate"
+    for name in ("table1.csv", "table1.md", "per_class.csv", "seed_summary.csv", "paired_tests.csv",
+                 "mcnemar.csv", "test_accuracy.csv", "loss_curves.png", "loss_curves.svg", "confusion.png",
+                 "confusion.svg", "roc.png", "roc.svg"):
+        assert (out / name).is_file(), name
+    chest = work / tiny_study.NOTEBOOKS / "evaluate_covid_radiography.ipynb"
+    assert {"table1", "loss_curves", "confusion", "roc", "headline_imagenet",
+            "headline_difference"} <= tiny_study.glued(chest)
+    assert "Figure size" not in chest.read_text()
+    summary = pd.read_csv(out / "seed_summary.csv")
+    acc = summary[(summary.metric == "test_accuracy") & (summary.arm == "scratch")].iloc[0]
+    assert acc["n"] == 2  # two seeds pooled into mean and CI
+    paired = pd.read_csv(out / "paired_tests.csv")
+    assert (paired["n_pairs"] == 2).all()
+    kidney = (work / tiny_study.NOTEBOOKS / "evaluate_ct_kidney.ipynb").read_text()
+    assert "1 run did not run" in kidney  # the banner counts the missing run

@@ -21,8 +21,6 @@ from helpers import data
 from helpers.data import DATASETS, find_class_root, load_prepared, prepare, prepared_dir, synthesize
 from helpers.data import prepared as prepared_module
 
-import tiny_study
-
 REPO = Path(__file__).resolve().parents[1]
 COVID_ROOT = "COVID-19_Radiography_Dataset"
 KIDNEY_NEST = ("CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone",) * 2
@@ -578,19 +576,6 @@ def test_cli_prepare_reports_errors_without_a_traceback(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- notebook
-
-
-@pytest.mark.slow
-@tiny_study.BOOK_STUDY
-def test_the_workflows_data_prep_notebook_shows_its_data(book_study):
-    # The data_prep step of the session's tiny study (HELPERS_DATA_ROOT points into its folder).
-    work = book_study[0]
-    (notebook,) = (work / tiny_study.NOTEBOOKS / "data_prep" / "covid_radiography").glob("*.ipynb")
-    text = notebook.read_text()
-    assert "SYNTHETIC DATA" in text and "image/png" in text
-    info = json.loads((work / "data" / "prepared" / "covid_radiography" / notebook.stem / "info.json").read_text())
-    assert info["synthetic"] and info["image_size"] == 32
-    assert (work / "data" / "synthetic" / "covid_radiography-n12" / "SYNTHETIC.json").exists(), "HELPERS_DATA_ROOT honoured"
 
 
 # ----------------------------------------------------------------------------- real sample

@@ -19,7 +19,6 @@ from test_report import papermill, tiny_runs  # noqa: E402,F401  (session fixtur
 from helpers import explain, intervals, map_scores, models  # noqa: E402
 from helpers.params import RunId  # noqa: E402
 
-import tiny_study  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -158,24 +157,6 @@ def test_select_images_deterministic():
 
 
 # ------------------------------------------------------- end to end on tiny runs
-
-
-@pytest.mark.slow
-@tiny_study.BOOK_STUDY
-def test_the_workflows_explain_notebook_writes_every_file(book_study):
-    # The explain step of the session's tiny study (Snakemake ran explain.ipynb on its
-    # ResNet-18 ImageNet/scratch pair).
-    work = book_study[0]
-    out = work / tiny_study.RESULTS / "covid_radiography" / "explain"
-    for name in ("explanations.png", "explanations.svg", "explain_scores.csv", "explain_summary.csv"):
-        assert (out / name).is_file(), name
-    summary = pd.read_csv(out / "explain_summary.csv")
-    assert set(summary.arm) == {"imagenet", "scratch"} and set(summary.method) == {"saliency", "gradcam"}
-    assert {"energy_share", "random_energy_share", "mask_area_fraction", "pointing_hit_rate",
-            "random_pointing"} <= set(summary.columns)
-    glued = tiny_study.glued(work / tiny_study.NOTEBOOKS / "explain_covid_radiography.ipynb")
-    assert {"explain", "explain_summary", "explain_note", "explain_banner", "explain_tests", "explain_paired",
-            "explain_timing"} <= glued
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from test_metrics import write_run  # noqa: E402
 
 from helpers import metrics, report  # noqa: E402
 
-import tiny_study  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -216,27 +215,3 @@ def papermill(notebook: str, out, params: dict, yaml: str = ""):
     if yaml:
         args += ["-y", yaml]
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.slow
-@tiny_study.BOOK_STUDY
-def test_the_workflows_evaluate_notebooks_write_every_file(book_study):
-    # The evaluate steps of the session's tiny study: chest X-ray with two seeds per arm, and
-    # kidney CT whose ImageNet run could not happen (no VGG-11 weights).
-    work = book_study[0]
-    out = work / tiny_study.RESULTS / "covid_radiography" / "evaluate"
-    for name in ("table1.csv", "table1.md", "per_class.csv", "seed_summary.csv", "paired_tests.csv",
-                 "mcnemar.csv", "test_accuracy.csv", "loss_curves.png", "loss_curves.svg", "confusion.png",
-                 "confusion.svg", "roc.png", "roc.svg"):
-        assert (out / name).is_file(), name
-    chest = work / tiny_study.NOTEBOOKS / "evaluate_covid_radiography.ipynb"
-    assert {"table1", "loss_curves", "confusion", "roc", "headline_imagenet",
-            "headline_difference"} <= tiny_study.glued(chest)
-    assert "Figure size" not in chest.read_text()
-    summary = pd.read_csv(out / "seed_summary.csv")
-    acc = summary[(summary.metric == "test_accuracy") & (summary.arm == "scratch")].iloc[0]
-    assert acc["n"] == 2  # two seeds pooled into mean and CI
-    paired = pd.read_csv(out / "paired_tests.csv")
-    assert (paired["n_pairs"] == 2).all()
-    kidney = (work / tiny_study.NOTEBOOKS / "evaluate_ct_kidney.ipynb").read_text()
-    assert "1 run did not run" in kidney  # the banner counts the missing run

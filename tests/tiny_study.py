@@ -1,8 +1,7 @@
-"""The session's tiny study: a CI-sized Snakemake grid run once, end to end, with the book.
+"""The tiny study: a CI-sized Snakemake grid run once, end to end, with the book.
 
-tests/test_book.py checks the workflow, the book and the pages; the step tests (audit,
-explain, evaluate, data prep) check the notebooks this run executed instead of running their
-own. The grid runs in a copy of the workflow files under a temporary folder, on synthetic data,
+tests/test_book.py checks the workflow, the book, the pages and the step notebooks (audit,
+explain, evaluate, data prep) this run executed; the steps' own test files do not run them again. The grid runs in a copy of the workflow files under a temporary folder, on synthetic data,
 with ResNet-18 ImageNet weights planted in a temporary TORCH_HOME (random tensors under
 torchvision's file name) and no VGG-11 weights, so that one ImageNet arm cannot run and must
 show up as a gap.
@@ -15,14 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from workspace import workflow_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# Every test that asks for the book_study fixture carries this mark: one xdist worker runs them all.
-BOOK_STUDY = pytest.mark.xdist_group("book_study")
 RESULTS = Path("results/tiny")
 NOTEBOOKS = RESULTS / "notebooks"
 
