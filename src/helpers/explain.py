@@ -268,10 +268,11 @@ class ExplainResult:
 
 
 def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int = 0,
-                 head: str = "replace", experiment: str = "") -> list[Path]:
-    """The ImageNet and scratch runs of one configuration, as RunId names them."""
-    return [RunId(experiment=experiment, dataset=dataset, arch=arch, head=head, arm=arm, seed=seed).run_dir(root)
-            for arm in ("imagenet", "scratch")]
+                 head: str = "replace", experiment: str = "") -> dict[Path, str]:
+    """The ImageNet and scratch runs of one configuration: run folder (as RunId names it) -> arm."""
+    ids = [RunId(experiment=experiment, dataset=dataset, arch=arch, head=head, arm=arm, seed=seed)
+           for arm in ("imagenet", "scratch")]
+    return {rid.run_dir(root): rid.arm for rid in ids}
 
 
 def _arm_of(run_dir: Path, planned: dict[Path, str]) -> str:
@@ -332,8 +333,8 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     seconds = {"road": 0.0, "sanity": 0.0, "baselines": 0.0}
     planned: dict[Path, str] = {}
     if isinstance(runs, (str, Path)) and str(runs) == "":
-        run_dirs = default_runs(dataset, arch, root)
-        planned = dict(zip(run_dirs, ("imagenet", "scratch")))
+        planned = default_runs(dataset, arch, root)
+        run_dirs = list(planned)
     elif isinstance(runs, (str, Path)):
         run_dirs = metrics.find_run_dirs(dataset, runs)
     else:

@@ -50,6 +50,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from . import models
 from .params import RunId, TrainSettings, read_run_id
 
 ZERO_DIVISION = 0.0
@@ -106,10 +107,8 @@ PAPER_VALUES: dict[str, dict] = load_published()
 
 
 def arch_order() -> tuple[str, ...]:
-    """Archs in display order: the order of helpers.models.ARCHS (imported lazily: it loads torch)."""
-    from .models import ARCHS
-
-    return tuple(ARCHS)
+    """Archs in display order: the order of the arch table."""
+    return tuple(models.ARCHS)
 
 
 METRIC_NOTES = (

@@ -21,11 +21,11 @@ from .. import params as params_mod
 from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
-from .specs import MIN_PER_CLASS, SPLITS, DatasetSpec, data_root, get_spec
+from .specs import MIN_PER_CLASS, DatasetSpec, data_root, get_spec
 from .splits import (BLOCK_KIND, SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
                      perceptual_hashes, random_split)
 from .summary import print_summary, reason_counts, save_samples
-from .synthetic import find_synthetic_root, is_int, synthesize
+from .synthetic import find_synthetic_root, synthesize
 
 PREP_VERSION = 2  # 2: near_copy_share in info.json, the block split
 PREPARED_FILES = ("manifest.csv", "images.npy", "masks.npy", "skipped.csv", "samples.png", "info.json")
