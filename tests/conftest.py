@@ -6,9 +6,18 @@ folders. Tests that call ``prepare``/``synthesize`` with default paths should us
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# One share of the cores per xdist worker, for torch here and in every notebook or snakemake
+# child: two workers each running torch on both cores of this machine took 2.2 times as long
+# as with one thread each (OpenMP threads spin while they wait for a core). A user's own
+# OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-sample"
@@ -74,3 +83,16 @@ def _offline(monkeypatch):
     """No test reaches the internet: missing torchvision weights fail at once, as on an
     air-gapped machine. The download tests lift this and serve files from 127.0.0.1."""
     monkeypatch.setenv("HELPERS_OFFLINE", "1")
+
+
+# Longest files first (xdist hands each free worker the next file, with --no-loadscope-reorder
+# in pyproject.toml): seconds on this 2-core machine, book 430, SLURM 230, explain 220,
+# benchmarks 150, training 80, the rest under 70 each. xdist's own order (most tests first)
+# started the book's study last, and it then ran alone for five minutes at the end.
+FIRST = ("test_book.py", "test_slurm.py", "test_explain.py", "test_benchmarks.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: files stay whole
+

@@ -179,22 +179,24 @@ def test_explain_with_one_arm_missing(tiny_runs, tmp_path):  # noqa: F811
 
 @pytest.mark.slow
 def test_trained_gradcam_puts_more_energy_in_the_lesion_than_random_maps(tmp_path, monkeypatch):
-    """AlexNet (dense1024 head) trained from scratch for 8 epochs on 100 synthetic chest phantoms per
+    """AlexNet (dense1024 head) trained from scratch for 6 epochs on 100 synthetic chest phantoms per
     class at 128 px (Grad-CAM grid 7x7). Chosen after trying resnet18, vgg11, vgg16 and mobilenet at
     64-128 px: at 64 px their Grad-CAM grids are 2x2-4x4 and briefly trained they did not localise;
-    this setting beat the random baseline with the per-image 95% CI above zero for every seed tried."""
+    this setting beat the random baseline with the per-image 95% CI above zero for every seed tried
+    (6 epochs, one thread: CI low 0.045 with seed 0, 0.033 with seed 1; 0.040 after 8 epochs)."""
     from helpers import training
 
     monkeypatch.setenv("HELPERS_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     run = training.train(dataset="covid_radiography", arch="alexnet", head="dense1024", pretrained=False,
-                         image_size=128, epochs=8, batch_size=8, lr=1e-4, n_per_class=100, seed=0,
+                         image_size=128, epochs=6, batch_size=8, lr=1e-4, n_per_class=100, seed=0,
                          device="cpu", run_dir=str(tmp_path / "runs" / "alexnet-scratch-s0"))
     accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
     assert accuracy > 0.5, f"the model did not learn (test accuracy {accuracy:.2f}; chance 0.33)"
+    # ROAD is checked on the tiny runs below; here only the localisation scores matter
     res = explain.explain_runs("covid_radiography", "alexnet", [run], n_per_class=1, methods=["gradcam"],
-                               out_dir=tmp_path / "out", device="cpu")
+                               out_dir=tmp_path / "out", device="cpu", n_road_images=0)
     s = res.summary.set_index("method").loc["gradcam"]
     assert s["region"] == "lesion" and s["n_images"] >= 30  # every COVID / Viral Pneumonia test image
     # the random baseline is the mask's area fraction, empirically and analytically
