@@ -165,14 +165,14 @@ def test_gpu_check_runs_every_stage_at_tiny_sizes_and_writes_every_json(data_roo
     assert check["environment"]["torch"] and check["peak_bf16"]["tflops"] > 0
     assert {name: s["state"] for name, s in check["stages"].items()} == dict.fromkeys(
         ("paper_a", "paper_b", "grid"), "done")
-    # benchmarks.throughput, both loops on the same data: the same 6:2:2 split of 15 images
-    for setting, arch in (("paper_a", "mobilenet_v3_small"), ("paper_b", "vgg16")):
+    # benchmarks.throughput, both loops on the same data: the same 6:2:2 split of 5 images per class
+    for setting, arch, split in (("paper_a", "mobilenet_v3_small", (9, 3)), ("paper_b", "vgg16", (12, 4))):
         report = json.loads((out / f"cpu-{setting}.json").read_text())
         assert report["device"] == "cpu" and report["versions"]["torch"]
         (row,) = report["rows"]
         ours, naive = row["ours"], row["naive"]
         assert row["arch"] == arch and "error" not in ours and "error" not in naive, row
-        assert (ours["n_train"], ours["n_val"]) == (naive["n_train"], naive["n_val"]), row
+        assert (ours["n_train"], ours["n_val"]) == (naive["n_train"], naive["n_val"]) == split, row
         assert row["ratio"] > 0 and row["ratio"] == pytest.approx(ours["images_per_s"] / naive["images_per_s"])
     assert list(throughput.load_results(out)["arch"]) == ["mobilenet_v3_small", "vgg16"]
     result = json.loads((out / "grid-cpu.json").read_text())["grid"]

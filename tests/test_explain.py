@@ -20,15 +20,6 @@ from helpers import explain, intervals, map_scores, models  # noqa: E402
 from helpers.params import RunId  # noqa: E402
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _check(maps, n, size):
     assert maps.shape == (n, size, size)
     assert np.isfinite(maps).all()

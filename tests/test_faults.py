@@ -191,16 +191,7 @@ TINY_RUN = dict(dataset="covid_radiography", arch="mobilenet_v3_small", pretrain
                 epochs=2, batch_size=4, n_per_class=6, device="cpu")
 
 
-@pytest.fixture
-def one_thread():
-    """A shared 2-core machine: torch's second thread mostly waits for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_a_full_disk_is_named_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch, capsys, one_thread):
+def test_a_full_disk_is_named_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HELPERS_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     run_dir = tmp_path / "run"

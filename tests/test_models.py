@@ -15,11 +15,6 @@ SIZE = 64
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
-
-
 @functools.lru_cache(maxsize=None)
 def built(arch: str, head: str) -> nn.Module:
     torch.manual_seed(0)

@@ -184,8 +184,6 @@ def _make_tiny_runs(tmp_path_factory):
     patch.setenv("HELPERS_DATA_ROOT", str(root / "data"))
     patch.setenv("TORCH_HOME", str(root / "torch_home"))
     patch.setenv("TQDM_DISABLE", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
         planted = weights.expected_path("resnet18")
         planted.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +194,6 @@ def _make_tiny_runs(tmp_path_factory):
                                epochs=2, batch_size=8, n_per_class=8, seed=seed, device="cpu",
                                run_dir=str(runs / f"resnet18-{'imagenet' if pretrained else 'scratch'}-s{seed}"))
     finally:
-        torch.set_num_threads(threads)
         patch.undo()
     (runs / "vgg11-imagenet-s0").mkdir()
     (runs / "vgg11-imagenet-s0" / "missing.json").write_text(json.dumps({"reason": "no ImageNet weights"}))
