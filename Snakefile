@@ -25,7 +25,7 @@ PREPS = {str(ex.prepared_dir(p)): p for p in ex.preps(EXP)}   # prepared folder 
 PREPARED = str(Path(next(iter(PREPS))).parent.parent)  # <data root>/prepared
 EXP_ARG = shlex.quote(EXP["path"])
 DATA_ARG = shlex.quote(str(config.get("data_dir", "") or ""))
-PAPERMILL = f"papermill --cwd . --no-progress-bar --start-timeout {wf.kernel_start_timeout()}"
+PAPERMILL = wf.papermill_command()
 # After a step's command fails: keep its executed notebook and one-line reason for make report's
 # closing lines (Snakemake deletes a failed job's outputs), and fail the job.
 FAILED = f"python -m helpers.runner failed --to {shlex.quote(str(runner.failed_dir(EXP)))}"

@@ -18,7 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import atomic, data
+from . import atomic, data, kernel
 from .experiment import (ExperimentError, find_run, load_experiment, parse_data_dirs, planned, prep_of,
                          prepared_dir, results_dir, runs, source_of)
 from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
@@ -37,6 +37,13 @@ def kernel_start_timeout() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ExperimentError(f"{KERNEL_START_ENV}={raw!r} must be a whole number of seconds, at least 1")
     return int(raw)
+
+
+def papermill_command() -> str:
+    """The shell command every notebook step of the Snakefile starts with (input, output and
+    parameters follow): the kernel on sockets of its own, one more start if it dies starting."""
+    return (f"papermill --engine {kernel.ENGINE} --cwd . --no-progress-bar "
+            f"--start-timeout {kernel_start_timeout()}")
 
 
 # ---------------------------------------------------------------- the runs' status
@@ -89,8 +96,8 @@ def execute(notebook: str | os.PathLike, out: str | os.PathLike, params: dict) -
     import papermill as pm
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3",
-                        progress_bar=False, cwd=os.getcwd(), start_timeout=kernel_start_timeout())
+    pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name=kernel.KERNEL_NAME,
+                        engine_name=kernel.ENGINE, progress_bar=False, cwd=os.getcwd(), start_timeout=kernel_start_timeout())
 
 
 def train_notebook(exp: dict, rid: RunId) -> Path:
