@@ -20,6 +20,7 @@ EXP = ex.load_experiment(config.get("experiment", "demo"), str(config.get("data_
 NAME = EXP["name"]
 RES = str(ex.results_dir(EXP))
 RUNS = ex.runs(EXP)                                    # RunId -> TrainParams values
+SWEEPS = ex.sweeps(EXP)                                # tuned run -> the sweep that picks its lr
 RUN_DIRS = {str(rid.run_dir()): rid for rid in RUNS}
 PREPS = {str(ex.prepared_dir(p)): p for p in ex.preps(EXP)}   # prepared folder -> PrepParams values
 PREPARED = str(Path(next(iter(PREPS))).parent.parent)  # <data root>/prepared
@@ -152,10 +153,12 @@ rule train:
         "notebooks/train.ipynb",
         lambda wc: prepared(RUN_DIRS[wc.run].dataset, RUN_DIRS[wc.run].split),
         lambda wc: statuses([r for r in RUNS if r.key == RUN_DIRS[wc.run].init_source]),
+        lambda wc: statuses(SWEEPS[RUN_DIRS[wc.run]].candidates.values() if RUN_DIRS[wc.run] in SWEEPS else []),
     output:
         "{run}/status.json",
     params:
         run=lambda wc: json.dumps(RUNS[RUN_DIRS[wc.run]], sort_keys=True),  # edited settings rerun it
+        sweep=lambda wc: repr(SWEEPS.get(RUN_DIRS[wc.run])),
         notebook=lambda wc: str(wf.train_notebook(EXP, RUN_DIRS[wc.run])),
     threads: HEAVY_THREADS
     resources:

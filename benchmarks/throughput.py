@@ -3,6 +3,7 @@
     python -m benchmarks.throughput                        # every arch, both settings, this device
     python -m benchmarks.throughput --arch mobilenet_v3_small resnet18 --setting paper_a
     python -m benchmarks.throughput --scale                # wall time vs images / resolution
+    python -m benchmarks.throughput --bf16                 # ours in fp32 against bf16 autocast
 
 For each arch and setting, on the same prepared synthetic data, the same model and the same
 hyperparameters, in the same process run (each variant in its own child process, so peak
@@ -18,6 +19,10 @@ the fastest of K, for a shared machine). Results (images/s, the
 ratio ours/naive, peak memory, and on CUDA the model FLOP/s from torch's FLOP counter and its
 share of the GPU's dense bf16 peak) are printed and written as JSON with the device, library
 versions and git commit.
+
+``--bf16`` times ours twice per arch, fp32 and bf16 autocast, and prints the ratio: what
+``models.ArchSpec.cpu_bf16`` records. It says whether the CPU computes bf16 natively; without
+it (no AVX512-BF16 or AMX) bf16 is emulated and the ratio says nothing about a CPU that has it.
 """
 
 from __future__ import annotations
@@ -110,7 +115,7 @@ def _flops_per_image(model, image_size, device, train: bool) -> float:
     return counter.get_total_flops() / 2
 
 
-def run_ours(arch, setting, n_per_class, device_name, compile_="auto") -> dict:
+def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="auto") -> dict:
     import torch
 
     from helpers import training
@@ -119,8 +124,9 @@ def run_ours(arch, setting, n_per_class, device_name, compile_="auto") -> dict:
     prepared = _prepare(dataset, size, n_per_class)
     params = _params(arch, head, size, batch, device_name, "auto")
     device = training.resolve_device(params["device"])
-    # The engine's default ("auto") compiles on CUDA only.
-    params = {**params, "compile": device.type == "cuda" if compile_ == "auto" else compile_ == "true"}
+    # The engine's defaults ("auto"): compile on CUDA only; bf16 as training resolves it.
+    params = {**params, "compile": device.type == "cuda" if compile_ == "auto" else compile_ == "true",
+              "bf16": training.resolve_bf16(bf16 if bf16 == "auto" else bf16 == "true", device, arch)}
     torch.manual_seed(0)
     model = training._build(params, len(prepared.class_names), device)
     optimizer = training.make_optimizer(model, params["lr"], device)
@@ -140,6 +146,7 @@ def run_ours(arch, setting, n_per_class, device_name, compile_="auto") -> dict:
     n_train, n_val = len(engine.y["train"]), len(engine.y["val"])
     result = _result("ours", arch, setting, device, model, size, n_train, n_val, *_fastest(times))
     result["compiled"] = params["compile"]
+    result["bf16"] = params["bf16"]
     return result
 
 
@@ -310,6 +317,26 @@ def compare(archs, settings, n_per_class, device, workers_options, compile_="aut
     return rows
 
 
+def compare_bf16(archs, n_per_class, device, on_row=None) -> list[dict]:
+    """Ours in fp32 and in bf16 autocast per arch (paper A's setting): the train-step ratio."""
+    rows = []
+    for arch in archs or ("resnet18", "vgg11", "efficientnet_lite0", "mobilenet_v3_large"):
+        common = [arch, "paper_a", str(n_per_class), device, "false"]
+        fp32, bf16 = _child(["ours", *common, "false"]), _child(["ours", *common, "true"])
+        row = {"arch": arch, "fp32": fp32, "bf16": bf16}
+        if "error" in fp32 or "error" in bf16:
+            print(f"bf16 {arch:20s} error: {fp32.get('error') or bf16.get('error')}", flush=True)
+        else:
+            row["train_ratio"] = fp32["train_seconds"] / bf16["train_seconds"]
+            row["ratio"] = bf16["images_per_s"] / fp32["images_per_s"]
+            print(f"bf16 {arch:20s} fp32 {fp32['images_per_s']:7.1f} img/s  bf16 {bf16['images_per_s']:7.1f} "
+                  f"img/s  ratio {row['ratio']:4.2f}x (training alone {row['train_ratio']:4.2f}x)", flush=True)
+        rows.append(row)
+        if on_row:
+            on_row(rows)
+    return rows
+
+
 def _print_row(row):
     o, n = row["ours"], row["naive"]
     if "error" in o or "error" in n:
@@ -414,6 +441,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's measured bf16 matmul TFLOP/s for MFU (default: data sheet)")
     parser.add_argument("--scale", action="store_true", help="measure wall time vs data size")
+    parser.add_argument("--bf16", action="store_true", help="ours in fp32 against bf16 autocast, per arch")
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)
 
@@ -438,9 +466,16 @@ def main(argv=None) -> int:
     workers = args.workers if args.workers is not None else sorted({0, os.cpu_count() or 1})
     report = {**report_header(device, "benchmarks.throughput", argv), "n_per_class": args.n_per_class,
               "timed_epochs": args.timed_epochs}
-    out = args.out or RESULTS_DIR / f"{device.type}{'-scale' if args.scale else ''}.json"
+    kind = "-scale" if args.scale else "-bf16" if args.bf16 else ""
+    out = args.out or RESULTS_DIR / f"{device.type}{kind}.json"
     if args.scale:
         report["scale"] = scale(args.device)
+    elif args.bf16:
+        native = device.type == "cuda" or training.cpu_has_bf16()
+        report["native_bf16"] = native
+        print(f"{device.type}: bf16 {'native' if native else 'NOT native (emulated): ratios below 1 expected'}")
+        report["bf16_rows"] = compare_bf16(args.arch, args.n_per_class, args.device,
+                                           on_row=lambda rows: save_report({**report, "bf16_rows": rows}, out))
     else:
         # Saved after every arch, so a run stopped at a time limit keeps what it measured.
         report["rows"] = compare(args.arch, args.setting, args.n_per_class, args.device, workers,

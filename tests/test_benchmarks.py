@@ -199,3 +199,13 @@ def test_gpu_check_skips_a_stage_whose_packages_are_missing(tmp_path, monkeypatc
     assert check["stages"]["grid"]["state"] == "skipped"
     assert "no_such_module_xyz" in check["stages"]["grid"]["reason"]
     assert not (tmp_path / "grid-cpu.json").exists()
+
+
+def test_the_bf16_comparison_times_each_arch_both_ways(data_root, monkeypatch, capsys):
+    monkeypatch.setitem(throughput.SETTINGS, "paper_a", ("covid_radiography", 32, 4, "replace"))
+    monkeypatch.setattr(throughput, "_child", lambda args: throughput.run_ours(
+        args[1], args[2], int(args[3]), args[4], *args[5:]))
+    rows = throughput.compare_bf16(["mobilenet_v3_small"], n_per_class=6, device="cpu")
+    assert [(r["fp32"]["bf16"], r["bf16"]["bf16"]) for r in rows] == [(False, True)]
+    assert rows[0]["ratio"] == pytest.approx(rows[0]["bf16"]["images_per_s"] / rows[0]["fp32"]["images_per_s"])
+    assert "mobilenet_v3_small" in capsys.readouterr().out

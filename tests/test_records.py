@@ -45,8 +45,31 @@ def test_changed_settings_without_new_records_are_caught(tmp_path):
     changed.write_text(yaml.safe_dump(raw))
     problems = records.check(str(changed))
     assert any("epochs" in p and "recorded" in p for p in problems), problems
-    assert any("vgg11-scratch-s0" in p and "has no record" in p for p in problems), problems
+    assert not any("vgg11" in p for p in problems), "a run not recorded yet is a later stage, not a disagreement"
+    assert records.pending(str(changed)) == ["covid_radiography/vgg11-scratch-s0"]
     assert not any("ct_kidney" in p and "epochs" in p for p in problems), "kidney sets its own epochs"
+
+
+def test_a_tuned_record_is_checked_against_the_rate_its_recorded_sweep_chose(tmp_path):
+    raw = {"name": "sweep", "synthetic": True, "datasets": {"covid_radiography": {}},
+           "grid": [{"dataset": "covid_radiography", "archs": ["resnet18"], "arms": ["scratch"], "seeds": [0, 1],
+                     "tune": {"lr": [1.0e-3, 3.0e-3]}}]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    exp = ex.load_experiment(str(path), need_data=False)
+    root = tmp_path / "records"
+    (root / "sweep").mkdir(parents=True)
+    (root / "sweep" / "manifest.json").write_text(json.dumps({"runs": {}}))
+    for rid, values in ex.runs(exp).items():
+        folder = records.run_record(rid, root)
+        folder.mkdir(parents=True)
+        lr = values["lr"] or 1e-3                         # the tuned run was trained at 1e-3
+        (folder / "params.json").write_text(json.dumps({**values, "lr": lr}))
+        (folder / "metrics.json").write_text(json.dumps({"best_val_acc": {1e-3: 0.6, 3e-3: 0.9}[lr] if values["lr"] else 0.7,
+                                                         "best_epoch": 2}))
+        (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
+    problems = records.check(str(path), root)
+    assert len(problems) == 1 and "resnet18-scratch-tuned-s1" in problems[0] and "lr 0.001 recorded, 0.003" in problems[0]
 
 
 @pytest.mark.skipif(not REAL_STUDY.is_dir(), reason=f"{REAL_STUDY} not here")

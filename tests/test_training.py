@@ -434,9 +434,56 @@ def test_early_stopping_on_val_loss_and_best_epoch_by_val_acc(env, monkeypatch):
     assert calls == ["val"] * 4  # epochs 3 and 4 did not beat 0.9: stop after epoch 4
     assert history["val_loss"].tolist() == pytest.approx(val_loss[:4])
     assert metrics["stopped_early"] is True and metrics["epochs_run"] == 4
+    assert metrics["stopped_by"] == "early_stopping"
     assert history["val_acc"].tolist() == [0.5, 0.75, 0.75, 0.5]
     assert metrics["best_epoch"] == 2 and metrics["best_val_acc"] == 0.75 and torch.load(run_dir / "best.pt", weights_only=True)["epoch"] == 2
     assert metrics["final_val_loss"] == pytest.approx(0.91)
+
+
+def test_how_training_ended_is_recorded_cap_and_fixed_budget(env, monkeypatch):
+    """A run whose cap comes before early stopping is marked as such, not as converged."""
+    losses = iter([1.0, 0.9, 0.8])  # still improving when the cap of 2 epochs comes
+    monkeypatch.setattr(training._Engine, "evaluate",
+                        lambda self, model, part: (torch.tensor(next(losses)), torch.tensor(2)))
+    capped = train(epochs=2, early_stopping_patience=3, run_dir=str(env / "runs" / "capped"))
+    assert json.loads((capped / "metrics.json").read_text())["stopped_by"] == "epoch_cap"
+    fixed = train(epochs=1, run_dir=str(env / "runs" / "fixed"))
+    assert json.loads((fixed / "metrics.json").read_text())["stopped_by"] == "fixed_budget"
+    assert params_mod.stopped_by({"early_stopping_patience": 5}, True) == "early_stopping"
+
+
+def test_bf16_follows_the_arch_table_and_the_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.resolve_bf16("auto", cpu, "resnet18") is True      # measured faster
+    assert training.resolve_bf16("auto", cpu, "efficientnet_lite0") is False  # measured slower
+    assert training.resolve_bf16("auto", cuda, "efficientnet_lite0") is True
+    assert training.resolve_bf16(False, cuda, "resnet18") is False
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.resolve_bf16("auto", cpu, "resnet18") is False     # no native bf16: emulated, slow
+    assert training.resolve_bf16(True, cpu, "resnet18") is True
+
+
+def test_bf16_autocast_trains_on_the_cpu_and_is_recorded(env):
+    run_dir = train(epochs=1, bf16=True, run_dir=str(env / "runs" / "bf16"))
+    params = json.loads((run_dir / "params.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert params["bf16"] is True and metrics["bf16"] is True and np.isfinite(metrics["final_train_loss"])
+
+
+def test_bn_subset_recomputes_over_a_fixed_draw_of_training_images(env):
+    from helpers import data as data_mod
+
+    p = training._validated({**TINY, "bn_subset": 7})
+    run_params, _, prepared_dir, device = training._resolve(p)
+    prepared = data_mod.load_prepared(prepared_dir)
+    engine = training._Engine(prepared, run_params, device)
+    again = training._Engine(prepared, run_params, device)
+    assert len(engine.bn_x) == 7 < len(engine.x["train"]) and torch.equal(engine.bn_x, again.bn_x)
+    rows = {tuple(r.flatten()[:64].tolist()) for r in engine.x["train"]}
+    assert all(tuple(r.flatten()[:64].tolist()) in rows for r in engine.bn_x)   # training images only
+    whole = training._Engine(prepared, {**run_params, "bn_subset": 0}, device)
+    assert whole.bn_x is whole.x["train"]
 
 
 # ---------------------------------------------------------------- init_from

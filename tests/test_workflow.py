@@ -74,6 +74,80 @@ def test_arms_set_the_training_fields(tmp_path):
         "imagenet": (True, False), "linear_probe": (True, True), "scratch": (False, False)}
 
 
+def test_a_sweep_and_a_protocol_are_part_of_each_run_identity(tmp_path):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     protocols={"paper_a": {"epochs": 20, "lr": 1.0e-4, "early_stopping_patience": 0}},
+                     defaults={"epochs": 40, "early_stopping_patience": 5},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0, 1], tune={"lr": [1.0e-3, 3.0e-3]}),
+                           demo_entry(arms=["scratch"], seeds=[0], tune={"lr": [1.0e-3, 3.0e-3]},
+                                      train={"train_fraction": 0.1}),
+                           demo_entry(arms=["scratch"], seeds=[0], protocol="paper_a")])
+    exp = ex.load_experiment(path)
+    grid, sweeps = ex.runs(exp), ex.sweeps(exp)
+    names = {rid.name: p for rid, p in grid.items()}
+    assert list(names) == ["resnet18-scratch-lr0.001-s0", "resnet18-scratch-lr0.003-s0", "resnet18-scratch-tuned-s1",
+                           "resnet18-scratch-f0.1-tuned-s0", "resnet18-scratch-paper_a-s0"]
+    assert names["resnet18-scratch-lr0.003-s0"]["lr"] == 3e-3 and names["resnet18-scratch-tuned-s1"]["lr"] is None
+    assert (names["resnet18-scratch-paper_a-s0"]["epochs"], names["resnet18-scratch-paper_a-s0"]["lr"],
+            names["resnet18-scratch-paper_a-s0"]["early_stopping_patience"]) == (20, 1e-4, 0)
+    assert names["resnet18-scratch-lr0.001-s0"]["epochs"] == 40
+    # both tuned runs take their rate from the same full-data sweep on seed 0
+    tuned = [rid for rid in grid if rid.tuning == "tuned"]
+    assert set(sweeps) == set(tuned) and len({id(sweeps[r]) for r in tuned}) == 1
+    assert {lr: r.name for lr, r in sweeps[tuned[0]].candidates.items()} == {
+        1e-3: "resnet18-scratch-lr0.001-s0", 3e-3: "resnet18-scratch-lr0.003-s0"}
+    for rid, p in grid.items():  # training names each run as the grid does
+        assert P.check(P.TrainParams, {**p, "lr": p["lr"] or 1e-3}).run_id() == rid
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"grid": [demo_entry(seeds=[0], train={"train_fraction": 0.5}, tune={"lr": [1e-3, 3e-3]})]},
+     "no grid entry"),
+    ({"grid": [demo_entry(protocol="paper_b")]}, "protocol 'paper_b'"),
+    ({"grid": [demo_entry(tune={"lr": [1e-3, 3e-3]}, train={"lr": 1e-3})]}, "keep one"),
+    ({"grid": [demo_entry(tune={"lr": [1e-3]})]}, "grid[0].tune.lr"),
+    ({"grid": [demo_entry(tune={"lr": [1e-3, 3e-3], "by": "test_accuracy"})]}, "best_val_acc"),
+])
+def test_a_bad_sweep_or_protocol_is_refused_naming_the_entry(tmp_path, changes, named):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}}, **changes)
+    with pytest.raises(ex.ExperimentError, match=re.escape(named)):
+        ex.load_experiment(path)
+
+
+def test_a_sweep_chooses_on_validation_never_on_test():
+    scores = {1e-4: {"best_val_acc": 0.80, "min_val_loss": 0.5},
+              1e-3: {"best_val_acc": 0.90, "min_val_loss": 0.4},
+              3e-3: {"best_val_acc": 0.90, "min_val_loss": 0.3}}
+    assert ex.choose_lr(scores) == 3e-3                     # a tie on accuracy: the lower loss
+    assert ex.choose_lr({**scores, 3e-3: {**scores[3e-3], "min_val_loss": 0.4}}) == 1e-3  # then the smaller rate
+    assert ex.choose_lr(scores, "min_val_loss") == 3e-3
+    with pytest.raises(ValueError, match="no finished runs"):
+        ex.choose_lr({})
+
+
+def test_a_tuned_run_waits_for_its_sweep_then_trains_at_the_rate_chosen(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0, 1], tune={"lr": [1.0e-3, 3.0e-3]})])
+    monkeypatch.chdir(tmp_path)
+    ran = []
+
+    def fake_execute(notebook, out, params):
+        ran.append(params)
+        folder = P.check(P.TrainParams, params).resolved_run_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        acc = {1e-3: 0.7, 3e-3: 0.8}.get(params["lr"], 0.5)
+        (folder / "metrics.json").write_text(json.dumps({"best_val_acc": acc, "best_epoch": 3, "test_accuracy": 1 - acc}))
+        (folder / "history.csv").write_text("epoch,val_loss\n1,0.9\n2,0.6\n")
+
+    monkeypatch.setattr(wf, "execute", fake_execute)
+    early = wf.train_one(str(path), "covid_radiography/resnet18-scratch-tuned-s1")
+    assert early["state"] == "missing" and "sweep is not complete" in early["reason"] and not ran
+    for lr in ("0.001", "0.003"):
+        assert wf.train_one(str(path), f"covid_radiography/resnet18-scratch-lr{lr}-s0")["state"] == "complete"
+    assert wf.train_one(str(path), "covid_radiography/resnet18-scratch-tuned-s1")["state"] == "complete"
+    assert ran[-1]["lr"] == 3e-3 and ran[-1]["seed"] == 1 and ran[-1]["tuning"] == "tuned"
+
+
 def test_paper_settings_are_the_papers():
     a = ex.runs(ex.load_experiment("paper_a", "/d"))
     assert {r.arch for r in a} == {"resnet18", "vgg11", "alexnet", "mobilenet_v3_large"}

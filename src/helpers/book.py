@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import atomic
 from .experiment import DATASET_NAMES, ExperimentError, load_experiment, runs
-from .params import BOOK_STEPS
+from .params import BOOK_STEPS, STOPPED_BY, stopped_by
 from .workflow import gap_reason, reference_notebook, step_notebook, summary_notebook, train_notebook
 
 REAL_NOTEBOOKS = ("explain", "audit", "evaluate")   # the reference study's own, shown as recorded
@@ -40,7 +40,9 @@ def reproducibility_table(exp: dict):
                 "arch": params.get("arch"), "head": params.get("head"),
                 "arm": params.get("arm"), "init_from": params.get("init_from") or "",
                 "image_size": params.get("image_size"), "epochs": params.get("epochs"),
-                "epochs_run": metrics.get("epochs_run"), "batch_size": params.get("batch_size"),
+                "epochs_run": metrics.get("epochs_run"),
+                "stopped": STOPPED_BY[metrics.get("stopped_by") or stopped_by(params, bool(metrics.get("stopped_early")))],
+                "batch_size": params.get("batch_size"),
                 "lr": params.get("lr"), "normalize": params.get("normalize"),
                 "split": params.get("split"), "seed": params.get("seed"),
                 "train_seconds": round(float(metrics.get("train_seconds") or 0), 1),

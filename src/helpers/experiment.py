@@ -13,6 +13,7 @@ job pays for what this module imports.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
@@ -77,6 +78,21 @@ Arm = Annotated[Union[Annotated[Literal[tuple(ARMS)], Tag(_ARM_TAGS[0])], Annota
                 Discriminator(lambda v: _ARM_TAGS[0] if isinstance(v, str) else _ARM_TAGS[1])]
 
 
+# How a sweep chooses: the highest best-epoch validation accuracy (ties: the lower validation
+# loss, then the smaller rate), or the lowest validation loss. Test scores are never read.
+TUNE_BY = ("best_val_acc", "min_val_loss")
+
+
+class Tune(BaseModel):
+    """``tune: {lr: [...]}``: each rate trains on the entry's first seed and the whole training
+    split; the entry's other runs (other seeds, smaller training shares) use the rate chosen."""
+
+    model_config = _YAML
+
+    lr: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=2)
+    by: Literal[TUNE_BY] = "best_val_acc"
+
+
 class GridEntry(BaseModel):
     model_config = _YAML
 
@@ -86,7 +102,10 @@ class GridEntry(BaseModel):
     arms: list[Arm] = Field(min_length=1)
     seeds: list[NonNegInt] = Field(min_length=1)
     split: Optional[Split] = None              # None = the dataset's split
-    train: dict[str, Any] = {}                 # TrainSettings over the file's defaults
+    protocol: Optional[str] = None             # a name under the file's protocols (None = defaults)
+    tune: Optional[Tune] = None                # a learning-rate sweep (None: train.lr or defaults)
+    train: dict[str, Any] = {}                 # TrainSettings over the protocol and the defaults
+    stage: PosInt = 1                          # a study longer than a session runs stage by stage
 
 
 class ExplainSettings(BaseModel):
@@ -106,6 +125,9 @@ class ExperimentFile(BaseModel):
     synthetic: bool = False
     datasets: dict[str, DatasetSettings] = Field(min_length=1)
     defaults: dict[str, Any] = {}              # TrainSettings
+    # Named protocols: TrainSettings over the defaults, e.g. the papers' budget beside the fair
+    # one. A run of a protocol carries its name (RunId.protocol), so both coexist.
+    protocols: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], dict[str, Any]] = {}
     grid: list[GridEntry] = Field(min_length=1)
     explain: dict[str, ExplainSettings] = {}
     audit: list[str] = []
@@ -122,6 +144,12 @@ class ExperimentFile(BaseModel):
             if d not in self.datasets:
                 raise ValueError(f"{where} uses dataset {d!r}, which is not listed under "
                                  f"datasets: {list(self.datasets)}")
+        for i, e in enumerate(self.grid):
+            if e.protocol is not None and e.protocol not in self.protocols:
+                raise ValueError(f"grid[{i}] uses protocol {e.protocol!r}, which is not listed under "
+                                 f"protocols: {list(self.protocols)}")
+            if e.tune is not None and "lr" in e.train:
+                raise ValueError(f"grid[{i}] sets train.lr and tune.lr: keep one")
         return self
 
 
@@ -240,7 +268,8 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
     except ValidationError as e:
         raise _file_error(path, e) from None
     for where, settings in [("defaults", exp["defaults"])] + [
-            (f"grid[{i}].train", {**exp["defaults"], **e["train"]}) for i, e in enumerate(exp["grid"])]:
+            (f"protocols.{n}", {**exp["defaults"], **p}) for n, p in exp["protocols"].items()] + [
+            (f"grid[{i}].train", _settings(exp, e)) for i, e in enumerate(exp["grid"])]:
         try:
             check(TrainSettings, settings)
         except ParameterError as e:
@@ -276,10 +305,46 @@ def prep_of(exp: dict, dataset: str, split: str) -> dict:
             "split": split, "n_per_class": s["n_per_class"]}
 
 
+def _settings(exp: dict, entry: dict) -> dict:
+    """An entry's TrainSettings values: the defaults, its protocol's, then its own ``train``."""
+    return {**exp["defaults"], **exp["protocols"].get(entry["protocol"] or "", {}), **entry["train"]}
+
+
+def lr_tag(lr: float) -> str:
+    """RunId.tuning of one rate of a sweep: 0.001 -> "lr0.001"."""
+    return f"lr{lr:g}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The learning-rate sweep a tuned run takes its rate from."""
+
+    by: str                              # TUNE_BY
+    candidates: dict[float, RunId]       # rate -> the sweep's run of that rate
+
+
 def runs(exp: dict) -> dict[RunId, dict]:
     """Every training run of the experiment, in file order: its identity -> its TrainParams values
-    (``experiment`` names the run folder's parent: no explicit run_dir)."""
+    (``experiment`` names the run folder's parent: no explicit run_dir). A tuned run's ``lr`` is
+    None: :func:`sweeps` says where it comes from, and the train step resolves it."""
+    return _plan(exp)[0]
+
+
+def sweeps(exp: dict) -> dict[RunId, Sweep]:
+    """Tuned run -> the sweep that chooses its learning rate."""
+    return _plan(exp)[1]
+
+
+def stages(exp: dict) -> dict[RunId, int]:
+    """Run -> the stage of the grid entry that first names it."""
+    return _plan(exp)[2]
+
+
+def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId, int]]:
     grid: dict[RunId, dict] = {}
+    stage: dict[RunId, int] = {}
+    tuned: dict[RunId, tuple[int, RunId, dict]] = {}   # tuned run -> (entry, its sweep's group, tune)
+    groups: dict[RunId, Sweep] = {}                      # sweep group -> its sweep
     for i, entry in enumerate(exp["grid"]):
         ds = entry["dataset"]
         split = entry["split"] or exp["datasets"][ds]["split"]
@@ -287,11 +352,12 @@ def runs(exp: dict) -> dict[RunId, dict]:
         data_fields = {"dataset": ds, "data_dir": prep["data_dir"], "image_size": prep["image_size"],
                        "balance": prep["balance"], "split": split, "split_seed": prep["seed"],
                        "n_per_class": prep["n_per_class"]}
-        train = TrainSettings(**{**exp["defaults"], **entry["train"]}).model_dump()
+        train = TrainSettings(**_settings(exp, entry)).model_dump()
+        protocol, tune = entry["protocol"] or "", entry["tune"]
         head = entry["head"]
         for arch in entry["archs"]:
             for arm in entry["arms"]:
-                for seed in entry["seeds"]:
+                for seed, tuning, lr in _tunings(entry, train):
                     if isinstance(arm, str):
                         label, source, fields = arm, None, {"init_from": "", **ARMS[arm].fields}
                     else:
@@ -303,22 +369,81 @@ def runs(exp: dict) -> dict[RunId, dict]:
                                   "init_from": str(source.run_dir() / "best.pt")}
                     rid = RunId(experiment=exp["name"], dataset=ds, arch=arch, head=head, arm=label,
                                 seed=seed, split=split, init_source=source.key if source else "",
-                                train_fraction=train["train_fraction"])
+                                train_fraction=train["train_fraction"], protocol=protocol, tuning=tuning)
                     params = {**data_fields, "arch": arch, "head": head, "seed": seed, **fields,
-                              **train, "experiment": exp["name"],
-                              "prepared_dir": str(prepared_dir(prep))}
+                              **train, "lr": lr, "experiment": exp["name"], "protocol": protocol,
+                              "tuning": tuning, "prepared_dir": str(prepared_dir(prep))}
                     if rid not in grid:
-                        try:
-                            planned(TrainParams, params)
+                        try:  # a tuned rate is checked as the sweep's first
+                            planned(TrainParams, {**params, "lr": tune["lr"][0] if lr is None else lr})
                         except ParameterError as e:
                             raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
                         grid[rid] = params
+                        stage[rid] = entry["stage"]
+                    group = _sweep_group(rid)
+                    if tuning == "tuned":
+                        tuned[rid] = (i, group, tune)
+                    elif tuning:
+                        groups.setdefault(group, Sweep(tune["by"], {})).candidates[lr] = rid
     keys = {rid.key for rid in grid}
     for rid in grid:
         if rid.init_source and rid.init_source not in keys:
             raise ExperimentError(f"{exp['path']}: run {rid.key} starts from {rid.init_source}, "
                                   "which the grid does not train")
-    return grid
+    chosen: dict[RunId, Sweep] = {}
+    for rid, (i, group, tune) in tuned.items():
+        sweep = groups.get(group)
+        if sweep is None or sorted(sweep.candidates) != sorted(tune["lr"]) or sweep.by != tune["by"]:
+            raise ExperimentError(
+                f"{exp['path']}: grid[{i}] ({rid.key}) takes its learning rate from a sweep of "
+                f"{tune['lr']} by {tune['by']} on the whole training split, which no grid entry "
+                f"of {group.key.replace('-s0', '')} runs (a sweep runs on an entry's first seed "
+                "with train_fraction 1)")
+        chosen[rid] = sweep
+    return grid, chosen, stage
+
+
+def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:
+    """(seed, RunId.tuning, lr) of each run of an entry, per arch and arm: without a sweep every
+    seed at the file's rate; with one, the first seed at every rate on the whole training split
+    and the entry's other runs at the rate chosen (None until the sweep has run)."""
+    seeds, tune = entry["seeds"], entry["tune"]
+    if tune is None:
+        return [(seed, "", train["lr"]) for seed in seeds]
+    out = []
+    for seed in seeds:
+        if seed == seeds[0] and train["train_fraction"] == 1:
+            out += [(seed, lr_tag(lr), lr) for lr in tune["lr"]]
+        else:
+            out.append((seed, "tuned", None))
+    return out
+
+
+def _sweep_group(rid: RunId) -> RunId:
+    """What a sweep and the runs it tunes share: the identity less seed, share and rate."""
+    return rid.model_copy(update={"seed": 0, "train_fraction": 1.0, "tuning": ""})
+
+
+def sweep_scores(run_dir: str | os.PathLike) -> dict:
+    """A sweep run's validation scores (metrics.json, history.csv): never its test scores."""
+    import csv
+    import json
+
+    folder = Path(run_dir)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with open(folder / "history.csv", newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    return {"best_val_acc": float(metrics["best_val_acc"]), "min_val_loss": min(losses),
+            "best_epoch": int(metrics["best_epoch"]), "stopped_by": metrics.get("stopped_by")}
+
+
+def choose_lr(scores: dict[float, dict], by: str = "best_val_acc") -> float:
+    """The rate a sweep chooses from each rate's :func:`sweep_scores`."""
+    if not scores:
+        raise ValueError("a sweep with no finished runs chooses no learning rate")
+    if by == "min_val_loss":
+        return min(scores, key=lambda lr: (scores[lr]["min_val_loss"], lr))
+    return min(scores, key=lambda lr: (-scores[lr]["best_val_acc"], scores[lr]["min_val_loss"], lr))
 
 
 def source_of(exp_runs: dict[RunId, dict], rid: RunId) -> RunId | None:

@@ -51,7 +51,7 @@ from sklearn.metrics import (
 )
 
 from . import models
-from .params import RunId, TrainSettings, read_run_id
+from .params import RunId, TrainSettings, read_run_id, stopped_by
 
 ZERO_DIVISION = 0.0
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
@@ -61,7 +61,7 @@ ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, floa
 # ran; plus the data it saw. Runs that differ only in seed and arm are compared with each other.
 CONFIG_FIELDS = tuple(dict.fromkeys(
     [f for f in RunId.model_fields if f not in ("experiment", "seed", "arm", "init_source")]
-    + [f for f in TrainSettings.model_fields if f not in ("device", "compile")]
+    + [f for f in TrainSettings.model_fields if f not in ("device", "compile", "bf16")]
     + ["image_size", "balance", "split_seed", "n_per_class"]))
 
 TABLE1_ROWS = {
@@ -176,6 +176,15 @@ class Run:
     @property
     def split(self) -> str:
         return self.id.split
+
+    @property
+    def stopped_by(self) -> str:
+        """metrics.json's ``stopped_by``; for older runs, derived from ``stopped_early``."""
+        return self.stored.get("stopped_by") or stopped_by(self.params, bool(self.stored.get("stopped_early")))
+
+    @property
+    def converged(self) -> bool:
+        return self.stopped_by == "early_stopping"
 
     @property
     def papers_design(self) -> bool:

@@ -93,13 +93,17 @@ class ArchSpec:
     weights: weights_mod.Source          # where the ImageNet weights come from
     stats: tuple                         # (mean, std) the ImageNet weights expect
     label: str                           # the name a reader sees
+    # bf16 autocast measured faster than fp32 for a training step on a CPU with native bf16
+    # (AVX512-BF16/AMX; benchmarks/throughput.py): ResNet-18 1.8x, VGG-11 1.3x. Depthwise
+    # convolutions (MobileNet, EfficientNet) ran slower, so they stay fp32; unmeasured archs too.
+    cpu_bf16: bool = False
 
 
-def _tv(name, label, min_size, classifier, gradcam, url, pool="avgpool", key_renames=()):
+def _tv(name, label, min_size, classifier, gradcam, url, pool="avgpool", key_renames=(), cpu_bf16=False):
     return ArchSpec(name, _torchvision(name), min_size, classifier, dense_at=classifier.split(".")[0],
                     pool=pool, gradcam_layer=gradcam,
                     weights=weights_mod.torchvision_source(name, url, key_renames=key_renames),
-                    stats=IMAGENET_STATS, label=label)
+                    stats=IMAGENET_STATS, label=label, cpu_bf16=cpu_bf16)
 
 
 TV = "https://download.pytorch.org/models/"  # torchvision's IMAGENET1K_V1 files (tests/test_weights.py checks)
@@ -114,9 +118,9 @@ TV = "https://download.pytorch.org/models/"  # torchvision's IMAGENET1K_V1 files
 ARCHS: dict[str, ArchSpec] = {
     spec.name: spec for spec in (
         _tv("resnet18", "ResNet-18", 32, "fc", lambda m: m.layer4[-1],
-            TV + "resnet18-f37072fd.pth"),
+            TV + "resnet18-f37072fd.pth", cpu_bf16=True),
         _tv("vgg11", "VGG-11", 32, "classifier.6", _last_conv_relu,
-            TV + "vgg11-8a719046.pth"),
+            TV + "vgg11-8a719046.pth", cpu_bf16=True),
         _tv("vgg16", "VGG-16", 32, "classifier.6", _last_conv_relu,
             TV + "vgg16-397923af.pth"),
         _tv("alexnet", "AlexNet", 63, "classifier.6", _last_conv_relu,

@@ -224,13 +224,32 @@ class TrainSettings(BaseModel):
     early_stopping_patience: NonNegInt = 0   # 0 = off; else Keras' default monitor, val_loss
     device: str = "auto"
     compile: Union[Literal["auto"], bool] = "auto"  # torch.compile: auto = on for CUDA
+    # bf16 autocast: auto = on for CUDA, and on a CPU with native bf16 for the archs whose table
+    # entry says it is faster there (models.ArchSpec.cpu_bf16). Recorded as resolved.
+    bf16: Union[Literal["auto"], bool] = "auto"
     # Recompute batch-norm statistics over the train split before every evaluation, so that
     # validation, best-epoch choice and test scoring use statistics that match the weights
     # (with momentum 0.01, MobileNetV3/EfficientNet from scratch otherwise sit at chance).
     recompute_bn: bool = True
+    # Recompute them over at most this many training images (a fixed draw of the run's seed);
+    # 0 = the whole train split. A pass over 1,800 images took ~25 % of a scratch epoch.
+    bn_subset: NonNegInt = 0
     # Train on this share of the training split (stratified, drawn with the run's seed; the
     # subsets of one seed are nested). Validation and test stay whole: the data-efficiency curve.
     train_fraction: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+
+
+# How a run's training ended (metrics.json's ``stopped_by``), in a reader's words.
+STOPPED_BY = {"early_stopping": "stopped by itself", "epoch_cap": "hit its epoch cap: not converged",
+              "fixed_budget": "fixed budget"}
+
+
+def stopped_by(params: dict, stopped_early: bool) -> str:
+    """How training ended (a key of STOPPED_BY): early stopping ended it (converged), the epoch
+    cap came first (not converged), or there was no early stopping (a fixed budget)."""
+    if stopped_early:
+        return "early_stopping"
+    return "epoch_cap" if params.get("early_stopping_patience") else "fixed_budget"
 
 
 class TrainParams(TrainSettings):
@@ -251,6 +270,8 @@ class TrainParams(TrainSettings):
     init_from: str = ""              # another run's best.pt of the same arch (backbone only)
     prepared_dir: str = ""           # the workflow's prepared folder for this run; "" = prepare it here
     experiment: str = ""             # names the run folder's parent; "" for a run by hand
+    protocol: str = Field("", pattern=r"^[a-z0-9_]*$")  # RunId.protocol (set by the experiment grid)
+    tuning: str = Field("", pattern=r"^(|tuned|lr[0-9.e+-]+)$")  # RunId.tuning (likewise)
     run_dir: str = ""                # "" = RunId.run_dir()
     force: bool = False
 
@@ -294,7 +315,8 @@ class TrainParams(TrainSettings):
             init_source = source_params(self.init_from).get("run", {}).get("key", self.init_from)
         return RunId(experiment=self.experiment, dataset=self.dataset, arch=self.arch,
                      head=self.head, arm=self.arm, seed=self.seed, split=self.split,
-                     init_source=init_source, train_fraction=self.train_fraction)
+                     init_source=init_source, train_fraction=self.train_fraction,
+                     protocol=self.protocol, tuning=self.tuning)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else self.run_id().run_dir()
@@ -347,14 +369,18 @@ class RunId(BaseModel):
     split: str = "random"
     init_source: str = ""            # the source run's key for "from-*" arms
     train_fraction: float = 1.0
+    protocol: str = ""               # a named protocol of the experiment file ("" = its defaults)
+    tuning: str = ""                 # "" = the file's lr; "lr0.001" = one lr of a sweep; "tuned" =
+                                     # the lr the sweep chose on validation
 
     @property
     def name(self) -> str:
-        """``<arch>[_<head>]-<arm>[-<split>][-f<fraction>]-s<seed>``: the folder name."""
+        """``<arch>[_<head>]-<arm>[-<split>][-f<fraction>][-<protocol>][-<tuning>]-s<seed>``."""
         base = self.arch if self.head == "replace" else f"{self.arch}_{self.head}"
         split = "" if self.split == "random" else f"-{self.split}"
         fraction = "" if self.train_fraction == 1 else f"-f{self.train_fraction:g}"
-        return f"{base}-{self.arm}{split}{fraction}-s{self.seed}"
+        extra = "".join(f"-{v}" for v in (self.protocol, self.tuning) if v)
+        return f"{base}-{self.arm}{split}{fraction}{extra}-s{self.seed}"
 
     @property
     def key(self) -> str:

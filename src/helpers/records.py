@@ -36,7 +36,7 @@ ROOT = Path("records")
 REFERENCE = "real_study"   # the study whose records the book's real-data pages show
 RUN_RECORD_FILES = ("params.json", "history.csv", "metrics.json", "predictions.csv", "missing.json")
 # Parameters of a run that describe the machine or the paths, not the experiment.
-MACHINE_PARAMS = frozenset({"data_dir", "device", "compile", "run_dir", "force", "prepared_dir",
+MACHINE_PARAMS = frozenset({"data_dir", "device", "compile", "bf16", "run_dir", "force", "prepared_dir",
                             "prepared_fingerprint", "class_names", "synthetic", "run", "arm",
                             "init_from"})
 
@@ -180,22 +180,38 @@ def _settings(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in MACHINE_PARAMS}
 
 
+def pending(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
+    """Keys of the grid's runs with no record yet: a study's later stages, not a disagreement."""
+    exp = ex.load_experiment(experiment, need_data=False)
+    return [rid.key for rid in ex.runs(exp) if not run_record(rid, root).is_dir()]
+
+
+def _recorded_lr(sweep, root) -> float | None:
+    """The rate a sweep chose, from its records (None while one of them is not recorded)."""
+    folders = {lr: run_record(r, root) for lr, r in sweep.candidates.items()}
+    if not all((f / "metrics.json").is_file() for f in folders.values()):
+        return None
+    return ex.choose_lr({lr: ex.sweep_scores(f) for lr, f in folders.items()}, sweep.by)
+
+
 def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
-    """Where the experiment file and its committed records disagree ([] when they agree): a run
-    of the grid without a record, a record whose settings differ from the file's, or a record of
-    a run the grid no longer has."""
+    """Where the experiment file and its committed records disagree ([] when they agree): a
+    record whose settings differ from the file's (a tuned run's rate from the one its recorded
+    sweep chooses), or a record of a run the grid no longer has. A run with no record yet is
+    not a disagreement: :func:`pending` lists those (a study recorded in stages)."""
     exp = ex.load_experiment(experiment, need_data=False)
     manifest = load_manifest(exp["name"], root)
     problems = []
-    grid = ex.runs(exp)
+    grid, sweeps = ex.runs(exp), ex.sweeps(exp)
+    defaults = {k: f.default for k, f in TrainParams.model_fields.items()}
     for rid, values in grid.items():
         record = run_record(rid, root)
-        if (record / "missing.json").is_file():
+        if (record / "missing.json").is_file() or not (record / "params.json").is_file():
             continue
-        if not (record / "params.json").is_file():
-            problems.append(f"{rid.key}: in {exp['path']} but has no record under {record}")
-            continue
-        recorded = _settings(json.loads((record / "params.json").read_text()))
+        # a parameter newer than a record reads as its default, which keeps the old behaviour
+        recorded = {**defaults, **_settings(json.loads((record / "params.json").read_text()))}
+        if rid in sweeps:
+            values = {**values, "lr": _recorded_lr(sweeps[rid], root) or recorded["lr"]}
         wanted = _settings(TrainParams(**{**values, "device": "auto", "init_from": ""}).model_dump())
         diff = {k: (recorded.get(k, "<absent>"), v) for k, v in wanted.items() if recorded.get(k, "<absent>") != v}
         if diff:
@@ -218,9 +234,9 @@ def record_dirs(experiment: str, dataset: str, root: str | os.PathLike = ROOT) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.records", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="write records/<experiment>/ from its run folders")
-    ex.add_argument("experiment")
-    ex.add_argument("--data-dir", default="")
+    exp_cmd = sub.add_parser("export", help="write records/<experiment>/ from its run folders")
+    exp_cmd.add_argument("experiment")
+    exp_cmd.add_argument("--data-dir", default="")
     ch = sub.add_parser("check", help="compare the experiment file with its records")
     ch.add_argument("experiment")
     args = ap.parse_args(argv)
@@ -235,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in problems:
         print(p)
     print(f"{len(problems)} disagreement(s) between experiments/{args.experiment}.yaml and its records")
+    later = pending(args.experiment)
+    if later:
+        print(f"{len(later)} run(s) of the file not recorded yet (a later stage): " + ", ".join(later))
     return 1 if problems else 0
 
 

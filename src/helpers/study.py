@@ -26,15 +26,74 @@ SPLIT_TITLES = {"random": "random split", "block": "blocks of 25 consecutive sli
                 "grouped": "near-duplicate groups"}
 
 
-def load(experiment: str, root: str | Path = records.ROOT) -> dict[str, metrics.RunSet]:
-    """dataset -> the RunSet of its records (missing runs listed in ``.missing``)."""
+def load(experiment: str, root: str | Path = records.ROOT, answer: bool = True) -> dict[str, metrics.RunSet]:
+    """dataset -> the RunSet of its records (missing runs listed in ``.missing``). With
+    ``answer``, each learning-rate sweep keeps only the rate it chose on validation, which joins
+    the runs it tuned (RunId.tuning "tuned"); the other rates' test scores are never read."""
     exp = ex.load_experiment(experiment, need_data=False)
     out = {}
     for ds in exp["datasets"]:
         dirs = records.record_dirs(experiment, ds, root)
         if dirs:
             out[ds] = metrics.load_runs(ds, runs=dirs)
-    return out
+    return {ds: _answer(rs, exp, root) for ds, rs in out.items()} if answer else out
+
+
+def sweep_choices(exp: dict, root: str | Path = records.ROOT) -> list[dict]:
+    """Each learning-rate sweep with its rates' validation scores and the rate it chose (None
+    while one of its runs is not recorded): the rows of the learning-rate table."""
+    seen, rows = set(), []
+    for sweep in ex.sweeps(exp).values():
+        if id(sweep) in seen:
+            continue
+        seen.add(id(sweep))
+        folders = {lr: records.run_record(r, root) for lr, r in sweep.candidates.items()}
+        scores = {lr: ex.sweep_scores(f) for lr, f in folders.items() if (f / "metrics.json").is_file()}
+        chosen = ex.choose_lr(scores, sweep.by) if len(scores) == len(folders) else None
+        first = next(iter(sweep.candidates.values()))
+        rows.append({"dataset": first.dataset, "arch": first.arch, "head": first.head, "arm": first.arm,
+                     "split": first.split, "protocol": first.protocol, "by": sweep.by, "chosen": chosen,
+                     "scores": scores, "keys": {lr: r.key for lr, r in sweep.candidates.items()}})
+    return rows
+
+
+def lr_table(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
+    """Validation accuracy per learning rate, per arch and arm (long format; ``chosen`` marks
+    the rate each sweep picked)."""
+    rows = []
+    for sw in sweep_choices(exp, root):
+        for lr in sorted(sw["keys"]):
+            sc = sw["scores"].get(lr)
+            rows.append({**{k: sw[k] for k in ("dataset", "arch", "head", "arm", "split", "protocol", "by")},
+                         "lr": lr, "best_val_acc": sc["best_val_acc"] if sc else math.nan,
+                         "min_val_loss": sc["min_val_loss"] if sc else math.nan,
+                         "best_epoch": sc["best_epoch"] if sc else None,
+                         "stopped_by": sc["stopped_by"] if sc else "not recorded",
+                         "chosen": sw["chosen"] == lr})
+    return pd.DataFrame(rows, columns=["dataset", "arch", "head", "arm", "split", "protocol", "by", "lr",
+                                       "best_val_acc", "min_val_loss", "best_epoch", "stopped_by", "chosen"])
+
+
+def _answer(runset: metrics.RunSet, exp: dict, root) -> metrics.RunSet:
+    import dataclasses
+
+    chosen, dropped = {}, set()
+    for sw in sweep_choices(exp, root):
+        if sw["dataset"] != runset.dataset:
+            continue
+        for lr, key in sw["keys"].items():
+            if lr == sw["chosen"]:
+                chosen[key] = lr
+            else:   # not chosen, or its sweep is not complete yet
+                dropped.add(key)
+    kept = []
+    for r in runset.runs:
+        if r.id.key in dropped:
+            continue
+        if r.id.key in chosen:
+            r = dataclasses.replace(r, id=r.id.model_copy(update={"tuning": "tuned"}))
+        kept.append(r)
+    return dataclasses.replace(runset, runs=kept)
 
 
 def correctness(runs: list[metrics.Run]) -> pd.DataFrame:
@@ -55,11 +114,11 @@ def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: int =
     return ci.low, ci.high
 
 def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list[metrics.Run]]:
-    """(arch, head, split, fraction, arm) -> runs (one per seed)."""
+    """(arch, head, split, fraction, protocol, arm) -> runs (one per seed)."""
     out: dict[tuple, list[metrics.Run]] = {}
     for r in runset.runs:
         if arch is None or r.arch == arch:
-            out.setdefault((r.arch, r.head, r.split, r.id.train_fraction, r.arm), []).append(r)
+            out.setdefault((r.arch, r.head, r.split, r.id.train_fraction, r.id.protocol, r.arm), []).append(r)
     return out
 
 
@@ -67,27 +126,30 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite
     """Per dataset, split and arm (whole training split): accuracy, bootstrap interval, seeds."""
     rows = []
     for ds, runset in runsets.items():
-        for (a, head, split, fraction, arm), runs in _groups(runset, arch).items():
+        for (a, head, split, fraction, protocol, arm), runs in _groups(runset, arch).items():
             if fraction != 1:
                 continue
             per_image = correctness(runs).mean(axis=1).to_numpy()
             low, high = bootstrap_ci(per_image)
             accs = [r.metrics["test_accuracy"] for r in runs]
-            rows.append({"dataset": ds, "split": split, "arch": a, "head": head, "arm": arm,
+            rows.append({"dataset": ds, "split": split, "protocol": protocol, "arch": a, "head": head, "arm": arm,
                          "seeds": len(runs), "n_test": len(per_image), "accuracy": float(np.mean(accs)),
                          "ci_low": low, "ci_high": high,
                          "seed_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
-                         "epochs": runs[0].params.get("epochs")})
-    frame = pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "arm", "seeds", "n_test",
-                                        "accuracy", "ci_low", "ci_high", "seed_sd", "epochs"])
+                         "epochs": runs[0].params.get("epochs"),
+                         "lr": sorted({r.params.get("lr") for r in runs}),
+                         "converged": sum(r.converged for r in runs)})
+    frame = pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "arm", "seeds", "n_test",
+                                        "accuracy", "ci_low", "ci_high", "seed_sd", "epochs", "lr", "converged"])
     if len(frame):
-        frame = frame.sort_values(["dataset", "split", "arm"], key=lambda c: c.map(_order)).reset_index(drop=True)
+        frame = frame.sort_values(["dataset", "split", "protocol", "arm"], key=lambda c: c.map(_order)
+                                  ).reset_index(drop=True)
     return frame
 
 
 def _order(value):
     order = {"covid_radiography": 0, "ct_kidney": 1, "random": 0, "block": 1, "grouped": 2,
-             "imagenet": 0, "linear_probe": 1, "scratch": 2}
+             "imagenet": 0, "linear_probe": 1, "scratch": 2, "": 0}
     return order.get(value, 9)
 
 
@@ -98,7 +160,7 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
     rows = []
     for ds, runset in runsets.items():
         groups = _groups(runset, arch)
-        for key in sorted({k[:4] for k in groups if k[3] == 1}, key=lambda k: _order(k[2])):
+        for key in sorted({k[:5] for k in groups if k[3] == 1}, key=lambda k: (_order(k[2]), _order(k[4]))):
             for a, b in COMPARISONS:
                 if key + (a,) not in groups or key + (b,) not in groups:
                     continue
@@ -109,21 +171,22 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                 low, high = bootstrap_ci(diff)
                 s0 = seeds[0]
                 mc = intervals.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
-                rows.append({"dataset": ds, "split": key[2], "comparison": f"{arm_title(a)} − {arm_title(b)}",
+                rows.append({"dataset": ds, "split": key[2], "protocol": key[4],
+                             "comparison": f"{arm_title(a)} − {arm_title(b)}",
                              "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
                              "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
-    return pd.DataFrame(rows, columns=["dataset", "split", "comparison", "arm_a", "arm_b", "seeds",
+    return pd.DataFrame(rows, columns=["dataset", "split", "protocol", "comparison", "arm_a", "arm_b", "seeds",
                                        "difference", "ci_low", "ci_high", "p_mcnemar_seed0"])
 
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
-               confidence: float = CONFIDENCE) -> pd.DataFrame:
+               confidence: float = CONFIDENCE, protocol: str = "") -> pd.DataFrame:
     """Test accuracy against the share of the training split: mean over seeds, t-interval.
     ``train_counts`` (training images per class) gives the images each share trains on."""
     rows = []
-    for (a, h, s, fraction, arm), runs in _groups(runset, arch).items():
-        if h != head or s != split:
+    for (a, h, s, fraction, proto, arm), runs in _groups(runset, arch).items():
+        if h != head or s != split or proto != protocol:
             continue
         ci = intervals.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence)
         n = sum(max(1, math.ceil(fraction * c - 1e-9)) for c in train_counts) if train_counts else None
@@ -174,14 +237,15 @@ def arch_label(arch: str, head: str = "replace") -> str:
     return label + (" + Dense 1024" if head == "dense1024" else "")
 
 
-def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | None = None) -> pd.DataFrame:
+def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | None = None,
+                protocol: str = "") -> pd.DataFrame:
     """The papers' design beside ours on real images: per arch, head and arm, the published test
-    accuracy and ours on the whole training split, one ``ours|<split>`` column (with
-    ``ci_low|<split>``, ``ci_high|<split>``) per split, or why ours is absent (``note``)."""
+    accuracy and ours on the whole training split under ``protocol``, one ``ours|<split>``
+    column (with ``ci_low|<split>``, ``ci_high|<split>``) per split, or why ours is absent."""
     pub = published(dataset)
     ours: dict[tuple, dict[str, list[metrics.Run]]] = {}
     for r in (runset.runs if runset else []):
-        if r.id.train_fraction == 1:
+        if r.id.train_fraction == 1 and r.id.protocol == protocol:
             ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(r.split, []).append(r)
     splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
     archs = metrics.arch_order()    # the arch table's order

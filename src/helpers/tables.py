@@ -25,7 +25,7 @@ def run_table(runset: RunSet) -> pd.DataFrame:
         m = r.metrics
         row = {"run": r.name, "label": r.label, "arch": r.arch, "head": r.head, "arm": r.arm,
                "seed": r.seed, **{k: m[k] for k in TABLE1_ROWS}, "test_auc_macro": m["test_auc_macro"],
-               "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+               "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "stopped_by": r.stopped_by,
                "test_n": m["test_n"], "test_correct": m["test_correct"]}
         for c, name in enumerate(r.class_names):
             row[f"auc[{name}]"] = m["test_auc_per_class"][c]

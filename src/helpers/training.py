@@ -10,7 +10,8 @@ Design notes:
   normalised there. No augmentation (neither paper used any). channels_last memory everywhere
   (on this project's 2-core CPU it made MobileNetV3 epochs 15-30 % faster and the others no
   slower); fused Adam (one kernel for every tensor, CPU included); on CUDA also bf16 autocast
-  and ``torch.compile``. Losses are summed on the device and read once per epoch.
+  and ``torch.compile``; bf16 autocast on a CPU with native bf16 for the archs the table marks
+  (``ArchSpec.cpu_bf16``). Losses are summed on the device and read once per epoch.
 - Each epoch's shuffle comes from a generator seeded with (seed, epoch), and the global RNG
   state (dropout) is checkpointed, so a resumed run repeats an uninterrupted one exactly on CPU
   (deterministic algorithms on; the same number of torch threads, since it sets the order of
@@ -19,12 +20,15 @@ Design notes:
   (``recompute_bn``; ``torch.optim.swa_utils.update_bn``): with BN momentum 0.01
   (MobileNetV3, EfficientNet) and a few hundred steps, the running statistics lag the weights
   and a scratch network can score chance in eval mode while it learns in train mode. Cost: one
-  no-grad pass over the train split per epoch (``bn_seconds`` in history.csv).
+  no-grad pass over the train split per epoch (``bn_seconds`` in history.csv), or over a fixed
+  draw of ``bn_subset`` training images.
 - The linear-probe arm (``freeze_backbone``) trains only the head; the backbone stays in eval
   mode with ImageNet's statistics.
 - The best epoch is chosen by validation accuracy (ties keep the earlier epoch) and scores
   the test split. Early stopping, when on, monitors validation loss as Keras does by default
-  (paper B used Keras).
+  (paper B used Keras). ``metrics.json``'s ``stopped_by`` says how training ended:
+  ``early_stopping`` (converged), ``epoch_cap`` (early stopping on, but the cap came first: not
+  converged) or ``fixed_budget`` (no early stopping: the papers' way).
 - Checkpoints hold only tensors and plain Python values (``torch.load(weights_only=True)``)
   and are written atomically after every epoch, by a background thread while the next epoch
   trains; ``metrics.json`` is written last.
@@ -287,6 +291,12 @@ class _Engine:
             self.y[part] = torch.from_numpy(labels[idx]).to(device)
         self.batch_size = params["batch_size"]
         self.eval_batch = 512 if self.cuda else 2 * params["batch_size"]
+        self.bf16 = params.get("bf16") is True and device.type in ("cuda", "cpu")  # as resolved
+        n_bn = params.get("bn_subset", 0)
+        self.bn_x = self.x["train"]
+        if 0 < n_bn < len(self.bn_x):  # its own stream: the same images every epoch
+            keep = np.sort(np.random.default_rng([params["seed"], 21]).permutation(len(self.bn_x))[:n_bn])
+            self.bn_x = self.bn_x[torch.from_numpy(keep).to(device)].contiguous(memory_format=torch.channels_last)
 
     def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """``normalize`` in place on one float copy, in channels_last (the same numbers)."""
@@ -294,8 +304,8 @@ class _Engine:
         return x.div_(255).sub_(self.mean).div_(self.std)
 
     def _autocast(self):
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def n_batches(self) -> int:
@@ -321,11 +331,12 @@ class _Engine:
         return total / len(y)
 
     def recompute_bn(self, model: nn.Module) -> None:
-        """Batch-norm running statistics recomputed over the train split (cumulative average,
-        weights unchanged), so evaluation sees statistics that match the current weights."""
+        """Batch-norm running statistics recomputed over the train split or its ``bn_subset``
+        (cumulative average, weights unchanged), so evaluation sees statistics that match the
+        current weights."""
         from torch.optim.swa_utils import update_bn
 
-        x = self.x["train"]
+        x = self.bn_x
         batches = (self._input(x[start:start + self.eval_batch]) for start in range(0, len(x), self.eval_batch))
         with torch.no_grad(), self._autocast():
             update_bn(batches, model)
@@ -375,16 +386,34 @@ def _identity(params: dict) -> dict:
     return {k: params[k] for k in PARAM_NAMES if k not in _NOT_COMPARED}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_bf16(wanted, device: torch.device, arch: str) -> bool:
+    """bf16 autocast for this run: "auto" = CUDA, or a native-bf16 CPU for archs measured faster."""
+    if wanted != "auto":
+        return bool(wanted)
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and models.spec(arch).cpu_bf16 and cpu_has_bf16()
+
+
 def _conflict(run_dir: Path, run_params: dict) -> str:
     """How run_dir's run differs from run_params (other parameters or other prepared data);
-    "" when it holds this run, or nothing."""
+    "" when it holds this run, or nothing. A parameter newer than the folder's params.json is
+    not compared: its default keeps the behaviour the folder was trained with."""
     params_file = run_dir / "params.json"
     if not params_file.exists():
         leftovers = [f for f in RUN_FILES if (run_dir / f).exists()]
         return f"it holds {leftovers} but no params.json, so it cannot be resumed safely" if leftovers else ""
     old = json.loads(params_file.read_text())
     new = {**_identity(run_params), "prepared_fingerprint": run_params["prepared_fingerprint"]}
-    diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
+    diff = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
 
 
@@ -406,6 +435,7 @@ def _resolve(spec: TrainParams) -> tuple[dict, Path, Path, torch.device]:
         raise ValueError(f"parameter 'prepared_dir': {prepared_dir} holds {info['dataset']}, not {p['dataset']}")
     run_params = {**p, "device": device.type,
                   "compile": device.type == "cuda" if p["compile"] == "auto" else p["compile"],
+                  "bf16": resolve_bf16(p["bf16"], device, p["arch"]),
                   "run_dir": str(run_dir), "arm": run_id.arm, "run": run_id.as_record(),
                   "prepared_dir": _relative(prepared_dir), "class_names": list(info["class_names"]),
                   "prepared_fingerprint": info.get("fingerprint"), "synthetic": bool(info.get("synthetic"))}
@@ -460,7 +490,9 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
         "git_dirty": dirty,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "stopped_early": state["stopped_early"],
+        "stopped_by": params_mod.stopped_by(run_params, state["stopped_early"]),
         "early_stopping_monitor": EARLY_STOPPING_MONITOR,
+        "bf16": bool(run_params.get("bf16")),
         "synthetic": bool(prepared.synthetic),
         "n_test": int(len(labels)),
         "notes": scores["notes"],

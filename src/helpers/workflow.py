@@ -19,8 +19,8 @@ import traceback
 from pathlib import Path
 
 from . import atomic, data, kernel
-from .experiment import (ExperimentError, find_run, load_experiment, parse_data_dirs, planned, prep_of,
-                         prepared_dir, results_dir, runs, source_of)
+from .experiment import (ExperimentError, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
+                         prep_of, prepared_dir, results_dir, runs, source_of, stages, sweep_scores, sweeps)
 from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
 
 
@@ -115,21 +115,39 @@ def replaced_because(rid: RunId, values: dict) -> str:
     return training.stale(values)
 
 
+def tuned_lr(sweep) -> tuple[float | None, str, str]:
+    """(the rate a sweep chooses, "", "") from its run folders' validation scores, or (None, why
+    not, kind): a sweep run absent by design makes the tuned run absent too."""
+    unfinished = [r for r in sweep.candidates.values() if run_state(r)[0] != "complete"]
+    if unfinished:
+        kind = "absent" if all(run_kind(r) == "absent" for r in unfinished) else "failed"
+        return None, (f"its learning-rate sweep is not complete: {', '.join(r.key for r in unfinished)} "
+                      f"{'is' if len(unfinished) == 1 else 'are'} not"), kind
+    return choose_lr({lr: sweep_scores(r.run_dir()) for lr, r in sweep.candidates.items()}, sweep.by), "", ""
+
+
 def train_one(experiment: str, run: str, data_dir: str = "") -> dict:
-    """Run one training notebook and write its status; on failure record the run as missing."""
+    """Run one training notebook and write its status; on failure record the run as missing.
+    A tuned run trains at the rate its sweep chose on validation."""
     exp = load_experiment(experiment, data_dir)
     grid = runs(exp)
     rid = find_run(exp, run)
     notebook_out = train_notebook(exp, rid)
     missing = rid.run_dir() / "missing.json"
     source = source_of(grid, rid)
-    reason, kind = "", "failed"
-    if source is not None and run_state(source)[0] != "complete":
+    sweep = sweeps(exp).get(rid)
+    lr, reason, kind = grid[rid]["lr"], "", "failed"
+    if sweep is not None:
+        lr, reason, kind = tuned_lr(sweep)
+    if not reason and source is not None and run_state(source)[0] != "complete":
         reason = f"source run {source.key} is not complete: {run_state(source)[1] or 'not run'}"
         kind = run_kind(source)
-    else:
+    if not reason:
+        if sweep is not None:
+            print(f"run {rid.key}: learning rate {lr:g}, chosen by {sweep.by} from "
+                  f"{', '.join(f'{c:g}' for c in sorted(sweep.candidates))}", file=sys.stderr)
         try:
-            values = grid[rid]
+            values = {**grid[rid], "lr": lr}
             if changed := replaced_because(rid, values):
                 print(f"run {rid.key}: its settings or data changed since it was trained ({changed}); "
                       f"training it again", file=sys.stderr)
@@ -304,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "that have none (real-data experiments)")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
+    p = sub.add_parser("targets", help="print the status files of one stage's runs (snakemake targets)")
+    p.add_argument("experiment")
+    p.add_argument("--stage", type=int, required=True)
+    p.add_argument("--data-dir", default="")
     p = sub.add_parser("forget-missing", help="drop the status of runs that did not complete")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
@@ -322,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))
+        elif args.cmd == "targets":
+            exp = load_experiment(args.experiment, args.data_dir)
+            wanted = [rid for rid, n in stages(exp).items() if n == args.stage]
+            if not wanted:
+                raise ExperimentError(f"experiment {exp['name']!r} has no runs in stage {args.stage}; "
+                                      f"its stages: {sorted(set(stages(exp).values()))}")
+            print("\n".join(str(status_file(rid)) for rid in wanted))
         elif args.cmd == "data-dirs":
             print(fetch_data_dirs(args.experiment, args.data_dir))
         elif args.cmd == "forget-missing":
