@@ -100,6 +100,21 @@ def test_a_sweep_and_a_protocol_are_part_of_each_run_identity(tmp_path):
         assert P.check(P.TrainParams, {**p, "lr": p["lr"] or 1e-3}).run_id() == rid
 
 
+def test_a_sweep_and_the_seeds_it_tunes_may_sit_in_different_stages(tmp_path):
+    tune = {"lr": [1.0e-3, 3.0e-3]}
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0], tune=tune),
+                           demo_entry(arms=["scratch"], seeds=[1, 2], tune={**tune, "seed": 0}, stage=2)])
+    exp = ex.load_experiment(path)
+    assert {rid.name: n for rid, n in ex.stages(exp).items()} == {
+        "resnet18-scratch-lr0.001-s0": 1, "resnet18-scratch-lr0.003-s0": 1,
+        "resnet18-scratch-tuned-s1": 2, "resnet18-scratch-tuned-s2": 2}
+    with pytest.raises(ex.ExperimentError, match="on seed 1"):
+        ex.load_experiment(write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                                     grid=[demo_entry(arms=["scratch"], seeds=[0], tune=tune),
+                                           demo_entry(arms=["scratch"], seeds=[2], tune={**tune, "seed": 1})]))
+
+
 @pytest.mark.parametrize("changes, named", [
     ({"grid": [demo_entry(seeds=[0], train={"train_fraction": 0.5}, tune={"lr": [1e-3, 3e-3]})]},
      "no grid entry"),

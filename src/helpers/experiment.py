@@ -84,13 +84,16 @@ TUNE_BY = ("best_val_acc", "min_val_loss")
 
 
 class Tune(BaseModel):
-    """``tune: {lr: [...]}``: each rate trains on the entry's first seed and the whole training
-    split; the entry's other runs (other seeds, smaller training shares) use the rate chosen."""
+    """``tune: {lr: [...]}``: each rate trains on one seed (``seed``, default the entry's first)
+    and the whole training split; the entry's other runs (other seeds, smaller training shares)
+    use the rate chosen. An entry whose seeds leave out ``seed`` holds tuned runs only: its sweep
+    is another entry's (a sweep in one stage, the seeds it tunes in a later one)."""
 
     model_config = _YAML
 
     lr: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=2)
     by: Literal[TUNE_BY] = "best_val_acc"
+    seed: Optional[NonNegInt] = None
 
 
 class GridEntry(BaseModel):
@@ -321,6 +324,7 @@ class Sweep:
 
     by: str                              # TUNE_BY
     candidates: dict[float, RunId]       # rate -> the sweep's run of that rate
+    seed: int = 0                        # the seed the sweep trains
 
 
 def runs(exp: dict) -> dict[RunId, dict]:
@@ -384,7 +388,7 @@ def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId,
                     if tuning == "tuned":
                         tuned[rid] = (i, group, tune)
                     elif tuning:
-                        groups.setdefault(group, Sweep(tune["by"], {})).candidates[lr] = rid
+                        groups.setdefault(group, Sweep(tune["by"], {}, seed)).candidates[lr] = rid
     keys = {rid.key for rid in grid}
     for rid in grid:
         if rid.init_source and rid.init_source not in keys:
@@ -393,12 +397,14 @@ def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId,
     chosen: dict[RunId, Sweep] = {}
     for rid, (i, group, tune) in tuned.items():
         sweep = groups.get(group)
-        if sweep is None or sorted(sweep.candidates) != sorted(tune["lr"]) or sweep.by != tune["by"]:
+        if (sweep is None or sorted(sweep.candidates) != sorted(tune["lr"]) or sweep.by != tune["by"]
+                or tune["seed"] not in (None, sweep.seed)):
+            seed = "" if tune["seed"] is None else f" on seed {tune['seed']}"
             raise ExperimentError(
                 f"{exp['path']}: grid[{i}] ({rid.key}) takes its learning rate from a sweep of "
-                f"{tune['lr']} by {tune['by']} on the whole training split, which no grid entry "
-                f"of {group.key.replace('-s0', '')} runs (a sweep runs on an entry's first seed "
-                "with train_fraction 1)")
+                f"{tune['lr']} by {tune['by']}{seed} on the whole training split, which no grid entry "
+                f"of {group.dataset}/{group.name.removesuffix('-s0')} runs (a sweep runs on its tune.seed, "
+                "by default the entry's first seed, with train_fraction 1)")
         chosen[rid] = sweep
     return grid, chosen, stage
 
@@ -410,9 +416,10 @@ def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:
     seeds, tune = entry["seeds"], entry["tune"]
     if tune is None:
         return [(seed, "", train["lr"]) for seed in seeds]
+    sweep_seed = seeds[0] if tune["seed"] is None else tune["seed"]
     out = []
     for seed in seeds:
-        if seed == seeds[0] and train["train_fraction"] == 1:
+        if seed == sweep_seed and train["train_fraction"] == 1:
             out += [(seed, lr_tag(lr), lr) for lr in tune["lr"]]
         else:
             out.append((seed, "tuned", None))

@@ -300,3 +300,122 @@ def fmt_ci(value: float, low: float, high: float, unit: bool = True) -> str:
 def fmt_diff(value: float, low: float, high: float, unit: bool = True) -> str:
     """A difference in percentage points with its interval: "+14.2 pp [+11.0, +17.5]"."""
     return f"{100 * value:+.1f}{' pp' if unit else ''} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+# ---------------------------------------------------------------- protocols, stages, curves
+
+def protocol_title(exp: dict, protocol: str) -> str:
+    """A protocol in a reader's words, from its settings: the fair one (the file's defaults, each
+    arm at its tuned rate, early stopping), or a named one such as paper A's budget."""
+    settings = {**exp["defaults"], **exp["protocols"].get(protocol, {})}
+    patience = settings.get("early_stopping_patience", 0)
+    if not protocol and patience:
+        tuned = any(e.get("tune") for e in exp["grid"])
+        return (f"to convergence (early stopping, patience {patience}, cap {settings.get('epochs')} epochs)"
+                + (", each arm at its own learning rate, chosen on validation" if tuned else ""))
+    stop = f"early stopping (patience {patience})" if patience else "no early stopping"
+    budget = f"{settings.get('epochs')} epochs at lr {settings.get('lr', 1e-4):g}, {stop}"
+    if not protocol:
+        return f"a fixed budget: {budget}"
+    name = protocol.replace("paper_a", "paper A").replace("paper_b", "paper B")
+    return f"{name}'s budget: {budget}"
+
+
+def stage_table(experiment: str, root: str | Path = records.ROOT) -> pd.DataFrame:
+    """Per stage of the experiment file: its runs, how many are recorded (complete or missing
+    with a reason), and which are not recorded yet."""
+    exp = ex.load_experiment(experiment, need_data=False)
+    rows = []
+    for rid, stage in ex.stages(exp).items():
+        rows.append({"stage": stage, "key": rid.key, "recorded": records.run_record(rid, root).is_dir()})
+    frame = pd.DataFrame(rows, columns=["stage", "key", "recorded"])
+    out = frame.groupby("stage").agg(runs=("key", "size"), recorded=("recorded", "sum")).reset_index()
+    out["pending"] = [", ".join(frame[(frame["stage"] == s) & ~frame["recorded"]]["key"]) for s in out["stage"]]
+    return out
+
+
+def curves(runset: metrics.RunSet, arch: str = "efficientnet_lite0", head: str = "replace",
+           split: str = "random", protocol: str = "") -> pd.DataFrame:
+    """Validation accuracy by epoch of every run of the answer (whole training split), one row
+    per run and epoch."""
+    rows = []
+    for (a, h, s, fraction, proto, arm), runs in _groups(runset, arch).items():
+        if (h, s, fraction, proto) != (head, split, 1, protocol):
+            continue
+        for r in runs:
+            for e in r.history.itertuples():
+                rows.append({"arm": arm, "seed": r.seed, "lr": r.params.get("lr"), "epoch": int(e.epoch),
+                             "val_acc": float(e.val_acc), "stopped_by": r.stopped_by})
+    return pd.DataFrame(rows, columns=["arm", "seed", "lr", "epoch", "val_acc", "stopped_by"])
+
+
+def epochs_to_reach(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per arm: the first epoch each seed's validation accuracy reached ``threshold`` (NaN: never)."""
+    rows = []
+    for (arm, seed), part in table.groupby(["arm", "seed"], sort=False):
+        hit = part[part["val_acc"] >= threshold]["epoch"]
+        rows.append({"arm": arm, "seed": seed, "epoch": float(hit.min()) if len(hit) else math.nan,
+                     "epochs_run": int(part["epoch"].max())})
+    return pd.DataFrame(rows, columns=["arm", "seed", "epoch", "epochs_run"])
+
+
+def curves_figure(table: pd.DataFrame, threshold: float | None = None, title: str = ""):
+    """Validation accuracy by epoch, one line per seed, coloured by arm."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    for (arm, seed), part in table.groupby(["arm", "seed"], sort=False):
+        ax.plot(part["epoch"], part["val_acc"], color=arm_color(arm), alpha=0.85, marker=".",
+                label=f"{arm_title(arm)}" if seed == table[table["arm"] == arm]["seed"].min() else None)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------- the previous edition
+
+PREVIOUS = "previous_edition.json"
+
+
+def archive(experiment: str, root: str | Path = records.ROOT, note: str = "") -> Path:
+    """Keep the current records' answer (arms and differences, with intervals) in
+    ``records/<experiment>/previous_edition.json`` before a new protocol replaces them, so the
+    book can say how much of the old answer survived. Records the commit they came from."""
+    from . import atomic
+    from .training import git_state
+
+    runsets = load(experiment, root)
+    commit, _ = git_state()
+    out = records.folder(experiment, root) / PREVIOUS
+    atomic.write_json(out, {"commit": commit, "note": note,
+                            "run_commits": records.load_manifest(experiment, root).get("run_commits"),
+                            "arms": arm_table(runsets).to_dict(orient="records"),
+                            "differences": differences(runsets).to_dict(orient="records")})
+    return out
+
+
+def previous(experiment: str, root: str | Path = records.ROOT) -> dict | None:
+    path = records.folder(experiment, root) / PREVIOUS
+    if not path.is_file():
+        return None
+    import json
+
+    data = json.loads(path.read_text())
+    return {**data, "arms": pd.DataFrame(data["arms"]), "differences": pd.DataFrame(data["differences"])}
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.study")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("archive", help="keep the records' answer before a new protocol replaces it")
+    p.add_argument("experiment")
+    p.add_argument("--note", default="")
+    args = ap.parse_args()
+    print(f"wrote {archive(args.experiment, note=args.note)}")
+    sys.exit(0)
