@@ -184,16 +184,18 @@ rule explain:
     input:
         "notebooks/explain.ipynb",
         lambda wc: prepared(wc.dataset),
-        lambda wc: statuses([r for r in wf.explained_runs(EXP, wc.dataset) if r in RUNS]),
+        lambda wc: statuses([r for r in wf.explained_inputs(EXP, wc.dataset) if r in RUNS]),
     output:
         f"{RES}/notebooks/explain_{{dataset}}.ipynb",
     params:
-        p=lambda wc: papermill_params(wf.notebook_params(EXP, "explain", wc.dataset)),
+        settings=lambda wc: json.dumps(EXP["explain"][wc.dataset], sort_keys=True),  # edited settings rerun it
     threads: HEAVY_THREADS
     resources:
         **CLUSTER_JOB,
+    # The parameters are read when the job runs: a swept arm's run is known once its sweep ran.
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} explain {wildcards.dataset} {output}"
+        "p=$(python -m helpers.workflow params {EXP_ARG} explain {wildcards.dataset} --data-dir {DATA_ARG})"
+        " && {PAPERMILL} {input[0]} {output} -y \"$p\" || {FAILED} explain {wildcards.dataset} {output}"
 
 
 rule audit:

@@ -354,3 +354,44 @@ def test_frozen_imagenet_features_beat_random_features_on_real_chest_xrays(tmp_p
     random = probe.loc[("random init", "images (random folds)")]
     assert imagenet["n"] == 120 and imagenet["ci_low"] <= imagenet["accuracy"] <= imagenet["ci_high"]
     assert imagenet["accuracy"] > random["accuracy"] > 1 / 3
+
+
+# ---------------------------------------------------------------- slice view (CT)
+
+def _silhouette(height: int, width: int, size: int = 128) -> np.ndarray:
+    image = np.zeros((3, size, size), dtype=np.uint8)
+    top, left = (size - height) // 2, (size - width) // 2
+    image[:, top:top + height, left:left + width] = 120
+    image[:, 5, 5] = 255                                   # a speck the opening removes
+    return image
+
+
+def test_a_tall_body_reads_as_coronal_a_wide_one_as_axial():
+    tall, wide, empty = _silhouette(110, 60), _silhouette(70, 110), np.zeros((3, 128, 128), np.uint8)
+    assert audit.body_aspect(tall) == pytest.approx(110 / 60) and audit.body_aspect(wide) == pytest.approx(70 / 110)
+    assert list(audit.slice_views(np.stack([tall, wide, empty]))) == ["coronal", "axial", "axial"]
+
+
+def test_the_view_alone_predicts_what_it_can():
+    views = np.array(["coronal", "axial", "axial", "coronal", "axial", "axial"] * 3)
+    labels = np.array([0, 1, 2, 0, 1, 1] * 3)
+    split = np.array(["train"] * 6 + ["val"] * 6 + ["test"] * 6)
+    prepared = SimpleNamespace(labels=labels, split=split, class_names=["Cyst", "Normal", "Stone"],
+                               images=np.zeros((18, 3, 8, 8), np.uint8))
+    res = audit.view_baseline(prepared, views)
+    assert res["rule"] == {"axial": "Normal", "coronal": "Cyst"}
+    assert res["test_accuracy"] == pytest.approx(5 / 6) and res["ci_low"] < 5 / 6 < res["ci_high"]
+    table = audit.view_table(prepared, views).set_index(["class", "split"])
+    assert table.loc[("Cyst", "all"), "coronal_share"] == 1 and table.loc[("Stone", "test"), "coronal"] == 0
+
+
+REAL_STUDY_KIDNEY = REPO.parent / "shared" / "real-study" / "ct_kidney"
+
+
+@pytest.mark.skipif(not REAL_STUDY_KIDNEY.is_dir(), reason=f"{REAL_STUDY_KIDNEY} not here")
+def test_the_view_measure_finds_the_coronal_slices_the_real_study_readme_counts():
+    counts = {}
+    for folder in sorted(p for p in REAL_STUDY_KIDNEY.iterdir() if p.is_dir()):
+        images = np.stack([np.asarray(Image.open(f).convert("L")) for f in sorted(folder.glob("*.jpg"))])
+        counts[folder.name] = (len(images), int((audit.slice_views(images) == "coronal").sum()))
+    assert counts == {"Cyst": (120, 36), "Normal": (200, 69), "Stone": (194, 0), "Tumor": (200, 89)}

@@ -244,7 +244,8 @@ def test_the_workflows_audit_notebook_writes_every_file(study):
     # The audit step of the tiny study (Snakemake ran audit.ipynb through papermill).
     work = study[0]
     out_dir = work / tiny_study.RESULTS / "ct_kidney" / "audit"
-    for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv", "closest_pairs.png"]:
+    for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv",
+                 "closest_pairs.png", "views.csv", "view_counts.csv"]:
         assert (out_dir / name).stat().st_size > 0, name
     shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
     notebook = work / tiny_study.NOTEBOOKS / "audit_ct_kidney.ipynb"
@@ -253,6 +254,8 @@ def test_the_workflows_audit_notebook_writes_every_file(study):
     # Distinct synthetic phantoms: no pairs, every image its own group, so the grouped split is made.
     assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
     assert set(shortcut["split"]) == {"random", "grouped"}
+    assert "view alone (axial or coronal)" in set(shortcut["model"])   # CT slices: the view shortcut
+    assert "audit_view_table" in tiny_study.glued(notebook)
 
 
 @pytest.mark.slow

@@ -549,3 +549,24 @@ def test_a_real_experiment_without_data_dir_fetches_with_kagglehub(monkeypatch, 
     assert wf.main(["data-dirs", "paper_b"]) == 2
     err = capsys.readouterr().err
     assert "could not download ct_kidney" in err and "Manual download" in err and "DATA_DIR" in err
+
+
+def test_explain_waits_for_a_swept_arms_sweep_and_reads_the_rate_it_chose(tmp_path, monkeypatch):
+    tune = {"lr": [1.0e-3, 3.0e-3]}
+    path = write_exp(tmp_path, audit=[], datasets={"covid_radiography": {}},
+                     explain={"covid_radiography": {"arch": "resnet18"}},
+                     grid=[demo_entry(arms=["imagenet"]), demo_entry(arms=["scratch"], tune=tune)])
+    monkeypatch.chdir(tmp_path)
+    exp = ex.load_experiment(path)
+    assert [r.name for r in wf.explained_inputs(exp, "covid_radiography")] == [
+        "resnet18-imagenet-s0", "resnet18-scratch-lr0.001-s0", "resnet18-scratch-lr0.003-s0"]
+    with pytest.raises(ex.ExperimentError, match="sweep is not complete"):
+        wf.explained_runs(exp, "covid_radiography")
+    for name, acc in (("resnet18-scratch-lr0.001-s0", 0.9), ("resnet18-scratch-lr0.003-s0", 0.6)):
+        folder = Path("runs/demo/covid_radiography") / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"best_val_acc": acc, "best_epoch": 1}))
+        (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
+    assert [r.name for r in wf.explained_runs(exp, "covid_radiography")] == [
+        "resnet18-imagenet-s0", "resnet18-scratch-lr0.001-s0"]
+    assert wf.notebook_params(exp, "explain", "covid_radiography")["runs"][1].endswith("resnet18-scratch-lr0.001-s0")

@@ -339,12 +339,17 @@ def sweeps(exp: dict) -> dict[RunId, Sweep]:
     return _plan(exp)[1]
 
 
+def all_sweeps(exp: dict) -> list[Sweep]:
+    """Every learning-rate sweep of the grid, with or without runs it tunes."""
+    return _plan(exp)[3]
+
+
 def stages(exp: dict) -> dict[RunId, int]:
     """Run -> the stage of the grid entry that first names it."""
     return _plan(exp)[2]
 
 
-def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId, int]]:
+def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId, int], list[Sweep]]:
     grid: dict[RunId, dict] = {}
     stage: dict[RunId, int] = {}
     tuned: dict[RunId, tuple[int, RunId, dict]] = {}   # tuned run -> (entry, its sweep's group, tune)
@@ -406,7 +411,7 @@ def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId,
                 f"of {group.dataset}/{group.name.removesuffix('-s0')} runs (a sweep runs on its tune.seed, "
                 "by default the entry's first seed, with train_fraction 1)")
         chosen[rid] = sweep
-    return grid, chosen, stage
+    return grid, chosen, stage, list(groups.values())
 
 
 def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:

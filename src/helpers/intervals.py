@@ -134,6 +134,29 @@ def bootstrap_ci(values, confidence: float = CONFIDENCE, n_resamples: int = N_RE
     return Interval(mean, float(min(ci.low, mean)), float(max(ci.high, mean)), len(x))
 
 
+def cluster_bootstrap_ci(values, groups, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                         seed: int = 0) -> Interval:
+    """Mean over images with a percentile interval that resamples whole groups (slices of one
+    scan are not independent): each resample draws as many groups as there are, with
+    replacement, and averages every image of the groups drawn. One group: no interval."""
+    x, g = np.asarray(values, dtype=float), np.asarray(groups)
+    ok = np.isfinite(x)
+    x, g = x[ok], g[ok]
+    if len(x) == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    ids, inverse = np.unique(g, return_inverse=True)
+    sums, sizes = np.bincount(inverse, weights=x), np.bincount(inverse)
+    mean = float(x.mean())
+    if len(ids) == 1:
+        return Interval(mean, math.nan, math.nan, len(x))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(n_resamples, len(ids)))
+    means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(mean, float(min(low, mean)), float(max(high, mean)), len(x))
+
+
 def paired_difference(a, b, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
     """a - b on the same images: bootstrap interval of the mean difference and the Wilcoxon
     signed-rank p-value (nan when every difference is zero or fewer than two pairs)."""

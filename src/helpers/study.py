@@ -42,11 +42,8 @@ def load(experiment: str, root: str | Path = records.ROOT, answer: bool = True) 
 def sweep_choices(exp: dict, root: str | Path = records.ROOT) -> list[dict]:
     """Each learning-rate sweep with its rates' validation scores and the rate it chose (None
     while one of its runs is not recorded): the rows of the learning-rate table."""
-    seen, rows = set(), []
-    for sweep in ex.sweeps(exp).values():
-        if id(sweep) in seen:
-            continue
-        seen.add(id(sweep))
+    rows = []
+    for sweep in ex.all_sweeps(exp):
         folders = {lr: records.run_record(r, root) for lr, r in sweep.candidates.items()}
         scores = {lr: ex.sweep_scores(f) for lr, f in folders.items() if (f / "metrics.json").is_file()}
         chosen = ex.choose_lr(scores, sweep.by) if len(scores) == len(folders) else None
@@ -113,6 +110,38 @@ def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE, seed: int =
     ci = intervals.bootstrap_ci(values, confidence, seed=np.random.default_rng(seed), method="percentile")
     return ci.low, ci.high
 
+
+def resampled_unit(dataset: str) -> str:
+    """What the intervals resample: images, or blocks of consecutive slices (CT: one scan's
+    slices are not independent)."""
+    from .data import get_spec
+    from .data.splits import BLOCK_SIZE
+
+    return f"blocks of {BLOCK_SIZE} consecutive slices" if get_spec(dataset).ct_slices else "test images"
+
+
+def interval(dataset: str, per_image: pd.Series, runs: list[metrics.Run], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The 95% interval of a mean over test images (indexed by path): a percentile bootstrap
+    over images, or over blocks of consecutive slices where the dataset is CT slices."""
+    from .data import get_spec
+    from .data.splits import block_groups
+
+    if not get_spec(dataset).ct_slices:
+        return bootstrap_ci(per_image.to_numpy(), confidence)
+    labels = runs[0].predictions.set_index("path").loc[per_image.index, "label"].to_numpy()
+    ci = intervals.cluster_bootstrap_ci(per_image.to_numpy(), block_groups(list(per_image.index), labels), confidence)
+    return ci.low, ci.high
+
+
+def per_class_accuracy(runs: list[metrics.Run]) -> dict[str, float]:
+    """Test accuracy within each true class, averaged over the runs' seeds."""
+    names = runs[0].class_names
+    out = {}
+    for k, name in enumerate(names):
+        accs = [float((r.preds[r.labels == k] == k).mean()) for r in runs if (r.labels == k).any()]
+        out[name] = float(np.mean(accs)) if accs else math.nan
+    return out
+
 def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list[metrics.Run]]:
     """(arch, head, split, fraction, protocol, arm) -> runs (one per seed)."""
     out: dict[tuple, list[metrics.Run]] = {}
@@ -129,8 +158,8 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite
         for (a, head, split, fraction, protocol, arm), runs in _groups(runset, arch).items():
             if fraction != 1:
                 continue
-            per_image = correctness(runs).mean(axis=1).to_numpy()
-            low, high = bootstrap_ci(per_image)
+            per_image = correctness(runs).mean(axis=1)
+            low, high = interval(ds, per_image, runs)
             accs = [r.metrics["test_accuracy"] for r in runs]
             rows.append({"dataset": ds, "split": split, "protocol": protocol, "arch": a, "head": head, "arm": arm,
                          "seeds": len(runs), "n_test": len(per_image), "accuracy": float(np.mean(accs)),
@@ -138,9 +167,11 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite
                          "seed_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
                          "epochs": runs[0].params.get("epochs"),
                          "lr": sorted({r.params.get("lr") for r in runs}),
-                         "converged": sum(r.converged for r in runs)})
+                         "converged": sum(r.converged for r in runs),
+                         "per_class": per_class_accuracy(runs), "resampled": resampled_unit(ds)})
     frame = pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "arm", "seeds", "n_test",
-                                        "accuracy", "ci_low", "ci_high", "seed_sd", "epochs", "lr", "converged"])
+                                        "accuracy", "ci_low", "ci_high", "seed_sd", "epochs", "lr", "converged",
+                                        "per_class", "resampled"])
     if len(frame):
         frame = frame.sort_values(["dataset", "split", "protocol", "arm"], key=lambda c: c.map(_order)
                                   ).reset_index(drop=True)
@@ -167,16 +198,17 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                 ca, cb = correctness(groups[key + (a,)]), correctness(groups[key + (b,)])
                 seeds = sorted(set(ca.columns) & set(cb.columns))
                 ca, cb = ca[seeds], cb.loc[ca.index, seeds]
-                diff = (ca.mean(axis=1) - cb.mean(axis=1)).to_numpy()
-                low, high = bootstrap_ci(diff)
+                diff = ca.mean(axis=1) - cb.mean(axis=1)
+                low, high = interval(ds, diff, groups[key + (a,)])
                 s0 = seeds[0]
                 mc = intervals.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
                 rows.append({"dataset": ds, "split": key[2], "protocol": key[4],
                              "comparison": f"{arm_title(a)} − {arm_title(b)}",
                              "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
+                             "resampled": resampled_unit(ds),
                              "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
     return pd.DataFrame(rows, columns=["dataset", "split", "protocol", "comparison", "arm_a", "arm_b", "seeds",
-                                       "difference", "ci_low", "ci_high", "p_mcnemar_seed0"])
+                                       "difference", "resampled", "ci_low", "ci_high", "p_mcnemar_seed0"])
 
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
@@ -262,7 +294,7 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
             value = low = high = math.nan
             if runs:
                 value = float(np.mean([r.metrics["test_accuracy"] for r in runs]))
-                low, high = bootstrap_ci(correctness(runs).mean(axis=1).to_numpy())
+                low, high = interval(dataset, correctness(runs).mean(axis=1), runs)
             row.update({f"ours|{split}": value, f"ci_low|{split}": low, f"ci_high|{split}": high})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -419,3 +451,35 @@ if __name__ == "__main__":
     args = ap.parse_args()
     print(f"wrote {archive(args.experiment, note=args.note)}")
     sys.exit(0)
+
+
+# ---------------------------------------------------------------- kidney: per class, per view
+
+def per_class_table(arms: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Per split, protocol and arm of ``dataset``: test accuracy within each class (seed mean)."""
+    rows = []
+    for r in arms[arms["dataset"] == dataset].itertuples():
+        rows.append({"split": r.split, "protocol": r.protocol, "arm": r.arm, "seeds": r.seeds, **r.per_class})
+    return pd.DataFrame(rows)
+
+
+def views(experiment: str, dataset: str, root: str | Path = records.ROOT) -> pd.Series | None:
+    """path -> "axial" or "coronal" for a CT dataset's images (the audit's record), or None."""
+    path = records.folder(experiment, root) / "data" / f"{dataset}-views.csv"
+    return pd.read_csv(path).set_index("path")["view"] if path.is_file() else None
+
+
+def view_accuracy(runset: metrics.RunSet, view_of: pd.Series, arch: str = "efficientnet_lite0") -> pd.DataFrame:
+    """Test accuracy on axial and on coronal test slices, per split, protocol and arm (whole
+    training split), with the slices of each view counted."""
+    rows = []
+    for (a, head, split, fraction, protocol, arm), runs in _groups(runset, arch).items():
+        if fraction != 1:
+            continue
+        per_image = correctness(runs).mean(axis=1)
+        seen = view_of.reindex(per_image.index)
+        for view in ("axial", "coronal"):
+            own = per_image[seen == view]
+            rows.append({"split": split, "protocol": protocol, "arm": arm, "view": view, "n_test": len(own),
+                         "accuracy": float(own.mean()) if len(own) else math.nan})
+    return pd.DataFrame(rows, columns=["split", "protocol", "arm", "view", "n_test", "accuracy"])

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from . import atomic, data, kernel
-from .experiment import (ExperimentError, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
+from .experiment import (ExperimentError, all_sweeps, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
                          prep_of, prepared_dir, results_dir, runs, source_of, stages, sweep_scores, sweeps)
 from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
 
@@ -243,11 +243,39 @@ def gap_params(exp: dict, step: str, dataset: str) -> dict:
                                              "reason": gap_reason(exp, step, dataset)})
 
 
-def explained_runs(exp: dict, dataset: str) -> list[RunId]:
-    """The ImageNet/scratch pair (seed 0, the dataset's split) the explain step compares."""
+def _explained(exp: dict, dataset: str) -> list[RunId | object]:
+    """Per arm of the pair: its seed-0 run, or the sweep whose chosen rate gives it."""
     settings = exp["explain"][dataset]
-    return [RunId(experiment=exp["name"], dataset=dataset, arch=settings["arch"], head=settings["head"],
-                  arm=arm, seed=0, split=exp["datasets"][dataset]["split"]) for arm in ("imagenet", "scratch")]
+    grid, every_sweep = runs(exp), all_sweeps(exp)
+    out = []
+    for arm in ("imagenet", "scratch"):
+        rid = RunId(experiment=exp["name"], dataset=dataset, arch=settings["arch"], head=settings["head"],
+                    arm=arm, seed=0, split=exp["datasets"][dataset]["split"])
+        sweep = next((sw for sw in every_sweep if any(
+            c.model_copy(update={"tuning": ""}) == rid for c in sw.candidates.values())), None)
+        out.append(sweep if sweep is not None and rid not in grid else rid)
+    return out
+
+
+def explained_inputs(exp: dict, dataset: str) -> list[RunId]:
+    """The runs the explain step waits for: the pair, or every rate of a swept arm's sweep."""
+    return [r for item in _explained(exp, dataset)
+            for r in (item.candidates.values() if hasattr(item, "candidates") else [item])]
+
+
+def explained_runs(exp: dict, dataset: str) -> list[RunId]:
+    """The ImageNet/scratch pair (seed 0, the dataset's split, the file's defaults) the explain
+    step compares; for an arm whose rate is swept, its run at the rate the sweep chose (read from
+    the run folders, so it is known once the sweep has run)."""
+    out = []
+    for item in _explained(exp, dataset):
+        if hasattr(item, "candidates"):
+            lr, reason, _ = tuned_lr(item)
+            if lr is None:
+                raise ExperimentError(f"explain {dataset}: {reason}")
+            item = item.candidates[lr]
+        out.append(item)
+    return out
 
 
 def step_notebook(exp: dict, step: str, dataset: str) -> Path:

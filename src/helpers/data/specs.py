@@ -31,6 +31,10 @@ class DatasetSpec:
     mask_outline: str | None = None  # what the real masks outline ("lung"); synthetic masks: lesions
     mask_size: int | None = None     # side of the real masks (the phantoms' are saved this size)
     index_csv: str | None = None     # the download's file index beside the class tree
+    # Numbered CT slices: consecutive file numbers are neighbouring slices of one scan, so
+    # intervals resample blocks of them (helpers.study), and slices are cut in more than one
+    # plane, so the audit measures each slice's view (helpers.audit.slice_views)
+    ct_slices: bool = False
 
     @property
     def kaggle_url(self) -> str:
@@ -62,6 +66,7 @@ DATASETS: dict[str, DatasetSpec] = {
         file_name="{cls}- ({index})",
         phantom=phantoms.kidney_ct,
         index_csv="kidneyData.csv",
+        ct_slices=True,
     ),
 }
 
