@@ -687,3 +687,37 @@ def test_training_uses_the_prepared_folder_the_workflow_passes_and_prepares_noth
         training.train(**TINY, prepared_dir=str(env / "no-such"), run_dir=str(env / "runs" / "nowhere"))
     with pytest.raises(TypeError, match="no other parameters"):
         training.train(spec, epochs=3)
+
+
+def test_early_stopping_can_watch_the_validation_accuracy(env, monkeypatch):
+    """The loss grows overconfident while the accuracy still climbs: watching val_acc goes on."""
+    val_loss = [1.0, 0.9, 1.1, 1.2, 1.3, 1.4]
+    val_correct = [1, 2, 2, 3, 3, 3]  # of 4 validation images
+    calls = []
+
+    def scripted(self, model, part):
+        calls.append(part)
+        return torch.tensor(val_loss[len(calls) - 1]), torch.tensor(val_correct[len(calls) - 1])
+
+    monkeypatch.setattr(training._Engine, "evaluate", scripted)
+    by_loss = train(epochs=6, early_stopping_patience=2, run_dir=str(env / "runs" / "watch-loss"))
+    assert json.loads((by_loss / "metrics.json").read_text())["epochs_run"] == 4   # stopped at epoch 4
+    calls.clear()
+    by_acc = train(epochs=6, early_stopping_patience=2, early_stopping_monitor="val_acc",
+                   run_dir=str(env / "runs" / "watch-acc"))
+    metrics = json.loads((by_acc / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6 and metrics["best_epoch"] == 4 and metrics["early_stopping_monitor"] == "val_acc"
+    assert metrics["stopped_by"] == "early_stopping"    # epochs 5 and 6 did not beat epoch 4
+
+
+def test_a_run_older_than_a_parameter_reads_as_its_default(env):
+    """A folder trained before early_stopping_monitor, bf16 and bn_subset existed is the same run
+    at their defaults, and another run when a new value is asked for."""
+    run_dir = train(epochs=1, run_dir=str(env / "runs" / "older"))
+    params = json.loads((run_dir / "params.json").read_text())
+    for newer in ("early_stopping_monitor", "bf16", "bn_subset", "protocol", "tuning"):
+        params.pop(newer)
+    (run_dir / "params.json").write_text(json.dumps(params))
+    assert training.stale({**TINY, "epochs": 1, "run_dir": str(run_dir)}) == ""
+    changed = training.stale({**TINY, "epochs": 1, "run_dir": str(run_dir), "early_stopping_monitor": "val_acc"})
+    assert "early_stopping_monitor: 'val_loss' there, 'val_acc' now" in changed

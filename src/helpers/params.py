@@ -221,7 +221,12 @@ class TrainSettings(BaseModel):
     batch_size: PosInt = 16
     lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
     normalize: Literal["dataset", "imagenet", "paper_a"] = "dataset"
-    early_stopping_patience: NonNegInt = 0   # 0 = off; else Keras' default monitor, val_loss
+    early_stopping_patience: NonNegInt = 0   # 0 = off
+    # What early stopping watches: Keras' default (val_loss, paper B's), or the validation
+    # accuracy that also picks the best epoch (a run stops once that has not improved for
+    # `patience` epochs; a network whose loss grows overconfident while its accuracy still
+    # climbs is not cut short).
+    early_stopping_monitor: Literal["val_loss", "val_acc"] = "val_loss"
     device: str = "auto"
     compile: Union[Literal["auto"], bool] = "auto"  # torch.compile: auto = on for CUDA
     # bf16 autocast: auto = on for CUDA, and on a CPU with native bf16 for the archs whose table

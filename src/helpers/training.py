@@ -26,7 +26,7 @@ Design notes:
   mode with ImageNet's statistics.
 - The best epoch is chosen by validation accuracy (ties keep the earlier epoch) and scores
   the test split. Early stopping, when on, monitors validation loss as Keras does by default
-  (paper B used Keras). ``metrics.json``'s ``stopped_by`` says how training ended:
+  (paper B used Keras), or the validation accuracy (``early_stopping_monitor``). ``metrics.json``'s ``stopped_by`` says how training ended:
   ``early_stopping`` (converged), ``epoch_cap`` (early stopping on, but the cap came first: not
   converged) or ``fixed_budget`` (no early stopping: the papers' way).
 - Checkpoints hold only tensors and plain Python values (``torch.load(weights_only=True)``)
@@ -72,7 +72,6 @@ PARAM_NAMES = tuple(DEFAULTS)
 
 # paper A's published constants (grey images replicated to RGB)
 PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
-EARLY_STOPPING_MONITOR = "val_loss"
 # Not part of a run's identity: a folder may be reached by another spelling of run_dir, and
 # the prepared data is compared by its fingerprint, not by where it lies.
 _NOT_COMPARED = ("force", "run_dir", "prepared_dir")
@@ -405,15 +404,18 @@ def resolve_bf16(wanted, device: torch.device, arch: str) -> bool:
 
 def _conflict(run_dir: Path, run_params: dict) -> str:
     """How run_dir's run differs from run_params (other parameters or other prepared data);
-    "" when it holds this run, or nothing. A parameter newer than the folder's params.json is
-    not compared: its default keeps the behaviour the folder was trained with."""
+    "" when it holds this run, or nothing. A parameter newer than the folder's params.json
+    reads as its default (bf16: on CUDA only), the behaviour the folder was trained with."""
     params_file = run_dir / "params.json"
     if not params_file.exists():
         leftovers = [f for f in RUN_FILES if (run_dir / f).exists()]
         return f"it holds {leftovers} but no params.json, so it cannot be resumed safely" if leftovers else ""
     old = json.loads(params_file.read_text())
     new = {**_identity(run_params), "prepared_fingerprint": run_params["prepared_fingerprint"]}
-    diff = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+    # A parameter newer than the folder reads as what the code did before it existed.
+    before = {**{k: f.default for k, f in TrainParams.model_fields.items()}, "bf16": run_params["device"] == "cuda"}
+    old = {**{k: before[k] for k in new if k in before}, **old}
+    diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
 
 
@@ -491,7 +493,7 @@ def _finish(run_dir: Path, engine: _Engine, model: nn.Module, prepared, run_para
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "stopped_early": state["stopped_early"],
         "stopped_by": params_mod.stopped_by(run_params, state["stopped_early"]),
-        "early_stopping_monitor": EARLY_STOPPING_MONITOR,
+        "early_stopping_monitor": run_params.get("early_stopping_monitor", "val_loss"),
         "bf16": bool(run_params.get("bf16")),
         "synthetic": bool(prepared.synthetic),
         "n_test": int(len(labels)),
@@ -543,14 +545,14 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     engine = _Engine(prepared, run_params, device)
 
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
-             "es_best_val_loss": math.inf, "es_wait": 0, "stopped_early": False}
+             "es_best_val_loss": math.inf, "es_best_val_acc": -1.0, "es_wait": 0, "stopped_early": False}
     last_file, best_file = run_dir / "last.pt", run_dir / "best.pt"
     atomic.remove_stale_tmp(run_dir)
     if last_file.exists():
         last = read_checkpoint(last_file, map_location=device, fix=RESTART)
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
-        state = {k: last[k] for k in state}
+        state = {k: last.get(k, v) for k, v in state.items()}  # a key newer than the file: its start value
         set_rng_state(last["rng"], device)
         # A kill between writing last.pt and best.pt leaves best.pt one improvement behind (or
         # damaged); the model of that epoch is the one in last.pt. An older best model is only
@@ -600,10 +602,11 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
             improved = val_acc > state["best_val_acc"]  # ties keep the earlier epoch
             if improved:
                 state["best_epoch"], state["best_val_acc"] = epoch, val_acc
-            if val_loss < state["es_best_val_loss"]:
-                state["es_best_val_loss"], state["es_wait"] = val_loss, 0
-            else:
-                state["es_wait"] += 1
+            loss_better, acc_better = val_loss < state["es_best_val_loss"], val_acc > state["es_best_val_acc"]
+            state["es_best_val_loss"] = min(state["es_best_val_loss"], val_loss)
+            state["es_best_val_acc"] = max(state["es_best_val_acc"], val_acc)
+            watched = acc_better if run_params.get("early_stopping_monitor") == "val_acc" else loss_better
+            state["es_wait"] = 0 if watched else state["es_wait"] + 1
             state["stopped_early"] = bool(patience) and state["es_wait"] >= patience
 
             # Training waits only for the previous epoch's files and for copying this one's
@@ -627,7 +630,7 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
         state["history"][-1]["checkpoint_seconds"] += time.perf_counter() - closing
     overall.close()
     if state["stopped_early"]:
-        print(f"early stopping after epoch {state['epoch']}: {EARLY_STOPPING_MONITOR} did not "
+        print(f"early stopping after epoch {state['epoch']}: {run_params.get('early_stopping_monitor', 'val_loss')} did not "
               f"improve for {patience} epochs")
     _write_history(run_dir, state["history"])
     _finish(run_dir, engine, model, prepared, run_params, state, device)
