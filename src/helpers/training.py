@@ -25,10 +25,8 @@ Design notes:
 - The linear-probe arm (``freeze_backbone``) trains only the head; the backbone stays in eval
   mode with ImageNet's statistics.
 - The best epoch is chosen by validation accuracy (ties keep the earlier epoch) and scores
-  the test split. Early stopping, when on, monitors validation loss as Keras does by default
-  (paper B used Keras), or the validation accuracy (``early_stopping_monitor``). ``metrics.json``'s ``stopped_by`` says how training ended:
-  ``early_stopping`` (converged), ``epoch_cap`` (early stopping on, but the cap came first: not
-  converged) or ``fixed_budget`` (no early stopping: the papers' way).
+  the test split. Early stopping watches validation loss as Keras does (paper B), or that
+  accuracy (``early_stopping_monitor``); ``metrics.json``'s ``stopped_by`` says how it ended.
 - Checkpoints hold only tensors and plain Python values (``torch.load(weights_only=True)``)
   and are written atomically after every epoch, by a background thread while the next epoch
   trains; ``metrics.json`` is written last.
@@ -397,22 +395,20 @@ def resolve_bf16(wanted, device: torch.device, arch: str) -> bool:
     """bf16 autocast for this run: "auto" = CUDA, or a native-bf16 CPU for archs measured faster."""
     if wanted != "auto":
         return bool(wanted)
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and models.spec(arch).cpu_bf16 and cpu_has_bf16()
+    return device.type == "cuda" or (device.type == "cpu" and models.spec(arch).cpu_bf16 and cpu_has_bf16())
 
 
 def _conflict(run_dir: Path, run_params: dict) -> str:
     """How run_dir's run differs from run_params (other parameters or other prepared data);
-    "" when it holds this run, or nothing. A parameter newer than the folder's params.json
-    reads as its default (bf16: on CUDA only), the behaviour the folder was trained with."""
+    "" when it holds this run, or nothing."""
     params_file = run_dir / "params.json"
     if not params_file.exists():
         leftovers = [f for f in RUN_FILES if (run_dir / f).exists()]
         return f"it holds {leftovers} but no params.json, so it cannot be resumed safely" if leftovers else ""
     old = json.loads(params_file.read_text())
     new = {**_identity(run_params), "prepared_fingerprint": run_params["prepared_fingerprint"]}
-    # A parameter newer than the folder reads as what the code did before it existed.
+    # A parameter newer than the folder reads as what the code did before it existed: its
+    # default (bf16: on CUDA only), the behaviour the folder was trained with.
     before = {**{k: f.default for k, f in TrainParams.model_fields.items()}, "bf16": run_params["device"] == "cuda"}
     old = {**{k: before[k] for k in new if k in before}, **old}
     diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
