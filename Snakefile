@@ -137,7 +137,8 @@ rule data_prep:
     params:
         p=lambda wc: papermill_params(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"]),
         # What the images are: redrawn phantoms, or a real folder whose files changed (added,
-        # removed, replaced: a listing, no decoding), rebuild the folder and all downstream.
+        # removed, replaced: their bytes hashed, not decoded; not their modification times, so
+        # a folder copied or unzipped again rebuilds nothing), rebuild the folder and downstream.
         source=lambda wc: (GENERATOR_VERSION if EXP["synthetic"]
                            else runner.data_fingerprint(PREPS[f"{PREPARED}/{wc.dataset}/{wc.prep}"])),
     threads: HEAVY_THREADS

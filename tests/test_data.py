@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -20,6 +21,7 @@ from PIL import Image
 from helpers import data
 from helpers.data import DATASETS, find_class_root, load_prepared, prepare, prepared_dir, synthesize
 from helpers.data import prepared as prepared_module
+from helpers.data.discover import scan
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_ROOT = "COVID-19_Radiography_Dataset"
@@ -474,6 +476,26 @@ def test_cache_is_reused_and_rebuilt_on_any_change(tiny_synthetic, tmp_path, mon
     assert len(manifest) == 24 and "Viral Pneumonia/Viral Pneumonia-2.png" not in set(manifest["path"])
     assert load_prepared(prepare("covid_radiography", **{**kw, "image_size": 24})).images.shape[-1] == 24
     assert not leftovers(tmp_path, "p"), "no temporary folders left"
+
+
+def test_a_copied_or_touched_folder_keeps_its_fingerprint_a_same_size_edit_does_not(tiny_synthetic, tmp_path):
+    # a session or a user unzipping the download again gets new modification times: same data
+    src = real_like(tiny_synthetic, tmp_path / "src")
+    prep = dict(dataset="covid_radiography", image_size=16, balance=False, seed=0, split="random")
+
+    def digest(folder):
+        root = find_class_root(folder, "covid_radiography")
+        return prepared_module.fingerprint(prep, root, scan(root, DATASETS["covid_radiography"], None))
+
+    before = digest(src)
+    copy = shutil.copytree(src, tmp_path / "elsewhere" / "src", copy_function=shutil.copy)  # new mtimes
+    image = copy / "Normal" / "Normal-3.png"
+    os.utime(image, (1, 1))
+    assert digest(copy) == before
+    data = bytearray(image.read_bytes())
+    data[-13] ^= 0xFF                                    # one byte of the last chunk: same size
+    image.write_bytes(bytes(data))
+    assert digest(copy) != before
 
 
 def test_prepared_dir_names_the_default_folder_without_doing_any_work(data_root):

@@ -115,6 +115,15 @@ def test_a_sweep_and_the_seeds_it_tunes_may_sit_in_different_stages(tmp_path):
                                            demo_entry(arms=["scratch"], seeds=[2], tune={**tune, "seed": 1})]))
 
 
+def test_a_stages_targets_print_on_one_line_without_the_images(capsys):
+    # one line: `make report SNAKE_ARGS="$(... targets ...)"` breaks a recipe at each newline
+    assert wf.main(["targets", "real_study", "--stage", "1"]) in (0, None)
+    out = capsys.readouterr().out
+    exp = ex.load_experiment("real_study", need_data=False)
+    wanted = [str(wf.status_file(r)) for r, n in ex.stages(exp).items() if n == 1]
+    assert out.count("\n") == 1 and out.split() == wanted and len(wanted) > 1
+
+
 @pytest.mark.parametrize("changes, named", [
     ({"grid": [demo_entry(seeds=[0], train={"train_fraction": 0.5}, tune={"lr": [1e-3, 3e-3]})]},
      "no grid entry"),

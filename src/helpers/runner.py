@@ -12,9 +12,9 @@ notebook or log to open) and every run that did not complete, with its reason. T
 is non-zero when a step or a run *failed*; runs absent by design (ImageNet weights that cannot
 be reached) keep it 0.
 
-``data_fingerprint`` is what the Snakefile passes as a ``params:`` of ``data_prep``: a listing
-of the data folder (paths, sizes, modification times), so a file added, removed or replaced
-reruns data prep and everything downstream of it.
+``data_fingerprint`` is what the Snakefile passes as a ``params:`` of ``data_prep``: every
+file's path and content hashed, so a file added, removed or replaced reruns data prep and the
+runs trained on it; a folder copied or unzipped again (new modification times) reruns nothing.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _listing(dataset: str, data_dir: str):
 
 def data_fingerprint(prep: dict) -> str:
     """The fingerprint data prep records in ``info.json`` for these parameters (PrepParams
-    values), from a listing of the folder alone: "" for the synthetic phantoms.
+    values), from the folder's files (hashed, not decoded): "" for the synthetic phantoms.
 
     The Snakefile passes it as a ``params:`` of ``data_prep``: Snakemake reruns a job whose
     params changed. A folder that cannot be listed gives its reason instead (a dry run still

@@ -350,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "that have none (real-data experiments)")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
-    p = sub.add_parser("targets", help="print the status files of one stage's runs (snakemake targets)")
+    p = sub.add_parser("targets", help="print the status files of one stage's runs on one line "
+                                       "(snakemake targets, for SNAKE_ARGS)")
     p.add_argument("experiment")
     p.add_argument("--stage", type=int, required=True)
-    p.add_argument("--data-dir", default="")
     p = sub.add_parser("forget-missing", help="drop the status of runs that did not complete")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
@@ -373,12 +373,12 @@ def main(argv: list[str] | None = None) -> int:
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))
         elif args.cmd == "targets":
-            exp = load_experiment(args.experiment, args.data_dir)
+            exp = load_experiment(args.experiment, need_data=False)   # run names need no images
             wanted = [rid for rid, n in stages(exp).items() if n == args.stage]
             if not wanted:
                 raise ExperimentError(f"experiment {exp['name']!r} has no runs in stage {args.stage}; "
                                       f"its stages: {sorted(set(stages(exp).values()))}")
-            print("\n".join(str(status_file(rid)) for rid in wanted))
+            print(" ".join(str(status_file(rid)) for rid in wanted))   # one line: make splits lines
         elif args.cmd == "data-dirs":
             print(fetch_data_dirs(args.experiment, args.data_dir))
         elif args.cmd == "forget-missing":

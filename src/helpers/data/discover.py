@@ -70,7 +70,7 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
 class Listing:
     candidates: list[tuple[str, str, str | None]]   # (relative path, class, mask path)
     skipped: list[tuple[str, str]]                  # (relative path, reason)
-    files: list[tuple[str, int, int]]               # (relative path, size, mtime_ns) for the fingerprint
+    files: list[tuple[str, int, str]]               # (relative path, size, path) to fingerprint
 
 
 def _skip_reason_by_name(name: str) -> str | None:
@@ -89,8 +89,7 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
     listing = Listing([], [], [])
 
     def stat(path: Path, rel: str) -> None:
-        st = path.stat()
-        listing.files.append((rel, st.st_size, st.st_mtime_ns))
+        listing.files.append((rel, path.stat().st_size, str(path)))
 
     for entry in sorted(os.scandir(class_root), key=lambda e: e.name):
         if entry.name in spec.classes:
@@ -98,7 +97,7 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
         kind = "folder" if entry.is_dir() else "file"
         listing.skipped.append((entry.name + ("/" if kind == "folder" else ""),
                                 f"ignored: {kind} is not one of the {spec.name} class folders"))
-        listing.files.append((entry.name, 0, 0))
+        listing.files.append((entry.name, 0, ""))
     for cls in spec.classes:
         cls_dir = class_root / cls
         found = 0
@@ -110,7 +109,7 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
             for d in sorted(dirnames):
                 if d.startswith("."):
                     listing.skipped.append((f"{rel_here}/{d}/", f"hidden folder ({d})"))
-                    listing.files.append((f"{rel_here}/{d}/", 0, 0))
+                    listing.files.append((f"{rel_here}/{d}/", 0, ""))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             is_mask_dir = spec.mask_dir is not None and here.name == spec.mask_dir
             for name in sorted(filenames):

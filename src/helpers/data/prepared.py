@@ -2,7 +2,7 @@
 (``load_prepared``). Its files are listed in CONTRACTS.md.
 
 ``prepare`` reuses a folder whose ``info.json`` fingerprint (parameters, and every input
-file's path, size and modification time) matches, so a hand-run repeats no work; the workflow
+file's path and content) matches, so a hand-run repeats no work; the workflow
 names the same folder with ``prepared_dir`` as the output of its data-prep step.
 """
 from __future__ import annotations
@@ -98,12 +98,19 @@ def prepare(dataset: str, data_dir: str | os.PathLike = "", image_size: int = 12
 
 
 def fingerprint(params: dict, class_root: Path, listing: Listing) -> str:
+    """SHA-256 of the parameters and of every input file's path and bytes. Not of where the
+    folder lies or of modification times: a dataset copied, moved or unzipped again is the same
+    data, and the runs trained on it stay valid."""
     h = hashlib.sha256()
-    h.update(json.dumps({"prep_version": PREP_VERSION, "source_dir": str(class_root.resolve()),
+    h.update(json.dumps({"prep_version": PREP_VERSION,
                          **{k: params[k] for k in ("dataset", "image_size", "balance", "seed", "split")}},
                         sort_keys=True).encode())
-    for rel, size, mtime in sorted(listing.files):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    for rel, size, path in sorted(listing.files):
+        content = ""
+        if size:
+            with open(path, "rb") as f:
+                content = hashlib.file_digest(f, "sha256").hexdigest()
+        h.update(f"{rel}\0{size}\0{content}\n".encode())
     return h.hexdigest()
 
 
