@@ -385,6 +385,20 @@ def test_the_view_alone_predicts_what_it_can():
     assert table.loc[("Cyst", "all"), "coronal_share"] == 1 and table.loc[("Stone", "test"), "coronal"] == 0
 
 
+def test_a_class_whose_coronal_slices_fill_whole_blocks_has_no_proportional_block_test_set():
+    # Cyst: 4 blocks of 10, the last one all coronal (25 %); a 15-25 % test set is one block:
+    # 0 % or 100 % coronal. Normal: one coronal slice in each block, so any block keeps 10 %.
+    paths = [f"Cyst/Cyst- ({i}).jpg" for i in range(40)] + [f"Normal/Normal- ({i}).jpg" for i in range(40)]
+    labels = [0] * 40 + [1] * 40
+    views = ["axial"] * 30 + ["coronal"] * 10 + ["coronal" if i % 10 == 0 else "axial" for i in range(40)]
+    split = (["train"] * 30 + ["test"] * 10) * 2
+    table = audit.view_balanced_blocks(paths, labels, ["Cyst", "Normal"], split, views, block=10).set_index("class")
+    assert table.loc["Cyst", "coronal (%)"] == 25 and table.loc["Cyst", "block split test (%)"] == 100
+    assert table.loc["Cyst", "closest possible test (%)"] == 0 and table.loc["Normal", "closest minus all (pp)"] == 0
+    verdict = audit.view_blocks_verdict(table.reset_index())
+    assert "of Cyst" in verdict and "Normal" not in verdict
+
+
 REAL_STUDY_KIDNEY = REPO.parent / "shared" / "real-study" / "ct_kidney"
 
 

@@ -245,7 +245,7 @@ def test_the_workflows_audit_notebook_writes_every_file(study):
     work = study[0]
     out_dir = work / tiny_study.RESULTS / "ct_kidney" / "audit"
     for name in ["duplicate_pairs.csv", "duplicate_summary.csv", "groups_per_class.csv", "shortcut_baseline.csv",
-                 "closest_pairs.png", "views.csv", "view_counts.csv"]:
+                 "closest_pairs.png", "views.csv", "view_counts.csv", "view_blocks.csv"]:
         assert (out_dir / name).stat().st_size > 0, name
     shortcut = pd.read_csv(out_dir / "shortcut_baseline.csv")
     notebook = work / tiny_study.NOTEBOOKS / "audit_ct_kidney.ipynb"
@@ -255,7 +255,7 @@ def test_the_workflows_audit_notebook_writes_every_file(study):
     assert pd.read_csv(out_dir / "duplicate_pairs.csv").empty
     assert set(shortcut["split"]) == {"random", "grouped"}
     assert "view alone (axial or coronal)" in set(shortcut["model"])   # CT slices: the view shortcut
-    assert "audit_view_table" in tiny_study.glued(notebook)
+    assert {"audit_view_table", "audit_view_blocks", "audit_view_verdict"} <= tiny_study.glued(notebook)
 
 
 @pytest.mark.slow

@@ -121,6 +121,11 @@ def test_a_changed_data_folder_reruns_data_prep_and_training(study):
     counts, log = _snakemake(work, download, target, dry=True)
     assert "Nothing to be done" in log, log                      # unchanged: a listing, no job
     images = sorted(download.rglob("Normal/images/*.png"))
+    for image in images:                                         # unzipped again: new times, same bytes
+        os.utime(image, (1, 1))
+    runner._listing.cache_clear()
+    counts, log = _snakemake(work, download, target, dry=True)
+    assert "Nothing to be done" in log, log
     for change in ("added", "removed", "replaced"):
         if change == "added":
             shutil.copy2(images[0], images[0].with_name("new-1.png"))
@@ -261,6 +266,9 @@ def test_a_failed_run_fails_make_report_an_absent_one_does_not(tmp_path, monkeyp
     assert "absent: covid_radiography/resnet18-imagenet-s0: MissingWeightsError" in "\n".join(err[-4:])
     kinds = {r["key"].split("/")[1]: r["kind"] for r in runner.runs_not_complete(ex.load_experiment(str(exp_file)))}
     assert kinds == {"resnet18-imagenet-s0": "absent", "resnet18-scratch-s0": "failed"}
+    scratch = next(r for r in ex.runs(ex.load_experiment(str(exp_file))) if r.arm == "scratch")
+    asked = runner.runs_not_complete(ex.load_experiment(str(exp_file)), {str(wf.status_file(scratch))})
+    assert [r["key"] for r in asked] == [scratch.key]   # one stage's targets: only its runs
     state["fail"] = False      # the disk has room again: only the absent run remains, exit 0
     assert runner.report(str(exp_file), "", 1) == 0
     err = capfd.readouterr().err.strip().splitlines()

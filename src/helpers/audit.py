@@ -19,11 +19,13 @@ from . import atomic, metrics
 from .intervals import binomial_ci
 from .data import get_spec, load_prepared, prepare
 from .data.splits import (
+    BLOCK_SIZE,
     HAMMING_THRESHOLD,
     HASH_SIZE,
     SPLIT_NAMES as SPLITS,
     SplitRefusedError,
     check_images,
+    file_number,
     components,
     groups_per_class,
     hamming_pairs,
@@ -305,6 +307,47 @@ def view_baseline(prepared, views: np.ndarray | None = None, split=None) -> dict
             "majority_accuracy": float((y[te] == majority).mean())}
 
 
+def view_balanced_blocks(paths, labels, class_names, split, views, block: int = BLOCK_SIZE,
+                         test_share: tuple[float, float] = (0.15, 0.25)) -> pd.DataFrame:
+    """Could a block split keep each class's views in proportion? Per class: its coronal share,
+    the block split's test share, and the closest share any test set of whole blocks holding
+    ``test_share`` of the class's slices reaches (every subset of blocks, by subset sums)."""
+    views = np.asarray(views)
+    rows = []
+    for k, name in enumerate(class_names):
+        own = np.flatnonzero(np.asarray(labels) == k)
+        frame = pd.DataFrame({"block": [file_number(paths[i]) // block for i in own],
+                              "coronal": views[own] == "coronal"})
+        sizes = frame.groupby("block")["coronal"].agg(["size", "sum"]).to_numpy()
+        n_all, share = len(own), float(frame["coronal"].mean())
+        lo, hi = int(np.ceil(test_share[0] * n_all)), int(np.floor(test_share[1] * n_all))
+        reach = np.zeros((hi + 1, hi + 1), bool)          # reach[slices, coronal] by some blocks
+        reach[0, 0] = True
+        for n, c in sizes:
+            if n <= hi:
+                reach[n:, c:] |= reach[:hi + 1 - n, :hi + 1 - c].copy()
+        n_idx, c_idx = np.nonzero(reach[lo:])
+        closest = (c_idx / (n_idx + lo))[np.argmin(np.abs(c_idx / (n_idx + lo) - share))] if len(n_idx) else np.nan
+        test = np.asarray(split)[own] == "test"
+        rows.append({"class": name, "slices": n_all, "blocks": len(sizes), "coronal (%)": 100 * share,
+                     "block split test (%)": 100 * float(frame["coronal"][test].mean()) if test.any() else np.nan,
+                     "closest possible test (%)": 100 * closest})
+    out = pd.DataFrame(rows)
+    out["closest minus all (pp)"] = out["closest possible test (%)"] - out["coronal (%)"]
+    return out.round(1)
+
+
+def view_blocks_verdict(table: pd.DataFrame, tolerance: float = 10.0) -> str:
+    """One sentence from :func:`view_balanced_blocks`: the classes no block split keeps in proportion."""
+    off = table[table["closest minus all (pp)"].abs() > tolerance]
+    if off.empty:
+        return f"Some choice of whole blocks keeps every class's coronal share within {tolerance:g} points."
+    return ("No block split keeps the views of " + ", ".join(off["class"]) + " in proportion: the closest "
+            "test set of whole blocks has " + "; ".join(
+                f"{r['closest possible test (%)']:.0f} % coronal slices against {r['coronal (%)']:.0f} % in all "
+                f"of {r['class']}" for _, r in off.iterrows()) + ". Their coronal slices lie together in a few blocks.")
+
+
 def _auc_macro(y_true, model, X, class_names) -> float:
     if len(model.classes_) < len(class_names):
         return float("nan")  # a class absent from train has no probability column
@@ -442,7 +485,8 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
     synthetic, pairs, summary, split_pairs, class_pairs, groups_table, grouped_counts
     (None if refused), grouped_error (None or the refusal message), shortcut (random and
     grouped rows, column ``split``; with the view-alone row for slice datasets), figure, views
-    and view_counts (None unless the dataset's spec has ``ct_slices``; then also views.csv).
+    view_counts and view_blocks (None unless the dataset's spec has ``ct_slices``; then also
+    views.csv, view_counts.csv and view_blocks.csv).
     """
     out = Path(out_dir or Path("results") / dataset / "audit")
     common = dict(dataset=dataset, data_dir=data_dir, image_size=image_size, balance=balance, seed=seed, n_per_class=n_per_class, progress=progress)
@@ -465,7 +509,7 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         shortcut = pd.concat([shortcut, shortcut_baseline(grouped, seed=seed).assign(split="grouped")], ignore_index=True)
     shortcut = shortcut[["split"] + [c for c in shortcut.columns if c != "split"]]
 
-    views = view_counts = None
+    views = view_counts = view_blocks = None
     if get_spec(dataset).ct_slices:
         views = slice_views(prepared.images)
         view_counts = view_table(prepared, views)
@@ -478,6 +522,11 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
                                 "class": np.asarray(prepared.class_names)[np.asarray(prepared.labels)]}),
                   out / "views.csv")
         write_csv(view_counts, out / "view_counts.csv")
+        blocked = load_prepared(prepare(split="block", **common))
+        by_path = dict(zip(prepared.paths, views))
+        view_blocks = view_balanced_blocks(blocked.paths, blocked.labels, blocked.class_names, blocked.split,
+                                           [by_path[p] for p in blocked.paths])
+        write_csv(view_blocks, out / "view_blocks.csv")
 
     probe = feature_probe(prepared, seed=seed, groups=groups)
     fig = plot_closest_pairs(pairs, prepared.images, synthetic=bool(prepared.synthetic))
@@ -507,6 +556,7 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
         "figure": fig,
         "views": views,              # "axial"/"coronal" per image (datasets with ct_slices), else None
         "view_counts": view_counts,
+        "view_blocks": view_blocks,  # could a block split keep the views in proportion (view_balanced_blocks)
     }
 
 

@@ -275,13 +275,16 @@ def failed_steps(text: str, records: list[dict]) -> list[dict]:
     return out
 
 
-def runs_not_complete(exp: dict) -> list[dict]:
-    """Every run of the grid without metrics.json: its key, kind (failed, absent, not run) and reason."""
+def runs_not_complete(exp: dict, asked: set[str] | None = None) -> list[dict]:
+    """Every run of the grid without metrics.json: its key, kind (failed, absent, not run) and
+    reason; only the runs whose status file is in ``asked`` (Snakemake targets), when given."""
     from .experiment import runs
-    from .workflow import run_kind, run_state
+    from .workflow import run_kind, run_state, status_file
 
     out = []
     for rid in runs(exp):
+        if asked and str(status_file(rid)) not in asked:
+            continue
         state, reason = run_state(rid)
         if state == "complete":
             continue
@@ -381,7 +384,9 @@ def report(experiment: str, data_dir: str = "", cores: int = 1, snake_args: list
             if path.stat().st_mtime >= started - 1:
                 records.append(json.loads(path.read_text()))
     steps = failed_steps(text, records) if rc != 0 else []
-    not_complete = runs_not_complete(exp)
+    # targets such as one stage's status files: account for those runs, not the whole grid
+    asked = {a for a in snake_args if a.endswith("status.json")}
+    not_complete = runs_not_complete(exp, asked)
     index = Path("_build/html/index.html")
     if rc == 0 and index.is_file():
         print(f"Book: {index.resolve()}", file=sys.stderr)
