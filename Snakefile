@@ -11,7 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
-from helpers import records, runner
+from helpers import metrics, records, runner
 from helpers import experiment as ex
 from helpers import workflow as wf
 from helpers.data.synthetic import GENERATOR_VERSION
@@ -108,6 +108,9 @@ def heavy_threads():
 HEAVY_THREADS = heavy_threads()
 
 
+PUBLISHED = os.path.relpath(metrics.PUBLISHED_FILE)   # the papers' values, which the pages read
+
+
 def statuses(runs):
     return [str(wf.status_file(rid)) for rid in runs]
 
@@ -172,6 +175,7 @@ rule train:
 rule evaluate:
     input:
         "notebooks/evaluate.ipynb",
+        PUBLISHED,
         lambda wc: statuses([r for r in RUNS if r.dataset == wc.dataset]),
     output:
         f"{RES}/notebooks/evaluate_{{dataset}}.ipynb",
@@ -230,6 +234,7 @@ rule summary:
     input:
         "notebooks/summary.ipynb",
         EXP["path"],
+        PUBLISHED,
         statuses(RUNS),
         sorted(str(p) for p in Path("benchmarks/results").glob("*.json")),
     output:
@@ -245,7 +250,9 @@ rule summary:
 rule reference:
     input:
         "notebooks/reference.ipynb",
-        f"records/{records.REFERENCE}/manifest.json",
+        PUBLISHED,
+        # every record file: an edited or newly exported one reruns the page
+        sorted(str(p) for p in (records.ROOT / records.REFERENCE).rglob("*") if p.is_file()),
         f"experiments/{records.REFERENCE}.yaml",
     output:
         str(wf.reference_notebook(EXP)),
