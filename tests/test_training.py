@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -557,6 +558,8 @@ def test_notebook_trains_from_scratch_and_from_planted_imagenet_weights(env):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (scratch / "metrics.json").exists()
     assert "test_accuracy" in notebook_tail(env / "scratch.ipynb")
+    # --log-output (the README's command): one line per epoch in the terminal
+    assert re.search(r"^epoch 1/1: train loss [0-9.]+, val loss [0-9.]+, val acc [0-9.]+", done.stderr, re.M), done.stderr[-2000:]
 
     # planted "ImageNet" weights under torchvision's file name in this module's TORCH_HOME
     state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000).state_dict()

@@ -617,8 +617,8 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
                     if improved else None)
             writer.submit(_write_epoch, run_dir, last, best, last["history"])
             overall.update(1)
-            overall.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
-                                val_acc=f"{val_acc:.3f}")
+            overall.write(f"epoch {epoch}/{epochs}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, "
+                          f"val acc {val_acc:.3f} ({row['seconds']:.0f} s)")   # one line: papermill --log-output
     finally:
         closing = time.perf_counter()
         writer.close()  # the last epoch's files are on disk before anything reads them
