@@ -32,10 +32,6 @@ from . import models
 
 # "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
 SPLITS = ("random", "grouped", "block")
-# The normalisations a run may use: the prepared train split's statistics ("dataset"), the
-# statistics the arch's ImageNet weights were trained with ("imagenet": torchvision's ImageNet
-# mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's published constants.
-NORMALIZATIONS = ("dataset", "imagenet", "paper_a")
 
 
 @dataclass(frozen=True)
@@ -220,6 +216,8 @@ class TrainSettings(BaseModel):
     epochs: PosInt = 20
     batch_size: PosInt = 16
     lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    # the prepared train split's statistics, those the arch's ImageNet weights were trained with
+    # (torchvision's mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's constants
     normalize: Literal["dataset", "imagenet", "paper_a"] = "dataset"
     early_stopping_patience: NonNegInt = 0   # 0 = off
     # What early stopping watches: Keras' default (val_loss, paper B's), or the validation

@@ -109,13 +109,6 @@ def sources() -> dict[str, Source]:
     return {name: s.weights for name, s in ARCHS.items()}
 
 
-def imagenet_weights(arch: str):
-    """torchvision's weights enum of a torchvision arch."""
-    import torchvision
-
-    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-
-
 def file_name(arch) -> str:
     return _source(arch).file_name
 
