@@ -563,7 +563,7 @@ def test_notebook_trains_from_scratch_and_from_planted_imagenet_weights(env):
 
     # planted "ImageNet" weights under torchvision's file name in this module's TORCH_HOME
     state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000).state_dict()
-    planted = weights.expected_path("mobilenet_v3_small")
+    planted = weights.expected_path(models.spec("mobilenet_v3_small").weights)
     planted.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, planted)
     imagenet = env / "runs" / "nb-imagenet"
