@@ -534,7 +534,7 @@ def test_notebook_parameters_are_the_engine_defaults():
     for node in ast.parse("".join(cells[0]["source"])).body:
         target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
         found[target.id] = ast.literal_eval(node.value)
-    assert found == training.DEFAULTS
+    assert found == {name: f.default for name, f in params_mod.TrainParams.model_fields.items()}
 
 
 def papermill(env, out: Path, **params) -> subprocess.CompletedProcess:
@@ -604,7 +604,7 @@ def _brightness_data(n_per_class=24, size=32, classes=3, seed=0):
 def test_recomputed_bn_statistics_rescue_a_network_whose_running_statistics_are_stale():
     torch.manual_seed(0)
     prepared = _brightness_data()
-    params = {**training.DEFAULTS, "arch": "mobilenet_v3_small", "pretrained": False,
+    params = {**{n: f.default for n, f in params_mod.TrainParams.model_fields.items()}, "arch": "mobilenet_v3_small", "pretrained": False,
               "batch_size": 16, "image_size": 32}
     engine = training._Engine(prepared, params, torch.device("cpu"))
     model = training._build(params, num_classes=3, device=torch.device("cpu"))
