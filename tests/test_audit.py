@@ -396,7 +396,10 @@ def test_a_class_whose_coronal_slices_fill_whole_blocks_has_no_proportional_bloc
     assert table.loc["Cyst", "coronal (%)"] == 25 and table.loc["Cyst", "block split test (%)"] == 100
     assert table.loc["Cyst", "closest possible test (%)"] == 0 and table.loc["Normal", "closest minus all (pp)"] == 0
     verdict = audit.view_blocks_verdict(table.reset_index())
-    assert "of Cyst" in verdict and "Normal" not in verdict
+    assert "tests Cyst on 100 % coronal slices (all Cyst: 25 %)" in verdict
+    assert "keeps the views of Cyst in proportion (at best 0 %)" in verdict and "Normal" not in verdict
+    shifted = table.reset_index().assign(**{"block split test (%)": [25.0, 40.0]})   # Normal's test: 40 %
+    assert "For Normal a choice of blocks closer in view exists (10 % coronal)" in audit.view_blocks_verdict(shifted)
 
 
 REAL_STUDY_KIDNEY = REPO.parent / "shared" / "real-study" / "ct_kidney"
