@@ -92,9 +92,9 @@ def test_min_image_size_is_where_torch_stops(arch):
 
 def test_unknown_arch_and_head_are_named():
     with pytest.raises(ValueError, match="arch must be one of resnet18, vgg11"):
-        models.get_model("resnet50", weights=False, num_classes=3)
+        models.get_model("resnet50", weights=False, num_classes=3, image_size=64)
     with pytest.raises(ValueError, match="head must be one of replace, dense1024"):
-        models.get_model("resnet18", weights=False, head="dense", num_classes=3)
+        models.get_model("resnet18", weights=False, head="dense", num_classes=3, image_size=64)
 
 
 @pytest.mark.parametrize("head", models.HEADS)

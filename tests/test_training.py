@@ -562,7 +562,7 @@ def test_notebook_trains_from_scratch_and_from_planted_imagenet_weights(env):
     assert re.search(r"^epoch 1/1: train loss [0-9.]+, val loss [0-9.]+, val acc [0-9.]+", done.stderr, re.M), done.stderr[-2000:]
 
     # planted "ImageNet" weights under torchvision's file name in this module's TORCH_HOME
-    state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000).state_dict()
+    state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000, image_size=224).state_dict()
     planted = weights.expected_path(models.spec("mobilenet_v3_small").weights)
     planted.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, planted)
