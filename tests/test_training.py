@@ -390,6 +390,7 @@ def test_the_workflow_records_a_damaged_checkpoint_as_a_failed_run(env, tmp_path
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     monkeypatch.chdir(tmp_path)
+    data.prepare("covid_radiography", image_size=32, n_per_class=6, progress=False)  # the workflow's data prep
     # the notebook's work, in this process (papermill reports the same exception name and message)
     monkeypatch.setattr(wf, "execute", lambda notebook, out, values: training.train(**{**values, "device": "cpu"}))
     run = "covid_radiography/mobilenet_v3_small-scratch-s0"
