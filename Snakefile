@@ -274,4 +274,4 @@ rule book:
     output:
         touch(f"{RES}/book.done"),
     shell:
-        "python -m helpers.workflow book {EXP_ARG} --data-dir {DATA_ARG} || {FAILED} book {NAME}"
+        "python -m helpers.book {EXP_ARG} --data-dir {DATA_ARG} || {FAILED} book {NAME}"

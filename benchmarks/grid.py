@@ -96,15 +96,15 @@ def _stand_in_weights(archs: set[str], home: Path) -> tuple[dict, list[str]]:
     import torch
     import torchvision
 
-    from helpers import weights
+    from helpers import models, weights
 
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     stand_ins = []
     for arch in sorted(archs):
-        target = checkpoints / weights.file_name(arch)
-        if weights.is_cached(arch):
-            target.symlink_to(weights.expected_path(arch))
+        target = checkpoints / weights.file_name(models.spec(arch).weights)
+        if weights.is_cached(models.spec(arch).weights):
+            target.symlink_to(weights.expected_path(models.spec(arch).weights))
         else:
             torch.save(torchvision.models.get_model(arch, weights=None).state_dict(), target)
             stand_ins.append(arch)

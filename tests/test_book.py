@@ -221,7 +221,8 @@ def test_make_publish_pushes_the_site_to_gh_pages(tmp_path):
 
 def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
     """grep finds each number's origin: a key cited by a page appears literally, in quotes, in
-    the package or a notebook (no key is built at run time)."""
+    the package or a notebook (no key is built at run time), or is a paper's setting in
+    published.yaml."""
     import re
 
     cited = set()
@@ -232,8 +233,34 @@ def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
     sources = "".join(p.read_text() for p in [*(ROOT / "src" / "helpers").glob("*.py"),
                                               *(ROOT / "notebooks").glob("*.ipynb")])
     assert len(cited) > 30
+    from helpers import metrics, report
+
+    # the papers' designs: <paper>_<setting>, each setting written once in published.yaml
+    settings = {report.glue_name(p["name"], k) for p in metrics.PAPER_VALUES.values() for k in p["settings"]}
+    assert {"paper_a_per_class", "paper_b_images"} <= settings
+    sources += "".join(f'"{k}"' for k in settings)
     unfound = sorted(k for k in cited if f'"{k}"' not in sources and f'\\"{k}\\"' not in sources)
     assert not unfound, f"glue keys cited by book pages but glued under a built name: {unfound}"
+
+
+def test_no_page_types_a_papers_setting_and_the_readme_agrees_with_published_yaml():
+    """The papers' sizes and budgets come from published.yaml: the pages glue them, and the
+    README (which cannot glue) states the same values."""
+    import re
+
+    from helpers import metrics
+
+    a, b = (metrics.PAPER_VALUES[d]["settings"] for d in ("covid_radiography", "ct_kidney"))
+    for page in (ROOT / "book").glob("*.md"):
+        prose = re.sub(r"\{glue:text\}`[^`]*`", "", page.read_text())
+        for value in (a["per_class"], b["images"]):
+            assert not re.search(rf"\b{value:,}\b|\b{value}\b", prose), (page.name, value)
+    readme = (ROOT / "README.md").read_text()
+    lr = f"{a['lr']:.0e}".replace("e-0", "e-")    # 1e-4, as the prose writes it
+    assert re.search(rf"{a['classes']} classes, {a['per_class']} per class,\s+{a['image_size']} px, "
+                     rf"{a['split']} split, {a['optimizer']} {lr}, batch {a['batch_size']}, {a['epochs']} epochs", readme)
+    assert re.search(rf"{b['classes']} classes, {b['images']:,} images, {b['image_size']} px, batch "
+                     rf"{b['batch_size']},\s+{b['epochs']} epochs, early stopping", readme)
 
 
 # ------------------------------------------------------------ the step notebooks it executed

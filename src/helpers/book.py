@@ -60,30 +60,6 @@ def reproducibility_table(exp: dict):
     return pd.DataFrame(rows)
 
 
-def library_versions() -> dict:
-    import importlib.metadata as md
-    import platform
-
-    names = ["torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "pandas", "grad-cam",
-             "papermill", "snakemake", "jupyter-book", "myst-nb"]
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def report_command(exp: dict) -> str:
-    data = ""
-    real = {d: p for d, p in exp["data_dirs"].items() if p}
-    if real:
-        joined = ",".join(f"{d}={p}" for d, p in real.items()) if len(real) > 1 else next(iter(real.values()))
-        data = f" DATA_DIR={joined}"
-    return f"make report EXPERIMENT={exp['name']}{data}"
-
-
 _DIRECTIVE = re.compile(r"```\{glue\}\s+(?P<key>\S+)\s*\n:doc:\s*(?P<doc>\S+)")
 
 
@@ -187,3 +163,25 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     index = Path("_build") / "html" / "index.html"
     print(f"Book of experiment {exp['name']}: {index.resolve()}")
     return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.book",
+                                     description="gather an experiment's notebooks and build the book")
+    parser.add_argument("experiment")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
+    args = parser.parse_args(argv)
+    try:
+        build_book(args.experiment, args.data_dir, strict=not args.no_strict)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,7 +78,8 @@ PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
 
 def load_published(path: str | Path = PUBLISHED_FILE) -> dict[str, dict]:
     """The papers' published values: {dataset: {"name", "headline": (arch, head),
-    "values": {(arch, head, arm): {metric: value}}}}, checked against TABLE1_ROWS."""
+    "values": {(arch, head, arm): {metric: value}}, "settings": {name: value}}}, checked
+    against TABLE1_ROWS; ``settings`` is the paper's design as printed (sizes, budget)."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -97,7 +98,7 @@ def load_published(path: str | Path = PUBLISHED_FILE) -> dict[str, dict]:
                                  f"expected some of {list(TABLE1_ROWS)}")
             values[key] = {m: float(v) for m, v in col.items()}
         head = paper.get("headline") or {}
-        out[dataset] = {"name": str(paper["name"]), "values": values,
+        out[dataset] = {"name": str(paper["name"]), "values": values, "settings": dict(paper.get("settings") or {}),
                         "headline": (head.get("arch"), head.get("head", "replace")) if head else None}
     return out
 

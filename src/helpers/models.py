@@ -181,7 +181,7 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: int,
-              image_size: int = 224) -> nn.Module:
+              image_size: int) -> nn.Module:
     """Build ``arch`` with ImageNet weights (``weights=True``) or random ones.
 
     ImageNet weights come from :mod:`helpers.weights`; an absent file raises

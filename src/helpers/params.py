@@ -32,10 +32,6 @@ from . import models
 
 # "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
 SPLITS = ("random", "grouped", "block")
-# The normalisations a run may use: the prepared train split's statistics ("dataset"), the
-# statistics the arch's ImageNet weights were trained with ("imagenet": torchvision's ImageNet
-# mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's published constants.
-NORMALIZATIONS = ("dataset", "imagenet", "paper_a")
 
 
 @dataclass(frozen=True)
@@ -83,11 +79,14 @@ def arm_order(arm: str) -> tuple[int, str]:
 
 MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 MIN_PREP_SIZE = 16
+MAX_PREP_SIZE = 1024
 
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=True)
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(ge=1)]
+# Every stage's image side: one range (an arch may need more: ArchSpec.min_image_size).
+ImageSize = Annotated[int, Field(ge=MIN_PREP_SIZE, le=MAX_PREP_SIZE)]
 
 
 def _datasets() -> tuple[str, ...]:
@@ -176,7 +175,7 @@ class PrepParams(BaseModel):
     dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
     data_dir: str = ""               # "" = the embedded synthetic phantoms; else checked by
                                      # data.find_class_root, which names the missing class folders
-    image_size: int = Field(128, ge=MIN_PREP_SIZE, le=1024)
+    image_size: ImageSize = 128
     balance: bool = True             # balance classes to the smallest (paper A)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # the split seed
     split: Literal[SPLITS] = "random"
@@ -220,6 +219,8 @@ class TrainSettings(BaseModel):
     epochs: PosInt = 20
     batch_size: PosInt = 16
     lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    # the prepared train split's statistics, those the arch's ImageNet weights were trained with
+    # (torchvision's mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's constants
     normalize: Literal["dataset", "imagenet", "paper_a"] = "dataset"
     early_stopping_patience: NonNegInt = 0   # 0 = off
     # What early stopping watches: Keras' default (val_loss, paper B's), or the validation
@@ -266,7 +267,7 @@ class TrainParams(TrainSettings):
     pretrained: bool = True
     freeze_backbone: bool = False    # the linear-probe arm: only the head trains
     head: Literal["replace", "dense1024"] = "replace"
-    image_size: PosInt = 128
+    image_size: ImageSize = 128
     seed: NonNegInt = 0
     balance: bool = True
     split: Literal[SPLITS] = "random"
@@ -456,7 +457,7 @@ class AuditParams(BaseModel):
 
     dataset: str = "ct_kidney"
     data_dir: str = ""
-    image_size: int = Field(128, ge=MIN_PREP_SIZE)
+    image_size: ImageSize = 128
     seed: NonNegInt = 0              # the split seed
     balance: bool = False
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)

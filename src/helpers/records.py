@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 from . import atomic
-from . import book
 from . import experiment as ex
 from . import workflow as wf
 from .params import TrainParams
@@ -161,11 +160,11 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
         "images": {ds: {"data_dir": d, **image_fingerprint(d, ds)} for ds, d in exp["data_dirs"].items() if d},
         "commit": commit, "dirty": dirty, "run_commits": commits,
         "machine": _machine(),
-        "versions": book.library_versions(),
+        "versions": wf.library_versions(),
         "runs": states,
         "step_seconds": steps,
         "export_command": f"python -m helpers.records export {exp['name']} --data-dir '{data_dir}'",
-        "report_command": book.report_command(exp),
+        "report_command": wf.report_command(exp),
     }
     atomic.write_json(out / "manifest.json", manifest)
     return out

@@ -593,6 +593,25 @@ def paper_value(dataset: str, arch: str, head: str, arm: str, metric: str = "tes
         raise KeyError(f"{metrics.PUBLISHED_FILE} has no {metric} for {dataset} {arch}/{head}/{arm}") from None
 
 
+def paper_settings() -> dict[str, str]:
+    """Glue name -> text of every design setting published.yaml transcribes, named after the
+    paper (``paper_a_per_class`` -> "1,345"), and the block split's size (``block_size``)."""
+    from .data.splits import BLOCK_SIZE
+
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.0e}".replace("e-0", "e-")   # 1e-4, as the pages write rates
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    out = {"block_size": str(BLOCK_SIZE)}
+    for paper in metrics.PAPER_VALUES.values():
+        prefix = glue_name(paper["name"])
+        out.update({glue_name(prefix, k): text(v) for k, v in paper["settings"].items()})
+    return out
+
+
 def split_comparison(ev: Evaluation) -> pd.DataFrame:
     """Test accuracy (mean and 95% CI over seeds) of every configuration, by split and arm."""
     rows = []

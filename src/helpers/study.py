@@ -20,9 +20,10 @@ from . import intervals, metrics, models, records
 from .params import arm_title
 from .report import arm_color
 from .intervals import CONFIDENCE
+from .data.splits import BLOCK_SIZE
 
 COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
-SPLIT_TITLES = {"random": "random split", "block": "blocks of 25 consecutive slices",
+SPLIT_TITLES = {"random": "random split", "block": f"blocks of {BLOCK_SIZE} consecutive slices",
                 "grouped": "near-duplicate groups"}
 
 
@@ -115,7 +116,6 @@ def resampled_unit(dataset: str) -> str:
     """What the intervals resample: images, or blocks of consecutive slices (CT: one scan's
     slices are not independent)."""
     from .data import get_spec
-    from .data.splits import BLOCK_SIZE
 
     return f"blocks of {BLOCK_SIZE} consecutive slices" if get_spec(dataset).ct_slices else "test images"
 

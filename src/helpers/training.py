@@ -65,8 +65,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from tqdm.auto import tqdm  # noqa: E402
 
 # Every default and choice lives in helpers.params.TrainParams.
-DEFAULTS: dict = {name: f.default for name, f in TrainParams.model_fields.items()}
-PARAM_NAMES = tuple(DEFAULTS)
+PARAM_NAMES = tuple(TrainParams.model_fields)
 
 # paper A's published constants (grey images replicated to RGB)
 PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)

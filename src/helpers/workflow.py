@@ -326,6 +326,31 @@ def fetch_data_dirs(experiment: str, data_dir: str = "") -> str:
     return ",".join(f"{d}={dirs[d]}" for d in datasets)
 
 
+def library_versions() -> dict:
+    import importlib.metadata as md
+    import platform
+
+    names = ["torch", "torchvision", "timm", "numpy", "scikit-learn", "scipy", "pandas", "grad-cam",
+             "papermill", "snakemake", "jupyter-book", "myst-nb"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def report_command(exp: dict) -> str:
+    data = ""
+    real = {d: p for d, p in exp["data_dirs"].items() if p}
+    if real:
+        joined = ",".join(f"{d}={p}" for d, p in real.items()) if len(real) > 1 else next(iter(real.values()))
+        data = f" DATA_DIR={joined}"
+    return f"make report EXPERIMENT={exp['name']}{data}"
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.workflow", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -339,10 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset")
     p.add_argument("--split", default=None, help="data_prep: the split of the prepared folder")
     p.add_argument("--data-dir", default="")
-    p = sub.add_parser("book", help="gather an experiment's notebooks and build the book")
-    p.add_argument("experiment")
-    p.add_argument("--data-dir", default="")
-    p.add_argument("--no-strict", action="store_true", help="do not turn Sphinx warnings into errors")
     p = sub.add_parser("status", help="print the state of every run of an experiment")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
@@ -365,10 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "params":
             exp = load_experiment(args.experiment, args.data_dir)
             print(json.dumps(notebook_params(exp, args.step, args.dataset, args.split)))
-        elif args.cmd == "book":
-            from .book import build_book
-
-            build_book(args.experiment, args.data_dir, strict=not args.no_strict)
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))

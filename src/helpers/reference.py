@@ -1,0 +1,253 @@
+"""The reference study's pages: the tables and sentences ``notebooks/reference.ipynb`` glues,
+each computed from the committed records (:mod:`helpers.study` reads and compares them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import experiment as ex
+from . import models, records, report, study
+from .params import STOPPED_BY
+
+DATASET_TITLES = {"covid_radiography": "chest X-ray", "ct_kidney": "kidney CT"}
+SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
+
+
+def check_notes(manifest: dict, problems: list[str], stages: pd.DataFrame, experiment: str) -> str:
+    """HTML boxes: records out of date, and the stages not recorded yet ("" when neither)."""
+    late = stages[stages["recorded"] < stages["runs"]]
+    notes = []
+    if problems:
+        notes.append('<div class="admonition warning"><p class="admonition-title">Records out of date</p><p>'
+                     f"{len(problems)} run(s) of experiments/{experiment}.yaml differ from the committed records, "
+                     f"e.g. {problems[0]}. Regenerate them with <code>{manifest['report_command']}</code>.</p></div>")
+    if len(late):
+        done = ", ".join(str(s) for s in stages[stages["recorded"] == stages["runs"]]["stage"]) or "none"
+        notes.append('<div class="admonition note"><p class="admonition-title">A study in stages</p><p>'
+                     f"The study runs in {len(stages)} stages on a 2-core CPU; complete so far: {done}. "
+                     f"{int(late['runs'].sum() - late['recorded'].sum())} of {int(stages['runs'].sum())} runs are not "
+                     "recorded yet (stages " + ", ".join(f"{r.stage}: {r.recorded}/{r.runs}" for r in late.itertuples())
+                     + "). Numbers below use what is recorded; a learning-rate sweep enters the answer only once "
+                     "all of its rates are recorded.</p></div>")
+    return "".join(notes)
+
+
+def near_copies(data_info: dict, ds: str, split: str) -> str:
+    share = data_info.get(f"{ds}-{split}", {}).get("near_copy_share", {}).get("test")
+    return "—" if share is None else f"{100 * share:.0f}%"
+
+
+def _later_stages(exp: dict, ds: str) -> list[int]:
+    return sorted({n for rid, n in ex.stages(exp).items() if rid.dataset == ds})
+
+
+def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: dict) -> pd.DataFrame:
+    """One row per (dataset, split, protocol): each arm's accuracy and the arms' differences."""
+    rows = []
+    for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
+        row = {"data, split": f"{DATASET_TITLES[ds]}, {study.SPLIT_TITLES[split]}",
+               "protocol": "to convergence, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0],
+               "test images (near-copy in train)": f"{int(part['n_test'].iloc[0])} ({near_copies(data_info, ds, split)})"}
+        for r in part.itertuples():
+            row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
+        for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
+            row[f"{d.comparison} (pp)"] = study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)
+        rows.append(row)
+    for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
+        if ds not in set(arms["dataset"]):
+            rows.append({"data, split": DATASET_TITLES[ds],
+                         "protocol": f"not recorded yet (stage {', '.join(map(str, _later_stages(exp, ds)))})"})
+    return pd.DataFrame(rows).fillna("—")
+
+
+def _gap(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
+    d = diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)
+              & (diffs["arm_b"] == "scratch")]
+    return None if d.empty else d.iloc[0]
+
+
+def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, protocol: str) -> str:
+    s = _gap(diffs, ds, split, protocol)
+    a = arms[(arms["dataset"] == ds) & (arms["split"] == split) & (arms["protocol"] == protocol)].set_index("arm")
+    if s is None:
+        return ""
+    verdict = ("help" if s.ci_low > 0 else "hurt" if s.ci_high < 0 else "make no clear difference")
+    text = (f"ImageNet weights {verdict}: {100 * a.loc['imagenet', 'accuracy']:.1f}% against "
+            f"{100 * a.loc['scratch', 'accuracy']:.1f}% from scratch ({study.fmt_diff(s.difference, s.ci_low, s.ci_high)}; "
+            f"{int(s.seeds)} seed{'s' if s.seeds > 1 else ''})")
+    if not protocol and "linear_probe" in a.index:
+        p = diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == "") & (diffs["arm_b"] == "linear_probe")]
+        if len(p):
+            p = p.iloc[0]
+            text += (f"; frozen ImageNet features with a trained head reach {100 * a.loc['linear_probe', 'accuracy']:.1f}% "
+                     f"(fine-tuning adds {study.fmt_diff(p.difference, p.ci_low, p.ci_high)})")
+    return text
+
+
+def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | None, data_info: dict) -> str:
+    """Markdown: the answer per dataset and split, at convergence and at paper A's budget, and
+    how much of the first edition's gap survives."""
+    parts = []
+    for (ds, split) in arms[["dataset", "split"]].drop_duplicates().itertuples(index=False):
+        where = DATASET_TITLES[ds] + ("" if ds == "covid_radiography" else f", {study.SPLIT_TITLES[split]}")
+        fair = _sentence(arms, diffs, ds, split, "")
+        budget = "".join(_sentence(arms, diffs, ds, split, p) for p in exp["protocols"]
+                         if p == "paper_a" and ds == "covid_radiography")
+        text = f"**{where}** ({near_copies(data_info, ds, split)} of test images with a near-copy in train). "
+        fair_title = study.protocol_title(exp, "")
+        text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
+                 else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
+        if budget:
+            text += f" *At paper A's budget* ({study.protocol_title(exp, 'paper_a').split(': ', 1)[-1]}): {budget}."
+        now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
+        if now is not None and then is not None:
+            text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
+            text += (f": {max(0.0, now.difference) / then.difference:.0%} of that gap survives." if then.ci_low > 0 else ".")
+        parts.append(text)
+    for ds in exp["datasets"]:
+        if ds not in set(arms["dataset"]):
+            later = _later_stages(exp, ds)
+            parts.append(f"**{DATASET_TITLES[ds]}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
+                         f"{', '.join(map(str, later))} of the study.")
+    return "\n\n".join(parts)
+
+
+def kidney_table(experiment: str, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:
+    """Kidney CT: accuracy within each class (a high total can hide a class the network never
+    gets right) and, where the audit recorded each slice's view, on axial and on coronal slices."""
+    rows = []
+    view_of = study.views(experiment, "ct_kidney", root)
+    by_view = (study.view_accuracy(runsets["ct_kidney"], view_of)
+               if view_of is not None and "ct_kidney" in runsets else None)
+    for r in study.per_class_table(arms, "ct_kidney").itertuples(index=False):
+        row = r._asdict()
+        shown = {"split": study.SPLIT_TITLES[row.pop("split")], "protocol": row.pop("protocol") or "fair",
+                 "arm": report.arm_title(row["arm"]), "seeds": row.pop("seeds")}
+        arm = row.pop("arm")
+        shown.update({f"{c} (%)": f"{100 * v:.0f}" for c, v in row.items()})
+        if by_view is not None:
+            for v in by_view[(by_view["arm"] == arm) & (by_view["split"].map(study.SPLIT_TITLES) == shown["split"])].itertuples():
+                shown[f"{v.view} slices (%)"] = "—" if pd.isna(v.accuracy) else f"{100 * v.accuracy:.0f} (n={v.n_test})"
+        rows.append(shown)
+    return pd.DataFrame(rows) if rows else pd.DataFrame({"note": ["no kidney run of the answer is recorded yet"]})
+
+
+def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
+    """Validation accuracy per rate and arm (✔: the rate chosen), one row per swept arm."""
+    lr = study.lr_table(exp, root)
+    if not len(lr):
+        return pd.DataFrame({"note": ["no learning-rate sweep is recorded yet"]})
+    shown = lr.assign(
+        run=[f"{DATASET_TITLES[d]}{SHORT_SPLITS[s]}: {models.ARCHS[a].label}, {report.arm_title(arm)}"
+             for d, s, a, arm in zip(lr["dataset"], lr["split"], lr["arch"], lr["arm"])],
+        cell=[("—" if pd.isna(v) else f"{100 * v:.1f}%" + (f" (epoch {int(e)}{', cap' if sb == 'epoch_cap' else ''})")
+               + (" ✔" if c else "")) for v, e, sb, c in zip(lr["best_val_acc"], lr["best_epoch"], lr["stopped_by"], lr["chosen"])],
+        rate=[f"lr {v:g}" for v in lr["lr"]])
+    return (shown.pivot_table(index="run", columns="rate", values="cell", aggfunc="first", sort=False)
+            .reindex(columns=[f"lr {v:g}" for v in sorted(lr["lr"].unique())]).fillna("").reset_index())
+
+
+def reach_table(curve: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per arm: the first epoch each seed reached ``threshold`` validation accuracy."""
+    reach = study.epochs_to_reach(curve, threshold)
+    if not len(reach):
+        return pd.DataFrame({"note": ["no run recorded yet"]})
+    out = (reach.groupby("arm", sort=False)
+           .apply(lambda g: pd.Series({"seeds": len(g),
+                                       f"first epoch at ≥ {threshold:.0%} validation accuracy": ", ".join(
+                                           "never" if pd.isna(e) else str(int(e)) for e in g["epoch"]),
+                                       "epochs run": ", ".join(str(e) for e in g["epochs_run"])}), include_groups=False)
+           .reset_index())
+    out["arm"] = out["arm"].map(report.arm_title)
+    return out
+
+
+def image_count(manifest: dict, ds: str) -> str:
+    im = manifest["images"].get(ds)
+    return f"{im['n_files']:,}" if im else "0"
+
+
+def settings(exp: dict, every_run: dict, ds: str) -> str:
+    """The recorded runs' size, batch and protocols, and how many stopped by themselves."""
+    runs = [r for r in every_run.get(ds, study.metrics.RunSet(ds, [], [], [])).runs]
+    if not runs:
+        return "not run yet"
+    p = runs[0].params
+    protocols = sorted({r.id.protocol for r in runs})
+    text = f"{p['image_size']} px, Adam, batch {p['batch_size']}; " + "; ".join(study.protocol_title(exp, q) for q in protocols)
+    converged = [r for r in runs if not r.id.protocol and r.params.get("early_stopping_patience")]
+    if converged:
+        n_cap = sum(not r.converged for r in converged)
+        text += (f" ({len(converged) - n_cap} of {len(converged)} such runs stopped by themselves"
+                 + (f"; {n_cap} hit the cap" if n_cap else "") + ")")
+    return text
+
+
+def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame) -> str:
+    """Markdown: the data, settings, machine, commit and run counts behind the real-data pages."""
+    m = manifest["machine"]
+    device = m["gpu"] or f"CPU only ({m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB)"
+    train_s = sum(v.get("train_seconds") or 0 for v in manifest["runs"].values())
+    step_s = (sum(v or 0 for v in manifest["step_seconds"].values())
+              + sum(v.get("notebook_seconds") or 0 for v in manifest["runs"].values()))
+    states = pd.Series([v["state"] for v in manifest["runs"].values()]).value_counts()
+    commit = manifest.get("run_commits") or [manifest["commit"]]
+    fingerprint = {ds: manifest["images"].get(ds, {}).get("sha256", "not recorded")[:12] for ds in DATASET_TITLES}
+    return (
+        f"**Data**: {image_count(manifest, 'covid_radiography')} chest X-rays (image-set fingerprint "
+        f"`{fingerprint['covid_radiography']}`) and {image_count(manifest, 'ct_kidney')} kidney CT slices "
+        f"(`{fingerprint['ct_kidney']}`), the real images of `../shared/real-study` in the Kaggle layouts. "
+        f"**Settings**: chest X-ray {settings(exp, every_run, 'covid_radiography')}; kidney CT "
+        f"{settings(exp, every_run, 'ct_kidney')}; stratified 6:2:2 splits, split seed 0. "
+        f"**Machine**: {device}; torch {manifest['versions']['torch']}, timm {manifest['versions']['timm']}. "
+        f"**Commit**: `{', '.join(c[:10] for c in commit)}`. "
+        f"**Runs**: {states.get('complete', 0)} complete, {states.get('missing', 0)} could not run, "
+        f"{int(stages['runs'].sum() - stages['recorded'].sum())} not recorded yet; the runs trained for {train_s / 60:.0f} min and the "
+        f"notebook steps took {step_s / 60:.0f} min (each summed over runs, some of which ran side by side). Every number here is read from `records/{exp['name']}/`; "
+        f"`{manifest['report_command']}` regenerates them.")
+
+
+def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.ROOT) -> pd.DataFrame:
+    """A paper's published accuracies beside ours on each split, with the reason where ours is missing."""
+    later = {(rid.arch, rid.head, rid.arm): f"not recorded yet (stage {n})" for rid, n in ex.stages(exp).items()
+             if rid.dataset == ds and not records.run_record(rid, root).is_dir()}
+    table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp["name"], ds, root)})
+    shown = {"model": table["model"], "arm": table["arm"],
+             "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}
+    for col in [c for c in table.columns if c.startswith("ours|")]:
+        split = col.split("|")[1]
+        shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
+            (r["note"] or "—") if pd.isna(r[col]) else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"])
+            for _, r in table.iterrows()]
+    shown["seeds"] = table["seeds"]
+    return pd.DataFrame(shown)
+
+
+def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"arm": eff["arm"].map(report.arm_title),
+                         "share of training split": [f"{100 * f:g}%" for f in eff["fraction"]],
+                         "training images": eff["n_train_images"], "seeds": eff["seeds"],
+                         "test accuracy (mean, 95% t-interval over seeds)": [
+                             study.fmt_ci(r.accuracy, r.ci_low, r.ci_high) for r in eff.itertuples()]})
+
+
+def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:
+    """Every recorded run; the test accuracy only of the runs in the answer."""
+    rows = []
+    for ds, rs in every_run.items():
+        in_answer = {r.path for r in runsets.get(ds, rs).runs}
+        for r in sorted(rs.runs, key=lambda r: r.name):
+            rows.append({"dataset": ds, "run": r.name, "protocol": r.id.protocol or "fair",
+                         "train share": r.params.get("train_fraction", 1.0), "lr": f"{r.params.get('lr'):g}",
+                         "epochs run": r.metrics["epochs_run"], "best epoch": r.metrics["best_epoch"],
+                         "stopped": STOPPED_BY[r.stopped_by],
+                         "val accuracy": r.metrics["best_val_acc"],
+                         "test accuracy": r.metrics["test_accuracy"] if r.path in in_answer else None,
+                         "train seconds": round(float(r.stored.get("train_seconds") or 0)),
+                         "note": "" if r.path in in_answer else "not in the answer (a rate its sweep did not choose, "
+                                                                 "or a sweep not complete yet): test not shown"})
+        for folder, reason in rs.missing:
+            rows.append({"dataset": ds, "run": Path(folder).name, "note": study.short_reason(reason)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,48 @@
+"""The reference study's page pieces (helpers.reference), on the committed records."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers import experiment as ex
+from helpers import records, reference, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_the_stage_note_counts_what_is_not_recorded_and_vanishes_when_all_is():
+    manifest = {"report_command": "make report EXPERIMENT=x"}
+    late = pd.DataFrame({"stage": [1, 2], "runs": [5, 10], "recorded": [5, 4]})
+    note = reference.check_notes(manifest, [], late, "x")
+    assert "complete so far: 1" in note and "6 of 15 runs are not recorded yet (stages 2: 4/10)" in note
+    assert reference.check_notes(manifest, [], late.assign(recorded=late["runs"]), "x") == ""
+    assert "Records out of date" in reference.check_notes(manifest, ["lr differs"], late.assign(recorded=late["runs"]), "x")
+
+
+def test_every_dataset_of_the_study_has_a_row_of_the_answer_recorded_or_not_yet():
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    runsets = study.load(records.REFERENCE)
+    arms, diffs = study.arm_table(runsets), study.differences(runsets)
+    table = reference.answer_table(exp, arms, diffs, {})
+    for ds, title in reference.DATASET_TITLES.items():
+        rows = table[table["data, split"].str.startswith(title)]
+        assert len(rows), ds
+        if ds not in set(arms["dataset"]):
+            assert rows["protocol"].str.startswith("not recorded yet (stage").all()
+    text = reference.answer_text(exp, arms, diffs, None, {})
+    assert all(f"**{t}" in text for t in reference.DATASET_TITLES.values())
+
+
+def test_the_run_list_hides_the_test_score_of_a_rate_not_chosen():
+    runsets = study.load(records.REFERENCE)
+    every = study.load(records.REFERENCE, answer=False)
+    runs = reference.run_list(every, runsets)
+    hidden = runs[runs["note"].str.startswith("not in the answer")]
+    assert len(hidden) and hidden["test accuracy"].isna().all()
+    assert runs.loc[runs["note"] == "", "test accuracy"].notna().all()
