@@ -31,7 +31,7 @@ def test_every_dataset_of_the_study_has_a_row_of_the_answer_recorded_or_not_yet(
     arms, diffs = study.arm_table(runsets), study.differences(runsets)
     table = reference.answer_table(exp, arms, diffs, {})
     for ds, title in reference.DATASET_TITLES.items():
-        rows = table[table["data, split"].str.startswith(title)]
+        rows = table[table["data"].str.startswith(title)]
         assert len(rows), ds
         if ds not in set(arms["dataset"]):
             assert rows["protocol"].str.startswith("not recorded yet (stage").all()

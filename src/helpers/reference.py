@@ -13,6 +13,12 @@ from .params import STOPPED_BY
 
 DATASET_TITLES = {"covid_radiography": "chest X-ray", "ct_kidney": "kidney CT"}
 SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
+TABLE_SPLITS = {"random": "random", "block": "blocks", "grouped": "groups"}   # narrow table cells
+
+
+def _where(ds: str, split: str) -> str:
+    """A table's short name for a dataset and split: the chest X-rays have one split."""
+    return DATASET_TITLES[ds] + ("" if ds == "covid_radiography" else f", {TABLE_SPLITS[split]}")
 
 
 def check_notes(manifest: dict, problems: list[str], stages: pd.DataFrame, experiment: str) -> str:
@@ -47,9 +53,10 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     """One row per (dataset, split, protocol): each arm's accuracy and the arms' differences."""
     rows = []
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
-        row = {"data, split": f"{DATASET_TITLES[ds]}, {study.SPLIT_TITLES[split]}",
-               "protocol": "to convergence, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0],
-               "test images (near-copy in train)": f"{int(part['n_test'].iloc[0])} ({near_copies(data_info, ds, split)})"}
+        # narrow enough for the page: the near-copy share and the splits' names are in the text
+        row = {"data": _where(ds, split),
+               "protocol": "converged, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0],
+               "test images": int(part["n_test"].iloc[0])}
         for r in part.itertuples():
             row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
@@ -57,7 +64,7 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
         rows.append(row)
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
-            rows.append({"data, split": DATASET_TITLES[ds],
+            rows.append({"data": DATASET_TITLES[ds],
                          "protocol": f"not recorded yet (stage {', '.join(map(str, _later_stages(exp, ds)))})"})
     return pd.DataFrame(rows).fillna("—")
 
@@ -123,15 +130,19 @@ def kidney_table(experiment: str, runsets: dict, arms: pd.DataFrame, root: str |
                if view_of is not None and "ct_kidney" in runsets else None)
     for r in study.per_class_table(arms, "ct_kidney").itertuples(index=False):
         row = r._asdict()
-        shown = {"split": study.SPLIT_TITLES[row.pop("split")], "protocol": row.pop("protocol") or "fair",
+        split = row.pop("split")
+        shown = {"split": TABLE_SPLITS[split], "protocol": row.pop("protocol") or "fair",
                  "arm": report.arm_title(row["arm"]), "seeds": row.pop("seeds")}
         arm = row.pop("arm")
         shown.update({f"{c} (%)": f"{100 * v:.0f}" for c, v in row.items()})
         if by_view is not None:
-            for v in by_view[(by_view["arm"] == arm) & (by_view["split"].map(study.SPLIT_TITLES) == shown["split"])].itertuples():
-                shown[f"{v.view} slices (%)"] = "—" if pd.isna(v.accuracy) else f"{100 * v.accuracy:.0f} (n={v.n_test})"
+            for v in by_view[(by_view["arm"] == arm) & (by_view["split"] == split)].itertuples():
+                shown[f"{v.view} (%)"] = "—" if pd.isna(v.accuracy) else f"{100 * v.accuracy:.0f} (n={v.n_test})"
         rows.append(shown)
-    return pd.DataFrame(rows) if rows else pd.DataFrame({"note": ["no kidney run of the answer is recorded yet"]})
+    if not rows:
+        return pd.DataFrame({"note": ["no kidney run of the answer is recorded yet"]})
+    out = pd.DataFrame(rows)
+    return out.drop(columns="protocol") if (out["protocol"] == "fair").all() else out
 
 
 def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
@@ -142,7 +153,7 @@ def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
     shown = lr.assign(
         run=[f"{DATASET_TITLES[d]}{SHORT_SPLITS[s]}: {models.ARCHS[a].label}, {report.arm_title(arm)}"
              for d, s, a, arm in zip(lr["dataset"], lr["split"], lr["arch"], lr["arm"])],
-        cell=[("—" if pd.isna(v) else f"{100 * v:.1f}%" + (f" (epoch {int(e)}{', cap' if sb == 'epoch_cap' else ''})")
+        cell=[("—" if pd.isna(v) else f"{100 * v:.1f} ({int(e)}{', cap' if sb == 'epoch_cap' else ''})"
                + (" ✔" if c else "")) for v, e, sb, c in zip(lr["best_val_acc"], lr["best_epoch"], lr["stopped_by"], lr["chosen"])],
         rate=[f"lr {v:g}" for v in lr["lr"]])
     return (shown.pivot_table(index="run", columns="rate", values="cell", aggfunc="first", sort=False)
