@@ -53,10 +53,9 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     """One row per (dataset, split, protocol): each arm's accuracy and the arms' differences."""
     rows = []
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
-        # narrow enough for the page: the near-copy share and the splits' names are in the text
+        # narrow enough for the page: test counts and near-copy shares are in the sentences
         row = {"data": _where(ds, split),
-               "protocol": "converged, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0],
-               "test images": int(part["n_test"].iloc[0])}
+               "protocol": "converged, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0]}
         for r in part.itertuples():
             row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
@@ -102,7 +101,9 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         fair = _sentence(arms, diffs, ds, split, "")
         budget = "".join(_sentence(arms, diffs, ds, split, p) for p in exp["protocols"]
                          if p == "paper_a" and ds == "covid_radiography")
-        text = f"**{where}** ({near_copies(data_info, ds, split)} of test images with a near-copy in train). "
+        n_test = int(arms[(arms["dataset"] == ds) & (arms["split"] == split)]["n_test"].iloc[0])
+        text = (f"**{where}** ({n_test} test images, {near_copies(data_info, ds, split)} of them with a near-copy "
+                "in train). ")
         fair_title = study.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
