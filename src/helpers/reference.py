@@ -16,9 +16,13 @@ SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
 TABLE_SPLITS = {"random": "random", "block": "blocks", "grouped": "groups"}   # narrow table cells
 
 
-def _where(ds: str, split: str) -> str:
-    """A table's short name for a dataset and split: the chest X-rays have one split."""
-    return DATASET_TITLES[ds] + ("" if ds == "covid_radiography" else f", {TABLE_SPLITS[split]}")
+def _several_splits(exp: dict, ds: str) -> bool:
+    return len({rid.split for rid in ex.runs(exp) if rid.dataset == ds}) > 1
+
+
+def _where(exp: dict, ds: str, split: str, names: dict = TABLE_SPLITS) -> str:
+    """A dataset's name, with the split where the study splits it more than one way."""
+    return DATASET_TITLES[ds] + (f", {names[split]}" if _several_splits(exp, ds) else "")
 
 
 def check_notes(manifest: dict, problems: list[str], stages: pd.DataFrame, experiment: str) -> str:
@@ -54,7 +58,7 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     rows = []
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
         # narrow enough for the page: test counts and near-copy shares are in the sentences
-        row = {"data": _where(ds, split),
+        row = {"data": _where(exp, ds, split),
                "protocol": "converged, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0]}
         for r in part.itertuples():
             row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
@@ -97,18 +101,19 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
     how much of the first edition's gap survives."""
     parts = []
     for (ds, split) in arms[["dataset", "split"]].drop_duplicates().itertuples(index=False):
-        where = DATASET_TITLES[ds] + ("" if ds == "covid_radiography" else f", {study.SPLIT_TITLES[split]}")
+        where = _where(exp, ds, split, study.SPLIT_TITLES)
         fair = _sentence(arms, diffs, ds, split, "")
-        budget = "".join(_sentence(arms, diffs, ds, split, p) for p in exp["protocols"]
-                         if p == "paper_a" and ds == "covid_radiography")
+        budgets = {p: _sentence(arms, diffs, ds, split, p) for p in exp["protocols"]}   # the papers' budgets
         n_test = int(arms[(arms["dataset"] == ds) & (arms["split"] == split)]["n_test"].iloc[0])
         text = (f"**{where}** ({n_test} test images, {near_copies(data_info, ds, split)} of them with a near-copy "
                 "in train). ")
         fair_title = study.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
-        if budget:
-            text += f" *At paper A's budget* ({study.protocol_title(exp, 'paper_a').split(': ', 1)[-1]}): {budget}."
+        for p, budget in budgets.items():
+            if budget:
+                title, _, detail = study.protocol_title(exp, p).partition(": ")
+                text += f" *At {title}* ({detail}): {budget}."
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None:
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
