@@ -5,6 +5,7 @@ must show up as a gap."""
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,43 @@ def test_a_second_invocation_repeats_no_completed_training(study):
     # Only the missing run was tried again (its weights are still absent).
     assert "train" in again.stdout + again.stderr
     assert "vgg11_dense1024-imagenet-s0" in again.stdout + again.stderr
+
+
+def test_a_fresh_clone_restores_the_recorded_runs_and_trains_only_the_rest(study, tmp_path):
+    """A study recorded in stages, continued from a fresh clone: the records go back into the
+    run folders and the next invocation trains only the runs that have no record."""
+    work, env, _ = study
+    clone = tmp_path / "clone"
+    shutil.copytree(work, clone, symlinks=True, ignore=shutil.ignore_patterns("_build"))
+    env = {**env, "HELPERS_DATA_ROOT": str(clone / "data")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "helpers.records", *args], cwd=clone, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    exported = cli("export", "tiny")
+    assert exported.returncode == 0, exported.stderr
+    recorded = {p.parent.name: p.read_bytes() for p in (clone / "records/tiny/runs").glob("*/*/metrics.json")}
+    assert len(recorded) == 5   # six runs, one of them absent by design
+    shutil.rmtree(clone / "runs")       # what a fresh clone lacks: run folders and Snakemake's
+    shutil.rmtree(clone / ".snakemake")  # metadata (the prepared folders are rebuilt first)
+    restored = cli("restore", "tiny")
+    assert restored.returncode == 0, restored.stderr
+    assert "5 recorded run(s) restored" in restored.stdout
+    assert {p.parent.name: p.read_bytes() for p in (clone / "runs/tiny").glob("*/*/metrics.json")} == recorded
+
+    statuses = [str(p.relative_to(work) / "status.json") for p in sorted((work / "runs/tiny").glob("*/*"))]
+    plan = _snakemake(clone, env, "-n", *statuses)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    jobs = re.findall(r"^(\w+)\s+(\d+)$", plan.stdout + plan.stderr, re.M)
+    assert ("train", "1") in jobs, plan.stdout[-3000:]   # the absent ImageNet run only
+    assert "vgg11_dense1024-imagenet-s0" in plan.stdout + plan.stderr
+    assert cli("restore", "tiny").stdout.startswith("0 recorded run(s) restored")   # never twice
+
+    shutil.rmtree(clone / "data" / "prepared")
+    shutil.rmtree(clone / "runs")
+    refused = cli("restore", "tiny")
+    assert refused.returncode == 2 and "prepare the data first" in refused.stderr
 
 
 # Run in the page: what a reader would see as wrong. The content column is the article; an

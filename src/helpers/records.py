@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from . import atomic
@@ -110,11 +111,15 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
 
     exp = ex.load_experiment(experiment, data_dir)
     out = folder(exp["name"], root)
+    # what a restored run or a step not re-run this time cannot tell again (its notebook's time)
+    before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     states: dict[str, dict] = {}
     for rid in ex.runs(exp):
         state, reason = wf.run_state(rid)
         states[rid.key] = {"state": state, **({"reason": reason} if reason else {})}
-        if state == "not run":
+        if state == "not run":   # its record, if any, stays as it is
+            if run_record(rid, root).is_dir() and rid.key in before.get("runs", {}):
+                states[rid.key] = before["runs"][rid.key]
             continue
         dst = run_record(rid, root)
         tmp = dst.with_name(dst.name + ".tmp")
@@ -131,7 +136,9 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
         notebook = wf.train_notebook(exp, rid)
         if notebook.is_file():
             states[rid.key]["notebook_seconds"] = _notebook_seconds(notebook)
-    steps = {}
+        elif "notebook_seconds" in before.get("runs", {}).get(rid.key, {}):
+            states[rid.key]["notebook_seconds"] = before["runs"][rid.key]["notebook_seconds"]
+    steps = dict(before.get("step_seconds", {}))
     for step in wf.BOOK_STEPS:
         for ds in exp["datasets"]:
             src = wf.step_notebook(exp, step, ds)
@@ -168,6 +175,47 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
     }
     atomic.write_json(out / "manifest.json", manifest)
     return out
+
+
+def restore(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) -> list[str]:
+    """Put the recorded complete runs back into their empty run folders (with a complete
+    status file), so that a fresh clone's next stage retrains none of them; returns their keys.
+
+    A run is restored only onto the prepared data it was trained on: its prepared folder must
+    exist (data prep first) and hold the fingerprint the record names. Checkpoints are not
+    recorded, so an explain step on a restored run needs that run trained again."""
+    exp = ex.load_experiment(experiment, data_dir)
+    done = []
+    for rid in ex.runs(exp):
+        record, run_dir = run_record(rid, root), rid.run_dir()
+        if not (record / "metrics.json").is_file() or (run_dir / "params.json").exists():
+            continue   # not recorded, or its folder holds a run already (never overwritten)
+        params = json.loads((record / "params.json").read_text())
+        info = ex.prepared_dir(ex.prep_of(exp, rid.dataset, rid.split)) / "info.json"
+        if not info.is_file():
+            raise FileNotFoundError(
+                f"{info} not found: {rid.key} was trained on that prepared folder; "
+                f"prepare the data first (SNAKE_ARGS=\"$(python -m helpers.workflow targets {exp['name']} "
+                f"--prepared --data-dir ...)\")")
+        found = json.loads(info.read_text()).get("fingerprint")
+        if found != params.get("prepared_fingerprint"):
+            raise ValueError(f"{rid.key}: recorded on prepared data with fingerprint "
+                             f"{params.get('prepared_fingerprint')}, but {info} holds {found}: "
+                             f"these images are not the ones the records were made from")
+        tmp = run_dir.with_name(run_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in RUN_RECORD_FILES:
+            if (record / name).is_file():
+                shutil.copy2(record / name, tmp / name)
+        atomic.write_json(tmp / "status.json", {"state": "complete", "key": rid.key, "run_dir": str(run_dir),
+                                                "notebook": str(wf.train_notebook(exp, rid)), "restored_from": str(record)})
+        atomic.replace_dir(tmp, run_dir)
+        done.append(rid)
+    now = time.time()   # one time for all: a tuned run's status is not older than its sweep's
+    for rid in done:
+        os.utime(wf.status_file(rid), (now, now))
+    return [rid.key for rid in done]
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -243,10 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     exp_cmd.add_argument("--data-dir", default="")
     ch = sub.add_parser("check", help="compare the experiment file with its records")
     ch.add_argument("experiment")
+    rs = sub.add_parser("restore", help="put the recorded runs back into empty run folders (a fresh clone)")
+    rs.add_argument("experiment")
+    rs.add_argument("--data-dir", default="")
     args = ap.parse_args(argv)
     try:
         if args.command == "export":
             print(f"records: {export(args.experiment, args.data_dir)}")
+            return 0
+        if args.command == "restore":
+            keys = restore(args.experiment, args.data_dir)
+            print(f"{len(keys)} recorded run(s) restored" + (": " + ", ".join(keys) if keys else ""))
             return 0
         problems = check(args.experiment)
     except (ex.ExperimentError, FileNotFoundError, ValueError) as e:

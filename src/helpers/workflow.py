@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import atomic, data, kernel
 from .experiment import (ExperimentError, all_sweeps, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
-                         prep_of, prepared_dir, results_dir, runs, source_of, stages, sweep_scores, sweeps)
+                         prep_of, prepared_dir, preps, results_dir, runs, source_of, stages, sweep_scores, sweeps)
 from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
 
 
@@ -374,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("targets", help="print the status files of one stage's runs on one line "
                                        "(snakemake targets, for SNAKE_ARGS)")
     p.add_argument("experiment")
-    p.add_argument("--stage", type=int, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", type=int)
+    which.add_argument("--prepared", action="store_true", help="the prepared-data folders instead "
+                       "(data prep alone: before `records restore` on a fresh clone)")
+    p.add_argument("--data-dir", default="")
     p = sub.add_parser("forget-missing", help="drop the status of runs that did not complete")
     p.add_argument("experiment")
     p.add_argument("--data-dir", default="")
@@ -389,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "status":
             exp = load_experiment(args.experiment, args.data_dir)
             print(grid_status(exp).to_string(index=False))
+        elif args.cmd == "targets" and args.prepared:
+            exp = load_experiment(args.experiment, args.data_dir)
+            print(" ".join(str(prepared_dir(p)) for p in preps(exp)))
         elif args.cmd == "targets":
             exp = load_experiment(args.experiment, need_data=False)   # run names need no images
             wanted = [rid for rid, n in stages(exp).items() if n == args.stage]
