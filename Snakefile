@@ -179,10 +179,10 @@ rule evaluate:
         lambda wc: statuses([r for r in RUNS if r.dataset == wc.dataset]),
     output:
         f"{RES}/notebooks/evaluate_{{dataset}}.ipynb",
-    params:
-        p=lambda wc: papermill_params(wf.notebook_params(EXP, "evaluate", wc.dataset)),
+    # The parameters are read when the job runs: a sweep's passed-over rates are known once it ran.
     shell:
-        "{PAPERMILL} {input[0]} {output} -y {params.p} || {FAILED} evaluate {wildcards.dataset} {output}"
+        "p=$(python -m helpers.workflow params {EXP_ARG} evaluate {wildcards.dataset} --data-dir {DATA_ARG})"
+        " && {PAPERMILL} {input[0]} {output} -y \"$p\" || {FAILED} evaluate {wildcards.dataset} {output}"
 
 
 rule explain:

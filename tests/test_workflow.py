@@ -172,6 +172,23 @@ def test_a_tuned_run_waits_for_its_sweep_then_trains_at_the_rate_chosen(tmp_path
     assert ran[-1]["lr"] == 3e-3 and ran[-1]["seed"] == 1 and ran[-1]["tuning"] == "tuned"
 
 
+
+def test_evaluate_reads_the_rate_a_sweep_chose_never_the_ones_it_passed_over(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0, 1], tune={"lr": [1.0e-3, 3.0e-3]})])
+    monkeypatch.chdir(tmp_path)
+    exp = ex.load_experiment(path)
+    names = lambda: [Path(r).name for r in wf.notebook_params(exp, "evaluate", "covid_radiography")["runs"]]
+    every = ["resnet18-scratch-lr0.001-s0", "resnet18-scratch-lr0.003-s0", "resnet18-scratch-tuned-s1"]
+    assert names() == every   # the sweep has not run: a staged study shows what it has
+    for name, acc in (("resnet18-scratch-lr0.001-s0", 0.9), ("resnet18-scratch-lr0.003-s0", 0.6)):
+        folder = Path("runs/demo/covid_radiography") / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"best_val_acc": acc, "best_epoch": 1}))
+        (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
+    assert names() == ["resnet18-scratch-lr0.001-s0", "resnet18-scratch-tuned-s1"]
+
+
 def test_paper_settings_are_the_papers():
     a = ex.runs(ex.load_experiment("paper_a", "/d"))
     assert {r.arch for r in a} == {"resnet18", "vgg11", "alexnet", "mobilenet_v3_large"}

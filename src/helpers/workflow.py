@@ -224,7 +224,7 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
         values = prep_of(exp, dataset, split or settings["split"])
     elif step == "evaluate":
         values = {"dataset": dataset, "out_dir": out_dir,
-                  "runs": [str(rid.run_dir()) for rid in runs(exp) if rid.dataset == dataset]}
+                  "runs": [str(rid.run_dir()) for rid in answer_runs(exp, dataset)]}
     elif step == "explain":
         values = {"dataset": dataset, "arch": exp["explain"][dataset]["arch"], "out_dir": out_dir,
                   "runs": [str(rid.run_dir()) for rid in explained_runs(exp, dataset)],
@@ -235,6 +235,18 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
         values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}
         values["out_dir"] = out_dir
     return planned(NOTEBOOK_PARAMS[step], values)
+
+
+def answer_runs(exp: dict, dataset: str) -> list[RunId]:
+    """The dataset's runs that the answer reads: every run but a finished sweep's runs at the
+    rates it did not choose (their test scores are never read). A sweep not finished yet keeps
+    all its runs, so that a study recorded in stages shows what it has."""
+    passed_over = set()
+    for sweep in all_sweeps(exp):
+        lr, reason, _ = tuned_lr(sweep)
+        if lr is not None:
+            passed_over |= {r for rate, r in sweep.candidates.items() if rate != lr}
+    return [rid for rid in runs(exp) if rid.dataset == dataset and rid not in passed_over]
 
 
 def gap_params(exp: dict, step: str, dataset: str) -> dict:
