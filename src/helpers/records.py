@@ -103,6 +103,20 @@ def _machine() -> dict:
 
 # ---------------------------------------------------------------- export
 
+def _copy_run(src: Path, dst: Path, extra: dict | None = None) -> None:
+    """Replace ``dst`` with a folder of ``src``'s record files (and ``extra`` JSON files), built
+    beside it first, so that it never holds a mix."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RUN_RECORD_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    for name, content in (extra or {}).items():
+        atomic.write_json(tmp / name, content)
+    atomic.replace_dir(tmp, dst)
+
+
 def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) -> Path:
     """Copy the experiment's finished runs, step notebooks and prepared-data facts into
     ``records/<experiment>/`` and write its manifest. Runs not finished yet are left out (and
@@ -121,14 +135,7 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
             if run_record(rid, root).is_dir() and rid.key in before.get("runs", {}):
                 states[rid.key] = before["runs"][rid.key]
             continue
-        dst = run_record(rid, root)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in RUN_RECORD_FILES:
-            if (rid.run_dir() / name).is_file():
-                shutil.copy2(rid.run_dir() / name, tmp / name)
-        atomic.replace_dir(tmp, dst)
+        _copy_run(rid.run_dir(), run_record(rid, root))
         metrics = rid.run_dir() / "metrics.json"
         if metrics.is_file():
             states[rid.key]["train_seconds"] = round(float(json.loads(metrics.read_text())
@@ -202,15 +209,9 @@ def restore(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT)
             raise ValueError(f"{rid.key}: recorded on prepared data with fingerprint "
                              f"{params.get('prepared_fingerprint')}, but {info} holds {found}: "
                              f"these images are not the ones the records were made from")
-        tmp = run_dir.with_name(run_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in RUN_RECORD_FILES:
-            if (record / name).is_file():
-                shutil.copy2(record / name, tmp / name)
-        atomic.write_json(tmp / "status.json", {"state": "complete", "key": rid.key, "run_dir": str(run_dir),
-                                                "notebook": str(wf.train_notebook(exp, rid)), "restored_from": str(record)})
-        atomic.replace_dir(tmp, run_dir)
+        _copy_run(record, run_dir, {wf.status_file(rid).name: {
+            "state": "complete", "key": rid.key, "run_dir": str(run_dir),
+            "notebook": str(wf.train_notebook(exp, rid)), "restored_from": str(record)}})
         done.append(rid)
     now = time.time()   # one time for all: a tuned run's status is not older than its sweep's
     for rid in done:

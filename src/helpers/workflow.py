@@ -243,6 +243,8 @@ def answer_runs(exp: dict, dataset: str) -> list[RunId]:
     all its runs, so that a study recorded in stages shows what it has."""
     passed_over = set()
     for sweep in all_sweeps(exp):
+        if next(iter(sweep.candidates.values())).dataset != dataset:
+            continue   # another dataset's sweep: its run folders are not read
         lr, reason, _ = tuned_lr(sweep)
         if lr is not None:
             passed_over |= {r for rate, r in sweep.candidates.items() if rate != lr}
