@@ -171,7 +171,7 @@ def test_run_folder_follows_the_contract(tiny_run):
 
 
 def test_load_run_reproduces_the_predictions(tiny_run):
-    model, params, prepared = training.load_run(tiny_run)
+    model, params, prepared = training.load_model(tiny_run)
     assert not model.training
     mean, std = training.run_stats(params, prepared)
     assert (mean, std) == (tuple(prepared.mean), tuple(prepared.std))
@@ -191,7 +191,7 @@ def test_load_run_refuses_data_prepared_again_differently(tmp_path, tiny_run):
     params = json.loads((copy / "params.json").read_text())
     (copy / "params.json").write_text(json.dumps({**params, "prepared_fingerprint": "0" * 64}))
     with pytest.raises(ValueError, match="trained on prepared data with fingerprint 0000"):
-        training.load_run(copy)
+        training.load_model(copy)
 
 
 def test_a_complete_run_on_other_prepared_data_is_not_reused(tmp_path, tiny_run):
@@ -412,7 +412,7 @@ def test_densenet121_trains_with_either_head(env, head):
     run_dir = train(arch="densenet121", head=head, epochs=1, run_dir=str(env / "runs" / f"densenet121-{head}"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and np.isfinite(metrics["final_train_loss"])
-    model, params, _ = training.load_run(run_dir)
+    model, params, _ = training.load_model(run_dir)
     assert params["arch"] == "densenet121" and params["head"] == head
     assert isinstance(models.gradcam_target_layer(model, "densenet121"), torch.nn.Module)
 

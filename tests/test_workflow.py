@@ -172,7 +172,6 @@ def test_a_tuned_run_waits_for_its_sweep_then_trains_at_the_rate_chosen(tmp_path
     assert ran[-1]["lr"] == 3e-3 and ran[-1]["seed"] == 1 and ran[-1]["tuning"] == "tuned"
 
 
-
 def test_evaluate_reads_the_rate_a_sweep_chose_never_the_ones_it_passed_over(tmp_path, monkeypatch):
     path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
                      grid=[demo_entry(arms=["scratch"], seeds=[0, 1], tune={"lr": [1.0e-3, 3.0e-3]})])
@@ -187,6 +186,21 @@ def test_evaluate_reads_the_rate_a_sweep_chose_never_the_ones_it_passed_over(tmp
         (folder / "metrics.json").write_text(json.dumps({"best_val_acc": acc, "best_epoch": 1}))
         (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
     assert names() == ["resnet18-scratch-lr0.001-s0", "resnet18-scratch-tuned-s1"]
+
+
+def test_a_training_job_expands_the_grid_once(tmp_path, monkeypatch):
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0, 1], tune={"lr": [1.0e-3, 3.0e-3]})])
+    monkeypatch.chdir(tmp_path)
+    built = []
+    build = ex._build_plan
+    monkeypatch.setattr(ex, "_build_plan", lambda exp: built.append(1) or build(exp))
+    monkeypatch.setattr(wf, "execute", lambda *a: None)
+    wf.train_one(str(path), "covid_radiography/resnet18-scratch-tuned-s1")
+    assert len(built) == 1
+    exp = ex.load_experiment(path)
+    ex.runs(exp), ex.sweeps(exp), ex.stages(exp), ex.preps(exp), ex.all_sweeps(exp)
+    assert len(built) == 2
 
 
 def test_paper_settings_are_the_papers():

@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 
 from . import data, models
 from .params import (ARMS, NOTEBOOK_PARAMS, NonNegInt, ParameterError, PosInt, PrepParams, RunId, TrainParams,
-                     TrainSettings, check)
+                     TrainSettings, check, planned_values)
 
 EXPERIMENTS_DIR = Path("experiments")
 DATASET_NAMES = tuple(data.DATASETS)
@@ -250,8 +250,8 @@ def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
 def planned(model: type[BaseModel], values: dict) -> dict:
     """Check ``values`` against ``model`` as far as a plan can: whether a device is present or a
     source checkpoint is readable is checked when the step runs (the source is not trained yet)."""
-    machine = {"device": "auto", "init_from": ""}
-    check(model, {**values, **{k: v for k, v in machine.items() if k in values}})
+    at_run = planned_values(model)
+    check(model, {**values, **{k: v for k, v in at_run.items() if k in values}})
     return values
 
 
@@ -292,10 +292,19 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
                 "pass DATA_DIR=/path/to/download (see README, 'Real data'); "
                 "EXPERIMENT=demo runs on synthetic phantoms"
             )
-    exp["data_dirs"] = {d: dirs.get(d, "") for d in datasets}
-    exp["path"] = str(path)
-    runs(exp)  # every run's parameters are checked before any work
+    exp = Experiment(exp, data_dirs={d: dirs.get(d, "") for d in datasets}, path=str(path))
+    runs(exp)  # the plan: every run's parameters are expanded and checked once, before any work
     return exp
+
+
+class Experiment(dict):
+    """A checked experiment file (a plain dict of its content) that expands its grid into the
+    run plan once: Snakemake, each training job and the pages read that plan."""
+
+    def plan(self) -> tuple:
+        if "_plan" not in self.__dict__:
+            self.__dict__["_plan"] = _build_plan(self)
+        return self.__dict__["_plan"]
 
 
 # ---------------------------------------------------------------- the grid
@@ -350,6 +359,11 @@ def stages(exp: dict) -> dict[RunId, int]:
 
 
 def _plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId, int], list[Sweep]]:
+    """(runs, sweeps, stages, every sweep): built once per loaded experiment."""
+    return exp.plan() if isinstance(exp, Experiment) else _build_plan(exp)
+
+
+def _build_plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[RunId, int], list[Sweep]]:
     grid: dict[RunId, dict] = {}
     stage: dict[RunId, int] = {}
     tuned: dict[RunId, tuple[int, RunId, dict]] = {}   # tuned run -> (entry, its sweep's group, tune)

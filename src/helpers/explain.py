@@ -307,7 +307,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
     ROAD and the sanity check (``sanity``: "full" or "cascade") run on ``n_road_images`` test
     images spread over the classes (0 skips both).
     """
-    from .training import load_run, normalize, resolve_device, run_stats
+    from .training import load_model, normalize, resolve_device, run_stats
 
     if isinstance(methods, str):  # papermill -p methods saliency,gradcam
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -350,7 +350,7 @@ def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "",
             continue
         if arm in loaded:
             raise ValueError(f"two {arm} runs given: {loaded[arm][0]} and {run_dir}; pass one per arm")
-        model, params, prepared = load_run(run_dir, which="best", device=str(dev))
+        model, params, prepared = load_model(run_dir, which="best", device=str(dev))
         if params.get("arch") != arch or params.get("dataset", dataset) != dataset:
             raise ValueError(f"{run_dir} is a {params.get('dataset')}/{params.get('arch')} run, "
                              f"not {dataset}/{arch}")

@@ -51,7 +51,7 @@ from sklearn.metrics import (
 )
 
 from . import models
-from .params import RunId, TrainSettings, read_run_id, stopped_by
+from .params import RunId, TrainSettings, read_run_id, role_fields, stopped_by
 
 ZERO_DIVISION = 0.0
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
@@ -61,7 +61,7 @@ ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, floa
 # ran; plus the data it saw. Runs that differ only in seed and arm are compared with each other.
 CONFIG_FIELDS = tuple(dict.fromkeys(
     [f for f in RunId.model_fields if f not in ("experiment", "seed", "arm", "init_source")]
-    + [f for f in TrainSettings.model_fields if f not in ("device", "compile", "bf16")]
+    + [f for f in TrainSettings.model_fields if f not in role_fields(TrainSettings, "machine")]
     + ["image_size", "balance", "split_seed", "n_per_class"]))
 
 TABLE1_ROWS = {
@@ -452,12 +452,13 @@ def auc_scores(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]
     return macro, per_class, notes
 
 
-def test_scores(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+def test_scores(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], preds=None) -> dict:
     """The test fields of metrics.json, from the test labels and class probabilities:
     ``test_accuracy, test_auc_macro, test_auc_per_class, confusion_matrix, notes``
-    (prediction = argmax of probs; notes say which AUCs are undefined and why)."""
+    (prediction = argmax of probs unless ``preds`` is given; notes say which AUCs are undefined
+    and why)."""
     labels = np.asarray(labels)
-    preds = np.asarray(probs).argmax(axis=1)
+    preds = np.asarray(probs).argmax(axis=1) if preds is None else np.asarray(preds)
     macro, per_class, notes = auc_scores(labels, probs, class_names)
     return {
         "test_accuracy": float(accuracy_score(labels, preds)),
@@ -473,20 +474,18 @@ test_scores.__test__ = False  # a function, not a pytest test
 
 def compute_metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray,
                     class_names: Sequence[str]) -> dict:
-    """Test metrics from labels, predicted classes and class probabilities (scikit-learn)."""
+    """metrics.json's test fields (:func:`test_scores`, from the predictions as written) and the
+    per-class scores beyond them (scikit-learn)."""
     labels, preds, probs = np.asarray(labels), np.asarray(preds), np.asarray(probs, dtype=float)
     k = len(class_names)
-    ids = np.arange(k)
-    auc_macro, per_class_auc, _ = auc_scores(labels, probs, class_names)
+    scores = test_scores(labels, probs, class_names, preds=preds)
+    del scores["notes"]
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=ids, zero_division=ZERO_DIVISION)
+        labels, preds, labels=np.arange(k), zero_division=ZERO_DIVISION)
     return {
-        "test_accuracy": float(accuracy_score(labels, preds)),
+        **scores,
         "test_correct": int((labels == preds).sum()),
         "test_n": int(len(labels)),
-        "test_auc_macro": auc_macro,
-        "test_auc_per_class": per_class_auc,
-        "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
         "f1": f1.tolist(),

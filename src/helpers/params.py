@@ -211,6 +211,32 @@ def _device_problem(value: str) -> str | None:
     return None
 
 
+# What a parameter is, beyond its value: tagged once on the field, and every list of "machine
+# details, not identity" is derived from the tags (role_fields).
+#   machine:  how or where a run ran (its device, speed switches, the data folder's path);
+#             a record's settings leave these out (helpers.records)
+#   location: how its folder is reached; never compared when a run folder is reused
+# A field with ``planned_as`` is checked when its step runs, not when the grid is planned (a
+# device present, a source checkpoint readable), and the plan checks that value instead.
+MACHINE = {"role": "machine"}
+MACHINE_CHECKED_WHEN_RUN = {"role": "machine", "planned_as": "auto"}
+LOCATION = {"role": "location"}
+# What training writes into params.json beside the parameters (derived facts of the run).
+RECORD_EXTRAS = ("arm", "run", "class_names", "prepared_fingerprint", "synthetic")
+
+
+def role_fields(model: type[BaseModel], *roles: str) -> tuple[str, ...]:
+    """The fields of ``model`` tagged with one of ``roles``, in field order."""
+    return tuple(k for k, f in model.model_fields.items()
+                 if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("role") in roles)
+
+
+def planned_values(model: type[BaseModel]) -> dict:
+    """The value each field checked when its step runs takes when a plan is checked."""
+    return {k: f.json_schema_extra["planned_as"] for k, f in model.model_fields.items()
+            if isinstance(f.json_schema_extra, dict) and "planned_as" in f.json_schema_extra}
+
+
 class TrainSettings(BaseModel):
     """The training settings an experiment file may set (``defaults:`` and a grid entry's ``train:``)."""
 
@@ -228,11 +254,11 @@ class TrainSettings(BaseModel):
     # `patience` epochs; a network whose loss grows overconfident while its accuracy still
     # climbs is not cut short).
     early_stopping_monitor: Literal["val_loss", "val_acc"] = "val_loss"
-    device: str = "auto"
-    compile: Union[Literal["auto"], bool] = "auto"  # torch.compile: auto = on for CUDA
+    device: str = Field("auto", json_schema_extra=MACHINE_CHECKED_WHEN_RUN)
+    compile: Union[Literal["auto"], bool] = Field("auto", json_schema_extra=MACHINE)  # torch.compile: auto = on for CUDA
     # bf16 autocast: auto = on for CUDA, and on a CPU with native bf16 for the archs whose table
     # entry says it is faster there (models.ArchSpec.cpu_bf16). Recorded as resolved.
-    bf16: Union[Literal["auto"], bool] = "auto"
+    bf16: Union[Literal["auto"], bool] = Field("auto", json_schema_extra=MACHINE)
     # Recompute batch-norm statistics over the train split before every evaluation, so that
     # validation, best-epoch choice and test scoring use statistics that match the weights
     # (with momentum 0.01, MobileNetV3/EfficientNet from scratch otherwise sit at chance).
@@ -262,7 +288,7 @@ class TrainParams(TrainSettings):
     """Every parameter of ``training.train`` / ``train.ipynb`` (paper A's settings by default)."""
 
     dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
-    data_dir: str = ""
+    data_dir: str = Field("", json_schema_extra=MACHINE)
     arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
     pretrained: bool = True
     freeze_backbone: bool = False    # the linear-probe arm: only the head trains
@@ -273,13 +299,15 @@ class TrainParams(TrainSettings):
     split: Literal[SPLITS] = "random"
     split_seed: NonNegInt = 0        # fixed across training seeds, so runs pair image by image
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)
-    init_from: str = ""              # another run's best.pt of the same arch (backbone only)
-    prepared_dir: str = ""           # the workflow's prepared folder for this run; "" = prepare it here
+    # another run's best.pt of the same arch (backbone only); RunId.init_source names the run
+    init_from: str = Field("", json_schema_extra={**MACHINE_CHECKED_WHEN_RUN, "planned_as": ""})
+    # the workflow's prepared folder for this run; "" = prepare it here
+    prepared_dir: str = Field("", json_schema_extra=LOCATION)
     experiment: str = ""             # names the run folder's parent; "" for a run by hand
     protocol: str = Field("", pattern=r"^[a-z0-9_]*$")  # RunId.protocol (set by the experiment grid)
     tuning: str = Field("", pattern=r"^(|tuned|lr[0-9.e+-]+)$")  # RunId.tuning (likewise)
-    run_dir: str = ""                # "" = RunId.run_dir()
-    force: bool = False
+    run_dir: str = Field("", json_schema_extra=LOCATION)   # "" = RunId.run_dir()
+    force: bool = Field(False, json_schema_extra=LOCATION)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -31,15 +31,14 @@ from pathlib import Path
 from . import atomic
 from . import experiment as ex
 from . import workflow as wf
-from .params import TrainParams
+from .params import RECORD_EXTRAS, TrainParams, role_fields
 
 ROOT = Path("records")
 REFERENCE = "real_study"   # the study whose records the book's real-data pages show
 RUN_RECORD_FILES = ("params.json", "history.csv", "metrics.json", "predictions.csv", "missing.json")
-# Parameters of a run that describe the machine or the paths, not the experiment.
-MACHINE_PARAMS = frozenset({"data_dir", "device", "compile", "bf16", "run_dir", "force", "prepared_dir",
-                            "prepared_fingerprint", "class_names", "synthetic", "run", "arm",
-                            "init_from"})
+# Parameters of a run that describe the machine or the paths, not the experiment (tagged on
+# the fields), and the facts training adds to params.json.
+MACHINE_PARAMS = frozenset(role_fields(TrainParams, "machine", "location")) | set(RECORD_EXTRAS)
 
 
 def folder(experiment: str, root: str | os.PathLike = ROOT) -> Path:

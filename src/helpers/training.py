@@ -71,7 +71,7 @@ PARAM_NAMES = tuple(TrainParams.model_fields)
 PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
 # Not part of a run's identity: a folder may be reached by another spelling of run_dir, and
 # the prepared data is compared by its fingerprint, not by where it lies.
-_NOT_COMPARED = ("force", "run_dir", "prepared_dir")
+_NOT_COMPARED = params_mod.role_fields(TrainParams, "location")
 RUN_FILES = ("params.json", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "seconds", "checkpoint_seconds",
                    "bn_seconds", "lr")
@@ -633,8 +633,9 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
 
 # ---------------------------------------------------------------- reading runs
 
-def load_run(run_dir: str | os.PathLike, which: str = "best", device="cpu"):
-    """(eval-mode model, params.json, prepared data) of a finished or running run."""
+def load_model(run_dir: str | os.PathLike, which: str = "best", device="cpu"):
+    """(eval-mode model, params.json, prepared data) of a finished or running run: its
+    checkpoint, where ``metrics.load_run`` reads its records."""
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last'; got {which!r}")
     run_dir = Path(run_dir)
@@ -654,10 +655,6 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device="cpu"):
                          f"{params['prepared_dir']} now holds {prepared.info.get('fingerprint')} "
                          f"(prepared again with other settings?); its predictions would not match")
     return model, params, prepared
-
-
-def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "history.csv")
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:
@@ -681,7 +678,7 @@ def plot_history(run_dir: str | os.PathLike):
     """Loss curves and validation accuracy of one run, as a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
-    history = read_history(run_dir)
+    history = metrics_mod.read_history(Path(run_dir) / "history.csv")
     params = json.loads((Path(run_dir) / "params.json").read_text())
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
