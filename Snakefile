@@ -266,7 +266,7 @@ rule book:
     input:
         statuses(RUNS),
         str(wf.reference_notebook(EXP)),
-        [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in ex.DATASET_NAMES],
+        [str(wf.step_notebook(EXP, step, ds)) for step in wf.BOOK_STEPS for ds in wf.book_datasets(EXP)],
         str(wf.summary_notebook(EXP)),
         "_toc.yml",
         "_config.yml",

@@ -100,7 +100,11 @@ def rows(folder: Path, name="manifest.csv") -> pd.DataFrame:
 
 
 def test_dataset_specs_follow_the_contract():
-    assert list(DATASETS) == ["covid_radiography", "ct_kidney"]
+    assert list(DATASETS) == ["covid_radiography", "ct_kidney", "chest_xray_pneumonia"]
+    kermany = DATASETS["chest_xray_pneumonia"]
+    assert kermany.classes == ("NORMAL", "PNEUMONIA") and kermany.ext == ".jpeg"
+    assert kermany.kaggle_slug == "paultimothymooney/chest-xray-pneumonia"
+    assert kermany.splits == ("given",) and DATASETS["ct_kidney"].splits == ("random", "grouped", "block")
     covid, kidney = DATASETS["covid_radiography"], DATASETS["ct_kidney"]
     assert covid.classes == ("COVID", "Normal", "Viral Pneumonia")
     assert kidney.classes == ("Cyst", "Normal", "Stone", "Tumor")
@@ -143,6 +147,65 @@ def test_a_new_dataset_is_one_table_entry(monkeypatch, tmp_path, data_root):
     assert p.class_names == ["Stone", "Cyst"] and np.bincount(p.labels).tolist() == [5, 5]
     assert p.synthetic and p.has_mask.all(), "both classes carry lesion masks"
     assert folder == prepared_dir("toy_ct", str(tmp_path), 16)
+
+
+def kermany_download(tiny_synthetic, dest: Path) -> Path:
+    """The Kaggle download's shape: ``chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg``,
+    unbalanced, a tiny val folder, the zip's second copy one level down and macOS debris."""
+    src = tiny_synthetic("chest_xray_pneumonia", 10) / "chest_xray"
+    counts = {("train", "NORMAL"): 6, ("train", "PNEUMONIA"): 12, ("val", "NORMAL"): 2,
+              ("val", "PNEUMONIA"): 2, ("test", "NORMAL"): 3, ("test", "PNEUMONIA"): 5}
+    files = sorted(src.rglob("*.jpeg"))
+    i = 0
+    for (split, cls), n in counts.items():
+        for k in range(n):
+            out = dest / "chest_xray" / split / cls / f"{'person' if cls == 'PNEUMONIA' else 'IM-'}{k}_{split}.jpeg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(files[i], out)
+            i = (i + 1) % len(files)
+    shutil.copytree(dest / "chest_xray", dest / "chest_xray" / "chest_xray")
+    junk = dest / "__MACOSX" / "chest_xray" / "train" / "NORMAL"
+    junk.mkdir(parents=True)
+    (junk / "._IM-0_train.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    (dest / "chest_xray" / "train" / ".DS_Store").write_bytes(b"\x00")
+    return dest
+
+
+def test_a_download_that_comes_split_keeps_its_own_split(tiny_synthetic, tmp_path, data_root):
+    download = kermany_download(tiny_synthetic, tmp_path / "download")
+    assert find_class_root(download, "chest_xray_pneumonia") == download / "chest_xray"
+    folder = prepare("chest_xray_pneumonia", data_dir=str(download), image_size=32, balance=False,
+                     split="given", progress=False)
+    manifest = rows(folder)
+    assert (manifest["split"] == manifest["path"].str.split("/").str[0]).all(), "each image keeps its folder's split"
+    info = json.loads((folder / "info.json").read_text())
+    assert info["counts"] == {"NORMAL": {"train": 6, "val": 2, "test": 3},
+                              "PNEUMONIA": {"train": 12, "val": 2, "test": 5}}
+    assert not manifest["path"].str.contains("chest_xray/|MACOSX").any(), "the zip's second copy is not read"
+    balanced = rows(prepare("chest_xray_pneumonia", data_dir=str(download), image_size=32, balance=True,
+                            split="given", progress=False))
+    assert balanced.groupby(["split", "class"]).size().to_dict() == {
+        ("test", "NORMAL"): 3, ("test", "PNEUMONIA"): 3, ("train", "NORMAL"): 6, ("train", "PNEUMONIA"): 6,
+        ("val", "NORMAL"): 2, ("val", "PNEUMONIA"): 2}, "balanced within each of the download's splits"
+    with pytest.raises(ValueError, match="must be one of 'given'.*train, val, test folders"):
+        prepare("chest_xray_pneumonia", data_dir=str(download), split="random", progress=False)
+    shutil.rmtree(download / "chest_xray" / "val" / "PNEUMONIA")
+    shutil.rmtree(download / "chest_xray" / "chest_xray")
+    with pytest.raises(FileNotFoundError, match="missing the class folder.*'val/PNEUMONIA'"):
+        prepare("chest_xray_pneumonia", data_dir=str(download), split="given", progress=False)
+
+
+def test_kermany_phantoms_in_the_download_layout_run_the_whole_data_step(tiny_synthetic, data_root):
+    root = tiny_synthetic("chest_xray_pneumonia", 10)
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((root / "chest_xray" / split / cls).glob("*.jpeg"))
+            assert len(files) == n and Image.open(files[0]).format == "JPEG"
+            lesions = [(np.asarray(Image.open(root / "lesion_masks" / cls / f"{f.stem}.png")) > 0).any() for f in files]
+            assert all(lesions) if cls == "PNEUMONIA" else not any(lesions)
+    p = load_prepared(prepare("chest_xray_pneumonia", image_size=32, split="given", n_per_class=10, progress=False))
+    assert p.synthetic and np.bincount(p.labels).tolist() == [10, 10]
+    assert (p.split == np.array([path.split("/")[0] for path in p.paths])).all()
 
 
 def test_only_the_spec_names_datasets():

@@ -46,6 +46,7 @@ def demo_entry(**changes):
     ("paper_b", "/data/kidney", 2),
     ("full", "covid_radiography=/a,ct_kidney=/b", 140),
     ("cross_domain", "covid_radiography=/a,ct_kidney=/b", 24),
+    ("pneumonia", "/data/chest_xray", 10),
 ])
 def test_every_experiment_file_expands(name, data_dir, n_runs):
     exp = ex.load_experiment(name, data_dir)
@@ -186,6 +187,17 @@ def test_evaluate_reads_the_rate_a_sweep_chose_never_the_ones_it_passed_over(tmp
         (folder / "metrics.json").write_text(json.dumps({"best_val_acc": acc, "best_epoch": 1}))
         (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
     assert names() == ["resnet18-scratch-lr0.001-s0", "resnet18-scratch-tuned-s1"]
+
+
+def test_a_download_that_comes_split_is_never_split_again(tmp_path):
+    path = write_exp(tmp_path, datasets={"chest_xray_pneumonia": {}}, explain={}, audit=[],
+                     grid=[demo_entry(dataset="chest_xray_pneumonia")])
+    with pytest.raises(ex.ExperimentError, match=r"datasets\.chest_xray_pneumonia\.split: .*'given'.*got 'random'"):
+        ex.load_experiment(path)
+    path = write_exp(tmp_path, datasets={"chest_xray_pneumonia": {"split": "given"}}, explain={}, audit=[],
+                     grid=[demo_entry(dataset="chest_xray_pneumonia", split="block")])
+    with pytest.raises(ex.ExperimentError, match=r"grid\[0\]\.split"):
+        ex.load_experiment(path)
 
 
 def test_a_training_job_expands_the_grid_once(tmp_path, monkeypatch):

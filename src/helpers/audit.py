@@ -510,12 +510,17 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
     """
     out = Path(out_dir or Path("results") / dataset / "audit")
     common = dict(dataset=dataset, data_dir=data_dir, image_size=image_size, balance=balance, seed=seed, n_per_class=n_per_class, progress=progress)
-    prepared = load_prepared(prepare(split="random", **common))
+    own = get_spec(dataset).splits[0]   # "random"; "given" for a download that comes split
+    prepared = load_prepared(prepare(split=own, **common))
     pairs, summary, groups = audit_duplicates(prepared, progress=progress)
     groups_table = groups_per_class(prepared.labels, groups, prepared.class_names)
 
-    grouped_dir, grouped_error = try_grouped_prepare(**common)
-    shortcut = shortcut_baseline(prepared, seed=seed).assign(split="random")
+    if own == "given":
+        grouped_dir, grouped_error = None, ("the download comes split into its own train/val/test folders, "
+                                            "which are kept: no grouped split is drawn")
+    else:
+        grouped_dir, grouped_error = try_grouped_prepare(**common)
+    shortcut = shortcut_baseline(prepared, seed=seed).assign(split=own)
     grouped_counts = None
     if grouped_dir is not None:
         grouped = load_prepared(grouped_dir)

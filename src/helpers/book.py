@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 from . import atomic
-from .experiment import DATASET_NAMES, ExperimentError, load_experiment, runs
+from .experiment import ExperimentError, load_experiment, runs
 from .params import BOOK_STEPS, STOPPED_BY, stopped_by
-from .workflow import gap_reason, reference_notebook, step_notebook, summary_notebook, train_notebook
+from .workflow import book_datasets, gap_reason, reference_notebook, step_notebook, summary_notebook, train_notebook
 
 REAL_NOTEBOOKS = ("explain", "audit", "evaluate")   # the reference study's own, shown as recorded
 
@@ -123,7 +123,7 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     import subprocess
 
     exp = load_experiment(experiment, data_dir)
-    pages = {(step, ds): step_notebook(exp, step, ds) for step in BOOK_STEPS for ds in DATASET_NAMES}
+    pages = {(step, ds): step_notebook(exp, step, ds) for step in BOOK_STEPS for ds in book_datasets(exp)}
     absent = [str(p) for p in [*pages.values(), summary_notebook(exp)] if not p.is_file()]
     if absent:
         raise ExperimentError(f"the book needs {absent}; run the workflow first "
@@ -145,7 +145,7 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     recorded = records.folder(records.REFERENCE) / "notebooks"
     (tmp / "real").mkdir()
     for step in REAL_NOTEBOOKS:
-        for ds in DATASET_NAMES:
+        for ds in load_experiment(records.REFERENCE, need_data=False)["datasets"]:
             src = recorded / f"{step}_{ds}.ipynb"
             if not src.is_file():
                 raise ExperimentError(f"{src} is missing from the committed records; re-export them "

@@ -277,6 +277,13 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
             check(TrainSettings, settings)
         except ParameterError as e:
             raise ExperimentError(f"{path}: {where}: {e}") from None
+    for where, ds, split in ([(f"datasets.{d}.split", d, st["split"]) for d, st in exp["datasets"].items()]
+                             + [(f"grid[{i}].split", e["dataset"], e["split"]) for i, e in enumerate(exp["grid"])
+                                if e["split"]]):
+        try:
+            data.check_split(ds, split)
+        except ValueError as e:
+            raise ExperimentError(f"{path}: {where}: {e}") from None
     datasets = list(exp["datasets"])
     if exp["synthetic"] and (data_dir or "").strip():
         raise ExperimentError(

@@ -31,7 +31,8 @@ from . import models
 # ---------------------------------------------------------------- shared choices
 
 # "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
-SPLITS = ("random", "grouped", "block")
+# "given": the download's own train/val/test folders (DatasetSpec.split_dirs), never redrawn.
+SPLITS = ("random", "grouped", "block", "given")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import experiment as ex
-from . import models, records, report, study
+from . import data, models, records, report, study
 from .params import STOPPED_BY
 
-DATASET_TITLES = {"covid_radiography": "chest X-ray", "ct_kidney": "kidney CT"}
+DATASET_TITLES = {name: spec.title for name, spec in data.DATASETS.items()}
 SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
 TABLE_SPLITS = {"random": "random", "block": "blocks", "grouped": "groups"}   # narrow table cells
 
@@ -211,7 +211,7 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
               + sum(v.get("notebook_seconds") or 0 for v in manifest["runs"].values()))
     states = pd.Series([v["state"] for v in manifest["runs"].values()]).value_counts()
     commit = manifest.get("run_commits") or [manifest["commit"]]
-    fingerprint = {ds: manifest["images"].get(ds, {}).get("sha256", "not recorded")[:12] for ds in DATASET_TITLES}
+    fingerprint = {ds: manifest["images"].get(ds, {}).get("sha256", "not recorded")[:12] for ds in exp["datasets"]}
     return (
         f"**Data**: {image_count(manifest, 'covid_radiography')} chest X-rays (image-set fingerprint "
         f"`{fingerprint['covid_radiography']}`) and {image_count(manifest, 'ct_kidney')} kidney CT slices "

@@ -200,6 +200,16 @@ def grid_status(exp: dict):
 
 # ---------------------------------------------------------------- the other notebook steps
 
+def book_datasets(exp: dict) -> list[str]:
+    """The datasets whose step pages the book holds: the papers' (the narrative pages cite both)
+    and the experiment's own, in the dataset table's order. A dataset neither paper used and
+    the experiment does not use gets no page."""
+    from .metrics import load_published   # pandas and scikit-learn: only when asked
+
+    wanted = set(load_published()) | set(exp["datasets"])
+    return [d for d in data.DATASETS if d in wanted]
+
+
 def gap_reason(exp: dict, step: str, dataset: str) -> str | None:
     """Why the book has no ``step`` notebook of ``dataset`` in this experiment (None: it has one)."""
     if dataset not in exp["datasets"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .specs import DatasetSpec, get_spec
@@ -26,7 +26,9 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
     """
     spec = get_spec(dataset)
     root = Path(data_dir).expanduser()
-    expected = ", ".join(repr(c) for c in spec.classes)
+    wanted = [rel for _, _, rel in spec.class_dirs()]   # "COVID", or "train/NORMAL" when split
+    expected = ", ".join(repr(c) for c in wanted)
+    containers = {c.split("/")[0] for c in wanted}
     if not root.exists():
         raise FileNotFoundError(
             f"data_dir {str(root)!r} does not exist; expected a folder holding the {dataset} class "
@@ -42,13 +44,13 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
                 subdirs = sorted(e.name for e in os.scandir(folder) if e.is_dir())
             except OSError:
                 continue
-            present = [c for c in spec.classes if c in subdirs]
-            if len(present) == len(spec.classes):
+            present = [c for c in wanted if c.split("/")[0] in subdirs and (folder / c).is_dir()]
+            if len(present) == len(wanted):
                 hits.append(folder)
             elif present and (partial is None or len(present) > len(partial[1])):
                 partial = (folder, present)
             below += [folder / n for n in subdirs
-                      if not n.startswith(".") and n not in (LESION_DIR, spec.mask_dir, *spec.classes)]
+                      if not n.startswith(".") and n not in (LESION_DIR, spec.mask_dir, *containers)]
         if len(hits) > 1:
             raise ValueError(f"data_dir {str(root)!r} holds several {dataset} datasets at the same depth: "
                              + ", ".join(str(h) for h in hits) + "; pass one of them as data_dir")
@@ -57,7 +59,7 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
         level = below
     if partial is not None:
         folder, present = partial
-        missing = [c for c in spec.classes if c not in present]
+        missing = [c for c in wanted if c not in present]
         raise FileNotFoundError(
             f"{str(folder)!r} is missing the class folder(s) {', '.join(map(repr, missing))} of {dataset}; "
             f"expected all of {expected}")
@@ -71,6 +73,7 @@ class Listing:
     candidates: list[tuple[str, str, str | None]]   # (relative path, class, mask path)
     skipped: list[tuple[str, str]]                  # (relative path, reason)
     files: list[tuple[str, int, str]]               # (relative path, size, path) to fingerprint
+    given_split: dict[str, str] = field(default_factory=dict)   # relative path -> the download's split
 
 
 def _skip_reason_by_name(name: str) -> str | None:
@@ -91,15 +94,18 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
     def stat(path: Path, rel: str) -> None:
         listing.files.append((rel, path.stat().st_size, str(path)))
 
+    dirs = spec.class_dirs()
+    expected = {rel.split("/")[0] for _, _, rel in dirs}
     for entry in sorted(os.scandir(class_root), key=lambda e: e.name):
-        if entry.name in spec.classes:
+        if entry.name in expected:
             continue
         kind = "folder" if entry.is_dir() else "file"
         listing.skipped.append((entry.name + ("/" if kind == "folder" else ""),
-                                f"ignored: {kind} is not one of the {spec.name} class folders"))
+                                f"ignored: {kind} is not one of the {spec.name} "
+                                f"{'split' if spec.split_dirs else 'class'} folders"))
         listing.files.append((entry.name, 0, ""))
-    for cls in spec.classes:
-        cls_dir = class_root / cls
+    for given, cls, rel_dir in dirs:
+        cls_dir = class_root / rel_dir
         found = 0
         masks: set[str] = set()
         per_class = []
@@ -142,5 +148,7 @@ def scan(class_root: Path, spec: DatasetSpec, synthetic_root: Path | None) -> Li
                 if guess in masks:
                     mask = str(class_root / guess)
             listing.candidates.append((rel, cls, mask))
+            if given:
+                listing.given_split[rel] = given
     listing.candidates.sort(key=lambda c: (spec.classes.index(c[1]), natural_key(c[0])))
     return listing

@@ -91,10 +91,12 @@ def _severity(rng: np.random.Generator) -> float:
     return rng.uniform(0.3, 0.55) if rng.random() < 0.1 else rng.uniform(0.7, 1.0)
 
 
-def chest_xray(cls: str, rng: np.random.Generator, size: int = 299) -> Phantom:
+def chest_xray(finding: str, rng: np.random.Generator, size: int = 299) -> Phantom:
     """Frontal chest radiograph: body, lungs, mediastinum, spine, ribs, clavicles, lesions.
 
-    The outline is the lung mask. Bright = dense, as on film.
+    ``finding``: "ground_glass" (COVID-19's peripheral patches), "pneumonia" (interstitial or
+    lobar), "" (none); a dataset's spec says which class shows which. The outline is the lung
+    mask. Bright = dense, as on film.
     """
     g = _Grid(size, rng, 1.0)
     x, y = g.x, g.y
@@ -153,7 +155,7 @@ def chest_xray(cls: str, rng: np.random.Generator, size: int = 299) -> Phantom:
 
     lesion = np.zeros_like(x)
     sev = _severity(rng)
-    if cls == "COVID":
+    if finding == "ground_glass":
         # ground-glass patches, peripheral and lower-zone, mostly bilateral
         n = rng.integers(4, 9)
         sides = (rng.permutation([0, 1] * 3)[:n] if rng.random() < 0.85
@@ -167,7 +169,7 @@ def chest_xray(cls: str, rng: np.random.Generator, size: int = 299) -> Phantom:
             lesion = np.maximum(lesion, blob * (1 + 0.4 * _noise(rng, size, 16)))
         lesion = np.clip(lesion, 0, 1) * lung
         img = img + 0.5 * sev * lesion * (0.8 + 0.2 * _noise(rng, size, 40))
-    elif cls == "Viral Pneumonia":
+    elif finding == "pneumonia":
         if rng.random() < 0.65:
             # diffuse bilateral perihilar interstitial pattern: haze plus reticular lines
             spread = rng.uniform(0.25, 0.45)

@@ -21,7 +21,7 @@ from .. import params as params_mod
 from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
-from .specs import MIN_PER_CLASS, DatasetSpec, data_root, get_spec
+from .specs import MIN_PER_CLASS, DatasetSpec, check_split, data_root, get_spec
 from .splits import (BLOCK_KIND, SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
                      perceptual_hashes, random_split)
 from .summary import print_summary, reason_counts, save_samples
@@ -43,6 +43,7 @@ def validate_prep_params(dataset, data_dir="", image_size=128, balance=True, see
     values = {k: ("" if v is None and k in ("data_dir", "out_dir") else v) for k, v in values.items()}
     get_spec(dataset)
     params = params_mod.check(params_mod.PrepParams, values).model_dump()
+    check_split(dataset, params["split"])
     if params["data_dir"]:
         find_class_root(params["data_dir"], dataset)      # missing folders fail here, before work
     return params
@@ -166,18 +167,28 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
             raise ValueError(f"class {cls!r} in {str(class_root)!r} has {n_ok} usable images after "
                              f"skipping unreadable files; at least {MIN_PER_CLASS} are needed for a "
                              "stratified 6:2:2 split")
+    given = np.array([listing.given_split.get(rel, "") for rel, _, _ in cands])
+    if p["split"] == "given":
+        for s_name in SPLIT_NAMES:
+            for k, cls in enumerate(spec.classes):
+                if not (ok & (labels_all == k) & (given == s_name)).any():
+                    raise ValueError(f"the {spec.split_dirs[s_name]!r} folder in {str(class_root)!r} holds no "
+                                     f"usable {cls!r} image; the download's own split needs every class "
+                                     f"in each of {', '.join(spec.split_dirs.values())}")
     n_skipped = len(skipped)
 
     keep = ok.copy()
-    if p["balance"]:
+    if p["balance"]:   # per class; within each of the download's own splits when it has them
         rng = np.random.default_rng(seed)
-        smallest = min(int((ok & (labels_all == k)).sum()) for k in range(len(spec.classes)))
-        for k in range(len(spec.classes)):
-            idx = np.flatnonzero(ok & (labels_all == k))
-            drop = rng.choice(idx, size=len(idx) - smallest, replace=False)
-            keep[drop] = False
-            skipped += [(cands[i][0], f"discarded to balance classes ({smallest} per class, seed {seed})")
-                        for i in sorted(drop)]
+        for part in sorted(set(given)):
+            here = ok & (given == part)
+            smallest = min(int((here & (labels_all == k)).sum()) for k in range(len(spec.classes)))
+            for k in range(len(spec.classes)):
+                idx = np.flatnonzero(here & (labels_all == k))
+                drop = rng.choice(idx, size=len(idx) - smallest, replace=False)
+                keep[drop] = False
+                skipped += [(cands[i][0], f"discarded to balance classes ({smallest} per class"
+                             f"{' in ' + part if part else ''}, seed {seed})") for i in sorted(drop)]
     sel = np.flatnonzero(keep)
     images, masks, has_mask, labels = images[sel], masks[sel], has_mask[sel], labels_all[sel]
 
@@ -188,6 +199,8 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
     elif p["split"] == "block":
         groups = block_groups([cands[i][0] for i in sel], labels)
         split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed, group_kind=BLOCK_KIND)).astype(str)
+    elif p["split"] == "given":
+        split = given[sel]
     else:
         split = random_split(labels, seed)
 

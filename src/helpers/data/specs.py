@@ -1,7 +1,7 @@
 """The dataset table: every fact about a dataset lives in its ``DatasetSpec`` entry.
 
-Adding a dataset is one entry here (plus a phantom drawing function for its synthetic stand-in);
-no other module branches on a dataset's name.
+Adding a dataset is one entry here (with the phantom that draws its synthetic stand-in and the
+finding each class shows) and an experiment file; no other module branches on a dataset's name.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class DatasetSpec:
     layout: tuple[str, ...]          # folders from the download root to the class folders
     file_name: str                   # Kaggle file naming, e.g. "{cls}-{index}" -> "COVID-12"
     phantom: Callable[..., phantoms.Phantom]   # draws the synthetic stand-in of one image
+    title: str = ""                  # its name in the pages' prose and tables ("chest X-ray")
     image_dir: str = ""              # images sit in <class>/<image_dir>/ ("" = the class folder)
     mask_dir: str | None = None      # companion mask folder inside a class folder
     mask_outline: str | None = None  # what the real masks outline ("lung"); synthetic masks: lesions
@@ -35,6 +36,25 @@ class DatasetSpec:
     # intervals resample blocks of them (helpers.study), and slices are cut in more than one
     # plane, so the audit measures each slice's view (helpers.audit.slice_views)
     ct_slices: bool = False
+    # What the phantom draws for each class (its finding); a class not named is drawn normal.
+    findings: dict[str, str] | None = None
+    # A download that comes split: split name -> its folder, each holding every class folder
+    # (``train/NORMAL/...``). Its split is honoured (``split: given``), never redrawn.
+    split_dirs: dict[str, str] | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The ``split`` values this dataset accepts."""
+        return ("given",) if self.split_dirs else tuple(s for s in SPLITS if s != "given")
+
+    def class_dirs(self) -> list[tuple[str | None, str, str]]:
+        """(given split or None, class, folder relative to the class root) of every class folder."""
+        if not self.split_dirs:
+            return [(None, c, c) for c in self.classes]
+        return [(s, c, f"{d}/{c}") for s, d in self.split_dirs.items() for c in self.classes]
+
+    def finding(self, cls: str) -> str:
+        return (self.findings or {}).get(cls, "") if self.findings is not None else cls
 
     @property
     def kaggle_url(self) -> str:
@@ -44,6 +64,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "covid_radiography": DatasetSpec(
         name="covid_radiography",
+        title="chest X-ray",
         classes=("COVID", "Normal", "Viral Pneumonia"),
         native_size=299,
         ext=".png",
@@ -51,6 +72,7 @@ DATASETS: dict[str, DatasetSpec] = {
         layout=("COVID-19_Radiography_Dataset",),
         file_name="{cls}-{index}",
         phantom=phantoms.chest_xray,
+        findings={"COVID": "ground_glass", "Viral Pneumonia": "pneumonia"},
         image_dir="images",
         mask_dir="masks",
         mask_outline="lung",
@@ -58,6 +80,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "ct_kidney": DatasetSpec(
         name="ct_kidney",
+        title="kidney CT",
         classes=("Cyst", "Normal", "Stone", "Tumor"),
         native_size=512,
         ext=".jpg",
@@ -68,6 +91,21 @@ DATASETS: dict[str, DatasetSpec] = {
         index_csv="kidneyData.csv",
         ct_slices=True,
     ),
+    # Kermany et al. 2018 (Cell), pediatric chest X-rays as Kaggle serves them: split by the
+    # authors into train/val/test folders, JPEGs of varying size (about 1,000-2,000 px).
+    "chest_xray_pneumonia": DatasetSpec(
+        name="chest_xray_pneumonia",
+        title="pediatric chest X-ray",
+        classes=("NORMAL", "PNEUMONIA"),
+        native_size=512,
+        ext=".jpeg",
+        kaggle_slug="paultimothymooney/chest-xray-pneumonia",
+        layout=("chest_xray",),
+        file_name="{cls}-{index}",
+        phantom=phantoms.chest_xray,
+        findings={"PNEUMONIA": "pneumonia"},
+        split_dirs={"train": "train", "val": "val", "test": "test"},
+    ),
 }
 
 
@@ -76,6 +114,16 @@ def get_spec(dataset: str) -> DatasetSpec:
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
     return DATASETS[dataset]
+
+
+def check_split(dataset: str, split: str) -> None:
+    """A ValueError unless ``dataset`` can be split this way (a pre-split download only as given)."""
+    spec = get_spec(dataset)
+    if split not in spec.splits:
+        why = (f"its download comes split into {', '.join(spec.split_dirs.values())} folders, which are kept"
+               if spec.split_dirs else "only a download that comes split has a given split")
+        raise ValueError(f"parameter 'split' of {dataset} must be one of {', '.join(map(repr, spec.splits))} "
+                         f"({why}); got {split!r}")
 
 
 def data_root() -> Path:

@@ -23,7 +23,7 @@ from .specs import DATASETS, DatasetSpec, data_root, get_spec
 MARKER = "SYNTHETIC.json"
 LESION_DIR = "lesion_masks"
 GENERATOR_VERSION = 2   # 2: lesions conspicuous at 64 px
-SAVE_OPTIONS = {".png": {"compress_level": 1}, ".jpg": {"quality": 92}}   # by file format
+SAVE_OPTIONS = {".png": {"compress_level": 1}, ".jpg": {"quality": 92}, ".jpeg": {"quality": 92}}   # by file extension
 
 
 def synthesize(dataset: str, root: str | os.PathLike | None = None, n_per_class: int | Mapping[str, int] = 100,
@@ -61,6 +61,16 @@ def file_name(spec: DatasetSpec, cls: str, index: int) -> str:
     return spec.file_name.format(cls=cls, index=index) + spec.ext
 
 
+def class_folder(spec: DatasetSpec, cls: str, index: int, count: int) -> str:
+    """The class folder of phantom ``index`` (1..count): ``cls``, or in a download that comes
+    split, ``<split folder>/cls`` with the first 60 % in train, the next 20 % in val."""
+    if not spec.split_dirs:
+        return cls
+    share = (index - 1) / count
+    split = "train" if share < 0.6 else "val" if share < 0.8 else "test"
+    return f"{spec.split_dirs[split]}/{cls}"
+
+
 def find_synthetic_root(class_root: Path) -> Path | None:
     """The synthetic root (folder with SYNTHETIC.json) at or up to 3 levels above the class root."""
     for folder in [class_root, *list(class_root.parents)[:3]]:
@@ -82,16 +92,18 @@ def _generate(tmp: Path, spec: DatasetSpec, counts: dict[str, int], seed: int, m
     class_root = tmp.joinpath(*spec.layout)
     jobs = []
     for cls in spec.classes:
-        img_dir = class_root / cls / spec.image_dir
-        img_dir.mkdir(parents=True, exist_ok=True)
         (tmp / LESION_DIR / cls).mkdir(parents=True, exist_ok=True)
-        if spec.mask_dir:
-            (class_root / cls / spec.mask_dir).mkdir(parents=True, exist_ok=True)
         for i in range(1, counts[cls] + 1):
             name = file_name(spec, cls, i)
             stem = Path(name).stem
-            outline = class_root / cls / spec.mask_dir / f"{stem}.png" if spec.mask_dir else None
-            jobs.append((spec.name, cls, i, seed, img_dir / name, tmp / LESION_DIR / cls / f"{stem}.png", outline))
+            folder = class_root / class_folder(spec, cls, i, counts[cls])
+            (folder / spec.image_dir).mkdir(parents=True, exist_ok=True)
+            outline = None
+            if spec.mask_dir:
+                (folder / spec.mask_dir).mkdir(parents=True, exist_ok=True)
+                outline = folder / spec.mask_dir / f"{stem}.png"
+            jobs.append((spec.name, cls, i, seed, folder / spec.image_dir / name,
+                         tmp / LESION_DIR / cls / f"{stem}.png", outline))
     for _ in pool_map(_synth_one, jobs, desc=f"synthesize {spec.name}", progress=progress):
         pass
     if spec.index_csv:
@@ -104,7 +116,7 @@ def _synth_one(job: tuple) -> None:
     dataset, cls, index, seed, image_path, lesion_path, outline_path = job
     spec = DATASETS[dataset]
     rng = np.random.default_rng([seed, spec.classes.index(cls), index, GENERATOR_VERSION])
-    drawn = spec.phantom(cls, rng, spec.native_size)
+    drawn = spec.phantom(spec.finding(cls), rng, spec.native_size)
     Image.fromarray(drawn.image, "L").save(image_path, **SAVE_OPTIONS[spec.ext])
     if outline_path is not None and drawn.outline is not None:
         outline = Image.fromarray(drawn.outline.astype(np.uint8) * 255, "L")
