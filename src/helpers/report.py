@@ -593,6 +593,19 @@ def paper_value(dataset: str, arch: str, head: str, arm: str, metric: str = "tes
         raise KeyError(f"{metrics.PUBLISHED_FILE} has no {metric} for {dataset} {arch}/{head}/{arm}") from None
 
 
+def paper_headlines() -> dict[str, Any]:
+    """Glue name -> each paper's headline pair and its range of ImageNet gains, named after the
+    paper and arch: ``paper_a_test_acc_vgg11_imagenet``, ``paper_a_gain_range``."""
+    out = {}
+    for ds, paper in metrics.PAPER_VALUES.items():
+        arch, head = paper["headline"]
+        for arm in ("imagenet", "scratch"):
+            name = glue_name(paper["name"], "test_acc", arch, "" if head == "replace" else head, arm)
+            out[name] = paper_value(ds, arch, head, arm)
+        out[glue_name(paper["name"], "gain_range")] = paper_gain_range(ds)
+    return out
+
+
 def paper_settings() -> dict[str, str]:
     """Glue name -> text of every design setting published.yaml transcribes, named after the
     paper (``paper_a_per_class`` -> "1,345"), and the block split's size (``block_size``)."""
@@ -610,25 +623,6 @@ def paper_settings() -> dict[str, str]:
         prefix = glue_name(paper["name"])
         out.update({glue_name(prefix, k): text(v) for k, v in paper["settings"].items()})
     return out
-
-
-def split_comparison(ev: Evaluation) -> pd.DataFrame:
-    """Test accuracy (mean and 95% CI over seeds) of every configuration, by split and arm."""
-    rows = []
-    groups: dict[tuple, list] = {}
-    for r in ev.runset.runs:
-        groups.setdefault((r.arch, r.head, r.split, r.arm), []).append(
-            r.metrics["test_accuracy"])
-    arch_pos = {a: i for i, a in enumerate(metrics.arch_order())}
-    for (arch, head, split, arm), accs in sorted(
-            groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
-                                            arm_order(kv[0][3]))):
-        ci = intervals.mean_ci(accs)
-        rows.append({"backbone": ARCH_TITLES.get(arch, arch), "head": head, "split": split,
-                     "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
-                     "95% CI low": ci.low, "95% CI high": ci.high})
-    return pd.DataFrame(rows, columns=["backbone", "head", "split", "start", "seeds", "test accuracy",
-                                       "95% CI low", "95% CI high"])
 
 
 def learned_sentence(ev: Evaluation) -> str:
@@ -658,7 +652,7 @@ def glue_evaluation(ev: Evaluation) -> list[str]:
     items: dict[str, Any] = {
         "banner": HTML(ev.banner),
         "notes": markdown_html(ev.notes),
-        "split_comparison": styled(split_comparison(ev)),
+        "split_comparison": styled(tables.split_comparison(ev.runset)),
         "table1": table1_display(ev),
         "per_class": styled(ev.per_class),
         "test_accuracy": styled(ev.test_accuracy),

@@ -12,7 +12,8 @@ import pandas as pd
 
 from .intervals import CONFIDENCE, accuracy_ci, binomial_ci, mcnemar_exact, mean_ci, paired_test
 from .metrics import PAPER_VALUES, TABLE1_ROWS, Run, RunSet, arch_order
-from .params import arm_order
+from .models import ARCHS
+from .params import arm_order, arm_title
 
 REFERENCE_ARM = "scratch"  # paired comparisons: every other arm against this one, and each pair
 
@@ -276,3 +277,22 @@ def loss_scale_note(runset: RunSet) -> str:
         f"Compare accuracies directly; compare losses only by their ordering (ImageNet vs scratch, "
         f"first vs final epoch), not by value."
     )
+
+
+def split_comparison(runset: RunSet) -> pd.DataFrame:
+    """Test accuracy (mean and 95% CI over seeds) of every configuration, by split and arm."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for r in runset.runs:
+        groups.setdefault((r.arch, r.head, r.split, r.arm), []).append(
+            r.metrics["test_accuracy"])
+    arch_pos = {a: i for i, a in enumerate(arch_order())}
+    for (arch, head, split, arm), accs in sorted(
+            groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
+                                            arm_order(kv[0][3]))):
+        ci = mean_ci(accs)
+        rows.append({"backbone": ARCHS[arch].label if arch in ARCHS else arch, "head": head, "split": split,
+                     "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
+                     "95% CI low": ci.low, "95% CI high": ci.high})
+    return pd.DataFrame(rows, columns=["backbone", "head", "split", "start", "seeds", "test accuracy",
+                                       "95% CI low", "95% CI high"])
