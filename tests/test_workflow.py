@@ -421,6 +421,8 @@ def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, mo
 
     path = write_exp(tmp_path, datasets={"covid_radiography": {}}, explain={}, audit=[],
                      grid=[demo_entry(arms=["scratch"])])
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(ROOT / "experiments" / "real_study.yaml", tmp_path / "experiments")   # the reference's datasets
     monkeypatch.chdir(tmp_path)
     exp = ex.load_experiment(path)
     with pytest.raises(ex.ExperimentError, match="run the workflow first"):
