@@ -47,3 +47,28 @@ def test_the_run_list_hides_the_test_score_of_a_rate_not_chosen():
     hidden = runs[runs["note"].str.startswith("not in the answer")]
     assert len(hidden) and hidden["test accuracy"].isna().all()
     assert runs.loc[runs["note"] == "", "test accuracy"].notna().all()
+
+
+def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rate():
+    runsets = study.load(records.REFERENCE)
+    best = study.best_scratch(runsets).set_index(["dataset", "split"])
+    chest = best.loc[("covid_radiography", "random")]
+    fair_scratch = [r for r in runsets["covid_radiography"].runs
+                    if r.arm == "scratch" and r.id.protocol == "" and r.id.train_fraction == 1]
+    by_arch = {}
+    for r in fair_scratch:
+        by_arch.setdefault(r.arch, []).append(r.metrics["test_accuracy"])
+    assert chest.networks == len(by_arch) > 1
+    assert chest.arch == max(by_arch, key=lambda a: sum(by_arch[a]) / len(by_arch[a]))
+    assert chest.accuracy == pytest.approx(max(sum(v) / len(v) for v in by_arch.values()))
+    imagenet = [r.metrics["test_accuracy"] for r in runsets["covid_radiography"].runs
+                if r.arch == "efficientnet_lite0" and r.arm == "imagenet" and r.id.protocol == ""
+                and r.id.train_fraction == 1]
+    # paired over the same test images, the mean difference is the difference of the accuracies
+    assert chest.difference == pytest.approx(sum(imagenet) / len(imagenet) - chest.accuracy)
+    assert chest.ci_low <= chest.difference <= chest.ci_high
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    arms, diffs = study.arm_table(runsets), study.differences(runsets)
+    text = reference.answer_text(exp, arms, diffs, None, {}, study.best_scratch(runsets))
+    assert text.count("*Against the best network from scratch*") == int((best["networks"] > 1).sum())
+    assert study.arch_label(chest.arch) in text

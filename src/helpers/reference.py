@@ -96,9 +96,26 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     return text
 
 
-def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | None, data_info: dict) -> str:
-    """Markdown: the answer per dataset and split, at convergence and at paper A's budget, and
-    how much of the first edition's gap survives."""
+def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str) -> str:
+    """ImageNet against the best network from scratch, where more than one network ran from scratch."""
+    if best is None:
+        return ""
+    b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["networks"] > 1)]
+    if b.empty:
+        return ""
+    b = b.iloc[0]
+    verdict = ("still win" if b.ci_low > 0 else "lose" if b.ci_high < 0 else "make no clear difference")
+    return (f" *Against the best network from scratch* ({study.arch_label(b.arch, b.head)}, {100 * b.accuracy:.1f}%, "
+            f"{int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; the best of {int(b.networks)} networks trained from "
+            f"scratch to convergence, each at its chosen rate): ImageNet weights {verdict} "
+            f"({study.fmt_diff(b.difference, b.ci_low, b.ci_high)}).")
+
+
+def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | None, data_info: dict,
+                best: pd.DataFrame | None = None) -> str:
+    """Markdown: the answer per dataset and split, at convergence and at paper A's budget, against
+    the best network from scratch (``best``: :func:`study.best_scratch`), and how much of the first
+    edition's gap survives."""
     parts = []
     for (ds, split) in arms[["dataset", "split"]].drop_duplicates().itertuples(index=False):
         where = _where(exp, ds, split, study.SPLIT_TITLES)
@@ -114,6 +131,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
             if budget:
                 title, _, detail = study.protocol_title(exp, p).partition(": ")
                 text += f" *At {title}* ({detail}): {budget}."
+        text += _best_scratch_sentence(best, ds, split)
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None:
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"

@@ -211,6 +211,30 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                                        "difference", "resampled", "ci_low", "ci_high", "p_mcnemar_seed0"])
 
 
+def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+    """Per dataset and split: the network trained from scratch (any arch, fair protocol, whole
+    training split) with the highest mean test accuracy, and ImageNet ``arch`` against it, paired
+    image by image (each side's correctness averaged over its own seeds)."""
+    rows = []
+    for ds, runset in runsets.items():
+        groups = {k: v for k, v in _groups(runset).items() if k[3] == 1 and k[4] == ""}
+        for split in sorted({k[2] for k in groups}, key=_order):
+            scratch = {k: v for k, v in groups.items() if k[2] == split and k[5] == "scratch"}
+            ours = [v for k, v in groups.items() if k[2] == split and k[0] == arch and k[5] == "imagenet"]
+            if not scratch or not ours:
+                continue
+            key, best = max(scratch.items(), key=lambda kv: np.mean([r.metrics["test_accuracy"] for r in kv[1]]))
+            ci, cb = correctness(ours[0]).mean(axis=1), correctness(best).mean(axis=1)
+            diff = ci - cb.loc[ci.index]
+            low, high = interval(ds, diff, ours[0])
+            rows.append({"dataset": ds, "split": split, "arch": key[0], "head": key[1], "seeds": len(best),
+                         "networks": len({k[:2] for k in scratch}), "accuracy": float(cb.mean()),
+                         "imagenet_seeds": len(ours[0]), "difference": float(diff.mean()),
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "seeds", "networks", "accuracy",
+                                       "imagenet_seeds", "difference", "ci_low", "ci_high"])
+
+
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
                confidence: float = CONFIDENCE, protocol: str = "") -> pd.DataFrame:
