@@ -288,7 +288,7 @@ def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
 
 def test_no_page_types_a_papers_setting_and_the_readme_agrees_with_published_yaml():
     """The papers' sizes and budgets come from published.yaml: the pages glue them, and the
-    README (which cannot glue) states the same values."""
+    README (which cannot glue) states the same values, and the same block size as the code."""
     import re
 
     from helpers import metrics
@@ -304,6 +304,8 @@ def test_no_page_types_a_papers_setting_and_the_readme_agrees_with_published_yam
                      rf"{a['split']} split, {a['optimizer']} {lr}, batch {a['batch_size']}, {a['epochs']} epochs", readme)
     assert re.search(rf"{b['classes']} classes, {b['images']:,} images, {b['image_size']} px, batch "
                      rf"{b['batch_size']},\s+{b['epochs']} epochs, early stopping", readme)
+    from helpers.data.splits import BLOCK_SIZE   # the block split's size: one constant, the README says it too
+    assert re.findall(r"blocks of (\d+) consecutive slice", readme) == [str(BLOCK_SIZE)]
 
 
 # ------------------------------------------------------------ the step notebooks it executed
