@@ -55,12 +55,15 @@ def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rat
     chest = best.loc[("covid_radiography", "random")]
     fair_scratch = [r for r in runsets["covid_radiography"].runs
                     if r.arm == "scratch" and r.id.protocol == "" and r.id.train_fraction == 1]
-    by_arch = {}
+    val, test = {}, {}
     for r in fair_scratch:
-        by_arch.setdefault(r.arch, []).append(r.metrics["test_accuracy"])
-    assert chest.networks == len(by_arch) > 1
-    assert chest.arch == max(by_arch, key=lambda a: sum(by_arch[a]) / len(by_arch[a]))
-    assert chest.accuracy == pytest.approx(max(sum(v) / len(v) for v in by_arch.values()))
+        val.setdefault(r.arch, []).append(r.metrics["best_val_acc"])
+        test.setdefault(r.arch, []).append(r.metrics["test_accuracy"])
+    mean = lambda v: sum(v) / len(v)
+    assert chest.networks == len(val) > 1
+    # chosen on validation, reported on test: the test scores never pick the network
+    assert chest.arch == max(val, key=lambda a: mean(val[a]))
+    assert chest.accuracy == pytest.approx(mean(test[chest.arch]))
     imagenet = [r.metrics["test_accuracy"] for r in runsets["covid_radiography"].runs
                 if r.arch == "efficientnet_lite0" and r.arm == "imagenet" and r.id.protocol == ""
                 and r.id.train_fraction == 1]
@@ -72,3 +75,22 @@ def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rat
     text = reference.answer_text(exp, arms, diffs, None, {}, study.best_scratch(runsets))
     assert text.count("*Against the best network from scratch*") == int((best["networks"] > 1).sum())
     assert study.arch_label(chest.arch) in text
+
+
+def test_the_best_network_from_scratch_is_picked_on_validation_not_on_test():
+    import dataclasses
+
+    runsets = study.load(records.REFERENCE)
+    chest = runsets["covid_radiography"]
+    fair = [r for r in chest.runs if r.arm == "scratch" and r.id.protocol == "" and r.id.train_fraction == 1]
+    test = {}
+    for r in fair:
+        test.setdefault(r.arch, []).append(r.metrics["test_accuracy"])
+    test = {a: sum(v) / len(v) for a, v in test.items()}
+    # give the network with the lowest test accuracy the highest validation accuracy
+    worst, fair_ids = min(test, key=test.get), {id(r) for r in fair}
+    runs = [dataclasses.replace(r, metrics={**r.metrics, "best_val_acc": 1.0}) if id(r) in fair_ids and r.arch == worst
+            else r for r in chest.runs]
+    best = study.best_scratch({"covid_radiography": dataclasses.replace(chest, runs=runs)}).iloc[0]
+    assert best.arch == worst != max(test, key=test.get)
+    assert best.accuracy == pytest.approx(test[worst])
