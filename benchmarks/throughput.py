@@ -409,6 +409,28 @@ def load_results(folder: str | os.PathLike = RESULTS_DIR):
     return pd.DataFrame(rows).set_index("file") if rows else pd.DataFrame(rows)
 
 
+def load_bf16(folder: str | os.PathLike = RESULTS_DIR):
+    """Every saved fp32-against-bf16 comparison (``--bf16``), with whether that machine computes
+    bf16 natively and whether the arch table turns bf16 on for a native-bf16 CPU."""
+    import pandas as pd
+
+    from helpers import models
+
+    rows = []
+    for name, report in saved_reports(folder, "*-bf16.json"):
+        for r in report.get("bf16_rows", []):
+            if "ratio" not in r:
+                continue
+            rows.append({"file": name, "device": report["device_name"],
+                         "native bf16": "yes" if report.get("native_bf16") else "no (emulated)",
+                         "arch": models.ARCHS[r["arch"]].label,
+                         "fp32 img/s": round(r["fp32"]["images_per_s"], 1),
+                         "bf16 img/s": round(r["bf16"]["images_per_s"], 1),
+                         "bf16/fp32": round(r["ratio"], 2),
+                         "bf16 on a native-bf16 CPU": "yes" if models.ARCHS[r["arch"]].cpu_bf16 else "no"})
+    return pd.DataFrame(rows).set_index("file") if rows else pd.DataFrame(rows)
+
+
 def load_scale(folder: str | os.PathLike = RESULTS_DIR):
     import pandas as pd
 

@@ -201,7 +201,7 @@ def test_gpu_check_skips_a_stage_whose_packages_are_missing(tmp_path, monkeypatc
     assert not (tmp_path / "grid-cpu.json").exists()
 
 
-def test_the_bf16_comparison_times_each_arch_both_ways(data_root, monkeypatch, capsys):
+def test_the_bf16_comparison_times_each_arch_both_ways(data_root, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(throughput.SETTINGS, "paper_a", ("covid_radiography", 32, 4, "replace"))
     monkeypatch.setattr(throughput, "_child", lambda args: throughput.run_ours(
         args[1], args[2], int(args[3]), args[4], *args[5:]))
@@ -209,3 +209,9 @@ def test_the_bf16_comparison_times_each_arch_both_ways(data_root, monkeypatch, c
     assert [(r["fp32"]["bf16"], r["bf16"]["bf16"]) for r in rows] == [(False, True)]
     assert rows[0]["ratio"] == pytest.approx(rows[0]["bf16"]["images_per_s"] / rows[0]["fp32"]["images_per_s"])
     assert "mobilenet_v3_small" in capsys.readouterr().out
+    # the Performance page's table reads the saved file, and says whether that CPU was native
+    throughput.save_report({"device_name": "x86_64", "native_bf16": False, "bf16_rows": rows},
+                           tmp_path / "cpu-bf16.json")
+    shown = throughput.load_bf16(tmp_path)
+    assert list(shown["native bf16"]) == ["no (emulated)"]
+    assert list(shown["bf16/fp32"]) == [round(rows[0]["ratio"], 2)]
