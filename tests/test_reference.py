@@ -94,3 +94,18 @@ def test_the_best_network_from_scratch_is_picked_on_validation_not_on_test():
     best = study.best_scratch({"covid_radiography": dataclasses.replace(chest, runs=runs)}).iloc[0]
     assert best.arch == worst != max(test, key=test.get)
     assert best.accuracy == pytest.approx(test[worst])
+
+
+def test_a_sweep_that_chose_an_end_of_its_grid_is_named(monkeypatch):
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    base = {"dataset": "covid_radiography", "split": "random", "head": "replace", "protocol": "",
+            "by": "best_val_acc", "best_val_acc": 0.9, "min_val_loss": 0.3, "best_epoch": 3,
+            "stopped_by": "early_stopping"}
+    rows = ([{**base, "arch": "resnet18", "arm": "scratch", "lr": lr, "chosen": lr == 3e-3} for lr in (3e-4, 1e-3, 3e-3)]
+            + [{**base, "arch": "alexnet", "arm": "scratch", "lr": lr, "chosen": lr == 3e-4} for lr in (1e-4, 3e-4, 1e-3)]
+            + [{**base, "arch": "efficientnet_lite0", "arm": "imagenet", "lr": lr, "chosen": lr == 1e-4} for lr in (1e-4, 1e-3)])
+    monkeypatch.setattr(study, "lr_table", lambda exp, root=None: pd.DataFrame(rows))
+    text = reference.lr_edges(exp)
+    assert text.startswith("1 of the 2 finished sweeps of three or more rates chose an end")
+    assert "ResNet-18" in text and "the highest of 0.0003, 0.001, 0.003" in text and "AlexNet" not in text
+    assert "The one sweep of two rates chooses an end" in text

@@ -184,6 +184,29 @@ def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
             .reindex(columns=[f"lr {v:g}" for v in sorted(lr["lr"].unique())]).fillna("").reset_index())
 
 
+def lr_edges(exp: dict, root: str | Path = records.ROOT) -> str:
+    """Markdown: which finished sweeps of three or more rates chose an end of their grid (the
+    best rate may lie beyond it); "" before any has finished."""
+    lr = study.lr_table(exp, root)
+    done = [g for _, g in lr.groupby(["dataset", "split", "arch", "head", "arm", "protocol"], sort=False)
+            if g["chosen"].any()]
+    wide, edges = [g for g in done if len(g) >= 3], []
+    for g in wide:
+        rates, pick, r = sorted(g["lr"]), float(g.loc[g["chosen"], "lr"].iloc[0]), g.iloc[0]
+        if pick in (rates[0], rates[-1]):
+            edges.append(f"{_where(exp, r.dataset, r.split, SHORT_SPLITS)}, {models.ARCHS[r.arch].label} "
+                         f"{report.arm_title(r.arm)} chose {pick:g}, the {'lowest' if pick == rates[0] else 'highest'} "
+                         f"of {', '.join(f'{v:g}' for v in rates)}")
+    if not wide:
+        return ""
+    two = len(done) - len(wide)
+    text = (f"{len(edges)} of the {len(wide)} finished sweeps of three or more rates chose an end of their grid, "
+            f"so a better rate may lie beyond it: {'; '.join(edges)}." if edges else
+            f"Each of the {len(wide)} finished sweeps of three or more rates chose a rate inside its grid.")
+    return text + ("" if not two else " The one sweep of two rates chooses an end by construction." if two == 1
+                   else f" The {two} sweeps of two rates choose an end by construction.")
+
+
 def reach_table(curve: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per arm: the first epoch each seed reached ``threshold`` validation accuracy."""
     reach = study.epochs_to_reach(curve, threshold)
