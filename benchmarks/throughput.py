@@ -427,7 +427,7 @@ def load_bf16(folder: str | os.PathLike = RESULTS_DIR):
                          "fp32 img/s": round(r["fp32"]["images_per_s"], 1),
                          "bf16 img/s": round(r["bf16"]["images_per_s"], 1),
                          "bf16/fp32": round(r["ratio"], 2),
-                         "bf16 on a native-bf16 CPU": "yes" if models.ARCHS[r["arch"]].cpu_bf16 else "no"})
+                         "used on a native CPU": "yes" if models.ARCHS[r["arch"]].cpu_bf16 else "no"})
     return pd.DataFrame(rows).set_index("file") if rows else pd.DataFrame(rows)
 
 

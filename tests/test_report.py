@@ -68,6 +68,10 @@ def test_styled_tables_read_like_tables():
     assert "report-table" in html and "ImageNet" in html and "0.912" in html and "—" in html
     assert "nan" not in html.lower().replace("nan-", "") and "0.91234" not in html
     assert 'class="row_heading' not in html  # no index column
+    # a column rounded upstream (images per second to 0.1) is not padded with zeros
+    rounded = report.styled(pd.DataFrame({"img/s": [177.3, 40.0], "acc": [0.95, 0.9533]})).data
+    assert ">177.3<" in rounded and ">40.0<" in rounded and "177.300" not in rounded
+    assert ">0.950<" in rounded and ">0.953<" in rounded
     long = report.styled(pd.DataFrame({"x": range(500)})).data
     assert ">499<" in long and "..." not in long  # every row, no truncation
 

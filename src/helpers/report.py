@@ -388,6 +388,11 @@ def markdown_html(text: str):
 TITLED_COLUMNS = ("arm", "arm_a", "arm_b")
 
 
+def _decimals(values: pd.Series, digits: int) -> int:
+    """The fewest decimals, at most ``digits``, that show every value as it is."""
+    return next((d for d in range(digits) if np.allclose(values, values.round(d), rtol=0, atol=1e-9)), digits)
+
+
 def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
     """A table as a reader sees it (pandas Styler): no index, "—" for absent values, floats
     rounded to ``digits``, every row (no truncation), arms by their titles, in a frame that
@@ -402,8 +407,11 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
                 df[col] = df[col].map(lambda a: arm_title(str(a)) if isinstance(a, str) else a)
         df.columns = [str(c).replace("_", " ") for c in df.columns]
         text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
-        styler = (df.style.hide(axis="index").format(precision=digits, na_rep="—")
-                  .set_properties(subset=text, **{"text-align": "left"}))
+        styler = df.style.hide(axis="index").format(precision=digits, na_rep="—")
+        for col in df.columns:   # a column already rounded (img/s to 0.1) keeps its own decimals
+            if pd.api.types.is_float_dtype(df[col]) and len(df[col].dropna()):
+                styler = styler.format(precision=_decimals(df[col].dropna(), digits), na_rep="—", subset=[col])
+        styler = styler.set_properties(subset=text, **{"text-align": "left"})
     # The caption sits above the frame, so that it wraps at page width instead of scrolling.
     note = f'<p class="report-caption">{html.escape(caption)}</p>' if caption else ""
     return HTML(f'{note}<div class="report-table">{styler.to_html()}</div>')
