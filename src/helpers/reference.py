@@ -106,8 +106,8 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str) -> st
     b = b.iloc[0]
     verdict = ("still win" if b.ci_low > 0 else "lose" if b.ci_high < 0 else "make no clear difference")
     return (f" *Against the best network from scratch* ({study.arch_label(b.arch, b.head)}, {100 * b.accuracy:.1f}%, "
-            f"{int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; the best of {int(b.networks)} networks trained from "
-            f"scratch to convergence, each at its chosen rate): ImageNet weights {verdict} "
+            f"{int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; of {int(b.networks)} networks trained from scratch to "
+            f"convergence, each at its chosen rate, the best on validation): ImageNet weights {verdict} "
             f"({study.fmt_diff(b.difference, b.ci_low, b.ci_high)}).")
 
 
