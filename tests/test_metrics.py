@@ -276,6 +276,9 @@ def test_t_interval_by_formula():
     one = intervals.mean_ci([0.9])
     assert one.mean == 0.9 and math.isnan(one.low) and one.n == 1
     assert intervals.mean_ci([0.5, 0.5]).low == 0.5
+    # two seeds far apart: t's factor 12.7 runs past an accuracy's range, which the bounds stop
+    free, bounded = intervals.mean_ci([0.90, 0.99]), intervals.mean_ci([0.90, 0.99], bounds=(0.0, 1.0))
+    assert free.high > 1 and bounded.high == 1.0 and bounded.low == pytest.approx(free.low)
 
 
 def test_paired_test_known_answer():

@@ -30,8 +30,11 @@ class Interval(NamedTuple):
     sd: float = math.nan
 
 
-def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean with its Student t-interval; for one value the interval is undefined (nan)."""
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
+    """Mean with its Student t-interval; for one value the interval is undefined (nan). With
+    ``bounds`` (an accuracy's 0 and 1) the interval stops at them: with two seeds t's factor is
+    12.7, and an accuracy of 87.5% [53.6, 121.4] would claim values that cannot be."""
     x = np.asarray([v for v in values], dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -44,7 +47,7 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval
     if sd == 0:
         return Interval(mean, mean, mean, n, 0.0)
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    return Interval(mean, float(low), float(high), n, sd)
+    return Interval(mean, max(float(low), bounds[0]), min(float(high), bounds[1]), n, sd)
 
 
 def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict:

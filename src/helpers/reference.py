@@ -287,7 +287,7 @@ def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"arm": eff["arm"].map(report.arm_title),
                          "share of training split": [f"{100 * f:g}%" for f in eff["fraction"]],
                          "training images": eff["n_train_images"], "seeds": eff["seeds"],
-                         "test accuracy (mean, 95% t-interval over seeds)": [
+                         "test accuracy (mean, 95% t-interval over seeds, within 0–100%)": [
                              study.fmt_ci(r.accuracy, r.ci_low, r.ci_high) for r in eff.itertuples()]})
 
 

@@ -239,13 +239,14 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_l
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
                confidence: float = CONFIDENCE, protocol: str = "") -> pd.DataFrame:
-    """Test accuracy against the share of the training split: mean over seeds, t-interval.
+    """Test accuracy against the share of the training split: mean over seeds, t-interval
+    (stopped at 0 and 1).
     ``train_counts`` (training images per class) gives the images each share trains on."""
     rows = []
     for (a, h, s, fraction, proto, arm), runs in _groups(runset, arch).items():
         if h != head or s != split or proto != protocol:
             continue
-        ci = intervals.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence)
+        ci = intervals.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence, bounds=(0.0, 1.0))
         n = sum(max(1, math.ceil(fraction * c - 1e-9)) for c in train_counts) if train_counts else None
         rows.append({"arm": arm, "fraction": fraction, "n_train_images": n, "seeds": ci.n,
                      "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high})

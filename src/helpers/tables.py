@@ -290,7 +290,7 @@ def split_comparison(runset: RunSet) -> pd.DataFrame:
     for (arch, head, split, arm), accs in sorted(
             groups.items(), key=lambda kv: (arch_pos.get(kv[0][0], len(arch_pos)), kv[0][1], kv[0][2],
                                             arm_order(kv[0][3]))):
-        ci = mean_ci(accs)
+        ci = mean_ci(accs, bounds=(0.0, 1.0))
         rows.append({"backbone": ARCHS[arch].label if arch in ARCHS else arch, "head": head, "split": split,
                      "start": arm_title(arm), "seeds": ci.n, "test accuracy": ci.mean,
                      "95% CI low": ci.low, "95% CI high": ci.high})
