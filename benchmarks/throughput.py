@@ -421,7 +421,7 @@ def load_bf16(folder: str | os.PathLike = RESULTS_DIR):
         for r in report.get("bf16_rows", []):
             if "ratio" not in r:
                 continue
-            rows.append({"file": name, "device": report["device_name"],
+            rows.append({"file": name,   # the results index gives each file's machine
                          "native bf16": "yes" if report.get("native_bf16") else "no (emulated)",
                          "arch": models.ARCHS[r["arch"]].label,
                          "fp32 img/s": round(r["fp32"]["images_per_s"], 1),
