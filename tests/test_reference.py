@@ -109,3 +109,18 @@ def test_a_sweep_that_chose_an_end_of_its_grid_is_named(monkeypatch):
     assert text.startswith("1 of the 2 finished sweeps of three or more rates chose an end")
     assert "ResNet-18" in text and "the highest of 0.0003, 0.001, 0.003" in text and "AlexNet" not in text
     assert "The one sweep of two rates chooses an end" in text
+
+
+def test_a_papers_network_recorded_only_at_its_papers_budget_is_shown_and_says_so():
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    runsets = study.load(records.REFERENCE)
+    vgg = [r for r in runsets["ct_kidney"].runs if r.arch == "vgg16" and r.arm == "scratch"]
+    assert vgg and {r.id.protocol for r in vgg} == {"paper_b"}   # no fair-protocol VGG-16 run
+    shown = reference.paper_display(exp, runsets, "ct_kidney").set_index(["model", "arm"])
+    row = shown.loc[(study.arch_label("vgg16", "dense1024"), "scratch")]
+    for r in vgg:
+        cell = row[f"ours, {study.SPLIT_TITLES[r.split]}"]
+        assert cell.startswith(f"{100 * r.metrics['test_accuracy']:.1f}%") and cell.endswith("(paper B's budget)")
+    # a configuration with a fair-protocol run shows that one, unmarked
+    lite = shown.loc[(study.arch_label("efficientnet_lite0", "dense1024"), "scratch")]
+    assert "budget" not in lite[f"ours, {study.SPLIT_TITLES['random']}"]

@@ -274,10 +274,13 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
     table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp["name"], ds, root)})
     shown = {"model": table["model"], "arm": table["arm"],
              "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}
+    # a configuration recorded only at a paper's budget says so beside its number
+    budget = {p: f" ({study.protocol_title(exp, p).partition(':')[0]})" for p in set(table["protocol"]) if p}
     for col in [c for c in table.columns if c.startswith("ours|")]:
         split = col.split("|")[1]
         shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
-            (r["note"] or "—") if pd.isna(r[col]) else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"])
+            (r["note"] or "—") if pd.isna(r[col])
+            else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"]) + budget.get(r["protocol"], "")
             for _, r in table.iterrows()]
     shown["seeds"] = table["seeds"]
     return pd.DataFrame(shown)

@@ -298,20 +298,25 @@ def arch_label(arch: str, head: str = "replace") -> str:
 def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | None = None,
                 protocol: str = "") -> pd.DataFrame:
     """The papers' design beside ours on real images: per arch, head and arm, the published test
-    accuracy and ours on the whole training split under ``protocol``, one ``ours|<split>``
-    column (with ``ci_low|<split>``, ``ci_high|<split>``) per split, or why ours is absent."""
+    accuracy and ours on the whole training split under ``protocol`` (or, for a configuration
+    that ran only under another protocol, such as paper B's VGG-16 at paper B's budget, under
+    that one: column ``protocol``), one ``ours|<split>`` column (with ``ci_low|<split>``,
+    ``ci_high|<split>``) per split, or why ours is absent."""
     pub = published(dataset)
-    ours: dict[tuple, dict[str, list[metrics.Run]]] = {}
+    by_protocol: dict[tuple, dict[str, dict[str, list[metrics.Run]]]] = {}
     for r in (runset.runs if runset else []):
-        if r.id.train_fraction == 1 and r.id.protocol == protocol:
-            ours.setdefault((r.arch, r.head, r.arm), {}).setdefault(r.split, []).append(r)
+        if r.id.train_fraction == 1:
+            by_protocol.setdefault((r.arch, r.head, r.arm), {}).setdefault(r.id.protocol, {}).setdefault(
+                r.split, []).append(r)
+    used = {k: protocol if protocol in v else sorted(v)[0] for k, v in by_protocol.items()}
+    ours = {k: v[used[k]] for k, v in by_protocol.items()}
     splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
     archs = metrics.arch_order()    # the arch table's order
     mine = sorted(ours, key=lambda k: (archs.index(k[0]), k[1], _order(k[2])))
     rows = []
     for arch, head, arm in dict.fromkeys([*pub, *mine]):
         by_split = ours.get((arch, head, arm), {})
-        row = {"model": arch_label(arch, head), "arm": arm_title(arm),
+        row = {"model": arch_label(arch, head), "arm": arm_title(arm), "protocol": used.get((arch, head, arm), ""),
                "published": pub.get((arch, head, arm), {}).get("test_accuracy", math.nan),
                "seeds": max((len(v) for v in by_split.values()), default=0),
                "note": "" if by_split else (missing or {}).get((arch, head, arm), "not in this study")}
