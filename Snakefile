@@ -109,6 +109,9 @@ HEAVY_THREADS = heavy_threads()
 
 
 PUBLISHED = os.path.relpath(metrics.PUBLISHED_FILE)   # the papers' values, which the pages read
+# The package's code, for the pages computed from records alone (reference) or from finished runs
+# (summary): a change to a table or a sentence redraws them, and never retrains anything.
+PAGE_CODE = sorted(os.path.relpath(p) for p in Path(metrics.__file__).parent.rglob("*.py"))
 
 
 def statuses(runs):
@@ -235,6 +238,7 @@ rule summary:
         "notebooks/summary.ipynb",
         EXP["path"],
         PUBLISHED,
+        PAGE_CODE,
         statuses(RUNS),
         sorted(str(p) for p in Path("benchmarks/results").glob("*.json")),
     output:
@@ -251,6 +255,7 @@ rule reference:
     input:
         "notebooks/reference.ipynb",
         PUBLISHED,
+        PAGE_CODE,
         # every record file: an edited or newly exported one reruns the page
         sorted(str(p) for p in (records.ROOT / records.REFERENCE).rglob("*") if p.is_file()),
         f"experiments/{records.REFERENCE}.yaml",
