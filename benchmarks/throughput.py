@@ -129,7 +129,7 @@ def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="aut
               "bf16": training.resolve_bf16(bf16 if bf16 == "auto" else bf16 == "true", device, arch)}
     torch.manual_seed(0)
     model = training._build(params, len(prepared.class_names), device)
-    optimizer = training.make_optimizer(model, params["lr"], device)
+    optimizer = training.make_optimizer(model, params, device)
     engine = training._Engine(prepared, params, device)
     step_model = training._compile(model, params["compile"], device)
     times = []

@@ -167,6 +167,11 @@ def head_prefixes(arch: str, head: str) -> tuple[str, ...]:
     return (f"{s.classifier}.",) if head == "replace" else (f"{s.dense_at}.",)
 
 
+def head_module(model: nn.Module, arch: str, head: str) -> nn.Module:
+    """The layers that are new (what a linear probe trains): the Linear or the dense1024 head."""
+    return _get(model, head_prefixes(arch, head)[0].rstrip("."))
+
+
 def is_head_key(key: str, arch: str, head: str) -> bool:
     return key.startswith(head_prefixes(arch, head))
 

@@ -247,8 +247,10 @@ class TrainSettings(BaseModel):
     batch_size: PosInt = 16
     lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
     # the prepared train split's statistics, those the arch's ImageNet weights were trained with
-    # (torchvision's mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's constants
-    normalize: Literal["dataset", "imagenet", "paper_a"] = "dataset"
+    # (torchvision's mean/std, or [-1, 1] for EfficientNet-Lite0), or paper A's constants.
+    # "weights" = each arm its own: "imagenet" for an arm that starts from ImageNet weights,
+    # "dataset" for one that does not (resolved by TrainParams; params.json records the result).
+    normalize: Literal["dataset", "imagenet", "paper_a", "weights"] = "dataset"
     early_stopping_patience: NonNegInt = 0   # 0 = off
     # What early stopping watches: Keras' default (val_loss, paper B's), or the validation
     # accuracy that also picks the best epoch (a run stops once that has not improved for
@@ -270,6 +272,17 @@ class TrainSettings(BaseModel):
     # Train on this share of the training split (stratified, drawn with the run's seed; the
     # subsets of one seed are nested). Validation and test stay whole: the data-efficiency curve.
     train_fraction: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    # The recipe a scratch arm is normally given (He, Girshick and Dollar 2019); all off by
+    # default, which is the papers' plain Adam at a constant rate. ``augment``: each training
+    # image draws its own crop, rotation and intensity jitter, as its dataset's spec allows
+    # (DatasetSpec.augment; helpers.augment); validation and test images never are.
+    augment: bool = False
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)  # adamw: not on biases and norms
+    # "cosine": linear warm-up over ``warmup_epochs``, then cosine to zero at ``epochs`` (the
+    # budget sets the schedule; the best epoch is still chosen on validation)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: NonNegInt = 0
 
 
 # How a run's training ended (metrics.json's ``stopped_by``), in a reader's words.
@@ -310,6 +323,16 @@ class TrainParams(TrainSettings):
     run_dir: str = Field("", json_schema_extra=LOCATION)   # "" = RunId.run_dir()
     force: bool = Field(False, json_schema_extra=LOCATION)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_normalization(cls, values):
+        # "weights" is resolved here, so a record says what its inputs were and a scratch run
+        # keeps the identity it had under "dataset"
+        if isinstance(values, dict) and values.get("normalize") == "weights":
+            from_imagenet = values.get("pretrained", cls.model_fields["pretrained"].default) is True
+            values = {**values, "normalize": "imagenet" if from_imagenet else "dataset"}
+        return values
+
     @model_validator(mode="after")
     def _consistent(self):
         _check_dataset(self.dataset)
@@ -323,6 +346,11 @@ class TrainParams(TrainSettings):
         problem = _device_problem(self.device)
         if problem:
             raise ValueError(problem)
+        if self.warmup_epochs >= self.epochs and self.lr_schedule == "cosine":
+            raise ValueError(f"parameter 'warmup_epochs' ({self.warmup_epochs}) must be below 'epochs' "
+                             f"({self.epochs}): the cosine schedule decays after the warm-up")
+        if self.weight_decay and self.optimizer == "adam":
+            raise ValueError("parameter 'weight_decay' needs optimizer='adamw' (decoupled weight decay)")
         if self.freeze_backbone and not self.pretrained:
             raise ValueError("parameter 'freeze_backbone' needs pretrained=True: a linear probe "
                              "of random features is not the ImageNet question")

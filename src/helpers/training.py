@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import atomic, data, models, weights
+from . import augment as augment_mod
 from .checkpoints import (RESTART, RESTART_BOTH, CheckpointError, CheckpointWriter, first_sentence, rng_state,
                           read_checkpoint, set_rng_state, to_host)
 from . import metrics as metrics_mod
@@ -286,6 +287,8 @@ class _Engine:
             self.x[part] = x.contiguous(memory_format=torch.channels_last)
             self.y[part] = torch.from_numpy(labels[idx]).to(device)
         self.batch_size = params["batch_size"]
+        self.augment = data.get_spec(params["dataset"]).augment if params.get("augment") else None
+        self.features: dict[str, torch.Tensor] | None = None   # a frozen backbone's, see cache_features
         self.eval_batch = 512 if self.cuda else 2 * params["batch_size"]
         self.bf16 = params.get("bf16") is True and device.type in ("cuda", "cpu")  # as resolved
         n_bn = params.get("bn_subset", 0)
@@ -294,10 +297,13 @@ class _Engine:
             keep = np.sort(np.random.default_rng([params["seed"], 21]).permutation(len(self.bn_x))[:n_bn])
             self.bn_x = self.bn_x[torch.from_numpy(keep).to(device)].contiguous(memory_format=torch.channels_last)
 
-    def _input(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """``normalize`` in place on one float copy, in channels_last (the same numbers)."""
-        x = x_uint8.to(torch.float32, memory_format=torch.channels_last)
-        return x.div_(255).sub_(self.mean).div_(self.std)
+    def _input(self, x_uint8: torch.Tensor, augment: dict | None = None) -> torch.Tensor:
+        """``normalize`` in place on one float copy, in channels_last (the same numbers); with
+        ``augment`` (per-image parameters of helpers.augment.draw), augmented before that."""
+        x = x_uint8.to(torch.float32, memory_format=torch.channels_last).div_(255)
+        if augment is not None:
+            x = augment_mod.apply(x, augment).contiguous(memory_format=torch.channels_last)
+        return x.sub_(self.mean).div_(self.std)
 
     def _autocast(self):
         if self.bf16:
@@ -307,17 +313,29 @@ class _Engine:
     def n_batches(self) -> int:
         return len(_batches(len(self.y["train"]), self.batch_size))
 
-    def train_epoch(self, step_model: nn.Module, optimizer, seed: int, epoch: int, bar) -> torch.Tensor:
+    def train_epoch(self, step_model: nn.Module, optimizer, seed: int, epoch: int, bar,
+                    lr_at=None) -> torch.Tensor:
         """One pass over the train split (model already in train mode); returns the mean
-        per-image loss as a device tensor."""
-        x, y = self.x["train"], self.y["train"]
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+        per-image loss as a device tensor. ``lr_at(step)`` sets the rate of each step of this
+        epoch (a schedule); None keeps the optimizer's."""
+        y = self.y["train"]
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        order = torch.randperm(len(y), generator=generator)
+        # every image's augmentation for the epoch, drawn after the shuffle from the same stream
+        drawn = augment_mod.draw(self.augment, len(y), generator) if self.augment else None
         order = order.to(self.device)
         total = torch.zeros((), device=self.device)
-        for start, stop in _batches(len(y), self.batch_size):
+        for step, (start, stop) in enumerate(_batches(len(y), self.batch_size)):
             idx = order[start:stop]
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
             with self._autocast():
-                logits = step_model(self._input(x[idx]))
+                if self.features is not None:   # a frozen backbone's features, computed once
+                    logits = self.head_step(self.features["train"][idx])
+                else:
+                    aug = {k: v[order[start:stop].cpu()] for k, v in drawn.items()} if drawn else None
+                    logits = step_model(self._input(self.x["train"][idx], aug))
             loss = F.cross_entropy(logits.float(), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -325,6 +343,29 @@ class _Engine:
             total += loss.detach() * (stop - start)
             bar.update(1)
         return total / len(y)
+
+    # A linear probe without augmentation sees the same frozen features every epoch: they are
+    # computed once per run (a forward hook on the head collects its input) and the epochs train
+    # the head alone. timm applies its classifier dropout as a function call before the head,
+    # not as a module, so it is applied here to the cached features in the same place.
+    def cache_features(self, model: nn.Module, head: nn.Module) -> None:
+        captured: list[torch.Tensor] = []
+        hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float()))
+        features = {}
+        try:
+            for part in ("train", "val", "test"):
+                captured.clear()
+                self.logits(model, part)
+                features[part] = torch.cat(captured)
+        finally:
+            hook.remove()
+        self.head, self.features = head, features
+        self.head_dropout = float(getattr(model, "drop_rate", 0.0) or 0.0)
+
+    def head_step(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head_dropout and self.head.training:
+            features = F.dropout(features, self.head_dropout, training=True)
+        return self.head(features)
 
     def recompute_bn(self, model: nn.Module) -> None:
         """Batch-norm running statistics recomputed over the train split or its ``bn_subset``
@@ -340,6 +381,8 @@ class _Engine:
     @torch.no_grad()
     def logits(self, model: nn.Module, part: str) -> torch.Tensor:
         model.eval()
+        if self.features is not None:
+            return self.head(self.features[part]).float()
         x = self.x[part]
         out = []
         for start in range(0, len(x), self.eval_batch):
@@ -354,11 +397,38 @@ class _Engine:
         return F.cross_entropy(logits, y, reduction="sum") / len(y), (logits.argmax(1) == y).sum()
 
 
-def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam over the trainable tensors; fused (one kernel for all tensors) on CUDA and CPU.
-    On the 2-core CPU the per-tensor loop took ~10 % of a MobileNetV3-Small step at batch 16."""
+def make_optimizer(model: nn.Module, params: dict, device: torch.device) -> torch.optim.Optimizer:
+    """Adam, or AdamW with weight decay on the weights of convolutions and linear layers (not
+    on biases and norm layers' scales, as timm and torchvision's references do), over the
+    trainable tensors; fused (one kernel for all tensors) on CUDA and CPU. On the 2-core CPU the
+    per-tensor loop took ~10 % of a MobileNetV3-Small step at batch 16."""
+    fused = True if device.type in ("cuda", "cpu") else None
     trainable = [t for t in model.parameters() if t.requires_grad]
-    return torch.optim.Adam(trainable, lr=lr, fused=True if device.type in ("cuda", "cpu") else None)
+    if params.get("optimizer", "adam") == "adam":
+        return torch.optim.Adam(trainable, lr=params["lr"], fused=fused)
+    groups = [{"params": [t for t in trainable if t.ndim > 1], "weight_decay": params["weight_decay"]},
+              {"params": [t for t in trainable if t.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=params["lr"], fused=fused)
+
+
+def lr_schedule(params: dict, steps_per_epoch: int):
+    """``lr_at(epoch, step)`` of the run's schedule, or None for a constant rate without warm-up.
+    A pure function of the position, so a resumed run needs no scheduler state: a linear
+    warm-up over ``warmup_epochs``, then constant or a cosine to zero at the last step."""
+    base, warm = params["lr"], params.get("warmup_epochs", 0) * steps_per_epoch
+    total = params["epochs"] * steps_per_epoch
+    cosine = params.get("lr_schedule", "constant") == "cosine"
+    if not warm and not cosine:
+        return None
+
+    def lr_at(epoch: int, step: int) -> float:
+        t = (epoch - 1) * steps_per_epoch + step        # steps before this one
+        if t < warm:
+            return base * (t + 1) / warm
+        if not cosine:
+            return base
+        return base * 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))
+    return lr_at
 
 
 def _compile(model: nn.Module, wanted, device: torch.device) -> nn.Module:
@@ -536,8 +606,9 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     torch.manual_seed(run_params["seed"])
     num_classes = len(prepared.class_names)
     model = _build(run_params, num_classes, device)
-    optimizer = make_optimizer(model, run_params["lr"], device)
+    optimizer = make_optimizer(model, run_params, device)
     engine = _Engine(prepared, run_params, device)
+    schedule = lr_schedule(run_params, engine.n_batches())
 
     state = {"epoch": 0, "history": [], "best_epoch": 0, "best_val_acc": -1.0,
              "es_best_val_loss": math.inf, "es_best_val_acc": -1.0, "es_wait": 0, "stopped_early": False}
@@ -571,6 +642,8 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
     step_model = _compile(model, run_params["compile"], device)
     # A frozen backbone keeps ImageNet's statistics; archs without BN have none to recompute.
     recompute_bn = run_params["recompute_bn"] and models.has_batchnorm(model) and not _frozen(run_params)
+    if _frozen(run_params) and not run_params.get("augment"):
+        engine.cache_features(model, models.head_module(model, run_params["arch"], run_params["head"]))
     epochs, patience = run_params["epochs"], run_params["early_stopping_patience"]
     overall = tqdm(total=epochs, initial=state["epoch"], desc=str(run_dir), unit="epoch")
     writer = CheckpointWriter()
@@ -581,7 +654,8 @@ def _fit(run_dir: Path, run_params: dict, prepared, device: torch.device) -> Non
             with tqdm(total=engine.n_batches(), desc=f"epoch {epoch}", unit="batch", leave=False,
                       mininterval=1.0) as bar:
                 train_mode(model, run_params)
-                train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar)
+                train_loss = engine.train_epoch(step_model, optimizer, run_params["seed"], epoch, bar,
+                                                lr_at=schedule and (lambda step, e=epoch: schedule(e, step)))
             bn_started = time.perf_counter()
             if recompute_bn:
                 engine.recompute_bn(model)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..augment import Augmentation
 from ..params import MIN_PER_CLASS, SPLITS  # noqa: F401  (every parameter choice lives in params)
 from . import phantoms
 
@@ -41,6 +42,9 @@ class DatasetSpec:
     # A download that comes split: split name -> its folder, each holding every class folder
     # (``train/NORMAL/...``). Its split is honoured (``split: given``), never redrawn.
     split_dirs: dict[str, str] | None = None
+    # What a training image may undergo where a run augments (TrainParams.augment). No
+    # horizontal flip by default: a chest X-ray's heart is on the left, a CT's liver on the right.
+    augment: Augmentation = Augmentation()
 
     @property
     def splits(self) -> tuple[str, ...]:
