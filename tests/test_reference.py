@@ -124,3 +124,32 @@ def test_a_papers_network_recorded_only_at_its_papers_budget_is_shown_and_says_s
     # a configuration with a fair-protocol run shows that one, unmarked
     lite = shown.loc[(study.arch_label("efficientnet_lite0", "dense1024"), "scratch")]
     assert "budget" not in lite[f"ours, {study.SPLIT_TITLES['random']}"]
+
+
+def test_each_difference_has_an_interval_over_seeds_and_images_and_its_per_seed_gaps():
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    runsets = study.load(records.REFERENCE)
+    diffs = study.differences(runsets)
+    for d in diffs.itertuples():
+        assert d.ci_low <= d.difference <= d.ci_high
+        if d.seeds > 1:
+            assert d.interval == "seeds+images, paired seeds" and len(d.seed_gaps.split(", ")) == d.seeds
+            gaps = [float(g) / 100 for g in d.seed_gaps.split(", ")]
+            assert sum(gaps) / len(gaps) == pytest.approx(d.difference, abs=1e-3)   # rounded to 0.1 pp
+        else:
+            assert d.interval == "images" and (d.ci_low, d.ci_high) == pytest.approx((d.image_ci_low, d.image_ci_high), abs=0.01)
+    chest = diffs[(diffs["dataset"] == "covid_radiography") & (diffs["protocol"] == "")
+                  & (diffs["arm_b"] == "scratch")].iloc[0]
+    # seed k of ImageNet minus seed k of scratch, on the same 600 test images
+    by_seed = {}
+    for r in runsets["covid_radiography"].runs:
+        if r.arch == "efficientnet_lite0" and r.id.protocol == "" and r.id.train_fraction == 1:
+            by_seed.setdefault(r.arm, {})[r.seed] = r.metrics["test_accuracy"]
+    expected = [by_seed["imagenet"][s] - by_seed["scratch"][s] for s in sorted(by_seed["imagenet"])]
+    assert chest.seed_gaps == study.fmt_gaps(expected)
+    # the seeds' disagreement widens the interval beyond the one over images alone
+    assert chest.ci_high - chest.ci_low > chest.image_ci_high - chest.image_ci_low
+    shown = reference.differences_display(exp, diffs, study.best_scratch(runsets))
+    assert shown["resampled"].str.contains("seeds").any() and shown["resampled"].str.contains("only").any()
+    text = reference.answer_text(exp, study.arm_table(runsets), diffs, None, {})
+    assert f"per-seed gaps {chest.seed_gaps} pp" in text

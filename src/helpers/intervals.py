@@ -2,8 +2,10 @@
 
 Seeds: Student t-intervals of a mean (:func:`mean_ci`) and paired tests over seeds
 (:func:`paired_test`). Test images: the bootstrap (:func:`bootstrap_ci`,
-:func:`paired_difference`), McNemar's exact test and binomial intervals of one accuracy. All
-from scipy.stats; nothing here knows about runs.
+:func:`paired_difference`, :func:`cluster_bootstrap_ci`), McNemar's exact test and binomial
+intervals of one accuracy. Seeds and test images together: the two-level bootstrap
+(:func:`two_level_ci`, vectorised numpy with a fixed seed) and the per-seed gaps
+(:func:`seed_gaps`). Nothing here knows about runs.
 """
 
 from __future__ import annotations
@@ -172,3 +174,97 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, seed: int = 0) -> di
         p = float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
     return {"n": ci.n, "a": float(a[ok].mean()) if ci.n else math.nan, "b": float(b[ok].mean()) if ci.n else math.nan,
             "difference": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "wilcoxon_p": p}
+
+
+# ------------------------------------------------------- seeds and test images together
+
+TWO_LEVEL_RESAMPLES = 4000
+
+
+def unit_weights(n_images: int, groups=None, n_resamples: int = TWO_LEVEL_RESAMPLES,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """(n_resamples, n_images): how many times each image enters each bootstrap resample. Without
+    ``groups`` the images are drawn with replacement; with ``groups`` (one id per image, e.g. a
+    block of consecutive CT slices) whole groups are drawn, as many as there are, and an image
+    counts as often as its group was drawn. The draws are those of :func:`cluster_bootstrap_ci`
+    for the same generator, so the two agree where there is nothing else to resample."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    if groups is None:
+        inverse, n_units = np.arange(n_images), n_images
+    else:
+        ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        inverse, n_units = inverse.reshape(-1), len(ids)
+    draws = rng.integers(0, n_units, size=(n_resamples, n_units))
+    offsets = (draws + n_units * np.arange(n_resamples)[:, None]).ravel()
+    counts = np.bincount(offsets, minlength=n_resamples * n_units).reshape(n_resamples, n_units)
+    return counts[:, inverse].astype(float)
+
+
+def seed_weights(n_seeds: int, n_resamples: int = TWO_LEVEL_RESAMPLES,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
+    """(n_resamples, n_seeds): each resample draws ``n_seeds`` seeds with replacement; the weights
+    are the shares (rows sum to 1). One seed: weight 1, nothing to resample."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    if n_seeds == 1:
+        return np.ones((n_resamples, 1))
+    draws = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    offsets = (draws + n_seeds * np.arange(n_resamples)[:, None]).ravel()
+    return np.bincount(offsets, minlength=n_resamples * n_seeds).reshape(n_resamples, n_seeds) / n_seeds
+
+
+def percentile_interval(estimate: float, resampled: np.ndarray, n: int, confidence: float = CONFIDENCE) -> Interval:
+    """The percentile interval of bootstrap replicates, widened to hold ``estimate``."""
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [alpha, 1 - alpha])
+    return Interval(float(estimate), float(min(low, estimate)), float(max(high, estimate)), n)
+
+
+def two_level_ci(a, b=None, groups=None, paired_seeds: bool = False, confidence: float = CONFIDENCE,
+                 n_resamples: int = TWO_LEVEL_RESAMPLES, seed: int = 0) -> Interval:
+    """Mean of ``a`` (images x seeds: one column per seed, e.g. 1 where that seed's run got the
+    image right), or the paired difference mean(a) - mean(b) on the same images, with a
+    two-level percentile bootstrap: each resample draws the test images (or whole ``groups``)
+    with replacement, the same images for both sides, and the seeds with replacement. The
+    estimate is the mean over images of each image's mean over seeds.
+
+    Seeds: with ``paired_seeds`` (a and b have the same seeds, column k of each is seed k) the
+    two sides draw the same seed indices, so a resample averages the per-seed gaps of the seeds
+    drawn; otherwise each side draws its own seeds. A side with one seed has no seed variance to
+    resample: its interval covers the test images only. One column on each side and no groups is
+    the ordinary image bootstrap. ``Interval.n`` is the number of images; ``sd`` the bootstrap
+    standard error."""
+    a = np.asarray(a, dtype=float)
+    a = a[:, None] if a.ndim == 1 else a
+    b = None if b is None else np.asarray(b, dtype=float)
+    b = b[:, None] if b is not None and b.ndim == 1 else b
+    if b is not None and len(b) != len(a):
+        raise ValueError(f"paired sides need the same images, got {len(a)} and {len(b)}")
+    if paired_seeds and (b is None or b.shape[1] != a.shape[1]):
+        raise ValueError("paired seeds need the same number of seeds on both sides")
+    if np.isnan(a).any() or (b is not None and np.isnan(b).any()):
+        raise ValueError("two_level_ci needs a value for every image and seed")
+    n = len(a)
+    estimate = float(a.mean() - (b.mean() if b is not None else 0.0))
+    if n < 2 or (groups is not None and len(np.unique(groups)) < 2):
+        return Interval(estimate, math.nan, math.nan, n)
+    rng = np.random.default_rng(seed)
+    images = unit_weights(n, groups, n_resamples, rng)                  # (R, n)
+    wa = seed_weights(a.shape[1], n_resamples, rng)                     # (R, ka)
+    per_image = (a @ wa.T).T                                            # (R, n): each image's mean over the seeds drawn
+    if b is not None:
+        wb = wa if paired_seeds else seed_weights(b.shape[1], n_resamples, rng)
+        per_image = per_image - (b @ wb.T).T
+    resampled = (images * per_image).sum(axis=1) / images.sum(axis=1)
+    ci = percentile_interval(estimate, resampled, n, confidence)
+    return ci._replace(sd=float(resampled.std(ddof=1)))
+
+
+def seed_gaps(a, b) -> np.ndarray:
+    """Per-seed paired gaps: mean of column k of ``a`` minus mean of column k of ``b`` (images x
+    seeds, the same images and seeds in the same order), e.g. seed k's accuracy difference."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a = a[:, None] if a.ndim == 1 else a
+    b = b[:, None] if b.ndim == 1 else b
+    if a.shape != b.shape:
+        raise ValueError(f"per-seed gaps need the same images and seeds, got {a.shape} and {b.shape}")
+    return a.mean(axis=0) - b.mean(axis=0)

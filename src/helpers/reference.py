@@ -78,6 +78,14 @@ def _gap(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
     return None if d.empty else d.iloc[0]
 
 
+def _seeds_note(d) -> str:
+    """How many seeds a difference rests on, its per-seed gaps, and, with one seed, that its
+    interval covers the test images only."""
+    if d.seeds > 1:
+        return f"{int(d.seeds)} seeds, per-seed gaps {d.seed_gaps} pp"
+    return "one seed: the interval covers the test images only"
+
+
 def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, protocol: str) -> str:
     s = _gap(diffs, ds, split, protocol)
     a = arms[(arms["dataset"] == ds) & (arms["split"] == split) & (arms["protocol"] == protocol)].set_index("arm")
@@ -86,7 +94,7 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     verdict = ("help" if s.ci_low > 0 else "hurt" if s.ci_high < 0 else "make no clear difference")
     text = (f"ImageNet weights {verdict}: {100 * a.loc['imagenet', 'accuracy']:.1f}% against "
             f"{100 * a.loc['scratch', 'accuracy']:.1f}% from scratch ({study.fmt_diff(s.difference, s.ci_low, s.ci_high)}; "
-            f"{int(s.seeds)} seed{'s' if s.seeds > 1 else ''})")
+            + _seeds_note(s) + ")")
     if not protocol and "linear_probe" in a.index:
         p = diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == "") & (diffs["arm_b"] == "linear_probe")]
         if len(p):
@@ -105,10 +113,13 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str) -> st
         return ""
     b = b.iloc[0]
     verdict = ("still win" if b.ci_low > 0 else "lose" if b.ci_high < 0 else "make no clear difference")
+    covers = {"images, seeds of one side": f"; with one seed of {study.arch_label(b.arch, b.head)}, the interval "
+                                           "leaves its seed-to-seed variation out",
+              "images": "; one seed on each side: the interval covers the test images only"}.get(b.interval, "")
     return (f" *Against the best network from scratch* ({study.arch_label(b.arch, b.head)}, {100 * b.accuracy:.1f}%, "
             f"{int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; of {int(b.networks)} networks trained from scratch to "
             f"convergence, each at its chosen rate, the best on validation): ImageNet weights {verdict} "
-            f"({study.fmt_diff(b.difference, b.ci_low, b.ci_high)}).")
+            f"({study.fmt_diff(b.difference, b.ci_low, b.ci_high)}{covers}).")
 
 
 def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | None, data_info: dict,
@@ -143,6 +154,30 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
             parts.append(f"**{DATASET_TITLES[ds]}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
                          f"{', '.join(map(str, later))} of the study.")
     return "\n\n".join(parts)
+
+
+def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every difference of the answer with how its interval was made: the headline interval
+    (over seeds and test images where both arms have several seeds), the per-seed gaps with a
+    t-interval over them, and the interval over test images alone (seeds averaged first)."""
+    rows = []
+    for d in diffs.itertuples():
+        rows.append({"data": _where(exp, d.dataset, d.split, TABLE_SPLITS),
+                     "protocol": "converged" if not d.protocol else study.protocol_title(exp, d.protocol).split("'s")[0],
+                     "comparison": d.comparison, "difference (pp)": study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False),
+                     "resampled": study.describe_interval(d.interval, d.dataset, short=True),
+                     "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
+                     "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
+                                                  f"[{100 * d.gap_t_low:+.1f}, {100 * d.gap_t_high:+.1f}]"),
+                     "images only": f"[{100 * d.image_ci_low:+.1f}, {100 * d.image_ci_high:+.1f}]"})
+    for b in ([] if best is None else best[best["networks"] > 1].itertuples()):
+        rows.append({"data": _where(exp, b.dataset, b.split, TABLE_SPLITS), "protocol": "converged",
+                     "comparison": f"ImageNet − best from scratch ({study.arch_label(b.arch, b.head)}, {int(b.seeds)}s)",
+                     "difference (pp)": study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False),
+                     "resampled": study.describe_interval(b.interval, b.dataset, short=True),
+                     "per-seed gaps (pp)": "—", "t-interval over the gaps": "—",
+                     "images only": f"[{100 * b.image_ci_low:+.1f}, {100 * b.image_ci_high:+.1f}]"})
+    return pd.DataFrame(rows)
 
 
 def kidney_table(experiment: str, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:

@@ -1,9 +1,14 @@
 """The reference study's answer, read from its committed records (``helpers.records``).
 
 Per dataset and split: each arm's test accuracy and the differences between arms, with 95%
-intervals from a bootstrap over the test images (each image's correctness averaged over seeds,
-so the interval is about the test set, and seeds are not counted as extra images); the seeds'
-spread is reported beside it. Data efficiency: accuracy against the share of the training split,
+intervals from a two-level bootstrap over seeds and test images together
+(:func:`intervals.two_level_ci`: each resample draws the seeds with replacement and the test
+images, or blocks of consecutive CT slices, with replacement), so an interval holds both the
+test set's sampling error and the seed-to-seed variation of training. A difference between two
+arms with the same seeds pairs them by seed (seed k of one arm beside seed k of the other: both
+train on the same seed-drawn batch order) and by image; the per-seed gaps, with a t-interval
+over them, sit beside it. A side with one seed has no seed variance to resample, and its
+interval says so (``interval`` column). Data efficiency: accuracy against the share of the training split,
 mean over seeds with a t-interval (each seed draws its own subset). The papers' published
 numbers sit beside ours.
 """
@@ -120,9 +125,65 @@ def resampled_unit(dataset: str) -> str:
     return f"blocks of {BLOCK_SIZE} consecutive slices" if get_spec(dataset).ct_slices else "test images"
 
 
+def groups_of(dataset: str, paths, labels) -> np.ndarray | None:
+    """What the bootstrap draws: None (single images), or a group id per image (blocks of
+    consecutive slices, where the dataset is CT slices)."""
+    from .data import get_spec
+    from .data.splits import block_groups
+
+    return block_groups(list(paths), np.asarray(labels)) if get_spec(dataset).ct_slices else None
+
+
+INTERVAL_METHODS = {   # key -> what the bootstrap resamples ({unit}: images, or blocks of CT slices)
+    "seeds+images": "seeds and {unit}",
+    "seeds+images, paired seeds": "seeds (paired by seed) and {unit}",
+    "images": "{unit} only (one seed)",
+    "images, seeds of one side": "{unit}, and seeds on the side with several (not the one-seed side's)",
+}
+
+
+def interval_method(n_a: int, n_b: int | None = None, paired: bool = False) -> str:
+    """The key of :data:`INTERVAL_METHODS` that an interval of ``n_a`` seeds (against ``n_b``)
+    used."""
+    if n_b is None:
+        return "seeds+images" if n_a > 1 else "images"
+    if n_a > 1 and n_b > 1:
+        return "seeds+images, paired seeds" if paired else "seeds+images"
+    return "images" if n_a == n_b == 1 else "images, seeds of one side"
+
+
+def describe_interval(method: str, dataset: str, short: bool = False) -> str:
+    """An interval's method in a reader's words, with what it resamples for ``dataset``:
+    "two-level bootstrap over seeds and test images" (``short``: "seeds and test images")."""
+    over = INTERVAL_METHODS[method].format(unit=resampled_unit(dataset))
+    if short:
+        return over
+    return ("two-level bootstrap over " if method.startswith("seeds") else "bootstrap over ") + over
+
+
+def seed_interval(dataset: str, a: pd.DataFrame, b: pd.DataFrame | None, runs: list[metrics.Run],
+                  confidence: float = CONFIDENCE) -> tuple[intervals.Interval, str]:
+    """The headline interval of an accuracy (``a``: images x seeds correctness) or of a
+    difference (``a`` − ``b``, the same images): :func:`intervals.two_level_ci`, paired by seed
+    where both sides have the same seeds, and the method key it used."""
+    labels = runs[0].predictions.set_index("path").loc[a.index, "label"]
+    groups = groups_of(dataset, a.index, labels)
+    paired = b is not None and list(a.columns) == list(b.columns) and a.shape[1] > 1
+    ci = intervals.two_level_ci(a.to_numpy(), None if b is None else b.loc[a.index].to_numpy(), groups,
+                                paired_seeds=paired, confidence=confidence)
+    return ci, interval_method(a.shape[1], None if b is None else b.shape[1], paired)
+
+
+def fmt_gaps(gaps) -> str:
+    """Per-seed gaps in percentage points: "+4.3, +6.8, +6.0"."""
+    return ", ".join(f"{100 * g:+.1f}" for g in gaps)
+
+
 def interval(dataset: str, per_image: pd.Series, runs: list[metrics.Run], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The 95% interval of a mean over test images (indexed by path): a percentile bootstrap
-    over images, or over blocks of consecutive slices where the dataset is CT slices."""
+    over images, or over blocks of consecutive slices where the dataset is CT slices. Test
+    images only: the headline intervals are :func:`seed_interval`'s; this one stays beside them
+    (``image_ci_*``) to show what the seeds add."""
     from .data import get_spec
     from .data.splits import block_groups
 
@@ -152,14 +213,17 @@ def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list
 
 
 def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
-    """Per dataset, split and arm (whole training split): accuracy, bootstrap interval, seeds."""
+    """Per dataset, split and arm (whole training split): accuracy, its interval over seeds and
+    test images (``interval``: the method, see :data:`INTERVAL_METHODS`), seeds."""
     rows = []
     for ds, runset in runsets.items():
         for (a, head, split, fraction, protocol, arm), runs in _groups(runset, arch).items():
             if fraction != 1:
                 continue
-            per_image = correctness(runs).mean(axis=1)
-            low, high = interval(ds, per_image, runs)
+            right = correctness(runs)
+            per_image = right.mean(axis=1)
+            ci, method = seed_interval(ds, right, None, runs)
+            low, high = ci.low, ci.high
             accs = [r.metrics["test_accuracy"] for r in runs]
             rows.append({"dataset": ds, "split": split, "protocol": protocol, "arch": a, "head": head, "arm": arm,
                          "seeds": len(runs), "n_test": len(per_image), "accuracy": float(np.mean(accs)),
@@ -168,10 +232,11 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite
                          "epochs": runs[0].params.get("epochs"),
                          "lr": sorted({r.params.get("lr") for r in runs}),
                          "converged": sum(r.converged for r in runs),
-                         "per_class": per_class_accuracy(runs), "resampled": resampled_unit(ds)})
+                         "per_class": per_class_accuracy(runs), "resampled": resampled_unit(ds),
+                         "interval": method})
     frame = pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "arm", "seeds", "n_test",
                                         "accuracy", "ci_low", "ci_high", "seed_sd", "epochs", "lr", "converged",
-                                        "per_class", "resampled"])
+                                        "per_class", "resampled", "interval"])
     if len(frame):
         frame = frame.sort_values(["dataset", "split", "protocol", "arm"], key=lambda c: c.map(_order)
                                   ).reset_index(drop=True)
@@ -185,9 +250,13 @@ def _order(value):
 
 
 def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
-    """ImageNet − scratch and ImageNet − linear probe per dataset and split: the difference in
-    accuracy with its bootstrap interval over test images (paired: the same images), and
-    McNemar's exact p on the seed-0 pair."""
+    """ImageNet − scratch and ImageNet − linear probe per dataset and split, on the seeds both
+    arms have: the difference in accuracy with its interval over seeds and test images
+    (:func:`seed_interval`: a two-level bootstrap, paired by image and by seed; ``interval``
+    names the method), the per-seed gaps (seed k of one arm minus seed k of the other, on the same
+    test images) with a t-interval over them (``gap_t_low``/``gap_t_high``; nan with one seed),
+    the interval over test images alone (``image_ci_*``: seeds averaged first, as the first
+    editions computed it), and McNemar's exact p on the seed-0 pair."""
     rows = []
     for ds, runset in runsets.items():
         groups = _groups(runset, arch)
@@ -199,23 +268,36 @@ def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_li
                 seeds = sorted(set(ca.columns) & set(cb.columns))
                 ca, cb = ca[seeds], cb.loc[ca.index, seeds]
                 diff = ca.mean(axis=1) - cb.mean(axis=1)
-                low, high = interval(ds, diff, groups[key + (a,)])
+                ci, method = seed_interval(ds, ca, cb, groups[key + (a,)])
+                img_low, img_high = interval(ds, diff, groups[key + (a,)])
+                gaps = intervals.seed_gaps(ca.to_numpy(), cb.to_numpy())
+                t = intervals.mean_ci(gaps)
                 s0 = seeds[0]
                 mc = intervals.mcnemar_exact(ca[s0].to_numpy() > 0, cb[s0].to_numpy() > 0)
                 rows.append({"dataset": ds, "split": key[2], "protocol": key[4],
                              "comparison": f"{arm_title(a)} − {arm_title(b)}",
                              "arm_a": a, "arm_b": b, "seeds": len(seeds), "difference": float(diff.mean()),
-                             "resampled": resampled_unit(ds),
-                             "ci_low": low, "ci_high": high, "p_mcnemar_seed0": mc["p_mcnemar"]})
-    return pd.DataFrame(rows, columns=["dataset", "split", "protocol", "comparison", "arm_a", "arm_b", "seeds",
-                                       "difference", "resampled", "ci_low", "ci_high", "p_mcnemar_seed0"])
+                             "resampled": resampled_unit(ds), "interval": method,
+                             "ci_low": ci.low, "ci_high": ci.high, "seed_gaps": fmt_gaps(gaps),
+                             "gap_t_low": t.low, "gap_t_high": t.high,
+                             "image_ci_low": img_low, "image_ci_high": img_high,
+                             "p_mcnemar_seed0": mc["p_mcnemar"]})
+    return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)
+
+
+DIFFERENCE_COLUMNS = ["dataset", "split", "protocol", "comparison", "arm_a", "arm_b", "seeds", "difference",
+                      "resampled", "interval", "ci_low", "ci_high", "seed_gaps", "gap_t_low", "gap_t_high",
+                      "image_ci_low", "image_ci_high", "p_mcnemar_seed0"]
 
 
 def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
     """Per dataset and split: the network trained from scratch (any arch, fair protocol, whole
     training split) with the highest mean best-epoch *validation* accuracy (picking on test would
-    flatter it), and ImageNet ``arch`` against it on the test images, paired image by image (each
-    side's correctness averaged over its own seeds)."""
+    flatter it), and ImageNet ``arch`` against it on the test images, paired image by image,
+    with the interval over seeds and images of :func:`seed_interval` (each side draws its own
+    seeds, unless both have the same ones; ``interval`` names the method: with one seed on a side,
+    that side's seed variance is not covered) and the interval over images alone
+    (``image_ci_*``)."""
     rows = []
     for ds, runset in runsets.items():
         groups = {k: v for k, v in _groups(runset).items() if k[3] == 1 and k[4] == ""}
@@ -225,15 +307,18 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_l
             if not scratch or not ours:
                 continue
             key, best = max(scratch.items(), key=lambda kv: np.mean([r.metrics["best_val_acc"] for r in kv[1]]))
-            ci, cb = correctness(ours[0]).mean(axis=1), correctness(best).mean(axis=1)
+            right_i, right_b = correctness(ours[0]), correctness(best)
+            ci, cb = right_i.mean(axis=1), right_b.mean(axis=1)
             diff = ci - cb.loc[ci.index]
-            low, high = interval(ds, diff, ours[0])
+            two, method = seed_interval(ds, right_i, right_b, ours[0])
+            img_low, img_high = interval(ds, diff, ours[0])
             rows.append({"dataset": ds, "split": split, "arch": key[0], "head": key[1], "seeds": len(best),
                          "networks": len({k[:2] for k in scratch}), "accuracy": float(cb.mean()),
-                         "imagenet_seeds": len(ours[0]), "difference": float(diff.mean()),
-                         "ci_low": low, "ci_high": high})
+                         "imagenet_seeds": len(ours[0]), "difference": float(diff.mean()), "interval": method,
+                         "ci_low": two.low, "ci_high": two.high, "image_ci_low": img_low, "image_ci_high": img_high})
     return pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "seeds", "networks", "accuracy",
-                                       "imagenet_seeds", "difference", "ci_low", "ci_high"])
+                                       "imagenet_seeds", "difference", "interval", "ci_low", "ci_high",
+                                       "image_ci_low", "image_ci_high"])
 
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
@@ -325,7 +410,8 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
             value = low = high = math.nan
             if runs:
                 value = float(np.mean([r.metrics["test_accuracy"] for r in runs]))
-                low, high = interval(dataset, correctness(runs).mean(axis=1), runs)
+                ci, _ = seed_interval(dataset, correctness(runs), None, runs)
+                low, high = ci.low, ci.high
             row.update({f"ours|{split}": value, f"ci_low|{split}": low, f"ci_high|{split}": high})
         rows.append(row)
     return pd.DataFrame(rows)
