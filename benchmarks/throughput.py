@@ -4,6 +4,7 @@
     python -m benchmarks.throughput --arch mobilenet_v3_small resnet18 --setting paper_a
     python -m benchmarks.throughput --scale                # wall time vs images / resolution
     python -m benchmarks.throughput --bf16                 # ours in fp32 against bf16 autocast
+    python -m benchmarks.throughput --augment              # ours with per-image augmentation
 
 For each arch and setting, on the same prepared synthetic data, the same model and the same
 hyperparameters, in the same process run (each variant in its own child process, so peak
@@ -23,6 +24,10 @@ versions and git commit.
 ``--bf16`` times ours twice per arch, fp32 and bf16 autocast, and prints the ratio: what
 ``models.ArchSpec.cpu_bf16`` records. It says whether the CPU computes bf16 natively; without
 it (no AVX512-BF16 or AMX) bf16 is emulated and the ratio says nothing about a CPU that has it.
+
+``--augment`` times ours twice per arch, without and with the recipe's per-image augmentation
+(helpers.augment, inside the engine on whole batches), and prints what it adds to a training
+epoch: the target is at most 10 %.
 """
 
 from __future__ import annotations
@@ -115,7 +120,7 @@ def _flops_per_image(model, image_size, device, train: bool) -> float:
     return counter.get_total_flops() / 2
 
 
-def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="auto") -> dict:
+def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="auto", augment="false") -> dict:
     import torch
 
     from helpers import training
@@ -126,7 +131,8 @@ def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="aut
     device = training.resolve_device(params["device"])
     # The engine's defaults ("auto"): compile on CUDA only; bf16 as training resolves it.
     params = {**params, "compile": device.type == "cuda" if compile_ == "auto" else compile_ == "true",
-              "bf16": training.resolve_bf16(bf16 if bf16 == "auto" else bf16 == "true", device, arch)}
+              "bf16": training.resolve_bf16(bf16 if bf16 == "auto" else bf16 == "true", device, arch),
+              "augment": augment == "true", "dataset": dataset}
     torch.manual_seed(0)
     model = training._build(params, len(prepared.class_names), device)
     optimizer = training.make_optimizer(model, params, device)
@@ -147,6 +153,7 @@ def run_ours(arch, setting, n_per_class, device_name, compile_="auto", bf16="aut
     result = _result("ours", arch, setting, device, model, size, n_train, n_val, *_fastest(times))
     result["compiled"] = params["compile"]
     result["bf16"] = params["bf16"]
+    result["augment"] = params["augment"]
     return result
 
 
@@ -337,6 +344,27 @@ def compare_bf16(archs, n_per_class, device, on_row=None) -> list[dict]:
     return rows
 
 
+def compare_augment(archs, n_per_class, device, on_row=None) -> list[dict]:
+    """Ours without and with per-image augmentation per arch (paper A's setting, bf16 as the
+    engine resolves it): what augmenting adds to a training epoch."""
+    rows = []
+    for arch in archs or ("efficientnet_lite0", "resnet18"):
+        common = [arch, "paper_a", str(n_per_class), device, "false", "auto"]
+        plain, augmented = _child(["ours", *common, "false"]), _child(["ours", *common, "true"])
+        row = {"arch": arch, "plain": plain, "augmented": augmented}
+        if "error" in plain or "error" in augmented:
+            print(f"augment {arch:20s} error: {plain.get('error') or augmented.get('error')}", flush=True)
+        else:
+            row["train_ratio"] = augmented["train_seconds"] / plain["train_seconds"]
+            print(f"augment {arch:20s} plain {plain['train_seconds']:6.2f} s  augmented "
+                  f"{augmented['train_seconds']:6.2f} s per training epoch  ratio {row['train_ratio']:4.3f}x "
+                  f"({row['train_ratio'] - 1:+.1%}; target at most +10%)", flush=True)
+        rows.append(row)
+        if on_row:
+            on_row(rows)
+    return rows
+
+
 def _print_row(row):
     o, n = row["ours"], row["naive"]
     if "error" in o or "error" in n:
@@ -464,6 +492,7 @@ def main(argv=None) -> int:
                         help="the GPU's measured bf16 matmul TFLOP/s for MFU (default: data sheet)")
     parser.add_argument("--scale", action="store_true", help="measure wall time vs data size")
     parser.add_argument("--bf16", action="store_true", help="ours in fp32 against bf16 autocast, per arch")
+    parser.add_argument("--augment", action="store_true", help="ours without and with per-image augmentation")
     parser.add_argument("--out", default="", help="JSON file (default benchmarks/results/<device>.json)")
     args = parser.parse_args(argv)
 
@@ -488,10 +517,13 @@ def main(argv=None) -> int:
     workers = args.workers if args.workers is not None else sorted({0, os.cpu_count() or 1})
     report = {**report_header(device, "benchmarks.throughput", argv), "n_per_class": args.n_per_class,
               "timed_epochs": args.timed_epochs}
-    kind = "-scale" if args.scale else "-bf16" if args.bf16 else ""
+    kind = "-scale" if args.scale else "-bf16" if args.bf16 else "-augment" if args.augment else ""
     out = args.out or RESULTS_DIR / f"{device.type}{kind}.json"
     if args.scale:
         report["scale"] = scale(args.device)
+    elif args.augment:
+        report["augment_rows"] = compare_augment(args.arch, args.n_per_class, args.device,
+                                                 on_row=lambda rows: save_report({**report, "augment_rows": rows}, out))
     elif args.bf16:
         native = device.type == "cuda" or training.cpu_has_bf16()
         report["native_bf16"] = native

@@ -215,3 +215,13 @@ def test_the_bf16_comparison_times_each_arch_both_ways(data_root, monkeypatch, c
     shown = throughput.load_bf16(tmp_path)
     assert list(shown["native bf16"]) == ["no (emulated)"]
     assert list(shown["bf16/fp32"]) == [round(rows[0]["ratio"], 2)]
+
+
+def test_the_augmentation_benchmark_times_each_arch_with_and_without(data_root, monkeypatch, capsys):
+    monkeypatch.setitem(throughput.SETTINGS, "paper_a", ("covid_radiography", 32, 4, "replace"))
+    monkeypatch.setattr(throughput, "_child", lambda args: throughput.run_ours(
+        args[1], args[2], int(args[3]), args[4], *args[5:]))
+    rows = throughput.compare_augment(["mobilenet_v3_small"], n_per_class=6, device="cpu")
+    assert [(r["plain"]["augment"], r["augmented"]["augment"]) for r in rows] == [(False, True)]
+    assert rows[0]["train_ratio"] == pytest.approx(rows[0]["augmented"]["train_seconds"] / rows[0]["plain"]["train_seconds"])
+    assert "target at most +10%" in capsys.readouterr().out

@@ -86,7 +86,12 @@ BAD = [
     ({"early_stopping_patience": -1}, "early_stopping_patience", [">= 0"]),
     ({"arch": "alexnet", "image_size": 62}, "image_size", ["63"]),
     ({"arch": "vgg16", "image_size": 31}, "image_size", ["32"]),
-    ({"normalize": "minmax"}, "normalize", ["dataset", "imagenet", "paper_a"]),
+    ({"normalize": "minmax"}, "normalize", ["dataset", "imagenet", "paper_a", "weights"]),
+    ({"optimizer": "sgd"}, "optimizer", ["adam", "adamw"]),
+    ({"weight_decay": 0.05}, "weight_decay", ["adamw"]),
+    ({"weight_decay": -1.0, "optimizer": "adamw"}, "weight_decay", [">= 0"]),
+    ({"lr_schedule": "cosine", "warmup_epochs": 2}, "warmup_epochs", ["below 'epochs'"]),
+    ({"augment": "yes"}, "augment", ["True", "False"]),
     ({"split": "kfold"}, "split", ["random", "grouped"]),
     ({"n_per_class": 2}, "n_per_class", [">= 5"]),
     ({"device": "tpu"}, "device", ["auto", "cpu", "cuda"]),
@@ -243,8 +248,8 @@ _KILL_PREAMBLE = textwrap.dedent("""
 KILLER = _KILL_PREAMBLE + textwrap.dedent("""
     real_epoch = training._Engine.train_epoch
 
-    def train_epoch(self, model, optimizer, seed, epoch, bar):
-        loss = real_epoch(self, model, optimizer, seed, epoch, bar)
+    def train_epoch(self, model, optimizer, seed, epoch, bar, **schedule):
+        loss = real_epoch(self, model, optimizer, seed, epoch, bar, **schedule)
         if epoch == kill_epoch:  # a crash after training this epoch, before its checkpoint
             os.kill(os.getpid(), signal.SIGKILL)
         return loss

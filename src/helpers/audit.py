@@ -190,12 +190,14 @@ def _shortcut_models(seed: int):
     ]
 
 
-def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd.DataFrame:
+def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0,
+                      predictions: dict | None = None) -> pd.DataFrame:
     """Histogram + mean + std models on the prepared splits: one row per model.
 
     Trains on train, picks the hyper-parameter with the best val accuracy (first on ties),
     reports test accuracy with a 95% Wilson CI, balanced accuracy, macro one-vs-rest AUC
-    and per-class recall. ``split`` overrides ``prepared.split`` (same length).
+    and per-class recall. ``split`` overrides ``prepared.split`` (same length). A dict passed
+    as ``predictions`` receives each model's test predictions (model name -> labels).
     """
     from sklearn.metrics import balanced_accuracy_score
     from threadpoolctl import threadpool_limits
@@ -222,6 +224,8 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd
                 best = (acc, label, model)
         val_acc, label, model = best
         pred = model.predict(X[te])
+        if predictions is not None:
+            predictions[model_name] = pred
         correct = int((pred == y[te]).sum())
         low, high = binomial_ci(correct, int(te.sum()))
         row = {
@@ -242,6 +246,13 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0) -> pd
             row[f"recall_{name}"] = float((pred[mask] == k).mean()) if mask.any() else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def shortcut_choice(rows: pd.DataFrame) -> str:
+    """The intensity-only model a user would pick from ``shortcut_baseline``'s rows: the best
+    validation accuracy (first on ties) among the learned ones, never the best test."""
+    learned = rows[rows["model"].isin(["logistic regression", "gradient boosting"])]
+    return str(learned.loc[learned["val_accuracy"].fillna(-1).idxmax(), "model"])
 
 
 # --------------------------------------------------------------------------- slice view (CT)
@@ -520,7 +531,14 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
                                             "which are kept: no grouped split is drawn")
     else:
         grouped_dir, grouped_error = try_grouped_prepare(**common)
-    shortcut = shortcut_baseline(prepared, seed=seed).assign(split=own)
+    own_predictions: dict = {}
+    shortcut = shortcut_baseline(prepared, seed=seed, predictions=own_predictions).assign(split=own)
+    # which test images the intensity-only model gets right: the CNNs' accuracy on the ones it
+    # gets wrong (shortcut-hard) is read beside their accuracy on the rest (helpers.shortcut)
+    chosen = shortcut_choice(shortcut)
+    test = np.asarray(prepared.split) == "test"
+    write_csv(pd.DataFrame({"path": np.asarray(prepared.paths)[test], "label": np.asarray(prepared.labels)[test],
+                            "pred": own_predictions[chosen], "model": chosen}), out / "shortcut_predictions.csv")
     grouped_counts = None
     if grouped_dir is not None:
         grouped = load_prepared(grouped_dir)
@@ -625,11 +643,9 @@ def headline(res: dict) -> dict:
     if res["grouped_counts"] is not None:
         out["grouped_cross_split_pairs"] = int(res["grouped_counts"].attrs.get("cross_split_pairs", -1))
     for split_kind, rows in res["shortcut"].groupby("split"):
-        learned = rows[rows["model"] != "majority class"]
-        # The model a user would pick: best validation accuracy (first on ties), never best test.
-        best = learned.loc[learned["val_accuracy"].fillna(-1).idxmax()]
+        best = rows.set_index("model").loc[shortcut_choice(rows)]
         chance = rows[rows["model"] == "majority class"].iloc[0]
-        out[f"shortcut_{split_kind}_model"] = best["model"]
+        out[f"shortcut_{split_kind}_model"] = best.name
         out[f"shortcut_{split_kind}_acc"] = round(100 * float(best["test_accuracy"]), 1)
         out[f"shortcut_{split_kind}_ci"] = f"{100 * best['ci_low']:.1f}-{100 * best['ci_high']:.1f}%"
         out[f"shortcut_{split_kind}_chance"] = round(100 * float(chance["test_accuracy"]), 1)

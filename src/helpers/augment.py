@@ -39,11 +39,13 @@ def draw(aug: Augmentation, n: int, generator: "torch.Generator") -> dict[str, "
         return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
 
     area = uniform(*aug.crop_scale)
-    log_ratio = uniform(math.log(aug.crop_ratio[0]), math.log(aug.crop_ratio[1]))
-    ratio = torch.exp(log_ratio)
-    # crop sides as fractions of the image's, at most the whole side
-    width = torch.sqrt(area * ratio).clamp(max=1.0)
-    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # the aspect ratio, log-uniform over the ratios at which a crop of that area fits inside the
+    # image (where torchvision retries its draw), so every crop keeps the area it drew
+    low = torch.clamp(torch.log(area), min=math.log(aug.crop_ratio[0]))
+    high = torch.clamp(-torch.log(area), max=math.log(aug.crop_ratio[1]))
+    ratio = torch.exp(low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64))
+    # crop sides as fractions of the image's
+    width, height = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
     # the crop's centre, anywhere the crop still fits inside the image ([-1, 1] coordinates)
     cx = (1 - width) * uniform(-1.0, 1.0)
     cy = (1 - height) * uniform(-1.0, 1.0)

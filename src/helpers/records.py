@@ -7,7 +7,8 @@ no data and no network shows them (CONTRACTS.md lists the files):
   ``predictions.csv`` (or ``missing.json`` with the reason it could not run);
 * ``data/<prepared folder>.json``: each prepared folder's ``info.json`` (split counts, near-copy
   share of each split, fingerprint); ``data/<dataset>-views.csv``: each CT slice's view (axial or
-  coronal), from the audit step;
+  coronal), and ``data/<dataset>-shortcut.csv``: the intensity-only model's prediction for each
+  test image, both from the audit step;
 * ``notebooks/``: the executed evaluate, explain, audit, data-prep and summary notebooks;
 * ``manifest.json``: the image set's fingerprint (every file's name and SHA-256), the commit,
   machine and device, library versions and the wall time of every step.
@@ -157,10 +158,11 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
             nb = wf.data_prep_notebook(exp, prep)
             steps[f"data_prep_{prep['dataset']}_{prep['split']}"] = _notebook_seconds(nb) if nb.is_file() else None
             atomic.copy_file(info, out / "data" / f"{prep['dataset']}-{prep['split']}.json")
-    for ds in exp["audit"]:  # each slice's view (CT), for the accuracy per view
-        views = Path(wf.notebook_params(exp, "audit", ds)["out_dir"]) / "views.csv"
-        if views.is_file():
-            atomic.copy_file(views, out / "data" / f"{ds}-views.csv")
+    for ds in exp["audit"]:  # each slice's view (CT), for the accuracy per view; the intensity
+        audit_dir = Path(wf.notebook_params(exp, "audit", ds)["out_dir"])   # model's test predictions
+        for name, record in (("views.csv", "views"), ("shortcut_predictions.csv", "shortcut")):
+            if (audit_dir / name).is_file():
+                atomic.copy_file(audit_dir / name, out / "data" / f"{ds}-{record}.csv")
     if wf.summary_notebook(exp).is_file():
         atomic.copy_file(wf.summary_notebook(exp), out / "notebooks" / "summary.ipynb")
     commit, dirty = git_state()

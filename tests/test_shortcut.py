@@ -1,0 +1,59 @@
+"""Shortcut-hard and shortcut-easy test images (helpers.shortcut), on the committed records."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import records, shortcut, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="module")
+def chest():
+    return study.load(records.REFERENCE)["covid_radiography"]
+
+
+def _accuracy(runs):
+    return np.mean([r.metrics["test_accuracy"] for r in runs])
+
+
+def test_the_hard_and_easy_images_split_each_arms_accuracy_and_gap(chest):
+    fair = {r.arm: [] for r in chest.runs}
+    for r in chest.runs:
+        if r.arch == "efficientnet_lite0" and r.id.protocol == "" and r.id.train_fraction == 1:
+            fair[r.arm].append(r)
+    paths = study.correctness(fair["scratch"]).index
+    # any split of the test images will do: every third image "wrong" for the intensity model
+    correct = pd.Series(np.arange(len(paths)) % 3 != 0, index=paths)
+    table = shortcut.hard_easy(chest, correct)
+    whole = table[table["classes"] == "all classes"].set_index("subset")
+    assert whole["n_test"].sum() == len(paths) and whole.loc["hard", "n_test"] == (~correct).sum()
+    for arm in ("imagenet", "linear_probe", "scratch"):
+        pooled = (whole[arm] * whole["n_test"]).sum() / len(paths)
+        assert pooled == pytest.approx(_accuracy(fair[arm]))
+        assert (whole[f"{arm}_low"] <= whole[arm]).all() and (whole[arm] <= whole[f"{arm}_high"]).all()
+    gap = (whole["imagenet-scratch"] * whole["n_test"]).sum() / len(paths)
+    assert gap == pytest.approx(_accuracy(fair["imagenet"]) - _accuracy(fair["scratch"]))
+    assert set(whole["interval"]) == {"seeds+images, paired seeds"}
+    # a pair of classes holds only the images of those two classes
+    labels = fair["scratch"][0].predictions.set_index("path").loc[paths, "label"]
+    names = fair["scratch"][0].class_names
+    pair = table[table["classes"] == f"{names[0]} and {names[1]}"]
+    assert pair["n_test"].sum() == labels.isin([0, 1]).sum()
+    shown = shortcut.shown(table)
+    assert list(shown.columns) == ["classes", "test images", "ImageNet", "linear probe", "scratch", "ImageNet − scratch"]
+    text = shortcut.sentence(table, float(correct.mean()), "gradient boosting")
+    assert f"On the {int((~correct).sum())} it gets wrong" in text and "66.7%" in text
+
+
+def test_predictions_of_another_split_are_refused_naming_the_dataset(chest):
+    with pytest.raises(ValueError, match="covid_radiography"):
+        shortcut.hard_easy(chest, pd.Series([True], index=["elsewhere.png"]))
