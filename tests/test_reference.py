@@ -153,3 +153,25 @@ def test_each_difference_has_an_interval_over_seeds_and_images_and_its_per_seed_
     assert shown["resampled"].str.contains("seeds").any() and shown["resampled"].str.contains("only").any()
     text = reference.answer_text(exp, study.arm_table(runsets), diffs, None, {})
     assert f"per-seed gaps {chest.seed_gaps} pp" in text
+
+
+def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
+    from helpers import calibration
+
+    runsets = study.load(records.REFERENCE)
+    results = reference.calibration_results(runsets, best=study.best_scratch(runsets))
+    scores = results["scores"].set_index("arm")
+    assert {"ImageNet", "linear probe", "scratch"} <= set(scores.index)
+    scratch = [r for r in runsets["covid_radiography"].runs if r.arch == "efficientnet_lite0" and r.arm == "scratch"
+               and r.id.protocol == "" and r.id.train_fraction == 1]
+    # the seed mean of each run's own scores, read from its predictions.csv
+    assert scores.loc["scratch", "ece"] == pytest.approx(sum(calibration.ece(r.labels, r.probs) for r in scratch) / len(scratch))
+    assert scores.loc["scratch", "brier"] == pytest.approx(sum(calibration.brier(r.labels, r.probs) for r in scratch) / len(scratch))
+    assert scores.loc["scratch", "accuracy"] == pytest.approx(sum(r.metrics["test_accuracy"] for r in scratch) / len(scratch))
+    assert ((scores["ece_low"] <= scores["ece"]) & (scores["ece"] <= scores["ece_high"])).all()
+    text = reference.calibration_text(results)
+    v = results["imagenet_vs_scratch"]
+    verdict = "improve" if v["ece_high"] < 0 else "worsen" if v["ece_low"] > 0 else "do not clearly change"
+    assert text.startswith(f"ImageNet weights {verdict} calibration")
+    assert f"{100 * scores.loc['ImageNet', 'ece']:.1f}% against {100 * scores.loc['scratch', 'ece']:.1f}%" in text
+    assert len(reference.calibration_display(results["scores"])) == len(scores)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import experiment as ex
-from . import data, models, records, report, study
+from . import calibration, data, models, records, report, study
 from .params import STOPPED_BY
 
 DATASET_TITLES = {name: spec.title for name, spec in data.DATASETS.items()}
@@ -347,3 +348,110 @@ def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:
         for folder, reason in rs.missing:
             rows.append({"dataset": ds, "run": Path(folder).name, "note": study.short_reason(reason)})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- calibration
+
+def calibration_arms(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
+                     arch: str = "efficientnet_lite0", best: pd.DataFrame | None = None) -> dict[str, tuple[str, list]]:
+    """The runs whose calibration the page shows, label -> (arm, runs): ``arch`` fine-tuned from
+    ImageNet, as a linear probe and from scratch (the converged protocol, whole training split),
+    and the best network from scratch on validation (``best``: :func:`study.best_scratch`) where it
+    is another network."""
+    if dataset not in runsets:
+        return {}
+    groups = {k: v for k, v in study._groups(runsets[dataset]).items() if k[3] == 1 and k[4] == "" and k[2] == split}
+    out = {}
+    for (a, head, _, _, _, arm), runs in sorted(groups.items(), key=lambda kv: study._order(kv[0][5])):
+        if a == arch:
+            out[report.arm_title(arm)] = (arm, runs)
+    b = None if best is None else best[(best["dataset"] == dataset) & (best["split"] == split)]
+    if b is not None and len(b) and b.iloc[0]["arch"] != arch:
+        key = (b.iloc[0]["arch"], b.iloc[0]["head"], split, 1.0, "", "scratch")
+        if key in groups:
+            out[f"best from scratch ({study.arch_label(key[0], key[1])})"] = ("scratch", groups[key])
+    return out
+
+
+def _aligned(runs: list) -> tuple[list[str], "np.ndarray", list]:
+    paths = list(runs[0].predictions["path"])
+    labels = runs[0].predictions.set_index("path").loc[paths, "label"].to_numpy(dtype=int)
+    cols = [f"prob_{k}" for k in range(len(runs[0].class_names))]
+    probs = [r.predictions.set_index("path").loc[paths, cols].to_numpy(dtype=float) for r in sorted(runs, key=lambda r: r.seed)]
+    return paths, labels, probs
+
+
+def calibration_results(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
+                        best: pd.DataFrame | None = None) -> dict:
+    """Per arm of :func:`calibration_arms`: ECE (15 bins, interval over seeds and test images),
+    NLL and Brier (seed means, with intervals), accuracy and mean confidence (``scores``), its
+    reliability bins pooled over seeds (``bins``), and ImageNet − scratch paired by image and by
+    seed (``imagenet_vs_scratch``, None without both arms)."""
+    arms = calibration_arms(runsets, dataset, split, best=best)
+    rows, bins, probs_of, labels0 = [], {}, {}, None
+    for label, (arm, runs) in arms.items():
+        paths, labels, probs = _aligned(runs)
+        if labels0 is None:
+            paths0, labels0 = paths, labels
+        probs = [p[pd.Index(paths).get_indexer(paths0)] for p in probs]   # every arm in the first arm's order
+        groups = study.groups_of(dataset, paths0, labels0)
+        rows.append({"arm": label, "colour arm": arm, **calibration.arm_scores(labels0, probs, groups)})
+        bins[label] = (calibration.reliability(np.tile(labels0, len(probs)), np.concatenate(probs)),
+                       report.arm_color(arm), "--" if label.startswith("best") else "-")
+        probs_of[label] = (arm, [r.seed for r in sorted(runs, key=lambda r: r.seed)], probs)
+    versus = None
+    by_arm = {v[0]: (k, v) for k, v in probs_of.items() if not k.startswith("best")}
+    if "imagenet" in by_arm and "scratch" in by_arm:
+        (_, (_, seeds_i, pi)), (_, (_, seeds_s, ps)) = by_arm["imagenet"], by_arm["scratch"]
+        versus = calibration.compare(labels0, pi, ps, study.groups_of(dataset, paths0, labels0),
+                                     paired_seeds=seeds_i == seeds_s and len(seeds_i) > 1)
+    return {"scores": pd.DataFrame(rows), "bins": bins, "imagenet_vs_scratch": versus}
+
+
+def calibration_display(scores: pd.DataFrame) -> pd.DataFrame:
+    """The calibration table as a reader sees it."""
+    if not len(scores):
+        return pd.DataFrame({"note": ["no run of the answer is recorded yet"]})
+    pct = lambda v, lo, hi: f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    num = lambda v, lo, hi: f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return pd.DataFrame({
+        "network": scores["arm"], "seeds": scores["seeds"],
+        "accuracy (%)": [f"{100 * v:.1f}" for v in scores["accuracy"]],
+        "mean confidence (%)": [f"{100 * v:.1f}" for v in scores["confidence"]],
+        "ECE, 15 bins (%)": [pct(r.ece, r.ece_low, r.ece_high) for r in scores.itertuples()],
+        "NLL": [num(r.nll, r.nll_low, r.nll_high) for r in scores.itertuples()],
+        "Brier": [num(r.brier, r.brier_low, r.brier_high) for r in scores.itertuples()]})
+
+
+def calibration_text(results: dict) -> str:
+    """One sentence: whether ImageNet weights change calibration, from the ECE difference's
+    interval (and NLL and Brier, which also reward accuracy)."""
+    v, scores = results["imagenet_vs_scratch"], results["scores"]
+    if v is None:
+        return "Calibration needs both ImageNet and scratch runs of the answer; one is not recorded yet."
+    s = scores.set_index("colour arm")
+    i, sc = s.loc["imagenet"], s.loc["scratch"]
+    i, sc = (i.iloc[0] if isinstance(i, pd.DataFrame) else i), (sc.iloc[0] if isinstance(sc, pd.DataFrame) else sc)
+    verb = ("improve" if v["ece_high"] < 0 else "worsen" if v["ece_low"] > 0 else "do not clearly change")
+    moves = lambda name: ("falls" if v[f"{name}_high"] < 0 else "rises" if v[f"{name}_low"] > 0 else "does not clearly move")
+    side = lambda r: "overconfident" if r.confidence > r.accuracy else "underconfident"
+    loss = (f"the negative log-likelihood {moves('nll')} ({i.nll:.3f} against {sc.nll:.3f}) and the Brier score "
+            f"{moves('brier')} ({i.brier:.3f} against {sc.brier:.3f}), though both also reward accuracy")
+    return (f"ImageNet weights {verb} calibration: the expected calibration error is {100 * i.ece:.1f}% against "
+            f"{100 * sc.ece:.1f}% from scratch ({100 * v['ece']:+.1f} points [{100 * v['ece_low']:+.1f}, "
+            f"{100 * v['ece_high']:+.1f}] over seeds and test images; from scratch the network is {side(sc)}, "
+            f"{100 * sc.confidence:.1f}% sure on average and {100 * sc.accuracy:.1f}% right), and {loss}.")
+
+
+def calibration_figure(results: dict, title: str = ""):
+    return calibration.reliability_figure(results["bins"], title)
+
+
+def top_bin_shares(results: dict) -> str:
+    """The share of each arm's predictions in the top confidence bin, lowest to highest:
+    "78% (linear probe) to 97% (ImageNet)"."""
+    shares = {label: float(bins["count"].iloc[-1] / bins["count"].sum()) for label, (bins, _, _) in results["bins"].items()}
+    if not shares:
+        return "—"
+    low, high = min(shares, key=shares.get), max(shares, key=shares.get)
+    return f"{100 * shares[low]:.0f}% ({low}) to {100 * shares[high]:.0f}% ({high})"
