@@ -116,6 +116,26 @@ def test_a_sweep_and_the_seeds_it_tunes_may_sit_in_different_stages(tmp_path):
                                            demo_entry(arms=["scratch"], seeds=[2], tune={**tune, "seed": 1})]))
 
 
+def test_a_longer_budget_takes_the_rate_another_protocols_sweep_chose(tmp_path):
+    tune = {"lr": [1.0e-3, 3.0e-3], "seed": 0}
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                     protocols={"recipe": {"epochs": 30}, "recipe_long": {"epochs": 60}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0], tune=tune, protocol="recipe"),
+                           demo_entry(arms=["scratch"], seeds=[0], protocol="recipe_long",
+                                      tune={**tune, "protocol": "recipe"}, stage=2)])
+    exp = ex.load_experiment(path)
+    grid, sweeps = ex.runs(exp), ex.sweeps(exp)
+    longer = {rid.name: rid for rid in grid}["resnet18-scratch-recipe_long-tuned-s0"]   # seed 0, no sweep of its own
+    assert grid[longer]["epochs"] == 60 and grid[longer]["lr"] is None
+    assert {r.name for r in sweeps[longer].candidates.values()} == {
+        "resnet18-scratch-recipe-lr0.001-s0", "resnet18-scratch-recipe-lr0.003-s0"}
+    assert len(grid) == 3
+    with pytest.raises(ex.ExperimentError, match="protocol 'nope'"):
+        ex.load_experiment(write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
+                                     protocols={"recipe": {"epochs": 30}},
+                                     grid=[demo_entry(arms=["scratch"], seeds=[0], tune={**tune, "protocol": "nope"})]))
+
+
 def test_a_stages_targets_print_on_one_line_without_the_images(capsys):
     # one line: `make report SNAKE_ARGS="$(... targets ...)"` breaks a recipe at each newline
     assert wf.main(["targets", "real_study", "--stage", "1"]) in (0, None)

@@ -87,13 +87,16 @@ class Tune(BaseModel):
     """``tune: {lr: [...]}``: each rate trains on one seed (``seed``, default the entry's first)
     and the whole training split; the entry's other runs (other seeds, smaller training shares)
     use the rate chosen. An entry whose seeds leave out ``seed`` holds tuned runs only: its sweep
-    is another entry's (a sweep in one stage, the seeds it tunes in a later one)."""
+    is another entry's (a sweep in one stage, the seeds it tunes in a later one). ``protocol``:
+    the rate is the one chosen by that protocol's sweep, and every run of the entry is a tuned
+    one (the budget-doubling check: the same recipe, twice the epochs, at the rate it chose)."""
 
     model_config = _YAML
 
     lr: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=2)
     by: Literal[TUNE_BY] = "best_val_acc"
     seed: Optional[NonNegInt] = None
+    protocol: Optional[str] = None
 
 
 class GridEntry(BaseModel):
@@ -153,6 +156,9 @@ class ExperimentFile(BaseModel):
                                  f"protocols: {list(self.protocols)}")
             if e.tune is not None and "lr" in e.train:
                 raise ValueError(f"grid[{i}] sets train.lr and tune.lr: keep one")
+            if e.tune is not None and e.tune.protocol is not None and e.tune.protocol not in self.protocols:
+                raise ValueError(f"grid[{i}] takes its rate from protocol {e.tune.protocol!r}'s sweep, which is "
+                                 f"not listed under protocols: {list(self.protocols)}")
         return self
 
 
@@ -410,7 +416,7 @@ def _build_plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[
                             raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
                         grid[rid] = params
                         stage[rid] = entry["stage"]
-                    group = _sweep_group(rid)
+                    group = _sweep_group(rid, tune["protocol"] if tune else None)
                     if tuning == "tuned":
                         tuned[rid] = (i, group, tune)
                     elif tuning:
@@ -445,16 +451,18 @@ def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:
     sweep_seed = seeds[0] if tune["seed"] is None else tune["seed"]
     out = []
     for seed in seeds:
-        if seed == sweep_seed and train["train_fraction"] == 1:
+        if seed == sweep_seed and train["train_fraction"] == 1 and tune["protocol"] is None:
             out += [(seed, lr_tag(lr), lr) for lr in tune["lr"]]
         else:
             out.append((seed, "tuned", None))
     return out
 
 
-def _sweep_group(rid: RunId) -> RunId:
-    """What a sweep and the runs it tunes share: the identity less seed, share and rate."""
-    return rid.model_copy(update={"seed": 0, "train_fraction": 1.0, "tuning": ""})
+def _sweep_group(rid: RunId, protocol: str | None = None) -> RunId:
+    """What a sweep and the runs it tunes share: the identity less seed, share and rate (and the
+    protocol, for runs that take another protocol's choice)."""
+    update = {"seed": 0, "train_fraction": 1.0, "tuning": ""}
+    return rid.model_copy(update=update if protocol is None else {**update, "protocol": protocol})
 
 
 def sweep_scores(run_dir: str | os.PathLike) -> dict:
