@@ -147,6 +147,8 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None:
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
+            if "interval" not in old["differences"].columns:   # archived before intervals covered the seeds
+                text += " (an interval over test images only)"
             text += (f": {max(0.0, now.difference) / then.difference:.0%} of that gap survives." if then.ci_low > 0 else ".")
         parts.append(text)
     for ds in exp["datasets"]:
@@ -155,6 +157,16 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
             parts.append(f"**{DATASET_TITLES[ds]}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
                          f"{', '.join(map(str, later))} of the study.")
     return "\n\n".join(parts)
+
+
+SHORT_METHODS = {"seeds+images": "seeds and {unit}", "seeds+images, paired seeds": "seeds (paired) and {unit}",
+                 "images": "{unit} only (one seed)", "images, seeds of one side": "{unit}; seeds of the side with several"}
+
+
+def _short_method(method: str, dataset: str) -> str:
+    """A narrow cell: what an interval resampled ("seeds (paired) and images")."""
+    unit = "slice blocks" if study.resampled_unit(dataset).startswith("blocks") else "images"
+    return SHORT_METHODS[method].format(unit=unit)
 
 
 def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -166,16 +178,16 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
         rows.append({"data": _where(exp, d.dataset, d.split, TABLE_SPLITS),
                      "protocol": "converged" if not d.protocol else study.protocol_title(exp, d.protocol).split("'s")[0],
                      "comparison": d.comparison, "difference (pp)": study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False),
-                     "resampled": study.describe_interval(d.interval, d.dataset, short=True),
+                     "resampled": _short_method(d.interval, d.dataset),
                      "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
                      "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
                                                   f"[{100 * d.gap_t_low:+.1f}, {100 * d.gap_t_high:+.1f}]"),
                      "images only": f"[{100 * d.image_ci_low:+.1f}, {100 * d.image_ci_high:+.1f}]"})
     for b in ([] if best is None else best[best["networks"] > 1].itertuples()):
         rows.append({"data": _where(exp, b.dataset, b.split, TABLE_SPLITS), "protocol": "converged",
-                     "comparison": f"ImageNet − best from scratch ({study.arch_label(b.arch, b.head)}, {int(b.seeds)}s)",
+                     "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
                      "difference (pp)": study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False),
-                     "resampled": study.describe_interval(b.interval, b.dataset, short=True),
+                     "resampled": _short_method(b.interval, b.dataset),
                      "per-seed gaps (pp)": "—", "t-interval over the gaps": "—",
                      "images only": f"[{100 * b.image_ci_low:+.1f}, {100 * b.image_ci_high:+.1f}]"})
     return pd.DataFrame(rows)
