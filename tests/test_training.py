@@ -90,7 +90,7 @@ BAD = [
     ({"optimizer": "sgd"}, "optimizer", ["adam", "adamw"]),
     ({"weight_decay": 0.05}, "weight_decay", ["adamw"]),
     ({"weight_decay": -1.0, "optimizer": "adamw"}, "weight_decay", [">= 0"]),
-    ({"lr_schedule": "cosine", "warmup_epochs": 2}, "warmup_epochs", ["below 'epochs'"]),
+    ({"lr_schedule": "cosine", "warmup_epochs": 20}, "warmup_epochs", ["below 'epochs'"]),
     ({"augment": "yes"}, "augment", ["True", "False"]),
     ({"split": "kfold"}, "split", ["random", "grouped"]),
     ({"n_per_class": 2}, "n_per_class", [">= 5"]),

@@ -285,6 +285,26 @@ class TrainSettings(BaseModel):
     warmup_epochs: NonNegInt = 0
 
 
+def resolve_normalize(normalize, pretrained) -> str:
+    """``normalize: weights`` for one arm: its weights' statistics where it starts from ImageNet
+    weights, the dataset's where it does not; any other value as it is."""
+    if normalize != "weights":
+        return normalize
+    return "imagenet" if pretrained is True else "dataset"
+
+
+def same_training(defaults: dict, protocol: dict, arm: str) -> bool:
+    """Whether ``arm`` trains exactly as under ``defaults`` with the settings ``protocol``
+    lays over them (TrainSettings values; ``normalize`` resolved for the arm): such a protocol
+    reuses the defaults' runs of that arm rather than training them again."""
+    pretrained = ARMS[arm].fields["pretrained"]
+
+    def resolved(settings: dict) -> dict:
+        full = TrainSettings(**settings).model_dump()
+        return {**full, "normalize": resolve_normalize(full["normalize"], pretrained)}
+    return resolved(defaults) == resolved({**defaults, **protocol})
+
+
 # How a run's training ended (metrics.json's ``stopped_by``), in a reader's words.
 STOPPED_BY = {"early_stopping": "stopped by itself", "epoch_cap": "hit its epoch cap: not converged",
               "fixed_budget": "fixed budget"}
@@ -328,9 +348,9 @@ class TrainParams(TrainSettings):
     def _own_normalization(cls, values):
         # "weights" is resolved here, so a record says what its inputs were and a scratch run
         # keeps the identity it had under "dataset"
-        if isinstance(values, dict) and values.get("normalize") == "weights":
-            from_imagenet = values.get("pretrained", cls.model_fields["pretrained"].default) is True
-            values = {**values, "normalize": "imagenet" if from_imagenet else "dataset"}
+        if isinstance(values, dict) and "normalize" in values:
+            pretrained = values.get("pretrained", cls.model_fields["pretrained"].default)
+            values = {**values, "normalize": resolve_normalize(values["normalize"], pretrained)}
         return values
 
     @model_validator(mode="after")
@@ -350,7 +370,8 @@ class TrainParams(TrainSettings):
             raise ValueError(f"parameter 'warmup_epochs' ({self.warmup_epochs}) must be below 'epochs' "
                              f"({self.epochs}): the cosine schedule decays after the warm-up")
         if self.weight_decay and self.optimizer == "adam":
-            raise ValueError("parameter 'weight_decay' needs optimizer='adamw' (decoupled weight decay)")
+            raise ValueError(f"parameter 'weight_decay' is {self.weight_decay} but optimizer is 'adam': "
+                             "weight decay needs optimizer='adamw' (decoupled weight decay)")
         if self.freeze_backbone and not self.pretrained:
             raise ValueError("parameter 'freeze_backbone' needs pretrained=True: a linear probe "
                              "of random features is not the ImageNet question")
