@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import experiment as ex
-from . import calibration, data, models, records, report, study
+from . import calibration, data, models, protocols, records, report, study
 from .params import STOPPED_BY
 
 DATASET_TITLES = {name: spec.title for name, spec in data.DATASETS.items()}
@@ -60,7 +60,7 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
         # narrow enough for the page: test counts and near-copy shares are in the sentences
         row = {"data": _where(exp, ds, split),
-               "protocol": "converged, tuned lr" if not protocol else study.protocol_title(exp, protocol).split(":")[0]}
+               "protocol": "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)}
         for r in part.itertuples():
             row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
@@ -132,17 +132,18 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
     for (ds, split) in arms[["dataset", "split"]].drop_duplicates().itertuples(index=False):
         where = _where(exp, ds, split, study.SPLIT_TITLES)
         fair = _sentence(arms, diffs, ds, split, "")
-        budgets = {p: _sentence(arms, diffs, ds, split, p) for p in exp["protocols"]}   # the papers' budgets
+        budgets = {p: _sentence(arms, diffs, ds, split, p) for p in protocols.answer_protocols(exp)}
         n_test = int(arms[(arms["dataset"] == ds) & (arms["split"] == split)]["n_test"].iloc[0])
         text = (f"**{where}** ({n_test} test images, {near_copies(data_info, ds, split)} of them with a near-copy "
                 "in train). ")
-        fair_title = study.protocol_title(exp, "")
+        fair_title = protocols.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
         for p, budget in budgets.items():
             if budget:
-                title, _, detail = study.protocol_title(exp, p).partition(": ")
-                text += f" *At {title}* ({detail}): {budget}."
+                title, _, detail = protocols.protocol_title(exp, p).partition(": ")
+                lead = "At" if title.endswith("budget") else "With"
+                text += f" *{lead} {title}* ({detail}): {budget}."
         text += _best_scratch_sentence(best, ds, split)
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None:
@@ -176,7 +177,7 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     rows = []
     for d in diffs.itertuples():
         rows.append({"data": _where(exp, d.dataset, d.split, TABLE_SPLITS),
-                     "protocol": "converged" if not d.protocol else study.protocol_title(exp, d.protocol).split("'s")[0],
+                     "protocol": "converged" if not d.protocol else protocols.short_title(exp, d.protocol),
                      "comparison": d.comparison, "difference (pp)": study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False),
                      "resampled": _short_method(d.interval, d.dataset),
                      "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
@@ -281,8 +282,10 @@ def settings(exp: dict, every_run: dict, ds: str) -> str:
     if not runs:
         return "not run yet"
     p = runs[0].params
-    protocols = sorted({r.id.protocol for r in runs})
-    text = f"{p['image_size']} px, Adam, batch {p['batch_size']}; " + "; ".join(study.protocol_title(exp, q) for q in protocols)
+    names = sorted({r.id.protocol for r in runs}, key=lambda q: (q != "", q))
+    optimizer = {q: {**exp["defaults"], **exp["protocols"].get(q, {})}.get("optimizer", "adam") for q in names}
+    text = f"{p['image_size']} px, batch {p['batch_size']}; " + "; ".join(
+        ("Adam, " if optimizer[q] == "adam" else "") + protocols.protocol_title(exp, q) for q in names)
     converged = [r for r in runs if not r.id.protocol and r.params.get("early_stopping_patience")]
     if converged:
         n_cap = sum(not r.converged for r in converged)
@@ -323,7 +326,7 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
     shown = {"model": table["model"], "arm": table["arm"],
              "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}
     # a configuration recorded only at a paper's budget says so beside its number
-    budget = {p: f" ({study.protocol_title(exp, p).partition(':')[0]})" for p in set(table["protocol"]) if p}
+    budget = {p: f" ({protocols.protocol_title(exp, p).partition(':')[0]})" for p in set(table["protocol"]) if p}
     for col in [c for c in table.columns if c.startswith("ours|")]:
         split = col.split("|")[1]
         shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
@@ -467,3 +470,74 @@ def top_bin_shares(results: dict) -> str:
         return "—"
     low, high = min(shares, key=shares.get), max(shares, key=shares.get)
     return f"{100 * shares[low]:.0f}% ({low}) to {100 * shares[high]:.0f}% ({high})"
+
+
+# ---------------------------------------------------------------- what a protocol changed
+
+def _over(interval: str, dataset: str) -> str:
+    return study.describe_interval(interval, dataset, short=True)
+
+
+def shift_text(exp: dict, shift: pd.DataFrame, protocol: str) -> str:
+    """One sentence per dataset: how each arm ``protocol`` trained itself moved against the
+    defaults ("" when nothing is recorded yet)."""
+    if shift.empty:
+        return ""
+    title = protocols.short_title(exp, protocol)
+    parts = []
+    for (ds, split), rows in shift.groupby(["dataset", "split"], sort=False):
+        moves = [f"{report.arm_title(r.arm)} {100 * r.before:.1f}% → {100 * r.after:.1f}% "
+                 f"({study.fmt_diff(r.difference, r.ci_low, r.ci_high)}, {int(r.seeds)} seed{'s' if r.seeds > 1 else ''}"
+                 f"{'' if r.seeds > 1 else ', an interval over test images only'}"
+                 f"{'' if r.lr_before == r.lr_after else f'; lr {_rates(r.lr_before)} → {_rates(r.lr_after)}'})"
+                 for r in rows.itertuples()]
+        parts.append(f"**{_where(exp, ds, split, study.SPLIT_TITLES)}**, with {title}: " + "; ".join(moves) + ".")
+    return " ".join(parts)
+
+
+def _rates(lrs) -> str:
+    return "/".join(f"{lr:g}" for lr in lrs)
+
+
+def budget_display(checks: pd.DataFrame) -> pd.DataFrame:
+    """The budget-doubling check for readers: each network and arm at its budget and at twice it."""
+    rows = []
+    for c in checks.itertuples():
+        doubled = ("not recorded yet" if c.long_best_val_acc is None or pd.isna(c.long_best_val_acc) else
+                   f"{100 * c.long_best_val_acc:.1f} (epoch {int(c.long_best_epoch)} of {int(c.long_epochs)})")
+        rows.append({"network": study.arch_label(c.arch, c.head), "arm": report.arm_title(c.arm), "lr": f"{c.lr:g}",
+                     "best validation % (epoch of budget)": f"{100 * c.best_val_acc:.1f} (epoch {int(c.best_epoch)} of {int(c.epochs)})",
+                     "at twice the budget": doubled,
+                     "gain (pp)": "—" if c.gain is None or pd.isna(c.gain) else f"{100 * c.gain:+.1f}",
+                     "budget enough": "—" if c.enough is None or pd.isna(c.enough) else ("yes" if c.enough else "no: longer needed")})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- shortcut-hard images
+
+def shortcut_results(experiment: str, runsets: dict, dataset: str = "covid_radiography", protocol: str = "",
+                     root: str | Path = records.ROOT) -> dict:
+    """The intensity-only model's score on ``dataset``'s test images and the arms' accuracy and
+    gap on the images it gets wrong and right (``table``: helpers.shortcut.hard_easy); an empty
+    table where its predictions or the runs are not recorded yet."""
+    from . import shortcut
+
+    correct = shortcut.intensity_correct(experiment, dataset, root)
+    if correct is None or dataset not in runsets:
+        return {"table": pd.DataFrame(), "accuracy": None, "model": None}
+    table = shortcut.hard_easy(runsets[dataset], correct, protocol=protocol)
+    return {"table": table, "accuracy": float(correct.mean()), "model": correct.name}
+
+
+def shortcut_text(results: dict) -> str:
+    from . import shortcut
+
+    if results["table"].empty:
+        return "The intensity-only model's test predictions are not recorded yet (the audit step records them)."
+    return shortcut.sentence(results["table"], results["accuracy"], results["model"])
+
+
+def shortcut_display(results: dict) -> pd.DataFrame:
+    from . import shortcut
+
+    return shortcut.shown(results["table"]) if not results["table"].empty else pd.DataFrame()

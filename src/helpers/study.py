@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import experiment as ex
 from . import intervals, metrics, models, records
-from .params import arm_title
+from .params import ARMS, arm_title, same_training
 from .report import arm_color
 from .intervals import CONFIDENCE
 from .data.splits import BLOCK_SIZE
@@ -42,7 +42,25 @@ def load(experiment: str, root: str | Path = records.ROOT, answer: bool = True) 
         dirs = records.record_dirs(experiment, ds, root)
         if dirs:
             out[ds] = metrics.load_runs(ds, runs=dirs)
-    return {ds: _answer(rs, exp, root) for ds, rs in out.items()} if answer else out
+    return {ds: _borrow(_answer(rs, exp, root), exp) for ds, rs in out.items()} if answer else out
+
+
+def _borrow(runset: metrics.RunSet, exp: dict) -> metrics.RunSet:
+    """A protocol that trains an arm exactly as the defaults do (``params.same_training``; own
+    input normalisation leaves scratch arms as they were) takes that arm's runs from the
+    defaults, for the networks it trains, rather than training them again."""
+    import dataclasses
+
+    extra = []
+    for protocol, settings in exp["protocols"].items():
+        archs = {(rid.arch, rid.head, rid.split) for rid in ex.runs(exp) if rid.protocol == protocol}
+        mine = {(r.arch, r.head, r.split, r.arm) for r in runset.runs if r.id.protocol == protocol}
+        for r in runset.runs:
+            if (r.id.protocol == "" and r.id.train_fraction == 1 and (r.arch, r.head, r.split) in archs
+                    and r.arm in ARMS and (r.arch, r.head, r.split, r.arm) not in mine
+                    and same_training(exp["defaults"], settings, r.arm)):
+                extra.append(dataclasses.replace(r, id=r.id.model_copy(update={"protocol": protocol})))
+    return dataclasses.replace(runset, runs=runset.runs + extra) if extra else runset
 
 
 def sweep_choices(exp: dict, root: str | Path = records.ROOT) -> list[dict]:
@@ -452,23 +470,6 @@ def fmt_diff(value: float, low: float, high: float, unit: bool = True) -> str:
 
 
 # ---------------------------------------------------------------- protocols, stages, curves
-
-def protocol_title(exp: dict, protocol: str) -> str:
-    """A protocol in a reader's words, from its settings: the fair one (the file's defaults, each
-    arm at its tuned rate, early stopping), or a named one such as paper A's budget."""
-    settings = {**exp["defaults"], **exp["protocols"].get(protocol, {})}
-    patience = settings.get("early_stopping_patience", 0)
-    if not protocol and patience:
-        tuned = any(e.get("tune") for e in exp["grid"])
-        return (f"to convergence (early stopping, patience {patience}, cap {settings.get('epochs')} epochs)"
-                + (", each arm at its own learning rate, chosen on validation" if tuned else ""))
-    stop = f"early stopping (patience {patience})" if patience else "no early stopping"
-    budget = f"{settings.get('epochs')} epochs at lr {settings.get('lr', 1e-4):g}, {stop}"
-    if not protocol:
-        return f"a fixed budget: {budget}"
-    name = protocol.replace("paper_a", "paper A").replace("paper_b", "paper B")
-    return f"{name}'s budget: {budget}"
-
 
 def stage_table(experiment: str, root: str | Path = records.ROOT) -> pd.DataFrame:
     """Per stage of the experiment file: its runs, how many are recorded (complete or missing
