@@ -175,3 +175,19 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     assert text.startswith(f"ImageNet weights {verdict} calibration")
     assert f"{100 * scores.loc['ImageNet', 'ece']:.1f}% against {100 * scores.loc['scratch', 'ece']:.1f}%" in text
     assert len(reference.calibration_display(results["scores"])) == len(scores)
+
+
+def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_images():
+    runsets = study.load(records.REFERENCE)
+    eff = study.efficiency(runsets["covid_radiography"], study.train_counts(records.REFERENCE, "covid_radiography"))
+    arms = eff[eff["arm"].isin(["imagenet", "scratch"])].pivot(index="fraction", columns="arm", values="accuracy")
+    gaps = eff[eff["arm"] == "imagenet − scratch"].set_index("fraction")
+    assert len(gaps) == len(arms) > 2
+    assert gaps["accuracy"].to_numpy() == pytest.approx((arms["imagenet"] - arms["scratch"]).loc[gaps.index].to_numpy())
+    assert (gaps["ci_low"] < gaps["accuracy"]).all() and (gaps["accuracy"] < gaps["ci_high"]).all()
+    # two seeds: the paired bootstrap is far narrower than a t-interval's factor of 12.7 allows
+    assert ((gaps["ci_high"] - gaps["ci_low"]) < 0.15).all()
+    assert set(gaps["interval"]) <= {"seeds+images, paired seeds"}
+    assert (eff["ci_low"] >= -1).all() and (eff[eff["arm"] != "imagenet − scratch"]["ci_high"] <= 1).all()
+    shown = reference.efficiency_display(eff)
+    assert "ImageNet − scratch (pp)" in shown.columns and len(shown) == len(arms)

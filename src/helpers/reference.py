@@ -338,11 +338,20 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
 
 
 def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"arm": eff["arm"].map(report.arm_title),
-                         "share of training split": [f"{100 * f:g}%" for f in eff["fraction"]],
-                         "training images": eff["n_train_images"], "seeds": eff["seeds"],
-                         "test accuracy (mean, 95% t-interval over seeds, within 0–100%)": [
-                             study.fmt_ci(r.accuracy, r.ci_low, r.ci_high) for r in eff.itertuples()]})
+    """Per share of the training split: each arm's accuracy and the ImageNet − scratch gap, each
+    with its interval over seeds and test images (paired by image and seed for the gap)."""
+    if eff.empty:
+        return pd.DataFrame()
+    rows = {}
+    for r in eff.itertuples():
+        row = rows.setdefault(r.fraction, {"share of training split": f"{100 * r.fraction:g}%",
+                                           "training images": r.n_train_images, "seeds": r.seeds})
+        if r.arm in study.ARMS:
+            row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False)
+        else:
+            a, _, b = r.arm.partition(" − ")
+            row[f"{report.arm_title(a)} − {report.arm_title(b)} (pp)"] = study.fmt_diff(r.accuracy, r.ci_low, r.ci_high, unit=False)
+    return pd.DataFrame([rows[f] for f in sorted(rows)]).fillna("—")
 
 
 def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:

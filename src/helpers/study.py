@@ -8,9 +8,9 @@ test set's sampling error and the seed-to-seed variation of training. A differen
 arms with the same seeds pairs them by seed (seed k of one arm beside seed k of the other: both
 train on the same seed-drawn batch order) and by image; the per-seed gaps, with a t-interval
 over them, sit beside it. A side with one seed has no seed variance to resample, and its
-interval says so (``interval`` column). Data efficiency: accuracy against the share of the training split,
-mean over seeds with a t-interval (each seed draws its own subset). The papers' published
-numbers sit beside ours.
+interval says so (``interval`` column). Data efficiency: accuracy against the share of the
+training split with the same intervals, and the ImageNet − scratch gap per share, paired by image
+and seed (each seed draws its own subset). The papers' published numbers sit beside ours.
 """
 from __future__ import annotations
 
@@ -341,19 +341,32 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_l
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
-               confidence: float = CONFIDENCE, protocol: str = "") -> pd.DataFrame:
-    """Test accuracy against the share of the training split: mean over seeds, t-interval
-    (stopped at 0 and 1).
-    ``train_counts`` (training images per class) gives the images each share trains on."""
+               confidence: float = CONFIDENCE, protocol: str = "",
+               pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
+    """Test accuracy against the share of the training split, per arm: the mean over seeds with
+    the two-level interval over seeds and test images (a t factor of 12.7 for two seeds made the
+    t-interval uninformative); and per share, each pair's difference (``arm`` "imagenet −
+    scratch"), paired by image and by seed. ``train_counts`` (training images per class) gives
+    the images each share trains on."""
     rows = []
-    for (a, h, s, fraction, proto, arm), runs in _groups(runset, arch).items():
-        if h != head or s != split or proto != protocol:
-            continue
-        ci = intervals.mean_ci([r.metrics["test_accuracy"] for r in runs], confidence, bounds=(0.0, 1.0))
-        n = sum(max(1, math.ceil(fraction * c - 1e-9)) for c in train_counts) if train_counts else None
-        rows.append({"arm": arm, "fraction": fraction, "n_train_images": n, "seeds": ci.n,
-                     "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high})
-    frame = pd.DataFrame(rows, columns=["arm", "fraction", "n_train_images", "seeds", "accuracy", "ci_low", "ci_high"])
+    groups = {k: v for k, v in _groups(runset, arch).items() if k[1] == head and k[2] == split and k[4] == protocol}
+    for (a, h, s, fraction, proto, arm), runs in groups.items():
+        ci, method = seed_interval(runset.dataset, correctness(runs), None, runs, confidence)
+        rows.append({"arm": arm, "fraction": fraction, "seeds": len(runs), "accuracy": ci.mean,
+                     "ci_low": ci.low, "ci_high": ci.high, "interval": method})
+    for (a, h, s, fraction, proto, arm), runs in groups.items():
+        for first, second in pairs:
+            other = groups.get((a, h, s, fraction, proto, second))
+            if arm != first or not other:
+                continue
+            ca, cb = correctness(runs), correctness(other)
+            seeds = sorted(set(ca.columns) & set(cb.columns))
+            ci, method = seed_interval(runset.dataset, ca[seeds], cb.loc[ca.index, seeds], runs, confidence)
+            rows.append({"arm": f"{first} − {second}", "fraction": fraction, "seeds": len(seeds),
+                         "accuracy": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "interval": method})
+    frame = pd.DataFrame(rows, columns=["arm", "fraction", "seeds", "accuracy", "ci_low", "ci_high", "interval"])
+    frame.insert(2, "n_train_images", [sum(max(1, math.ceil(f * c - 1e-9)) for c in train_counts)
+                                       if train_counts else None for f in frame["fraction"]])
     return frame.sort_values(["arm", "fraction"], key=lambda c: c.map(_order) if c.name == "arm" else c
                              ).reset_index(drop=True) if len(frame) else frame
 
@@ -370,7 +383,7 @@ def efficiency_figure(table: pd.DataFrame, n_train_full: int | None = None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
-    for arm, part in table.groupby("arm", sort=False):
+    for arm, part in table[table["arm"].isin(ARMS)].groupby("arm", sort=False):
         part = part.sort_values("fraction")
         x = part["fraction"] * 100
         ax.plot(x, part["accuracy"], marker="o", color=arm_color(arm), label=arm_title(arm))
