@@ -100,7 +100,10 @@ def rows(folder: Path, name="manifest.csv") -> pd.DataFrame:
 
 
 def test_dataset_specs_follow_the_contract():
-    assert list(DATASETS) == ["covid_radiography", "ct_kidney", "chest_xray_pneumonia"]
+    assert list(DATASETS) == ["covid_radiography", "ct_kidney", "chest_xray_pneumonia", "covid_radiography_reduced"]
+    reduced = DATASETS["covid_radiography_reduced"]
+    assert reduced.derived_from == "covid_radiography" and reduced.reduce is not None
+    assert reduced.classes == DATASETS["covid_radiography"].classes and reduced.layout == DATASETS["covid_radiography"].layout
     kermany = DATASETS["chest_xray_pneumonia"]
     assert kermany.classes == ("NORMAL", "PNEUMONIA") and kermany.ext == ".jpeg"
     assert kermany.kaggle_slug == "paultimothymooney/chest-xray-pneumonia"
@@ -736,3 +739,39 @@ def test_block_split_on_real_slices_refuses_clearly_and_the_random_split_reports
                                  split="random", out_dir=str(tmp_path / "r"), progress=False))
     share = rand.info["near_copy_share"]
     assert set(share) == {"val", "test"} and share["test"] > 0.8, share   # neighbouring slices
+
+
+# ----------------------------------------------------------------------------- shortcut-reduced version
+
+
+def test_reduction_crops_the_border_and_equalises_the_grey_levels():
+    from PIL import Image
+
+    from helpers.data.decode import reduce_shortcuts
+
+    a = np.full((100, 100), 60, np.uint8)
+    a[:10] = 255                                   # a bright marker band along the top border
+    a[40:60, 40:60] = 120
+    out = np.asarray(reduce_shortcuts(Image.fromarray(a).convert("RGB"), 0.1, True))
+    assert out.shape == (80, 80, 3) and (out[..., 0] == out[..., 1]).all()
+    assert out[:5].max() < 255 or out[:5].min() == out[:5].max()   # the band is gone
+    assert len(np.unique(out[..., 0])) == 2 and out[..., 0].max() == 255   # two levels, spread over the range
+
+
+@pytest.mark.real
+def test_the_shortcut_reduced_version_prepares_the_same_images_and_split(real_sample, tmp_path):
+    from helpers import experiment as ex
+
+    source = load_prepared(prepare("covid_radiography", data_dir=str(real_sample), image_size=64,
+                                   out_dir=str(tmp_path / "a"), progress=False))
+    reduced = load_prepared(prepare("covid_radiography_reduced", data_dir=str(real_sample), image_size=64,
+                                    out_dir=str(tmp_path / "b"), progress=False))
+    assert list(reduced.paths) == list(source.paths) and list(reduced.split) == list(source.split)
+    assert not np.array_equal(reduced.images, source.images)
+    # equalised: every image spreads over the grey range, so the images' means barely differ
+    means = lambda p: p.images[:, 0].reshape(len(p.paths), -1).mean(axis=1)
+    assert means(reduced).std() < 0.5 * means(source).std()
+    # its DATA_DIR is its source's unless named
+    dirs = ex.parse_data_dirs("covid_radiography=/x", ["covid_radiography", "covid_radiography_reduced"])
+    assert dirs == {"covid_radiography": "/x", "covid_radiography_reduced": "/x"}
+    assert ex.parse_data_dirs("/x", ["covid_radiography", "covid_radiography_reduced"])["covid_radiography_reduced"] == "/x"

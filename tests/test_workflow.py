@@ -130,6 +130,16 @@ def test_a_longer_budget_takes_the_rate_another_protocols_sweep_chose(tmp_path):
     assert {r.name for r in sweeps[longer].candidates.values()} == {
         "resnet18-scratch-recipe-lr0.001-s0", "resnet18-scratch-recipe-lr0.003-s0"}
     assert len(grid) == 3
+    # a shortcut-reduced version of a dataset trains at the rate its source's sweep chose
+    path = write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}, "covid_radiography_reduced": {}},
+                     grid=[demo_entry(arms=["scratch"], seeds=[0], tune=tune),
+                           demo_entry(dataset="covid_radiography_reduced", arms=["scratch"], seeds=[0, 1],
+                                      tune={**tune, "dataset": "covid_radiography"})])
+    exp = ex.load_experiment(path)
+    reduced = [rid for rid in ex.runs(exp) if rid.dataset == "covid_radiography_reduced"]
+    assert [r.name for r in reduced] == ["resnet18-scratch-tuned-s0", "resnet18-scratch-tuned-s1"]
+    assert {r.key for r in ex.sweeps(exp)[reduced[0]].candidates.values()} == {
+        "covid_radiography/resnet18-scratch-lr0.001-s0", "covid_radiography/resnet18-scratch-lr0.003-s0"}
     with pytest.raises(ex.ExperimentError, match="protocol 'nope'"):
         ex.load_experiment(write_exp(tmp_path, explain={}, audit=[], datasets={"covid_radiography": {}},
                                      protocols={"recipe": {"epochs": 30}},

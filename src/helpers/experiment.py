@@ -87,9 +87,10 @@ class Tune(BaseModel):
     """``tune: {lr: [...]}``: each rate trains on one seed (``seed``, default the entry's first)
     and the whole training split; the entry's other runs (other seeds, smaller training shares)
     use the rate chosen. An entry whose seeds leave out ``seed`` holds tuned runs only: its sweep
-    is another entry's (a sweep in one stage, the seeds it tunes in a later one). ``protocol``:
-    the rate is the one chosen by that protocol's sweep, and every run of the entry is a tuned
-    one (the budget-doubling check: the same recipe, twice the epochs, at the rate it chose)."""
+    is another entry's (a sweep in one stage, the seeds it tunes in a later one). ``protocol``
+    or ``dataset``: the rate is the one chosen by that protocol's (or dataset's) sweep, and every
+    run of the entry is a tuned one (the budget-doubling check: the same recipe, twice the
+    epochs, at the rate it chose; a shortcut-reduced version of a dataset at the original's)."""
 
     model_config = _YAML
 
@@ -97,6 +98,7 @@ class Tune(BaseModel):
     by: Literal[TUNE_BY] = "best_val_acc"
     seed: Optional[NonNegInt] = None
     protocol: Optional[str] = None
+    dataset: Optional[str] = None
 
 
 class GridEntry(BaseModel):
@@ -156,6 +158,9 @@ class ExperimentFile(BaseModel):
                                  f"protocols: {list(self.protocols)}")
             if e.tune is not None and "lr" in e.train:
                 raise ValueError(f"grid[{i}] sets train.lr and tune.lr: keep one")
+            if e.tune is not None and e.tune.dataset is not None and e.tune.dataset not in self.datasets:
+                raise ValueError(f"grid[{i}] takes its rate from dataset {e.tune.dataset!r}'s sweep, which is "
+                                 f"not listed under datasets: {list(self.datasets)}")
             if e.tune is not None and e.tune.protocol is not None and e.tune.protocol not in self.protocols:
                 raise ValueError(f"grid[{i}] takes its rate from protocol {e.tune.protocol!r}'s sweep, which is "
                                  f"not listed under protocols: {list(self.protocols)}")
@@ -229,7 +234,18 @@ def experiment_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
-    """``DATA_DIR`` is one path (one-dataset experiments) or ``name=path,name=path``."""
+    """``DATA_DIR`` is one path (one-dataset experiments) or ``name=path,name=path``; a dataset
+    derived from another (``DatasetSpec.derived_from``) reads that one's folder unless named."""
+    out = _parse_data_dirs(data_dir, [d for d in datasets if not data.get_spec(d).derived_from]
+                           if "=" not in (data_dir or "") else datasets)
+    for d in datasets:
+        source = data.get_spec(d).derived_from
+        if source and not out.get(d) and out.get(source):
+            out[d] = out[source]
+    return out
+
+
+def _parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
     data_dir = (data_dir or "").strip()
     if not data_dir:
         return {}
@@ -416,7 +432,8 @@ def _build_plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[
                             raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
                         grid[rid] = params
                         stage[rid] = entry["stage"]
-                    group = _sweep_group(rid, tune["protocol"] if tune else None)
+                    group = _sweep_group(rid, **({k: tune[k] for k in ("protocol", "dataset") if tune[k] is not None}
+                                                 if tune else {}))
                     if tuning == "tuned":
                         tuned[rid] = (i, group, tune)
                     elif tuning:
@@ -451,18 +468,17 @@ def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:
     sweep_seed = seeds[0] if tune["seed"] is None else tune["seed"]
     out = []
     for seed in seeds:
-        if seed == sweep_seed and train["train_fraction"] == 1 and tune["protocol"] is None:
+        if seed == sweep_seed and train["train_fraction"] == 1 and tune["protocol"] is tune["dataset"] is None:
             out += [(seed, lr_tag(lr), lr) for lr in tune["lr"]]
         else:
             out.append((seed, "tuned", None))
     return out
 
 
-def _sweep_group(rid: RunId, protocol: str | None = None) -> RunId:
+def _sweep_group(rid: RunId, **other) -> RunId:
     """What a sweep and the runs it tunes share: the identity less seed, share and rate (and the
-    protocol, for runs that take another protocol's choice)."""
-    update = {"seed": 0, "train_fraction": 1.0, "tuning": ""}
-    return rid.model_copy(update=update if protocol is None else {**update, "protocol": protocol})
+    protocol or dataset, for runs that take another protocol's or dataset's choice)."""
+    return rid.model_copy(update={"seed": 0, "train_fraction": 1.0, "tuning": "", **other})
 
 
 def sweep_scores(run_dir: str | os.PathLike) -> dict:

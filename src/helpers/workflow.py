@@ -343,6 +343,9 @@ def fetch_data_dirs(experiment: str, data_dir: str = "") -> str:
         return data_dir
     dirs = parse_data_dirs(data_dir, datasets)
     for dataset in datasets:
+        source = data.get_spec(dataset).derived_from
+        if not dirs.get(dataset) and source and dirs.get(source):
+            dirs[dataset] = dirs[source]   # a version of a dataset already here: its files
         if not dirs.get(dataset):
             print(f"{dataset}: no DATA_DIR given; fetching it with kagglehub "
                   f"({data.get_spec(dataset).kaggle_slug})", file=sys.stderr)

@@ -69,12 +69,31 @@ def _open_checked(data: bytes) -> Image.Image:
     return im
 
 
+def _crop_border(im: Image.Image, border: float) -> Image.Image:
+    """The image less ``border`` of its width and height on every side."""
+    w, h = im.size
+    dx, dy = round(border * w), round(border * h)
+    return im.crop((dx, dy, w - dx, h - dy)) if border else im
+
+
+def reduce_shortcuts(im: Image.Image, border: float, equalize: bool) -> Image.Image:
+    """An RGB image with its borders cropped away (where markers, text and collimation edges sit)
+    and its grey levels equalised to one common, flat histogram (exposure and the collection's
+    processing leave less of a trace); grey, replicated to RGB."""
+    from PIL import ImageOps
+
+    grey = _crop_border(im, border).convert("L")
+    return (ImageOps.equalize(grey) if equalize else grey).convert("RGB")
+
+
 def decode_one(job: tuple) -> tuple:
     """Decode one image (and its mask) -> (reason | None, sha256, image (3,S,S), mask (S,S) | None).
 
     ``mask_kind`` "lesion": any coverage counts; else (organ outlines) the nearest pixel.
+    ``reduce``: None, or (border, equalize) of :func:`reduce_shortcuts` (the mask is cropped alike).
     """
-    path, size, mask_path, mask_kind = job
+    path, size, mask_path, mask_kind, *rest = job
+    reduce = rest[0] if rest else None
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -86,11 +105,13 @@ def decode_one(job: tuple) -> tuple:
         im = _to_rgb8(_open_checked(data))
     except _Skip as e:
         return str(e), sha, None, None
+    if reduce:
+        im = reduce_shortcuts(im, *reduce)
     image = np.asarray(im.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1).copy()
     mask = None
     if mask_path:
         try:
-            m = _open_checked(Path(mask_path).read_bytes()).convert("L")
+            m = _crop_border(_open_checked(Path(mask_path).read_bytes()).convert("L"), reduce[0] if reduce else 0)
             if mask_kind == "lesion":   # any coverage counts, so tiny stones survive downscaling
                 mask = np.asarray(m.resize((size, size), Image.BOX)) > 0
             else:

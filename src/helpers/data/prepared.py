@@ -145,7 +145,8 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
     size, seed = p["image_size"], p["seed"]
     cands = listing.candidates
     mask_kind = "lesion" if synthetic else spec.mask_outline
-    jobs = [(str(class_root / rel), size, mask, mask_kind) for rel, _cls, mask in cands]
+    reduce = (spec.reduce.border, spec.reduce.equalize) if spec.reduce else None
+    jobs = [(str(class_root / rel), size, mask, mask_kind, reduce) for rel, _cls, mask in cands]
     images = np.zeros((len(cands), 3, size, size), np.uint8)
     masks = np.zeros((len(cands), size, size), np.uint8)
     has_mask = np.zeros(len(cands), bool)

@@ -6,7 +6,7 @@ finding each class shows) and an experiment file; no other module branches on a 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,14 @@ from ..params import MIN_PER_CLASS, SPLITS  # noqa: F401  (every parameter choic
 from . import phantoms
 
 ENV_DATA_ROOT = "HELPERS_DATA_ROOT"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A shortcut-reduced version of a dataset: what data prep does to each image (and mask)."""
+
+    border: float = 0.1      # share of each side cropped away: markers, text, collimation edges
+    equalize: bool = True    # grey levels equalised to one flat histogram
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class DatasetSpec:
     # What a training image may undergo where a run augments (TrainParams.augment). No
     # horizontal flip by default: a chest X-ray's heart is on the left, a CT's liver on the right.
     augment: Augmentation = Augmentation()
+    # A version of another dataset (its name): the same download and files, prepared otherwise
+    # (``reduce``); its DATA_DIR defaults to that dataset's, and its split draws the same images.
+    derived_from: str | None = None
+    reduce: Reduction | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -111,6 +123,17 @@ DATASETS: dict[str, DatasetSpec] = {
         split_dirs={"train": "train", "val": "val", "test": "test"},
     ),
 }
+
+
+def _reduced(name: str, source: str) -> DatasetSpec:
+    spec = DATASETS[source]
+    return replace(spec, name=name, title=f"{spec.title}, shortcut-reduced", derived_from=source,
+                   reduce=Reduction())
+
+
+# The chest X-rays with borders cropped and grey levels equalised: how much of an answer rests on
+# intensity and marker cues that say where an image was taken rather than what it shows
+DATASETS["covid_radiography_reduced"] = _reduced("covid_radiography_reduced", "covid_radiography")
 
 
 def get_spec(dataset: str) -> DatasetSpec:
