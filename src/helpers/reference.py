@@ -550,3 +550,39 @@ def shortcut_display(results: dict) -> pd.DataFrame:
     from . import shortcut
 
     return shortcut.shown(results["table"]) if not results["table"].empty else pd.DataFrame()
+
+
+def reduced_text(exp: dict, experiment: str, diffs: pd.DataFrame, best: pd.DataFrame,
+                 root: str | Path = records.ROOT) -> str:
+    """Per dataset of the study that is a shortcut-reduced version of another: how far the
+    intensity-only model falls on it, and the ImageNet − scratch gap there beside the gap on the
+    original images (the same test images, each arm at the rate chosen on the originals)."""
+    from . import shortcut
+
+    parts = []
+    for ds in exp["datasets"]:
+        source = data.get_spec(ds).derived_from
+        if not source or source not in exp["datasets"]:
+            continue
+        before, after = (shortcut.intensity_correct(experiment, d, root) for d in (source, ds))
+        reduction = data.get_spec(ds).reduce
+        text = (f"**Shortcut-reduced images** ({100 * reduction.border:.0f}% of each border cropped away"
+                + (", grey levels equalised" if reduction.equalize else "") + "): ")
+        if before is not None and after is not None:
+            text += (f"the intensity-only model falls from {before.mean():.1%} to {after.mean():.1%} "
+                     f"(chance {1 / len(data.get_spec(ds).classes):.1%}). ")
+        gaps = {d: _gap(diffs, d, "random", "") for d in (source, ds)}
+        if gaps[ds] is None:
+            parts.append(text + "The networks trained on them are not recorded yet (a later stage).")
+            continue
+        g, o = gaps[ds], gaps[source]
+        text += f"There, ImageNet − scratch (EfficientNet-Lite0) is {study.fmt_diff(g.difference, g.ci_low, g.ci_high)}"
+        if o is not None:
+            text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
+        b = best[(best["dataset"] == ds) & (best["networks"] > 1)] if best is not None else best
+        if b is not None and len(b):
+            b = b.iloc[0]
+            text += (f"; against the best network from scratch on validation ({study.arch_label(b.arch, b.head)}), "
+                     f"{study.fmt_diff(b.difference, b.ci_low, b.ci_high)}")
+        parts.append(text + ".")
+    return " ".join(parts)
