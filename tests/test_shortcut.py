@@ -57,3 +57,16 @@ def test_the_hard_and_easy_images_split_each_arms_accuracy_and_gap(chest):
 def test_predictions_of_another_split_are_refused_naming_the_dataset(chest):
     with pytest.raises(ValueError, match="covid_radiography"):
         shortcut.hard_easy(chest, pd.Series([True], index=["elsewhere.png"]))
+
+
+def test_the_recorded_intensity_model_predicts_exactly_the_runs_test_images(chest):
+    for dataset in ("covid_radiography", "covid_radiography_reduced"):
+        correct = shortcut.intensity_correct(records.REFERENCE, dataset)
+        assert correct is not None, f"{dataset}: the audit's predictions are recorded"
+        assert correct.name in ("logistic regression", "gradient boosting")
+        assert 1 / 3 < correct.mean() < 1
+    test_paths = set(study.correctness([r for r in chest.runs if r.arm == "scratch"][:1]).index)
+    assert set(shortcut.intensity_correct(records.REFERENCE, "covid_radiography").index) == test_paths
+    # the reduced images keep less of the intensity cue
+    assert (shortcut.intensity_correct(records.REFERENCE, "covid_radiography_reduced").mean()
+            < shortcut.intensity_correct(records.REFERENCE, "covid_radiography").mean())
