@@ -104,8 +104,14 @@ def test_a_fresh_clone_restores_the_recorded_runs_and_trains_only_the_rest(study
         return subprocess.run([sys.executable, "-m", "helpers.records", *args], cwd=clone, env=env,
                               capture_output=True, text=True, timeout=600)
 
+    # one run trained from uncommitted code: export records it and says so, naming it
+    dirty = sorted((clone / "runs/tiny").glob("*/*/metrics.json"))[0]
+    dirty.write_text(json.dumps({**json.loads(dirty.read_text()), "git_dirty": True}))
     exported = cli("export", "tiny")
     assert exported.returncode == 0, exported.stderr
+    key = f"{dirty.parent.parent.name}/{dirty.parent.name}"
+    assert "uncommitted code" in exported.stderr and key in exported.stderr
+    assert json.loads((clone / "records/tiny/manifest.json").read_text())["dirty_runs"] == [key]
     recorded = {p.parent.name: p.read_bytes() for p in (clone / "records/tiny/runs").glob("*/*/metrics.json")}
     assert len(recorded) == 5   # six runs, one of them absent by design
     shutil.rmtree(clone / "runs")       # what a fresh clone lacks: run folders and Snakemake's

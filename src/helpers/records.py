@@ -166,14 +166,20 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
     if wf.summary_notebook(exp).is_file():
         atomic.copy_file(wf.summary_notebook(exp), out / "notebooks" / "summary.ipynb")
     commit, dirty = git_state()
-    commits = sorted({json.loads((run_record(r, root) / "metrics.json").read_text()).get("git_commit") or ""
-                      for r in ex.runs(exp) if (run_record(r, root) / "metrics.json").is_file()} - {""})
+    recorded = {r.key: json.loads((run_record(r, root) / "metrics.json").read_text())
+                for r in ex.runs(exp) if (run_record(r, root) / "metrics.json").is_file()}
+    commits = sorted({m.get("git_commit") or "" for m in recorded.values()} - {""})
+    # a run trained from uncommitted code cannot be traced to the code that made it: said, and listed
+    dirty_runs = sorted(k for k, m in recorded.items() if m.get("git_dirty"))
+    if dirty_runs:
+        print(f"warning: {len(dirty_runs)} recorded run(s) were trained from uncommitted code (git_dirty), so no "
+              f"commit holds the code that made them: {', '.join(dirty_runs)}", file=sys.stderr)
     manifest = {
         "experiment": exp["name"],
         "experiment_file": exp["path"],
         "experiment_sha256": hashlib.sha256(Path(exp["path"]).read_bytes()).hexdigest(),
         "images": {ds: {"data_dir": d, **image_fingerprint(d, ds)} for ds, d in exp["data_dirs"].items() if d},
-        "commit": commit, "dirty": dirty, "run_commits": commits,
+        "commit": commit, "dirty": dirty, "run_commits": commits, "dirty_runs": dirty_runs,
         "machine": _machine(),
         "versions": wf.library_versions(),
         "runs": states,
