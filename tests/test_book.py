@@ -105,8 +105,10 @@ def test_a_fresh_clone_restores_the_recorded_runs_and_trains_only_the_rest(study
                               capture_output=True, text=True, timeout=600)
 
     # one run trained from uncommitted code: export records it and says so, naming it
-    dirty = sorted((clone / "runs/tiny").glob("*/*/metrics.json"))[0]
-    dirty.write_text(json.dumps({**json.loads(dirty.read_text()), "git_dirty": True}))
+    trained = sorted((clone / "runs/tiny").glob("*/*/metrics.json"))
+    for path in trained:   # whatever this checkout's state was when they trained
+        path.write_text(json.dumps({**json.loads(path.read_text()), "git_dirty": path == trained[0]}))
+    dirty = trained[0]
     exported = cli("export", "tiny")
     assert exported.returncode == 0, exported.stderr
     key = f"{dirty.parent.parent.name}/{dirty.parent.name}"

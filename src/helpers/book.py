@@ -144,9 +144,16 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
 
     recorded = records.folder(records.REFERENCE) / "notebooks"
     (tmp / "real").mkdir()
+    reference = load_experiment(records.REFERENCE, need_data=False)
     for step in REAL_NOTEBOOKS:
-        for ds in load_experiment(records.REFERENCE, need_data=False)["datasets"]:
+        for ds in reference["datasets"]:
             src = recorded / f"{step}_{ds}.ipynb"
+            # a step the study does not run for a dataset, or one that waits for runs of a later
+            # stage, has no page yet; any other missing notebook means the records are incomplete
+            waiting = step != "audit" and any(not records.run_record(rid).is_dir()
+                                              for rid in runs(reference) if rid.dataset == ds)
+            if not src.is_file() and (gap_reason(reference, step, ds) or waiting):
+                continue
             if not src.is_file():
                 raise ExperimentError(f"{src} is missing from the committed records; re-export them "
                                       f"(python -m helpers.records export {records.REFERENCE} --data-dir ...)")
