@@ -58,8 +58,8 @@ def protocol_title(exp: dict, protocol: str) -> str:
             parts.append("each pretrained arm on its weights' own inputs")
         return f"the standard recipe{' at twice the budget' if what == 'check' else ''}: " + ", ".join(parts)
     if what == "inputs":
-        return ("own input normalisation: to convergence as above, each pretrained arm fed the inputs its "
-                "ImageNet weights were trained on (the arch table's statistics), scratch arms the dataset's")
+        return ("own input normalisation: to convergence as above, but each pretrained arm fed the inputs its "
+                "ImageNet weights were trained on; scratch arms unchanged")
     stop = f"early stopping (patience {patience})" if patience else "no early stopping"
     budget = f"{settings.get('epochs')} epochs at lr {settings.get('lr', 1e-4):g}, {stop}"
     if not protocol:

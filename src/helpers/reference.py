@@ -62,15 +62,24 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
         row = {"data": _where(exp, ds, split),
                "protocol": "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)}
         for r in part.itertuples():
-            row[f"{report.arm_title(r.arm)} (%)"] = study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False) + f" ({r.seeds}s)"
+            row[f"{report.arm_title(r.arm)} (%)"] = _two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False),
+                                                               f"{r.seeds} seed{'s' if r.seeds > 1 else ''}")
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
-            row[f"{d.comparison} (pp)"] = study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)
+            row[f"{d.comparison} (pp)"] = _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))
         rows.append(row)
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
             rows.append({"data": DATASET_TITLES[ds],
                          "protocol": f"not recorded yet (stage {', '.join(map(str, _later_stages(exp, ds)))})"})
     return pd.DataFrame(rows).fillna("—")
+
+
+def _two_lines(text: str, note: str = "") -> str:
+    """ "97.8 [96.6, 98.9]" as the value over its interval (and a note), so that the answer's
+    seven columns fit the page without scrolling sideways."""
+    value, _, interval = text.partition(" ")
+    below = " · ".join(t for t in (interval, note) if t)
+    return f'{value}<br><span class="ci">{below}</span>' if below else value
 
 
 def _gap(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
