@@ -55,31 +55,36 @@ def _later_stages(exp: dict, ds: str) -> list[int]:
 
 
 def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: dict) -> pd.DataFrame:
-    """One row per (dataset, split, protocol): each arm's accuracy and the arms' differences."""
+    """One row per (dataset, split, protocol): each arm's accuracy and ImageNet − scratch, each
+    value over its interval, the protocol under the data, so that it fits the page (ImageNet −
+    linear probe is in the sentences and the differences table)."""
     rows = []
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
         # narrow enough for the page: test counts and near-copy shares are in the sentences
-        row = {"data": _where(exp, ds, split),
-               "protocol": "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)}
+        title = "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)
+        row = {"data": _two_lines(_where(exp, ds, split), title, split_value=False)}
         for r in part.itertuples():
             row[f"{report.arm_title(r.arm)} (%)"] = _two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False),
                                                                f"{r.seeds} seed{'s' if r.seeds > 1 else ''}")
-        for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)].itertuples():
+        for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)
+                       & (diffs["arm_b"] == "scratch")].itertuples():
             row[f"{d.comparison} (pp)"] = _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))
         rows.append(row)
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
-            rows.append({"data": DATASET_TITLES[ds],
-                         "protocol": f"not recorded yet (stage {', '.join(map(str, _later_stages(exp, ds)))})"})
+            later = ", ".join(map(str, _later_stages(exp, ds)))
+            rows.append({"data": _two_lines(DATASET_TITLES[ds], f"not recorded yet (stage {later})", split_value=False)})
     return pd.DataFrame(rows).fillna("—")
 
 
-def _two_lines(text: str, note: str = "") -> str:
+def _two_lines(text: str, note: str = "", split_value: bool = True) -> str:
     """ "97.8 [96.6, 98.9]" as the value over its interval (and a note), so that the answer's
-    seven columns fit the page without scrolling sideways."""
+    columns fit the page without scrolling sideways; ``split_value=False``: ``text`` over ``note``."""
+    if not split_value:
+        return f'<span class="wrap">{text}</span><br><span class="ci">{note}</span>'
     value, _, interval = text.partition(" ")
-    below = " · ".join(t for t in (interval, note) if t)
-    return f'{value}<br><span class="ci">{below}</span>' if below else value
+    first = f'{value}&nbsp;<span class="ci">({note.replace(" ", "&nbsp;")})</span>' if note else value
+    return f'{first}<br><span class="ci">{interval}</span>' if interval else first
 
 
 def _gap(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
