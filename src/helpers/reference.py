@@ -192,7 +192,7 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     for d in diffs.itertuples():
         rows.append({"data": _where(exp, d.dataset, d.split, TABLE_SPLITS),
                      "protocol": "converged" if not d.protocol else protocols.short_title(exp, d.protocol),
-                     "comparison": d.comparison, "difference (pp)": study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False),
+                     "comparison": d.comparison, "difference (pp)": _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)),
                      "resampled": _short_method(d.interval, d.dataset),
                      "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
                      "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
@@ -201,11 +201,18 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     for b in ([] if best is None else best[best["networks"] > 1].itertuples()):
         rows.append({"data": _where(exp, b.dataset, b.split, TABLE_SPLITS), "protocol": "converged",
                      "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
-                     "difference (pp)": study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False),
+                     "difference (pp)": _two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
                      "resampled": _short_method(b.interval, b.dataset),
                      "per-seed gaps (pp)": "—", "t-interval over the gaps": "—",
                      "images only": f"[{100 * b.image_ci_low:+.1f}, {100 * b.image_ci_high:+.1f}]"})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if len(frame):   # narrow enough for the page: the protocol under the data, long cells may wrap
+        frame.insert(0, "data ", [_two_lines(d, p, split_value=False) for d, p in zip(frame.pop("data"), frame.pop("protocol"))])
+        frame = frame.rename(columns={"data ": "data"})
+        frame["comparison"] = [f'<span class="wrap">{c}</span>' for c in frame["comparison"]]
+        for col in ("per-seed gaps (pp)", "resampled"):
+            frame[col] = [f'<span class="wrap">{v}</span>' for v in frame[col]]
+    return frame
 
 
 def kidney_table(experiment: str, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:
@@ -561,9 +568,18 @@ def shortcut_text(results: dict) -> str:
 
 
 def shortcut_display(results: dict) -> pd.DataFrame:
+    """helpers.shortcut's table, each value over its interval so that it fits the page."""
     from . import shortcut
 
-    return shortcut.shown(results["table"]) if not results["table"].empty else pd.DataFrame()
+    if results["table"].empty:
+        return pd.DataFrame()
+    shown = shortcut.shown(results["table"])
+    out = pd.DataFrame({"test images": [_two_lines(c, t, split_value=False)
+                                        for c, t in zip(shown["classes"], shown["test images"])]})
+    for col in shown.columns[2:]:
+        out[col + (" (pp)" if "−" in col else " (%)")] = [_two_lines(v.replace("%", "").replace(" pp", ""))
+                                                           for v in shown[col]]
+    return out
 
 
 def reduced_text(exp: dict, experiment: str, diffs: pd.DataFrame, best: pd.DataFrame,
