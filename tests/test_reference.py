@@ -193,3 +193,13 @@ def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_image
     assert (eff["ci_low"] >= -1).all() and (eff[eff["arm"] != "imagenet − scratch"]["ci_high"] <= 1).all()
     shown = reference.efficiency_display(eff)
     assert "ImageNet − scratch (pp)" in shown.columns and len(shown) == len(arms)
+
+
+def test_a_protocol_borrows_the_defaults_scratch_runs_only_where_it_trains_itself():
+    runsets = study.load(records.REFERENCE)
+    arms = study.arm_table(runsets)
+    own = arms[arms["protocol"] == "own_norm"]
+    assert set(own["dataset"]) == {"covid_radiography"}        # not the datasets it never trained on
+    scratch = own.set_index("arm").loc["scratch"]
+    fair = arms[(arms["protocol"] == "") & (arms["dataset"] == "covid_radiography") & (arms["arm"] == "scratch")].iloc[0]
+    assert scratch["accuracy"] == fair["accuracy"] and scratch["seeds"] == fair["seeds"]

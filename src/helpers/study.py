@@ -53,7 +53,8 @@ def _borrow(runset: metrics.RunSet, exp: dict) -> metrics.RunSet:
 
     extra = []
     for protocol, settings in exp["protocols"].items():
-        archs = {(rid.arch, rid.head, rid.split) for rid in ex.runs(exp) if rid.protocol == protocol}
+        archs = {(rid.arch, rid.head, rid.split) for rid in ex.runs(exp)
+                 if rid.protocol == protocol and rid.dataset == runset.dataset}
         mine = {(r.arch, r.head, r.split, r.arm) for r in runset.runs if r.id.protocol == protocol}
         for r in runset.runs:
             if (r.id.protocol == "" and r.id.train_fraction == 1 and (r.arch, r.head, r.split) in archs
