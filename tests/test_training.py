@@ -730,3 +730,22 @@ def test_a_run_older_than_a_parameter_reads_as_its_default(env):
     assert training.stale({**TINY, "epochs": 1, "run_dir": str(run_dir)}) == ""
     changed = training.stale({**TINY, "epochs": 1, "run_dir": str(run_dir), "early_stopping_monitor": "val_acc"})
     assert "early_stopping_monitor: 'val_loss' there, 'val_acc' now" in changed
+
+
+def test_the_code_is_dirty_when_it_differs_from_the_commit_not_when_records_do(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "manifest.json").write_text("{}")
+    git("add", "-A")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "first")
+    monkeypatch.setattr(training, "_REPO", tmp_path)
+    (tmp_path / "records" / "manifest.json").write_text('{"runs": 1}')   # a stage exported
+    (tmp_path / "records" / "new.csv").write_text("a\n")
+    commit, dirty = training.git_state()
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert training.git_state()[1] is True

@@ -149,14 +149,16 @@ def _write_epoch(run_dir: Path, last: dict, best: dict | None, history: list[dic
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the repository holding this package; (None, None) outside git."""
+    """(commit, dirty) of the repository holding this package; (None, None) outside git. Dirty
+    means the code differs from the commit: ``records/`` holds outputs that a study commits stage
+    by stage, and an export between two stages changes no code."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
                                 text=True, timeout=10)
         if commit.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=_REPO, capture_output=True,
-                                text=True, timeout=30)
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)records"], cwd=_REPO,
+                                capture_output=True, text=True, timeout=30)
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return commit.stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
