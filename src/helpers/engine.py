@@ -137,6 +137,8 @@ class Engine:
         order = torch.randperm(len(y), generator=generator)
         # every image's augmentation for the epoch, drawn after the shuffle from the same stream
         drawn = augment_mod.draw(self.augment, len(y), generator) if self.augment else None
+        if drawn:   # in the epoch's order, once, so that a batch slices them without a device sync
+            drawn = {k: v[order] for k, v in drawn.items()}
         order = order.to(self.device)
         total = torch.zeros((), device=self.device)
         for step, (start, stop) in enumerate(_batches(len(y), self.batch_size)):
@@ -148,7 +150,7 @@ class Engine:
                 if self.features is not None:   # a frozen backbone's features, computed once
                     logits = self.head_step(self.features["train"][idx])
                 else:
-                    aug = {k: v[order[start:stop].cpu()] for k, v in drawn.items()} if drawn else None
+                    aug = {k: v[start:stop] for k, v in drawn.items()} if drawn else None
                     logits = step_model(self._input(self.x["train"][idx], aug))
             loss = F.cross_entropy(logits.float(), y[idx])
             optimizer.zero_grad(set_to_none=True)
