@@ -11,7 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
-from helpers import metrics, records, runner
+from helpers import data, metrics, records, runner
 from helpers import experiment as ex
 from helpers import workflow as wf
 from helpers.data.synthetic import GENERATOR_VERSION
@@ -32,7 +32,7 @@ PAPERMILL = wf.papermill_command()
 FAILED = f"python -m helpers.runner failed --to {shlex.quote(str(runner.failed_dir(EXP)))}"
 
 wildcard_constraints:
-    dataset="|".join(ex.DATASET_NAMES),
+    dataset="|".join(map(re.escape, dict.fromkeys([*ex.DATASET_NAMES, *EXP["datasets"]]))),   # and one's own
     step="|".join(wf.BOOK_STEPS),
     prep=r"[^/]+",
     run="|".join(map(re.escape, RUN_DIRS)),   # exactly the grid's run folders
@@ -209,7 +209,7 @@ rule explain:
 rule audit:
     input:
         "notebooks/audit.ipynb",
-        lambda wc: prepared(wc.dataset, "random"),
+        lambda wc: prepared(wc.dataset, data.get_spec(wc.dataset).audit_split),
     output:
         f"{RES}/notebooks/audit_{{dataset}}.ipynb",
     params:

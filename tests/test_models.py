@@ -52,6 +52,19 @@ def test_dense1024_width_follows_image_size():
     assert built("alexnet", "dense1024").classifier[0].in_features == 256 * 1 * 1
 
 
+def test_a_new_backbone_whose_classifier_holds_a_norm_is_refused_for_dense1024(monkeypatch):
+    """ConvNeXt's classifier is LayerNorm2d -> Flatten -> Linear: swapping it all for Dense 1024
+    would silently drop a trained LayerNorm. Added to the arch table as the others are, the
+    dense1024 head is refused naming the layer; the replace head (its Linear only) builds."""
+    spec = models._tv("convnext_tiny", "ConvNeXt-T", 32, "classifier.2", lambda m: m.features[-1],
+                      models.TV + "convnext_tiny-983f1562.pth")
+    monkeypatch.setitem(models.ARCHS, "convnext_tiny", spec)
+    with pytest.raises(ValueError, match=r"dense1024' on convnext_tiny would drop classifier.0 \(LayerNorm2d\)"):
+        models.get_model("convnext_tiny", weights=False, head="dense1024", num_classes=3, image_size=SIZE)
+    model = models.get_model("convnext_tiny", weights=False, head="replace", num_classes=3, image_size=SIZE)
+    assert type(model.classifier[0]).__name__ == "LayerNorm2d" and model.classifier[2].out_features == 3
+
+
 @pytest.mark.parametrize("size", [32, 64, 96])
 def test_densenet121_heads_flatten_the_unpooled_feature_map(size):
     """DenseNet pools inside forward: dense1024 flattens all 1024 x h x w features (stride 32),

@@ -477,9 +477,9 @@ def test_the_book_gathers_the_snakemake_notebooks_and_executes_none(tmp_path, mo
     assert sorted(p.name for p in (generated / "real").glob("*.ipynb")) == sorted(
         f"{step}_{ds}.ipynb" for step in book.REAL_NOTEBOOKS for ds in reference)
     assert nbformat.read(generated / "real" / "explain_ct_kidney.ipynb", 4).cells[0].source.strip() == \
-        "# Step: ct_kidney, real images"
+        "# Step: kidney CT, real images"   # the spec's title
     title = nbformat.read(generated / "data_prep_covid_radiography.ipynb", 4).cells[0].source
-    assert title.strip() == "# Step: covid_radiography"
+    assert title.strip() == "# Step: chest X-ray"
     assert [p.name for p in (generated / "train").iterdir()] == ["covid_radiography__resnet18-scratch-s0.ipynb"]
     assert commands == [["jupyter-book", "build", "book", "-W", "--keep-going"]]
 

@@ -521,7 +521,7 @@ def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int
     """
     out = Path(out_dir or Path("results") / dataset / "audit")
     common = dict(dataset=dataset, data_dir=data_dir, image_size=image_size, balance=balance, seed=seed, n_per_class=n_per_class, progress=progress)
-    own = get_spec(dataset).splits[0]   # "random"; "given" for a download that comes split
+    own = get_spec(dataset).audit_split   # "random"; "given" for a download that comes split
     prepared = load_prepared(prepare(split=own, **common))
     pairs, summary, groups = audit_duplicates(prepared, progress=progress)
     groups_table = groups_per_class(prepared.labels, groups, prepared.class_names)

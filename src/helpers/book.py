@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from . import atomic
+from . import atomic, data
 from .experiment import ExperimentError, load_experiment, runs
 from .params import BOOK_STEPS, STOPPED_BY, stopped_by
 from .workflow import book_datasets, gap_reason, reference_notebook, step_notebook, summary_notebook, train_notebook
@@ -135,7 +135,7 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
         if gap_reason(exp, step, ds):
             shutil.copy2(src, tmp / f"{step}_{ds}.ipynb")
         else:
-            _copy_titled(src, tmp / f"{step}_{ds}.ipynb", ds)
+            _copy_titled(src, tmp / f"{step}_{ds}.ipynb", data.get_spec(ds).title)
     shutil.copy2(summary_notebook(exp), tmp / "summary.ipynb")
     if not reference_notebook(exp).is_file():
         raise ExperimentError(f"the book needs {reference_notebook(exp)}; run the workflow first")
@@ -157,7 +157,7 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
             if not src.is_file():
                 raise ExperimentError(f"{src} is missing from the committed records; re-export them "
                                       f"(python -m helpers.records export {records.REFERENCE} --data-dir ...)")
-            _copy_titled(src, tmp / "real" / f"{step}_{ds}.ipynb", f"{ds}, real images")
+            _copy_titled(src, tmp / "real" / f"{step}_{ds}.ipynb", f"{data.get_spec(ds).title}, real images")
     for rid in runs(exp):
         path = train_notebook(exp, rid)
         if path.is_file():

@@ -190,7 +190,7 @@ class Engine:
         from torch.optim.swa_utils import update_bn
 
         x = self.bn_x
-        batches = (self._input(x[start:start + self.eval_batch]) for start in range(0, len(x), self.eval_batch))
+        batches = (self._input(x[start:stop]) for start, stop in _batches(len(x), self.eval_batch))
         with torch.no_grad(), self._autocast():
             update_bn(batches, model)
 

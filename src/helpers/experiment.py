@@ -47,11 +47,15 @@ def _field(model: type[BaseModel], name: str):
     return field.annotation, field
 
 
-# A dataset's settings are data prep's parameters (``split_seed`` is PrepParams' ``seed``).
+# A dataset's settings are data prep's parameters (``split_seed`` is PrepParams' ``seed``). A
+# dataset of one's own (not in the dataset table) also names its image kind (``ext``) and may
+# name its title in the pages; its classes are its DATA_DIR's subfolders.
 DatasetSettings = create_model(
     "DatasetSettings", __config__=_YAML,
     **{name: _field(PrepParams, name) for name in ("image_size", "balance", "split", "n_per_class")},
     split_seed=_field(PrepParams, "seed"),
+    ext=(Optional[str], Field(None, pattern=r"^\.[A-Za-z0-9]+$")),
+    title=(Optional[str], None),
 )
 
 
@@ -142,9 +146,17 @@ class ExperimentFile(BaseModel):
 
     @model_validator(mode="after")
     def _datasets_known(self):
-        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
-        if unknown:
-            raise ValueError(f"datasets: unknown dataset(s) {unknown}; allowed: {list(DATASET_NAMES)}")
+        for d, st in self.datasets.items():
+            if d in DATASET_NAMES and (st.ext or st.title):
+                raise ValueError(f"datasets.{d}: ext and title are the dataset table's for {d}; they are for "
+                                 "a dataset of your own (another name)")
+            if d not in DATASET_NAMES and not st.ext:
+                raise ValueError(f"datasets.{d}: not in the dataset table ({', '.join(DATASET_NAMES)}); a dataset "
+                                 "of your own names its image kind, e.g. ext: .png (its classes are its "
+                                 "DATA_DIR's subfolders)")
+            if d not in DATASET_NAMES and self.synthetic:
+                raise ValueError(f"datasets.{d}: a dataset of your own runs on its real folder only; "
+                                 "set synthetic: false and pass DATA_DIR")
         used = {f"grid[{i}]": e.dataset for i, e in enumerate(self.grid)}
         used.update({f"explain.{d}": d for d in self.explain})
         used.update({f"audit[{i}]": d for i, d in enumerate(self.audit)})
@@ -236,10 +248,11 @@ def experiment_path(name_or_path: str | os.PathLike) -> Path:
 def parse_data_dirs(data_dir: str, datasets: list[str]) -> dict[str, str]:
     """``DATA_DIR`` is one path (one-dataset experiments) or ``name=path,name=path``; a dataset
     derived from another (``DatasetSpec.derived_from``) reads that one's folder unless named."""
-    out = _parse_data_dirs(data_dir, [d for d in datasets if not data.get_spec(d).derived_from]
+    derived = {d: data.DATASETS[d].derived_from if d in data.DATASETS else None for d in datasets}
+    out = _parse_data_dirs(data_dir, [d for d in datasets if not derived[d]]
                            if "=" not in (data_dir or "") else datasets)
     for d in datasets:
-        source = data.get_spec(d).derived_from
+        source = derived[d]
         if source and not out.get(d) and out.get(source):
             out[d] = out[source]
     return out
@@ -299,13 +312,6 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
             check(TrainSettings, settings)
         except ParameterError as e:
             raise ExperimentError(f"{path}: {where}: {e}") from None
-    for where, ds, split in ([(f"datasets.{d}.split", d, st["split"]) for d, st in exp["datasets"].items()]
-                             + [(f"grid[{i}].split", e["dataset"], e["split"]) for i, e in enumerate(exp["grid"])
-                                if e["split"]]):
-        try:
-            data.check_split(ds, split)
-        except ValueError as e:
-            raise ExperimentError(f"{path}: {where}: {e}") from None
     datasets = list(exp["datasets"])
     if exp["synthetic"] and (data_dir or "").strip():
         raise ExperimentError(
@@ -321,9 +327,36 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
                 "pass DATA_DIR=/path/to/download (see README, 'Real data'); "
                 "EXPERIMENT=demo runs on synthetic phantoms"
             )
+    for d in datasets:
+        if exp["datasets"][d]["ext"]:
+            _register_own(path, d, exp["datasets"][d], dirs.get(d, ""))
+    for where, ds, split in ([(f"datasets.{d}.split", d, st["split"]) for d, st in exp["datasets"].items()]
+                             + [(f"grid[{i}].split", e["dataset"], e["split"]) for i, e in enumerate(exp["grid"])
+                                if e["split"]]):
+        try:
+            data.check_split(ds, split)
+        except ValueError as e:
+            raise ExperimentError(f"{path}: {where}: {e}") from None
     exp = Experiment(exp, data_dirs={d: dirs.get(d, "") for d in datasets}, path=str(path))
     runs(exp)  # the plan: every run's parameters are expanded and checked once, before any work
     return exp
+
+
+def _register_own(path: Path, dataset: str, settings: dict, folder: str) -> None:
+    """A dataset of one's own, from its folder (or as a step before registered it, without one)."""
+    if folder:
+        try:
+            spec = data.discover.folder_spec(dataset, folder, settings["ext"], settings["title"] or "",
+                                             given=settings["split"] == "given")
+        except (OSError, ValueError) as e:
+            raise ExperimentError(f"DATA_DIR for {dataset}: {e}") from None
+        data.register(spec)
+        return
+    try:
+        data.get_spec(dataset)
+    except ValueError:
+        raise ExperimentError(f"{path}: datasets.{dataset} is a dataset of your own: its classes are read from "
+                              f"its folder, so it needs DATA_DIR ({dataset}=/path/to/folder)") from None
 
 
 class Experiment(dict):
@@ -518,10 +551,10 @@ def find_run(exp: dict, run: str) -> RunId:
 
 def preps(exp: dict) -> list[dict]:
     """PrepParams values of every prepared folder the experiment reads: the datasets' own
-    splits, the splits of the grid's runs, and the random split the audit measures."""
+    splits, the splits of the grid's runs, and the split the audit measures (its spec's)."""
     wanted = [(d, s["split"]) for d, s in exp["datasets"].items()]
     wanted += [(rid.dataset, rid.split) for rid in runs(exp)]
-    wanted += [(d, "random") for d in exp["audit"]]
+    wanted += [(d, data.get_spec(d).audit_split) for d in exp["audit"]]
     return [prep_of(exp, d, split) for d, split in dict.fromkeys(wanted)]
 
 

@@ -221,6 +221,7 @@ def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: i
     else:
         # The forward is base -> pool -> (flatten) -> classifier; with a Flatten pool and an
         # Identity classifier a dummy forward gives the Flatten width, as in paper B's Keras model.
+        _check_dense_replaces_only_a_classifier(model, s)
         if isinstance(s.pool, PoolInForward):  # no pool module: rebuild around the same base
             model = nn.Sequential(OrderedDict([(s.pool.base, _get(model, s.pool.base))]
                                               + [(f"after_{s.pool.base}_{i}", m)
@@ -237,6 +238,22 @@ def get_model(arch: str, *, weights: bool, head: str = "replace", num_classes: i
         _set(model, s.dense_at, nn.Sequential(nn.Linear(n, DENSE_WIDTH), nn.ReLU(inplace=True),
                                               nn.Linear(DENSE_WIDTH, num_classes)))
     return model
+
+
+def _check_dense_replaces_only_a_classifier(model: nn.Module, s: ArchSpec) -> None:
+    """dense1024 swaps the whole ``dense_at`` module for Flatten -> Dense 1024 -> softmax. Where
+    that module also normalises the pooled features (ConvNeXt's classifier starts with a
+    LayerNorm2d), the swap would silently drop a trained layer: refuse, naming it."""
+    from torch import nn
+
+    allowed = (nn.Linear, nn.Dropout, nn.Flatten, nn.Identity, nn.Sequential, nn.ReLU, nn.ReLU6, nn.Hardswish,
+               nn.GELU, nn.SiLU)
+    kept = [f"{s.dense_at}.{name}" if name else s.dense_at for name, m in _get(model, s.dense_at).named_modules()
+            if not isinstance(m, allowed)]
+    if kept:
+        raise ValueError(f"head 'dense1024' on {s.name} would drop {', '.join(kept)} "
+                         f"({type(_get(model, kept[0])).__name__}): its ArchSpec's dense_at {s.dense_at!r} holds "
+                         "more than a classifier; point dense_at (and pool) past the layers to keep")
 
 
 def gradcam_target_layer(model: nn.Module, arch: str) -> nn.Module:

@@ -93,13 +93,18 @@ ImageSize = Annotated[int, Field(ge=MIN_PREP_SIZE, le=MAX_PREP_SIZE)]
 def _datasets() -> tuple[str, ...]:
     from . import data
 
-    return tuple(data.DATASETS)
+    return data.known_datasets()
 
 
 def _check_dataset(name: str) -> None:
-    known = _datasets()
-    if name not in known:
-        raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}; got {name!r}")
+    from . import data
+
+    try:   # the table's, or one of one's own that an experiment registered
+        data.get_spec(name)
+    except ValueError:
+        known = _datasets()
+        raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}, or a dataset of "
+                         f"your own declared in an experiment file; got {name!r}") from None
 
 
 class ParameterError(ValueError):

@@ -9,7 +9,9 @@ no data and no network shows them (CONTRACTS.md lists the files):
   share of each split, fingerprint); ``data/<dataset>-views.csv``: each CT slice's view (axial or
   coronal), and ``data/<dataset>-shortcut.csv``: the intensity-only model's prediction for each
   test image, both from the audit step;
-* ``notebooks/``: the executed evaluate, explain, audit, data-prep and summary notebooks;
+* ``notebooks/``: the executed evaluate, explain, audit and data-prep notebooks (not the summary:
+  a study recorded stage by stage has runs of later stages still to train, and the reference
+  notebook, rebuilt from these records on every build, is its summary);
 * ``manifest.json``: the image set's fingerprint (every file's name and SHA-256), the commit,
   machine and device, library versions and the wall time of every step.
 
@@ -163,8 +165,7 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
         for name, record in (("views.csv", "views"), ("shortcut_predictions.csv", "shortcut")):
             if (audit_dir / name).is_file():
                 atomic.copy_file(audit_dir / name, out / "data" / f"{ds}-{record}.csv")
-    if wf.summary_notebook(exp).is_file():
-        atomic.copy_file(wf.summary_notebook(exp), out / "notebooks" / "summary.ipynb")
+    (out / "notebooks" / "summary.ipynb").unlink(missing_ok=True)   # an earlier edition's, see above
     commit, dirty = git_state()
     recorded = {r.key: json.loads((run_record(r, root) / "metrics.json").read_text())
                 for r in ex.runs(exp) if (run_record(r, root) / "metrics.json").is_file()}

@@ -12,7 +12,9 @@ from . import experiment as ex
 from . import calibration, data, models, protocols, records, report, study
 from .params import STOPPED_BY
 
-DATASET_TITLES = {name: spec.title for name, spec in data.DATASETS.items()}
+def dataset_title(ds: str) -> str:
+    """Its name in the pages' prose and tables: the spec's (the table's, or one's own)."""
+    return data.get_spec(ds).title
 SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
 TABLE_SPLITS = {"random": "random", "block": "blocks", "grouped": "groups"}   # narrow table cells
 
@@ -23,7 +25,7 @@ def _several_splits(exp: dict, ds: str) -> bool:
 
 def _where(exp: dict, ds: str, split: str, names: dict = TABLE_SPLITS) -> str:
     """A dataset's name, with the split where the study splits it more than one way."""
-    return DATASET_TITLES[ds] + (f", {names[split]}" if _several_splits(exp, ds) else "")
+    return dataset_title(ds) + (f", {names[split]}" if _several_splits(exp, ds) else "")
 
 
 def check_notes(manifest: dict, problems: list[str], stages: pd.DataFrame, experiment: str) -> str:
@@ -73,7 +75,7 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
             later = ", ".join(map(str, _later_stages(exp, ds)))
-            rows.append({"data": _two_lines(DATASET_TITLES[ds], f"not recorded yet (stage {later})", split_value=False)})
+            rows.append({"data": _two_lines(dataset_title(ds), f"not recorded yet (stage {later})", split_value=False)})
     return pd.DataFrame(rows).fillna("—")
 
 
@@ -169,7 +171,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
     for ds in exp["datasets"]:
         if ds not in set(arms["dataset"]):
             later = _later_stages(exp, ds)
-            parts.append(f"**{DATASET_TITLES[ds]}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
+            parts.append(f"**{dataset_title(ds)}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
                          f"{', '.join(map(str, later))} of the study.")
     return "\n\n".join(parts)
 
@@ -245,7 +247,7 @@ def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
     if not len(lr):
         return pd.DataFrame({"note": ["no learning-rate sweep is recorded yet"]})
     shown = lr.assign(
-        run=[f"{DATASET_TITLES[d]}{SHORT_SPLITS[s]}: {models.ARCHS[a].label}, {report.arm_title(arm)}"
+        run=[f"{dataset_title(d)}{SHORT_SPLITS[s]}: {models.ARCHS[a].label}, {report.arm_title(arm)}"
              for d, s, a, arm in zip(lr["dataset"], lr["split"], lr["arch"], lr["arm"])],
         cell=[("—" if pd.isna(v) else f"{100 * v:.1f} ({int(e)}{', cap' if sb == 'epoch_cap' else ''})"
                + (" ✔" if c else "")) for v, e, sb, c in zip(lr["best_val_acc"], lr["best_epoch"], lr["stopped_by"], lr["chosen"])],

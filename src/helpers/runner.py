@@ -64,10 +64,10 @@ def check_data_dirs(exp: dict) -> None:
             root = data.find_class_root(folder, dataset)
         except (OSError, ValueError) as exc:
             raise PreflightError(f"DATA_DIR for {dataset}: {exc}{_looks_like(folder, dataset)}") from None
-        for cls in spec.classes:
-            if not _has_image(root / cls, IMAGE_EXTENSIONS, skip={spec.mask_dir}):
+        for _given, cls, rel in spec.class_dirs():   # under train/, val/, test/ when it comes split
+            if not _has_image(root / rel, IMAGE_EXTENSIONS, skip={spec.mask_dir}):
                 raise PreflightError(
-                    f"DATA_DIR for {dataset}: class folder {str(root / cls)!r} holds no image files; "
+                    f"DATA_DIR for {dataset}: class folder {str(root / rel)!r} holds no image files; "
                     f"expected {spec.ext} images of class {cls!r} (directly or in a subfolder)")
 
 

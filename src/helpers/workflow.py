@@ -203,11 +203,11 @@ def grid_status(exp: dict):
 def book_datasets(exp: dict) -> list[str]:
     """The datasets whose step pages the book holds: the papers' (the narrative pages cite both)
     and the experiment's own, in the dataset table's order. A dataset neither paper used and
-    the experiment does not use gets no page."""
+    the experiment does not use gets no page; a dataset of one's own comes last."""
     from .metrics import load_published   # pandas and scikit-learn: only when asked
 
     wanted = set(load_published()) | set(exp["datasets"])
-    return [d for d in data.DATASETS if d in wanted]
+    return [d for d in data.DATASETS if d in wanted] + [d for d in exp["datasets"] if d not in data.DATASETS]
 
 
 def gap_reason(exp: dict, step: str, dataset: str) -> str | None:
@@ -240,8 +240,8 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
                   "runs": [str(rid.run_dir()) for rid in explained_runs(exp, dataset)],
                   "n_per_class": exp["explain"][dataset]["n_per_class"],
                   "n_road_images": exp["explain"][dataset]["n_road_images"]}
-    else:  # audit: measured on the random split (and the grouped one it tries itself)
-        prep = prep_of(exp, dataset, "random")
+    else:  # audit: measured on the random split (and the grouped one it tries itself), or the given one
+        prep = prep_of(exp, dataset, data.get_spec(dataset).audit_split)
         values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}
         values["out_dir"] = out_dir
     return planned(NOTEBOOK_PARAMS[step], values)
@@ -337,7 +337,7 @@ def fetch_data_dirs(experiment: str, data_dir: str = "") -> str:
     """
     from . import data
 
-    exp = load_experiment(experiment, "", need_data=False)
+    exp = load_experiment(experiment, data_dir, need_data=False)   # registers a dataset of one's own
     datasets = list(exp["datasets"])
     if exp.get("synthetic"):
         return data_dir

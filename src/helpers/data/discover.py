@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .specs import DatasetSpec, get_spec
+from .specs import MIN_PER_CLASS, DatasetSpec, get_spec, own_spec
 from .synthetic import LESION_DIR
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -66,6 +66,54 @@ def find_class_root(data_dir: str | os.PathLike, dataset: str, max_depth: int = 
     raise FileNotFoundError(
         f"no folder at or below data_dir {str(root)!r} holds the {dataset} class folders {expected} "
         f"(searched {max_depth} levels deep)")
+
+
+GIVEN_SPLITS = ("train", "val", "test")   # a folder of one's own that comes split: these subfolders
+
+
+def folder_spec(name: str, folder: str | os.PathLike, ext: str, title: str = "", given: bool = False) -> DatasetSpec:
+    """The spec of a dataset of one's own: its classes are the folder's subfolders (those of
+    ``train/`` when it comes split into ``train/``, ``val/`` and ``test/``), each holding images
+    of kind ``ext``. Raises ValueError naming the folder and what was expected."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name}: DATA_DIR {str(root)!r} is not a folder; expected a folder with one "
+                                f"subfolder of {ext} images per class")
+    ext = ext.lower()
+    parts = [root / s for s in GIVEN_SPLITS] if given else [root]
+    for part in parts:
+        if not part.is_dir():
+            raise FileNotFoundError(f"{name}: split 'given' needs DATA_DIR to hold {', '.join(GIVEN_SPLITS)} "
+                                    f"folders, each with one subfolder per class; {str(part)!r} is missing")
+    classes = sorted((e.name for e in os.scandir(parts[0]) if e.is_dir() and not e.name.startswith(".")),
+                     key=natural_key)
+    if len(classes) < 2:
+        raise ValueError(f"{name}: {str(parts[0])!r} holds {len(classes)} class folder(s) "
+                         f"({', '.join(map(repr, classes)) or 'none'}); a classifier needs at least two, one "
+                         f"subfolder of {ext} images per class")
+    for part in parts:
+        for cls in classes:
+            kinds: dict[str, int] = {}
+            for dirpath, dirnames, filenames in os.walk(part / cls):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for f in filenames:
+                    kind = os.path.splitext(f)[1].lower()
+                    if not f.startswith(".") and kind in IMAGE_EXTENSIONS:
+                        kinds[kind] = kinds.get(kind, 0) + 1
+            where = f"{name}: class folder {str(part / cls)!r}"
+            if not (part / cls).is_dir():
+                raise FileNotFoundError(f"{where} is missing; the classes (from {str(parts[0])!r}) are "
+                                        f"{', '.join(map(repr, classes))}")
+            others = {k: n for k, n in kinds.items() if k != ext}
+            if others:
+                raise ValueError(f"{where} holds " + ", ".join(f"{n} {k}" for k, n in others.items())
+                                 + f" image(s) beside {kinds.get(ext, 0)} {ext}; the experiment's ext is {ext}: "
+                                 "convert them, move them out, or change ext")
+            least = MIN_PER_CLASS if not given else 1
+            if kinds.get(ext, 0) < least:
+                raise ValueError(f"{where} holds {kinds.get(ext, 0)} {ext} image(s); at least {least} "
+                                 "are needed" + ("" if given else " for a train/validation/test split"))
+    return own_spec(name, classes, ext, title, split_dirs={s: s for s in GIVEN_SPLITS} if given else None)
 
 
 @dataclass

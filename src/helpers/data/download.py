@@ -14,6 +14,8 @@ class DownloadError(RuntimeError):
 
 def manual_download_help(dataset: str) -> str:
     spec = get_spec(dataset)
+    if not spec.kaggle_slug:
+        return f"{dataset} is a dataset of your own, with no download: pass its folder as DATA_DIR."
     return (f"Manual download: open {spec.kaggle_url} in a browser, download and unzip it anywhere "
             f"(for example data/raw/{dataset}/), then pass that folder as data_dir: "
             f"prepare('{dataset}', data_dir=...), papermill ... -p data_dir <folder>, "
@@ -33,6 +35,8 @@ def download(dataset: str, to: str | os.PathLike | None = None) -> Path:
     Returns the download folder, or ``to`` after linking/copying the files there.
     """
     spec = get_spec(dataset)
+    if not spec.kaggle_slug:
+        raise DownloadError(manual_download_help(dataset))
     try:
         import kagglehub
     except ImportError as e:

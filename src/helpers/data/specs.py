@@ -5,8 +5,9 @@ finding each class shows) and an experiment file; no other module branches on a 
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from ..params import MIN_PER_CLASS, SPLITS  # noqa: F401  (every parameter choic
 from . import phantoms
 
 ENV_DATA_ROOT = "HELPERS_DATA_ROOT"
+OWN_SPECS = "specs"   # <data root>/specs/<name>.json: the datasets of one's own that an experiment declared
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class DatasetSpec:
     kaggle_slug: str
     layout: tuple[str, ...]          # folders from the download root to the class folders
     file_name: str                   # Kaggle file naming, e.g. "{cls}-{index}" -> "COVID-12"
-    phantom: Callable[..., phantoms.Phantom]   # draws the synthetic stand-in of one image
+    phantom: Callable[..., phantoms.Phantom] | None   # draws the synthetic stand-in of one image
     title: str = ""                  # its name in the pages' prose and tables ("chest X-ray")
     image_dir: str = ""              # images sit in <class>/<image_dir>/ ("" = the class folder)
     mask_dir: str | None = None      # companion mask folder inside a class folder
@@ -62,6 +64,11 @@ class DatasetSpec:
     def splits(self) -> tuple[str, ...]:
         """The ``split`` values this dataset accepts."""
         return ("given",) if self.split_dirs else tuple(s for s in SPLITS if s != "given")
+
+    @property
+    def audit_split(self) -> str:
+        """The split the audit measures: ``random``, or ``given`` for a download that comes split."""
+        return self.splits[0]
 
     def class_dirs(self) -> list[tuple[str | None, str, str]]:
         """(given split or None, class, folder relative to the class root) of every class folder."""
@@ -136,11 +143,60 @@ def _reduced(name: str, source: str) -> DatasetSpec:
 DATASETS["covid_radiography_reduced"] = _reduced("covid_radiography_reduced", "covid_radiography")
 
 
+# A dataset of one's own: declared in an experiment file (``ext``, ``title``), its classes read
+# from its folder (helpers.data.discover.folder_spec). It has no phantom and no Kaggle download.
+# Registered in this process and written beside the prepared data, so that every step's process
+# (a papermill kernel, a cluster job, the book) finds the classes the experiment's loading found.
+_OWN: dict[str, DatasetSpec] = {}
+_OWN_FIELDS = ("name", "title", "classes", "ext", "split_dirs")
+
+
+def own_spec(name: str, classes, ext: str, title: str = "", split_dirs: dict | None = None) -> DatasetSpec:
+    return DatasetSpec(name=name, title=title or name.replace("_", " "), classes=tuple(classes), native_size=0,
+                       ext=ext, kaggle_slug="", layout=(), file_name="{cls}-{index}", phantom=None,
+                       split_dirs=split_dirs)
+
+
+def register(spec: DatasetSpec) -> None:
+    """Make a dataset of one's own known here and to every later process on this data root."""
+    if spec.name in DATASETS:
+        raise ValueError(f"{spec.name!r} is in the dataset table; a dataset of your own needs another name")
+    from .. import atomic
+
+    _OWN[spec.name] = spec
+    path = data_root() / OWN_SPECS / f"{spec.name}.json"
+    text = json.dumps({k: v for k, v in asdict(spec).items() if k in _OWN_FIELDS}, indent=1, sort_keys=True)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, text)
+
+
+def _registered(name: str) -> DatasetSpec | None:
+    if name not in _OWN:
+        try:
+            _OWN[name] = own_spec(**json.loads((data_root() / OWN_SPECS / f"{name}.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+    return _OWN[name]
+
+
 def get_spec(dataset: str) -> DatasetSpec:
     """The spec of ``dataset``; an unknown name is a ValueError naming the known ones."""
-    if not isinstance(dataset, str) or dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
-    return DATASETS[dataset]
+    spec = DATASETS.get(dataset) or (_registered(dataset) if isinstance(dataset, str) else None)
+    if spec is None:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, or a dataset of your own declared in "
+                         f"an experiment file (datasets: {{<name>: {{ext: .png, ...}}}}, README 'Your own "
+                         f"images') and loaded with its DATA_DIR; got {dataset!r}")
+    return spec
+
+
+def known_datasets() -> tuple[str, ...]:
+    """The table's datasets, then the ones of one's own registered in this process."""
+    return (*DATASETS, *(n for n in _OWN if n not in DATASETS))
 
 
 def check_split(dataset: str, split: str) -> None:
