@@ -279,7 +279,7 @@ def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
     sources = "".join(p.read_text() for p in [*(ROOT / "src" / "helpers").glob("*.py"),
                                               *(ROOT / "notebooks").glob("*.ipynb")])
     assert len(cited) > 30
-    from helpers import metrics, report
+    from helpers import metrics, papers, report
 
     # the papers' designs: <paper>_<setting>, each setting written once in published.yaml
     settings = {report.glue_name(p["name"], k) for p in metrics.PAPER_VALUES.values() for k in p["settings"]}
@@ -287,7 +287,7 @@ def test_every_glue_key_a_page_cites_is_written_out_where_it_is_glued():
     # built from the tables, each name from one function: headlines, and one banner per dataset
     from helpers.data import DATASETS
 
-    built = {*settings, *report.paper_headlines(), *(report.glue_name("banner", d) for d in DATASETS)}
+    built = {*settings, *papers.paper_headlines(), *(report.glue_name("banner", d) for d in DATASETS)}
     assert {"paper_a_test_acc_vgg11_imagenet", "paper_b_gain_range", "banner_ct_kidney"} <= built
     sources += "".join(f'"{k}"' for k in built)
     unfound = sorted(k for k in cited if f'"{k}"' not in sources and f'\\"{k}\\"' not in sources)

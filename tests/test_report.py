@@ -13,7 +13,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from test_metrics import write_run  # noqa: E402
 
-from helpers import metrics, report  # noqa: E402
+from helpers import evaluation as evaluate_page  # noqa: E402  (a fixture is named evaluation)
+from helpers import metrics, papers, report  # noqa: E402
 
 
 
@@ -78,7 +79,7 @@ def test_styled_tables_read_like_tables():
 
 @pytest.fixture(scope="module")
 def evaluation(grid, tmp_path_factory):
-    return report.evaluate("covid_radiography", root=grid, out_dir=tmp_path_factory.mktemp("evaluate"))
+    return evaluate_page.evaluate("covid_radiography", root=grid, out_dir=tmp_path_factory.mktemp("evaluate"))
 
 
 def test_evaluate_writes_every_file(evaluation):
@@ -105,8 +106,8 @@ def test_evaluate_writes_every_file(evaluation):
 
 def test_glue_evaluation_names(evaluation, monkeypatch):
     glued = {}
-    monkeypatch.setattr(report, "glue", lambda name, value, display=False: glued.setdefault(name, value))
-    names = report.glue_evaluation(evaluation)
+    monkeypatch.setattr(evaluate_page, "glue", lambda name, value, display=False: glued.setdefault(name, value))
+    names = evaluate_page.glue_evaluation(evaluation)
     assert {"table1", "loss_curves", "confusion", "roc", "banner", "headline_imagenet",
             "headline_scratch", "headline_difference"} <= set(names)
     assert all(n == report.glue_name(n) for n in names) and len(names) == len(set(names))
@@ -131,29 +132,29 @@ def test_headline_with_both_arms_gives_numbers(tmp_path):
     ds = tmp_path / "runs" / "covid_radiography"
     for pre in (True, False):
         write_run(ds / f"vgg11-{'imagenet' if pre else 'scratch'}-s0", arch="vgg11", pretrained=pre)
-    ev = report.evaluate("covid_radiography", root=tmp_path / "runs", out_dir=tmp_path / "out")
-    hl = report.headline(ev)
+    ev = evaluate_page.evaluate("covid_radiography", root=tmp_path / "runs", out_dir=tmp_path / "out")
+    hl = evaluate_page.headline(ev)
     accs = {r.arm: r.metrics["test_accuracy"] for r in ev.runset.runs}
     assert hl["imagenet"] == f"{accs['imagenet']:.3f}" and hl["scratch"] == f"{accs['scratch']:.3f}"
     assert f"{accs['imagenet'] - accs['scratch']:+.3f}" in hl["difference"] and "McNemar" in hl["difference"]
 
 
 def test_published_values_for_the_pages():
-    assert report.paper_value("covid_radiography", "vgg11", "replace", "imagenet") == \
+    assert papers.paper_value("covid_radiography", "vgg11", "replace", "imagenet") == \
         metrics.PAPER_VALUES["covid_radiography"]["values"][("vgg11", "replace", "imagenet")]["test_accuracy"]
     with pytest.raises(KeyError, match="published.yaml"):
-        report.paper_value("ct_kidney", "resnet18", "replace", "imagenet")
+        papers.paper_value("ct_kidney", "resnet18", "replace", "imagenet")
     values = metrics.PAPER_VALUES["covid_radiography"]["values"]
     gains = [values[(a, "replace", "imagenet")]["test_accuracy"] - values[(a, "replace", "scratch")]["test_accuracy"]
              for a in ("resnet18", "vgg11", "alexnet", "mobilenet_v3_large")]
-    assert report.paper_gain_range("covid_radiography") == f"{100 * min(gains):.1f}–{100 * max(gains):.1f} points"
+    assert papers.paper_gain_range("covid_radiography") == f"{100 * min(gains):.1f}–{100 * max(gains):.1f} points"
 
 
 def test_empty_grid_still_gives_figures(tmp_path):
     ds = tmp_path / "runs" / "ct_kidney"
     (ds / "vgg16-imagenet-s0").mkdir(parents=True)
     (ds / "vgg16-imagenet-s0" / "missing.json").write_text(json.dumps({"reason": "no weights"}))
-    ev = report.evaluate("ct_kidney", root=tmp_path / "runs", out_dir=tmp_path / "out")
+    ev = evaluate_page.evaluate("ct_kidney", root=tmp_path / "runs", out_dir=tmp_path / "out")
     assert (tmp_path / "out" / "roc.png").is_file()
     assert ev.table1.loc["Testing accuracy", ("vgg16-dense1024", "imagenet", "paper B (published)")] == "0.9896"
     assert ev.table1.loc["Testing accuracy", ("vgg16-dense1024", "imagenet", "ours")] == "—"
