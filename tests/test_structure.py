@@ -16,9 +16,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, name: str, top_level_only: bool = False) -> set[str]:
+def _imports(path: Path, name: str, modules, top_level_only: bool = False) -> set[str]:
     """helpers.* modules ``name`` imports: anywhere in it (an import inside a function is a
-    dependency all the same), or only those imported when ``name`` is imported."""
+    dependency all the same), or only those imported when ``name`` is imported. Importing a
+    module of a package runs the package's ``__init__`` first, so that is an import too."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
     tree = ast.parse(path.read_text())
@@ -30,24 +31,26 @@ def _imports(path: Path, name: str, top_level_only: bool = False) -> set[str]:
             else:
                 base = node.module or ""
             if base.startswith("helpers"):
-                out.add(base)
-                out.update(f"{base}.{a.name}" for a in node.names)
+                subs = {f"{base}.{a.name}" for a in node.names} & set(modules)
+                # ``from . import phantoms`` imports the module phantoms, not the package's names
+                out.update(subs if len(subs) == len(node.names) else {base, *subs})
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("helpers"))
+    for m in list(out):
+        parts = m.split(".")
+        out.update(".".join(parts[:i]) for i in range(2, len(parts)))   # helpers.data for helpers.data.specs
     return out
 
 
 def import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in _imports(path, name, top_level_only) if m in modules and m != name}
+    return {name: {m for m in _imports(path, name, modules, top_level_only)
+                   if m in modules and m != name and not name.startswith(m + ".")}   # its own package: loaded
             for name, path in modules.items()}
 
 
 def test_no_import_cycles():
     graph = import_graph()
-    # a package's __init__ importing its own submodules is how a package is assembled
-    for name in graph:
-        graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
     state: dict[str, int] = {}
     cycles = []
 
@@ -74,6 +77,8 @@ def test_the_graph_sees_imports():
     assert "helpers.data" in graph["helpers.training"]
     # an import inside a function counts: build_book reads the records lazily
     assert "helpers.records" in graph["helpers.book"] and "helpers.records" not in import_graph(True)["helpers.book"]
+    # a module of a package brings the package's __init__ with it
+    assert {"helpers.data", "helpers.data.specs"} <= graph["helpers.params"]
 
 
 MAX_MODULE_LINES = 700  # a module a newcomer reads in one sitting

@@ -27,12 +27,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import models
+from .data.specs import MIN_PER_CLASS, SPLITS, get_spec, known_datasets  # the dataset table's facts
 
 # ---------------------------------------------------------------- shared choices
-
-# "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
-# "given": the download's own train/val/test folders (DatasetSpec.split_dirs), never redrawn.
-SPLITS = ("random", "grouped", "block", "given")
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,6 @@ def arm_order(arm: str) -> tuple[int, str]:
     return (order.index(arm), "") if arm in ARMS else (len(order), arm)
 
 
-MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 MIN_PREP_SIZE = 16
 MAX_PREP_SIZE = 1024
 
@@ -91,16 +87,12 @@ ImageSize = Annotated[int, Field(ge=MIN_PREP_SIZE, le=MAX_PREP_SIZE)]
 
 
 def _datasets() -> tuple[str, ...]:
-    from . import data
-
-    return data.known_datasets()
+    return known_datasets()
 
 
 def _check_dataset(name: str) -> None:
-    from . import data
-
     try:   # the table's, or one of one's own that an experiment registered
-        data.get_spec(name)
+        get_spec(name)
     except ValueError:
         known = _datasets()
         raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}, or a dataset of "

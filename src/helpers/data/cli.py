@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .download import DownloadError, download
+from .kaggle import DownloadError, download
 from .prepared import prepare
 from .specs import DATASETS, SPLITS
 from .synthetic import synthesize
