@@ -306,6 +306,14 @@ def test_no_page_types_a_papers_setting_and_the_readme_agrees_with_published_yam
         prose = re.sub(r"\{glue:text\}`[^`]*`", "", page.read_text())
         for value in (a["per_class"], b["images"]):
             assert not re.search(rf"\b{value:,}\b|\b{value}\b", prose), (page.name, value)
+        # nor the class counts, the split shares or paper A's normalisation, in words or digits
+        from helpers.data.splits import ratio_text
+        from helpers.models import PAPER_A_STATS
+
+        words = {3: "three", 4: "four"}
+        for typed in (f"{words[a['classes']]} classes", f"{words[b['classes']]} classes", ratio_text(),
+                      str(PAPER_A_STATS[0][0])):
+            assert typed not in prose, (page.name, typed)
     readme = (ROOT / "README.md").read_text()
     lr = f"{a['lr']:.0e}".replace("e-0", "e-")    # 1e-4, as the prose writes it
     assert re.search(rf"{a['classes']} classes, {a['per_class']} per class,\s+{a['image_size']} px, "

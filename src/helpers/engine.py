@@ -18,9 +18,6 @@ from torch import nn
 from . import augment as augment_mod
 from . import data, models
 
-# paper A's published constants (grey images replicated to RGB)
-PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -38,7 +35,7 @@ def run_stats(params: dict, prepared) -> tuple[tuple[float, ...], tuple[float, .
     if how == "imagenet":
         mean, std = models.spec(params["arch"]).stats
     elif how == "paper_a":
-        mean, std = PAPER_A_STATS
+        mean, std = models.PAPER_A_STATS
     else:
         mean, std = prepared.mean, prepared.std
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -44,8 +44,10 @@ def paper_headlines() -> dict[str, Any]:
 
 def paper_settings() -> dict[str, str]:
     """Glue name -> text of every design setting published.yaml transcribes, named after the
-    paper (``paper_a_per_class`` -> "1,345"), and the block split's size (``block_size``)."""
-    from .data.splits import BLOCK_SIZE
+    paper (``paper_a_per_class`` -> "1,345"), paper A's fixed normalisation (``paper_a_normalize``),
+    and this package's split shares (``split_ratio``) and block size (``block_size``)."""
+    from .data.splits import BLOCK_SIZE, ratio_text
+    from .models import PAPER_A_STATS
 
     def text(value) -> str:
         if isinstance(value, bool):
@@ -54,7 +56,9 @@ def paper_settings() -> dict[str, str]:
             return f"{value:.0e}".replace("e-0", "e-")   # 1e-4, as the pages write rates
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    out = {"block_size": str(BLOCK_SIZE)}
+    (mean, *_), (std, *_) = PAPER_A_STATS
+    out = {"block_size": str(BLOCK_SIZE), "split_ratio": ratio_text(),   # this package's own
+           "paper_a_normalize": f"mean {mean} and standard deviation {std}"}
     for paper in metrics.PAPER_VALUES.values():
         prefix = glue_name(paper["name"])
         out.update({glue_name(prefix, k): text(v) for k, v in paper["settings"].items()})

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from . import atomic, data, models, weights
-from .engine import (PAPER_A_STATS, Engine as _Engine, _batches, _compile, _epoch_seed, lr_schedule,  # noqa: F401
+from .engine import (Engine as _Engine, _batches, _compile, _epoch_seed, lr_schedule,  # noqa: F401
                      make_optimizer, normalize, resolve_device, run_stats, train_subset)
 from .checkpoints import (RESTART, RESTART_BOTH, CheckpointError, CheckpointWriter, first_sentence, rng_state,
                           read_checkpoint, set_rng_state, to_host)

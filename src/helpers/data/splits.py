@@ -41,6 +41,7 @@ noise: planted copies up to 53 of 256 bits, distinct chest X-rays from 18).
 """
 
 SPLIT_NAMES = ("train", "val", "test")
+RATIOS = (0.6, 0.2, 0.2)   # train, val, test: paper A's 6:2:2, for every split this package draws
 
 BLOCK_SIZE = 25
 BLOCK_KIND = f"block of {BLOCK_SIZE} consecutive file numbers"
@@ -155,7 +156,7 @@ def _group_majority(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- grouped split
 
 
-def grouped_split(labels, groups, class_names, seed, ratios=(0.6, 0.2, 0.2),
+def grouped_split(labels, groups, class_names, seed, ratios=RATIOS,
                   group_kind: str = "near-duplicate group") -> np.ndarray:
     """'train'/'val'/'test' per image, every group wholly in one split, classes stratified.
 
@@ -274,13 +275,19 @@ def _check_ratios(ratios) -> np.ndarray:
     return shares / shares.sum()
 
 
+def ratio_text(ratios=RATIOS) -> str:
+    """'6:2:2': the shares as the pages write them."""
+    return ":".join(f"{10 * r:g}" for r in ratios)
+
+
 def random_split(labels: np.ndarray, seed: int) -> np.ndarray:
-    """'train'/'val'/'test' per image: stratified 6:2:2, deterministic for a seed."""
+    """'train'/'val'/'test' per image: stratified by RATIOS, deterministic for a seed."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
-    trainval, test = train_test_split(idx, test_size=0.2, stratify=labels, random_state=seed)
-    train, val = train_test_split(trainval, test_size=0.25, stratify=labels[trainval], random_state=seed)
+    trainval, test = train_test_split(idx, test_size=RATIOS[2], stratify=labels, random_state=seed)
+    train, val = train_test_split(trainval, test_size=RATIOS[1] / (1 - RATIOS[2]), stratify=labels[trainval],
+                                  random_state=seed)
     split = np.empty(len(labels), dtype=object)
     split[train], split[val], split[test] = "train", "val", "test"
     return split.astype(str)
