@@ -282,7 +282,7 @@ needs_real = pytest.mark.skipif(not (REAL / "ct_kidney").is_dir(), reason=f"real
 @needs_real
 @pytest.mark.real
 def test_real_kidney_sample_neighbouring_slices_are_near_duplicates(tmp_path):
-    res = audit.run_audit("ct_kidney", data_dir=str(REAL / "ct_kidney"), image_size=128, out_dir=str(tmp_path / "audit"), progress=False)
+    res = audit.run_audit(dataset="ct_kidney", data_dir=str(REAL / "ct_kidney"), image_size=128, out_dir=str(tmp_path / "audit"), progress=False)
     prepared, pairs = res["prepared"], res["pairs"]
     slice_no = np.array([int(re.search(r"\((\d+)\)", Path(p).name).group(1)) for p in prepared.paths])
     classes = np.asarray(prepared.class_names)[prepared.labels]

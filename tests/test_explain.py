@@ -164,7 +164,7 @@ def test_explain_with_one_arm_missing(tiny_runs, tmp_path):  # noqa: F811
     assert "not available" in res.note and "no ImageNet weights" in res.banner()
     assert (tmp_path / "out" / "explanations.png").is_file()
     assert len(res.figure.axes) == 2 * len(res.shown)  # original + Grad-CAM for the one arm
-    with pytest.raises(ValueError, match="methods must be"):
+    with pytest.raises(ValueError, match="parameter .methods. must be a non-empty list, each item one of"):
         explain.explain_runs("covid_radiography", "resnet18", [runs / "resnet18-scratch-s0"], methods=["lime"])
 
 
@@ -347,7 +347,7 @@ def test_a_constant_map_fails_the_sanity_check(monkeypatch):
 def test_explain_refuses_bad_test_parameters(tiny_runs):  # noqa: F811
     run = tiny_runs / "runs" / "covid_radiography" / "resnet18-scratch-s0"
     for kwargs, match in (({"n_road_images": -1}, "n_road_images"), ({"road_percentiles": [0, 50]}, "road_percentiles"),
-                          ({"road_percentiles": []}, "road_percentiles"), ({"sanity": "top"}, "sanity must be")):
+                          ({"road_percentiles": []}, "road_percentiles"), ({"sanity": "top"}, "parameter .sanity. must be one of")):
         with pytest.raises(ValueError, match=match):
             explain.explain_runs("covid_radiography", "resnet18", [run], **kwargs)
 

@@ -22,7 +22,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from . import intervals, metrics, tables
-from .params import arm_order, arm_title
+from .params import PAIR, arm_order, arm_title
 from .report import (ARCH_TITLES, MISSING_LINK, NOT_RUN, arm_color, banner, figure_image, glue, markdown_html,
                      save_figure, styled, synthetic_suffix, write_table, write_text)
 
@@ -311,7 +311,7 @@ def headline(ev: "Evaluation") -> dict[str, str]:
     runs = [r for r in ev.runset.runs if r.arch == arch and r.head == head and r.papers_design]
     label = min((r.label for r in runs), key=len, default=None)
     out = {}
-    for arm in ("imagenet", "scratch"):
+    for arm in PAIR:
         accs = [r.metrics["test_accuracy"] for r in runs if r.label == label and r.arm == arm]
         ci = intervals.mean_ci(accs)
         seeds = f" (mean of {ci.n} seeds)" if ci.n > 1 else ""
@@ -329,7 +329,7 @@ def headline(ev: "Evaluation") -> dict[str, str]:
         p_text = f"p = {p:.3g}" if np.isfinite(p) else "p undefined: the differences do not vary"
         diff = f"The difference, ImageNet minus scratch, is {r['mean_diff']:+.3f} ({p_text}, {test})."
     else:
-        absent = [arm_title(a) for a in ("imagenet", "scratch") if out[a] == NOT_RUN]
+        absent = [arm_title(a) for a in PAIR if out[a] == NOT_RUN]
         diff = (f"The difference cannot be computed here: the {' and '.join(absent)} run"
                 f"{'s were' if len(absent) > 1 else ' was'} {NOT_RUN}." if absent else
                 "The difference cannot be computed here: the two arms share no seed.")

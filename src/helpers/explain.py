@@ -42,7 +42,8 @@ from . import metrics
 from .map_scores import (METHOD_TITLES, METHODS, centre_baseline, map_rank_correlation, paired_table, pointing_tolerance,
                          random_baseline, region_kind, score_maps, select_images, select_spread, summarize_scores,
                          tests_table)
-from .params import RunId, arm_order, arm_title, read_run_id
+from . import params as params_mod
+from .params import PAIR, ExplainParams, RunId, arm_order, arm_title, read_run_id
 
 SANITY_MODES = ("full", "cascade")
 SANITY_STAGES = 4  # cascade: cumulative quarters of the layers, top first
@@ -271,7 +272,7 @@ def default_runs(dataset: str, arch: str, root: str | Path = "runs", seed: int =
                  head: str = "replace", experiment: str = "") -> dict[Path, str]:
     """The ImageNet and scratch runs of one configuration: run folder (as RunId names it) -> arm."""
     ids = [RunId(experiment=experiment, dataset=dataset, arch=arch, head=head, arm=arm, seed=seed)
-           for arm in ("imagenet", "scratch")]
+           for arm in PAIR]
     return {rid.run_dir(root): rid.arm for rid in ids}
 
 
@@ -294,41 +295,34 @@ def _unavailable(run_dir: Path) -> str | None:
     return None
 
 
-def explain_runs(dataset: str, arch: str, runs: str | Sequence[str | Path] = "", n_per_class: int = 2,
-                 methods: Sequence[str] = METHODS, out_dir: str | Path = "", root: str | Path = "runs",
-                 device: str = "auto", target: str = "true", tolerance_px: int | None = None,
-                 n_random: int = 20, max_score_images: int = 300, seed: int = 0, n_road_images: int = 8,
-                 road_percentiles: Sequence[int] = (20, 40, 60, 80), sanity: str = "full") -> ExplainResult:
+def explain_runs(dataset: str, arch: str, runs: str | Path | Sequence[str | Path] = "", *, root: str | Path = "runs",
+                 target: str = "true", tolerance_px: int | None = None, n_random: int = 20,
+                 max_score_images: int = 300, seed: int = 0, **step) -> ExplainResult:
     """Saliency/Grad-CAM figure and explanation-quality scores for the ImageNet and scratch runs of one arch.
 
     ``runs``: "" = ``runs/<dataset>/<arch>-imagenet-s0`` and ``-scratch-s0``; or a list (or glob) of
     run folders, one per arm. An arm that is missing or incomplete is reported, not fatal, as long as
-    one arm is available. Files go to ``out_dir`` ("" = ``results/<dataset>/explain/<arch>``).
-    ROAD and the sanity check (``sanity``: "full" or "cascade") run on ``n_road_images`` test
-    images spread over the classes (0 skips both).
+    one arm is available. ``step``: the explain step's own parameters (``n_per_class``, ``methods``,
+    ``out_dir``, ``device``, ``n_road_images``, ``road_percentiles``, ``sanity``), checked by
+    :class:`helpers.params.ExplainParams`, where their defaults live. Files go to ``out_dir``
+    ("" = ``results/<dataset>/explain/<arch>``). ROAD and the sanity check ("full" or "cascade")
+    run on ``n_road_images`` test images spread over the classes (0 skips both).
     """
     from .training import load_model, normalize, resolve_device, run_stats
 
-    if isinstance(methods, str):  # papermill -p methods saliency,gradcam
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = list(methods)
+    if isinstance(step.get("methods"), str):  # papermill -p methods saliency,gradcam
+        step["methods"] = [m.strip() for m in step["methods"].split(",") if m.strip()]
+    if isinstance(step.get("road_percentiles"), (int, np.integer)) and not isinstance(step["road_percentiles"], bool):
+        step["road_percentiles"] = [step["road_percentiles"]]
+    step = {k: str(v) if isinstance(v, Path) else v for k, v in step.items()}
+    folders = str(runs) if isinstance(runs, (str, Path)) else [str(r) for r in runs]
+    p = params_mod.check(ExplainParams, {"dataset": dataset, "arch": arch, "runs": folders, **step})
+    n_per_class, methods, out_dir, device = p.n_per_class, list(p.methods), p.out_dir, p.device
+    n_road_images, road_percentiles, sanity = p.n_road_images, list(p.road_percentiles), p.sanity
     if not methods:
         raise ValueError(f"methods must name at least one of {list(METHODS)}")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"methods must be a list drawn from {list(METHODS)}; got {m!r}")
     if target not in ("true", "pred"):
         raise ValueError(f"target must be 'true' or 'pred'; got {target!r}")
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be an integer of at least 1; got {n_per_class!r}")
-    if isinstance(n_road_images, bool) or not isinstance(n_road_images, (int, np.integer)) or n_road_images < 0:
-        raise ValueError(f"n_road_images must be an integer of at least 0; got {n_road_images!r}")
-    road_percentiles = [road_percentiles] if isinstance(road_percentiles, (int, np.integer)) else list(road_percentiles)
-    if not road_percentiles or not all(isinstance(q, (int, np.integer)) and not isinstance(q, bool) and 0 < q < 100
-                                       for q in road_percentiles):
-        raise ValueError(f"road_percentiles must be a non-empty list of integers between 1 and 99; got {road_percentiles!r}")
-    if sanity not in SANITY_MODES:
-        raise ValueError(f"sanity must be one of {list(SANITY_MODES)}; got {sanity!r}")
     started = time.perf_counter()
     seconds = {"road": 0.0, "sanity": 0.0, "baselines": 0.0}
     planned: dict[Path, str] = {}

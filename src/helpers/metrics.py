@@ -51,7 +51,7 @@ from sklearn.metrics import (
 )
 
 from . import models
-from .params import RunId, TrainSettings, read_run_id, role_fields, stopped_by
+from .params import PAIR, RunId, TrainSettings, read_run_id, role_fields, stopped_by
 
 ZERO_DIVISION = 0.0
 ATOL = 1e-4  # tolerance for metrics.json vs recomputation (CSV round trip, float32)
@@ -190,7 +190,7 @@ class Run:
     @property
     def papers_design(self) -> bool:
         """Trained as the papers did: their random split, from ImageNet or scratch only."""
-        return self.split == "random" and self.arm in ("imagenet", "scratch")
+        return self.split == "random" and self.arm in PAIR
 
     @property
     def labels(self) -> np.ndarray:

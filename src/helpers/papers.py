@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import metrics
+from .params import PAIR
 from .report import glue_name
 
 
@@ -35,7 +36,7 @@ def paper_headlines() -> dict[str, Any]:
     out = {}
     for ds, paper in metrics.PAPER_VALUES.items():
         arch, head = paper["headline"]
-        for arm in ("imagenet", "scratch"):
+        for arm in PAIR:
             name = glue_name(paper["name"], "test_acc", arch, "" if head == "replace" else head, arm)
             out[name] = paper_value(ds, arch, head, arm)
         out[glue_name(paper["name"], "gain_range")] = paper_gain_range(ds)

@@ -53,6 +53,9 @@ ARMS: dict[str, ArmSpec] = {
     "scratch": ArmSpec("scratch", "random initialisation", "#d62728",
                        {"pretrained": False, "freeze_backbone": False}),
 }
+# The question's pair: ImageNet weights against random ones (what the papers compare, what the
+# headline, the explanation page and the answer read first)
+PAIR = ("imagenet", "scratch")
 TRANSFER_ARM = re.compile(r"from-(?P<dataset>.+)-(?P<arm>[a-z_]+)")
 
 
@@ -114,7 +117,10 @@ def _describe(ann, metadata=()) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(ann))
     if origin is Annotated:
         base, *meta = typing.get_args(ann)
-        return _describe(base, meta)
+        return _describe(base, [m2 for m in meta for m2 in (getattr(m, "metadata", None) or [m])])   # Field(ge=..)
+    if origin is list:
+        empty = any(getattr(m, "min_length", 0) for m in metadata)
+        return f"a {'non-empty ' if empty else ''}list, each item {_describe(typing.get_args(ann)[0])}"
     bounds = []
     for meta in metadata:
         for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -147,7 +153,9 @@ def _explain(model: type[BaseModel], error: ValidationError) -> ParameterError:
             lines.setdefault(msg, msg)
         else:
             allowed = _allowed(model, name) if name in model.model_fields else "valid"
-            line = f"parameter {name!r} must be {allowed}; got {value!r} ({type(value).__name__})"
+            item = len(err["loc"]) > 1 and isinstance(err["loc"][1], int)   # an item of a list
+            got = f"item {err['loc'][1]} = {value!r}" if item else f"{value!r} ({type(value).__name__})"
+            line = f"parameter {name!r} must be {allowed}; got {got}"
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 line += (f". papermill's `-p {name} {value}` passes a string; write "
                          f"`-p {name} {value.capitalize()}` or use `-y`")
@@ -517,7 +525,7 @@ class ExplainParams(BaseModel):
     arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
     runs: RunFolders = ""            # "" = runs/<dataset>/<arch>-imagenet-s0 and -scratch-s0
     n_per_class: PosInt = 2
-    methods: list[Literal["saliency", "gradcam"]] = ["saliency", "gradcam"]
+    methods: list[Literal["saliency", "gradcam"]] = Field(["saliency", "gradcam"], min_length=1)
     out_dir: str = ""                # "" = results/<dataset>/explain/<arch>
     device: str = "auto"
     n_road_images: NonNegInt = 8     # test images for ROAD and the sanity check; 0 = skip both

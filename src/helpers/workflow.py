@@ -21,7 +21,7 @@ from pathlib import Path
 from . import atomic, data, kernel
 from .experiment import (ExperimentError, all_sweeps, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
                          prep_of, prepared_dir, preps, results_dir, runs, source_of, stages, sweep_scores, sweeps)
-from .params import BOOK_STEPS, NOTEBOOK_PARAMS, RunId
+from .params import BOOK_STEPS, NOTEBOOK_PARAMS, PAIR, RunId
 
 
 # A kernel that starts slowly (a loaded machine, parallel jobs) is not an error.
@@ -272,7 +272,7 @@ def _explained(exp: dict, dataset: str) -> list[RunId | object]:
     settings = exp["explain"][dataset]
     grid, every_sweep = runs(exp), all_sweeps(exp)
     out = []
-    for arm in ("imagenet", "scratch"):
+    for arm in PAIR:
         rid = RunId(experiment=exp["name"], dataset=dataset, arch=settings["arch"], head=settings["head"],
                     arm=arm, seed=0, split=exp["datasets"][dataset]["split"])
         sweep = next((sw for sw in every_sweep if any(
