@@ -25,14 +25,15 @@ def _repo_root(monkeypatch):
 
 
 def test_the_committed_records_agree_with_the_experiment_file():
-    assert records.check(records.REFERENCE) == []
-    manifest = records.load_manifest(records.REFERENCE)
-    grid = ex.runs(ex.load_experiment(records.REFERENCE, need_data=False))
+    exp = ex.load_experiment(records.REFERENCE, need_data=False)
+    assert records.check(exp) == []
+    manifest = records.load_manifest(exp)
+    grid = ex.runs(exp)
     assert set(manifest["runs"]) == {rid.key for rid in grid}
     complete = [k for k, v in manifest["runs"].items() if v["state"] == "complete"]
     assert complete, "at least one stage of the study is recorded"
     # the study runs in stages: what is not recorded yet is exactly what the manifest says did not run
-    assert sorted(records.pending(records.REFERENCE)) == sorted(k for k, v in manifest["runs"].items()
+    assert sorted(records.pending(exp)) == sorted(k for k, v in manifest["runs"].items()
                                                                 if v["state"] == "not run")
     for key in complete:
         folder = records.ROOT / records.REFERENCE / "runs" / key
@@ -47,11 +48,13 @@ def test_changed_settings_without_new_records_are_caught(tmp_path):
     raw["grid"].append({"dataset": "covid_radiography", "archs": ["vgg11"], "arms": ["scratch"], "seeds": [0]})
     changed = tmp_path / f"{records.REFERENCE}.yaml"
     changed.write_text(yaml.safe_dump(raw))
-    problems = records.check(str(changed))
+    exp = ex.load_experiment(str(changed), need_data=False)
+    problems = records.check(exp)
     assert any("epochs" in p and "recorded" in p for p in problems), problems
     assert not any("vgg11" in p for p in problems), "a run not recorded yet is a later stage, not a disagreement"
-    assert "covid_radiography/vgg11-scratch-s0" in records.pending(str(changed))
-    assert set(records.pending(str(changed))) - set(records.pending(records.REFERENCE)) == {"covid_radiography/vgg11-scratch-s0"}
+    assert "covid_radiography/vgg11-scratch-s0" in records.pending(exp)
+    reference = ex.load_experiment(records.REFERENCE, need_data=False)
+    assert set(records.pending(exp)) - set(records.pending(reference)) == {"covid_radiography/vgg11-scratch-s0"}
 
 
 def test_a_tuned_record_is_checked_against_the_rate_its_recorded_sweep_chose(tmp_path):
@@ -72,13 +75,13 @@ def test_a_tuned_record_is_checked_against_the_rate_its_recorded_sweep_chose(tmp
         (folder / "metrics.json").write_text(json.dumps({"best_val_acc": {1e-3: 0.6, 3e-3: 0.9}[lr] if values["lr"] else 0.7,
                                                          "best_epoch": 2}))
         (folder / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
-    problems = records.check(str(path), root)
+    problems = records.check(exp, root)
     assert len(problems) == 1 and "resnet18-scratch-tuned-s1" in problems[0] and "lr 0.001 recorded, 0.003" in problems[0]
 
 
 @pytest.mark.skipif(not REAL_STUDY.is_dir(), reason=f"{REAL_STUDY} not here")
 def test_the_manifest_fingerprints_the_images_in_shared_real_study():
-    manifest = records.load_manifest(records.REFERENCE)
+    manifest = records.load_manifest(ex.load_experiment(records.REFERENCE, need_data=False))
     for dataset, recorded in manifest["images"].items():
         folder = data.get_spec(dataset).derived_from or dataset   # a version of a dataset reads its files
         now = records.image_fingerprint(REAL_STUDY / folder, dataset)
@@ -108,7 +111,7 @@ def test_fraction_runs_have_their_own_folder():
 
 def test_the_answer_is_computed_from_the_records():
     exp = ex.load_experiment(records.REFERENCE, need_data=False)
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(exp)
     arms = study.arm_table(runsets)
     assert len(arms), "the recorded stages give an answer"
     # every interval holds its estimate

@@ -16,22 +16,34 @@ def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+def _reference():
+    return ex.load_experiment(records.REFERENCE, need_data=False)
+
+
 def test_the_stage_note_counts_what_is_not_recorded_and_vanishes_when_all_is():
-    manifest = {"report_command": "make report EXPERIMENT=x"}
+    exp, manifest = {"name": "x", "path": "experiments/x.yaml"}, {"report_command": "make report EXPERIMENT=x"}
     late = pd.DataFrame({"stage": [1, 2], "runs": [5, 10], "recorded": [5, 4]})
-    note = reference.check_notes(manifest, [], late, "x")
+    note = reference.check_notes(exp, manifest, [], late)
     assert "complete so far: 1" in note and "6 of 15 runs are not recorded yet (stages 2: 4/10)" in note
-    assert reference.check_notes(manifest, [], late.assign(recorded=late["runs"]), "x") == ""
-    assert "Records out of date" in reference.check_notes(manifest, ["lr differs"], late.assign(recorded=late["runs"]), "x")
+    assert reference.check_notes(exp, manifest, [], late.assign(recorded=late["runs"])) == ""
+    assert "Records out of date" in reference.check_notes(exp, manifest, ["lr differs"], late.assign(recorded=late["runs"]))
+
+
+def test_every_split_has_one_name_in_prose_and_one_in_a_table_cell():
+    from helpers.params import SPLITS
+
+    assert set(study.SPLIT_TITLES) == set(study.SPLIT_CELLS) == set(SPLITS)
+    assert study.SPLIT_TITLES["given"] == "the download's own split"
+    assert reference.SHORT_SPLITS["random"] == "" and reference.SHORT_SPLITS["block"] == f", {study.SPLIT_CELLS['block']}"
 
 
 def test_every_dataset_of_the_study_has_a_row_of_the_answer_recorded_or_not_yet():
     exp = ex.load_experiment(records.REFERENCE, need_data=False)
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(exp)
     arms, diffs = study.arm_table(runsets), study.differences(runsets)
     table = reference.answer_table(exp, arms, diffs, {})
     for ds in exp["datasets"]:
-        title = reference.DATASET_TITLES[ds]
+        title = reference.dataset_title(ds)
         rows = table[table["data"].str.contains(f'"wrap">{title}', regex=False)]
         assert len(rows), ds
         if ds not in set(arms["dataset"]):
@@ -39,12 +51,13 @@ def test_every_dataset_of_the_study_has_a_row_of_the_answer_recorded_or_not_yet(
     # it fits the page: the data and protocol share a column, ImageNet − linear probe is in the text
     assert list(table.columns) == ["data", "ImageNet (%)", "linear probe (%)", "scratch (%)", "ImageNet − scratch (pp)"]
     text = reference.answer_text(exp, arms, diffs, None, {})
-    assert all(f"**{reference.DATASET_TITLES[d]}" in text for d in exp["datasets"])
+    assert all(f"**{reference.dataset_title(d)}" in text for d in exp["datasets"])
 
 
 def test_the_run_list_hides_the_test_score_of_a_rate_not_chosen():
-    runsets = study.load(records.REFERENCE)
-    every = study.load(records.REFERENCE, answer=False)
+    exp = _reference()
+    runsets = study.load(exp)
+    every = study.load(exp, answer=False)
     runs = reference.run_list(every, runsets)
     hidden = runs[runs["note"].str.startswith("not in the answer")]
     assert len(hidden) and hidden["test accuracy"].isna().all()
@@ -52,7 +65,8 @@ def test_the_run_list_hides_the_test_score_of_a_rate_not_chosen():
 
 
 def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rate():
-    runsets = study.load(records.REFERENCE)
+    exp = _reference()
+    runsets = study.load(exp)
     best = study.best_scratch(runsets).set_index(["dataset", "split"])
     chest = best.loc[("covid_radiography", "random")]
     fair_scratch = [r for r in runsets["covid_radiography"].runs
@@ -72,7 +86,6 @@ def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rat
     # paired over the same test images, the mean difference is the difference of the accuracies
     assert chest.difference == pytest.approx(sum(imagenet) / len(imagenet) - chest.accuracy)
     assert chest.ci_low <= chest.difference <= chest.ci_high
-    exp = ex.load_experiment(records.REFERENCE, need_data=False)
     arms, diffs = study.arm_table(runsets), study.differences(runsets)
     text = reference.answer_text(exp, arms, diffs, None, {}, study.best_scratch(runsets))
     assert text.count("*Against the best network from scratch*") == int((best["networks"] > 1).sum())
@@ -82,7 +95,7 @@ def test_imagenet_is_set_against_the_best_network_from_scratch_at_its_chosen_rat
 def test_the_best_network_from_scratch_is_picked_on_validation_not_on_test():
     import dataclasses
 
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(_reference())
     chest = runsets["covid_radiography"]
     fair = [r for r in chest.runs if r.arm == "scratch" and r.id.protocol == "" and r.id.train_fraction == 1]
     test = {}
@@ -115,7 +128,7 @@ def test_a_sweep_that_chose_an_end_of_its_grid_is_named(monkeypatch):
 
 def test_a_papers_network_recorded_only_at_its_papers_budget_is_shown_and_says_so():
     exp = ex.load_experiment(records.REFERENCE, need_data=False)
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(exp)
     vgg = [r for r in runsets["ct_kidney"].runs if r.arch == "vgg16" and r.arm == "scratch"]
     assert vgg and {r.id.protocol for r in vgg} == {"paper_b"}   # no fair-protocol VGG-16 run
     shown = reference.paper_display(exp, runsets, "ct_kidney").set_index(["model", "arm"])
@@ -130,7 +143,7 @@ def test_a_papers_network_recorded_only_at_its_papers_budget_is_shown_and_says_s
 
 def test_each_difference_has_an_interval_over_seeds_and_images_and_its_per_seed_gaps():
     exp = ex.load_experiment(records.REFERENCE, need_data=False)
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(exp)
     diffs = study.differences(runsets)
     for d in diffs.itertuples():
         assert d.ci_low <= d.difference <= d.ci_high
@@ -160,7 +173,7 @@ def test_each_difference_has_an_interval_over_seeds_and_images_and_its_per_seed_
 def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     from helpers import calibration
 
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(_reference())
     results = reference.calibration_results(runsets, best=study.best_scratch(runsets))
     scores = results["scores"].set_index("arm")
     assert {"ImageNet", "linear probe", "scratch"} <= set(scores.index)
@@ -180,8 +193,9 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
 
 
 def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_images():
-    runsets = study.load(records.REFERENCE)
-    eff = study.efficiency(runsets["covid_radiography"], study.train_counts(records.REFERENCE, "covid_radiography"))
+    exp = _reference()
+    runsets = study.load(exp)
+    eff = study.efficiency(runsets["covid_radiography"], study.train_counts(exp, "covid_radiography"))
     arms = eff[eff["arm"].isin(["imagenet", "scratch"])].pivot(index="fraction", columns="arm", values="accuracy")
     gaps = eff[eff["arm"] == "imagenet − scratch"].set_index("fraction")
     assert len(gaps) == len(arms) > 2
@@ -196,7 +210,7 @@ def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_image
 
 
 def test_a_protocol_borrows_the_defaults_scratch_runs_only_where_it_trains_itself():
-    runsets = study.load(records.REFERENCE)
+    runsets = study.load(_reference())
     arms = study.arm_table(runsets)
     own = arms[arms["protocol"] == "own_norm"]
     assert set(own["dataset"]) == {"covid_radiography"}        # not the datasets it never trained on

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import experiment as ex
 from helpers import records, shortcut, study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,9 +17,13 @@ def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+def _reference():
+    return ex.load_experiment(records.REFERENCE, need_data=False)
+
+
 @pytest.fixture(scope="module")
 def chest():
-    return study.load(records.REFERENCE)["covid_radiography"]
+    return study.load(_reference())["covid_radiography"]
 
 
 def _accuracy(runs):
@@ -60,13 +65,14 @@ def test_predictions_of_another_split_are_refused_naming_the_dataset(chest):
 
 
 def test_the_recorded_intensity_model_predicts_exactly_the_runs_test_images(chest):
+    exp = _reference()
     for dataset in ("covid_radiography", "covid_radiography_reduced"):
-        correct = shortcut.intensity_correct(records.REFERENCE, dataset)
+        correct = shortcut.intensity_correct(exp, dataset)
         assert correct is not None, f"{dataset}: the audit's predictions are recorded"
         assert correct.name in ("logistic regression", "gradient boosting")
         assert 1 / 3 < correct.mean() < 1
     test_paths = set(study.correctness([r for r in chest.runs if r.arm == "scratch"][:1]).index)
-    assert set(shortcut.intensity_correct(records.REFERENCE, "covid_radiography").index) == test_paths
+    assert set(shortcut.intensity_correct(exp, "covid_radiography").index) == test_paths
     # the reduced images keep less of the intensity cue
-    assert (shortcut.intensity_correct(records.REFERENCE, "covid_radiography_reduced").mean()
-            < shortcut.intensity_correct(records.REFERENCE, "covid_radiography").mean())
+    assert (shortcut.intensity_correct(exp, "covid_radiography_reduced").mean()
+            < shortcut.intensity_correct(exp, "covid_radiography").mean())

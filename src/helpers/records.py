@@ -34,7 +34,7 @@ from pathlib import Path
 from . import atomic
 from . import experiment as ex
 from . import workflow as wf
-from .params import RECORD_EXTRAS, TrainParams, role_fields
+from .params import RECORD_EXTRAS, TrainParams, as_recorded, role_fields
 
 ROOT = Path("records")
 REFERENCE = "real_study"   # the study whose records the book's real-data pages show
@@ -44,8 +44,9 @@ RUN_RECORD_FILES = ("params.json", "history.csv", "metrics.json", "predictions.c
 MACHINE_PARAMS = frozenset(role_fields(TrainParams, "machine", "location")) | set(RECORD_EXTRAS)
 
 
-def folder(experiment: str, root: str | os.PathLike = ROOT) -> Path:
-    return Path(root) / experiment
+def folder(exp: dict, root: str | os.PathLike = ROOT) -> Path:
+    """``records/<experiment>/`` of a loaded experiment."""
+    return Path(root) / exp["name"]
 
 
 def run_record(rid, root: str | os.PathLike = ROOT) -> Path:
@@ -126,7 +127,7 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
     from .training import git_state
 
     exp = ex.load_experiment(experiment, data_dir)
-    out = folder(exp["name"], root)
+    out = folder(exp, root)
     # what a restored run or a step not re-run this time cannot tell again (its notebook's time)
     before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     states: dict[str, dict] = {}
@@ -229,11 +230,11 @@ def restore(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT)
 
 # ---------------------------------------------------------------- reading and checking
 
-def load_manifest(experiment: str, root: str | os.PathLike = ROOT) -> dict:
-    path = folder(experiment, root) / "manifest.json"
+def load_manifest(exp: dict, root: str | os.PathLike = ROOT) -> dict:
+    path = folder(exp, root) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: no committed records of experiment {experiment!r} "
-                                f"(write them with `python -m helpers.records export {experiment} --data-dir ...`)")
+        raise FileNotFoundError(f"{path} not found: no committed records of experiment {exp['name']!r} "
+                                f"(write them with `python -m helpers.records export {exp['name']} --data-dir ...`)")
     return json.loads(path.read_text())
 
 
@@ -241,38 +242,35 @@ def _settings(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in MACHINE_PARAMS}
 
 
-def pending(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
+def pending(exp: dict, root: str | os.PathLike = ROOT) -> list[str]:
     """Keys of the grid's runs with no record yet: a study's later stages, not a disagreement."""
-    exp = ex.load_experiment(experiment, need_data=False)
     return [rid.key for rid in ex.runs(exp) if not run_record(rid, root).is_dir()]
 
 
-def _recorded_lr(sweep, root) -> float | None:
-    """The rate a sweep chose, from its records (None while one of them is not recorded)."""
+def recorded_sweep(sweep, root: str | os.PathLike = ROOT) -> tuple[dict[float, dict], float | None]:
+    """A sweep's recorded validation scores per rate, and the rate it chose (None while one of
+    its runs is not recorded): ``workflow.tuned_lr``'s rule (``experiment.choose_lr``) on the
+    records, where that one reads the run folders."""
     folders = {lr: run_record(r, root) for lr, r in sweep.candidates.items()}
-    if not all((f / "metrics.json").is_file() for f in folders.values()):
-        return None
-    return ex.choose_lr({lr: ex.sweep_scores(f) for lr, f in folders.items()}, sweep.by)
+    scores = {lr: ex.sweep_scores(f) for lr, f in folders.items() if (f / "metrics.json").is_file()}
+    return scores, ex.choose_lr(scores, sweep.by) if len(scores) == len(folders) else None
 
 
-def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
+def check(exp: dict, root: str | os.PathLike = ROOT) -> list[str]:
     """Where the experiment file and its committed records disagree ([] when they agree): a
     record whose settings differ from the file's (a tuned run's rate from the one its recorded
     sweep chooses), or a record of a run the grid no longer has. A run with no record yet is
     not a disagreement: :func:`pending` lists those (a study recorded in stages)."""
-    exp = ex.load_experiment(experiment, need_data=False)
-    manifest = load_manifest(exp["name"], root)
+    manifest = load_manifest(exp, root)
     problems = []
     grid, sweeps = ex.runs(exp), ex.sweeps(exp)
-    defaults = {k: f.default for k, f in TrainParams.model_fields.items()}
     for rid, values in grid.items():
         record = run_record(rid, root)
         if (record / "missing.json").is_file() or not (record / "params.json").is_file():
             continue
-        # a parameter newer than a record reads as its default, which keeps the old behaviour
-        recorded = {**defaults, **_settings(json.loads((record / "params.json").read_text()))}
+        recorded = as_recorded(_settings(json.loads((record / "params.json").read_text())))
         if rid in sweeps:
-            values = {**values, "lr": _recorded_lr(sweeps[rid], root) or recorded["lr"]}
+            values = {**values, "lr": recorded_sweep(sweeps[rid], root)[1] or recorded["lr"]}
         wanted = _settings(TrainParams(**{**values, "device": "auto", "init_from": ""}).model_dump())
         diff = {k: (recorded.get(k, "<absent>"), v) for k, v in wanted.items() if recorded.get(k, "<absent>") != v}
         if diff:
@@ -285,9 +283,8 @@ def check(experiment: str, root: str | os.PathLike = ROOT) -> list[str]:
     return problems
 
 
-def record_dirs(experiment: str, dataset: str, root: str | os.PathLike = ROOT) -> list[str]:
+def record_dirs(exp: dict, dataset: str, root: str | os.PathLike = ROOT) -> list[str]:
     """The run record folders of one dataset (complete or missing), in the experiment's order."""
-    exp = ex.load_experiment(experiment, need_data=False)
     return [str(run_record(rid, root)) for rid in ex.runs(exp)
             if rid.dataset == dataset and run_record(rid, root).is_dir()]
 
@@ -312,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
             keys = restore(args.experiment, args.data_dir)
             print(f"{len(keys)} recorded run(s) restored" + (": " + ", ".join(keys) if keys else ""))
             return 0
-        problems = check(args.experiment)
+        exp = ex.load_experiment(args.experiment, need_data=False)
+        problems = check(exp)
     except (ex.ExperimentError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for p in problems:
         print(p)
     print(f"{len(problems)} disagreement(s) between experiments/{args.experiment}.yaml and its records")
-    later = pending(args.experiment)
+    later = pending(exp)
     if later:
         print(f"{len(later)} run(s) of the file not recorded yet (a later stage): " + ", ".join(later))
     return 1 if problems else 0

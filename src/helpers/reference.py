@@ -15,26 +15,28 @@ from .params import STOPPED_BY
 def dataset_title(ds: str) -> str:
     """Its name in the pages' prose and tables: the spec's (the table's, or one's own)."""
     return data.get_spec(ds).title
-SHORT_SPLITS = {"random": "", "block": ", blocks", "grouped": ", groups"}
-TABLE_SPLITS = {"random": "random", "block": "blocks", "grouped": "groups"}   # narrow table cells
+
+
+# after a run's dataset in a label: the usual split goes unnamed
+SHORT_SPLITS = {split: "" if split == "random" else f", {cell}" for split, cell in study.SPLIT_CELLS.items()}
 
 
 def _several_splits(exp: dict, ds: str) -> bool:
     return len({rid.split for rid in ex.runs(exp) if rid.dataset == ds}) > 1
 
 
-def _where(exp: dict, ds: str, split: str, names: dict = TABLE_SPLITS) -> str:
+def _where(exp: dict, ds: str, split: str, names: dict = study.SPLIT_CELLS) -> str:
     """A dataset's name, with the split where the study splits it more than one way."""
     return dataset_title(ds) + (f", {names[split]}" if _several_splits(exp, ds) else "")
 
 
-def check_notes(manifest: dict, problems: list[str], stages: pd.DataFrame, experiment: str) -> str:
+def check_notes(exp: dict, manifest: dict, problems: list[str], stages: pd.DataFrame) -> str:
     """HTML boxes: records out of date, and the stages not recorded yet ("" when neither)."""
     late = stages[stages["recorded"] < stages["runs"]]
     notes = []
     if problems:
         notes.append('<div class="admonition warning"><p class="admonition-title">Records out of date</p><p>'
-                     f"{len(problems)} run(s) of experiments/{experiment}.yaml differ from the committed records, "
+                     f"{len(problems)} run(s) of {exp['path']} differ from the committed records, "
                      f"e.g. {problems[0]}. Regenerate them with <code>{manifest['report_command']}</code>.</p></div>")
     if len(late):
         done = ", ".join(str(s) for s in stages[stages["recorded"] == stages["runs"]]["stage"]) or "none"
@@ -192,7 +194,7 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     t-interval over them, and the interval over test images alone (seeds averaged first)."""
     rows = []
     for d in diffs.itertuples():
-        rows.append({"data": _where(exp, d.dataset, d.split, TABLE_SPLITS),
+        rows.append({"data": _where(exp, d.dataset, d.split, study.SPLIT_CELLS),
                      "protocol": "converged" if not d.protocol else protocols.short_title(exp, d.protocol),
                      "comparison": d.comparison, "difference (pp)": _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)),
                      "resampled": _short_method(d.interval, d.dataset),
@@ -201,7 +203,7 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
                                                   f"[{100 * d.gap_t_low:+.1f}, {100 * d.gap_t_high:+.1f}]"),
                      "images only": f"[{100 * d.image_ci_low:+.1f}, {100 * d.image_ci_high:+.1f}]"})
     for b in ([] if best is None else best[best["networks"] > 1].itertuples()):
-        rows.append({"data": _where(exp, b.dataset, b.split, TABLE_SPLITS), "protocol": "converged",
+        rows.append({"data": _where(exp, b.dataset, b.split, study.SPLIT_CELLS), "protocol": "converged",
                      "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
                      "difference (pp)": _two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
                      "resampled": _short_method(b.interval, b.dataset),
@@ -217,17 +219,17 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     return frame
 
 
-def kidney_table(experiment: str, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:
+def kidney_table(exp: dict, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:
     """Kidney CT: accuracy within each class (a high total can hide a class the network never
     gets right) and, where the audit recorded each slice's view, on axial and on coronal slices."""
     rows = []
-    view_of = study.views(experiment, "ct_kidney", root)
+    view_of = study.views(exp, "ct_kidney", root)
     by_view = (study.view_accuracy(runsets["ct_kidney"], view_of)
                if view_of is not None and "ct_kidney" in runsets else None)
     for r in study.per_class_table(arms, "ct_kidney").itertuples(index=False):
         row = r._asdict()
         split = row.pop("split")
-        shown = {"split": TABLE_SPLITS[split], "protocol": row.pop("protocol") or "fair",
+        shown = {"split": study.SPLIT_CELLS[split], "protocol": row.pop("protocol") or "fair",
                  "arm": report.arm_title(row["arm"]), "seeds": row.pop("seeds")}
         arm = row.pop("arm")
         shown.update({f"{c} (%)": f"{100 * v:.0f}" for c, v in row.items()})
@@ -266,7 +268,7 @@ def lr_edges(exp: dict, root: str | Path = records.ROOT) -> str:
     for g in wide:
         rates, pick, r = sorted(g["lr"]), float(g.loc[g["chosen"], "lr"].iloc[0]), g.iloc[0]
         if pick in (rates[0], rates[-1]):
-            edges.append(f"{_where(exp, r.dataset, r.split, SHORT_SPLITS)}, {models.ARCHS[r.arch].label} "
+            edges.append(f"{_where(exp, r.dataset, r.split)}, {models.ARCHS[r.arch].label} "
                          f"{report.arm_title(r.arm)} chose {pick:g}, the {'lowest' if pick == rates[0] else 'highest'} "
                          f"of {', '.join(f'{v:g}' for v in rates)}")
     if not wide:
@@ -345,7 +347,7 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
     """A paper's published accuracies beside ours on each split, with the reason where ours is missing."""
     later = {(rid.arch, rid.head, rid.arm): f"not recorded yet (stage {n})" for rid, n in ex.stages(exp).items()
              if rid.dataset == ds and not records.run_record(rid, root).is_dir()}
-    table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp["name"], ds, root)})
+    table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp, ds, root)})
     shown = {"model": table["model"], "arm": table["arm"],
              "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}
     # a configuration recorded only at a paper's budget says so beside its number
@@ -400,7 +402,7 @@ def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------- calibration
 
 def calibration_arms(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
-                     arch: str = "efficientnet_lite0", best: pd.DataFrame | None = None) -> dict[str, tuple[str, list]]:
+                     arch: str = models.REFERENCE_ARCH, best: pd.DataFrame | None = None) -> dict[str, tuple[str, list]]:
     """The runs whose calibration the page shows, label -> (arm, runs): ``arch`` fine-tuned from
     ImageNet, as a linear probe and from scratch (the converged protocol, whole training split),
     and the best network from scratch on validation (``best``: :func:`study.best_scratch`) where it
@@ -547,14 +549,14 @@ def budget_display(checks: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- shortcut-hard images
 
-def shortcut_results(experiment: str, runsets: dict, dataset: str = "covid_radiography", protocol: str = "",
+def shortcut_results(exp: dict, runsets: dict, dataset: str = "covid_radiography", protocol: str = "",
                      root: str | Path = records.ROOT) -> dict:
     """The intensity-only model's score on ``dataset``'s test images and the arms' accuracy and
     gap on the images it gets wrong and right (``table``: helpers.shortcut.hard_easy); an empty
     table where its predictions or the runs are not recorded yet."""
     from . import shortcut
 
-    correct = shortcut.intensity_correct(experiment, dataset, root)
+    correct = shortcut.intensity_correct(exp, dataset, root)
     if correct is None or dataset not in runsets:
         return {"table": pd.DataFrame(), "accuracy": None, "model": None}
     table = shortcut.hard_easy(runsets[dataset], correct, protocol=protocol)
@@ -584,7 +586,7 @@ def shortcut_display(results: dict) -> pd.DataFrame:
     return out
 
 
-def reduced_text(exp: dict, experiment: str, diffs: pd.DataFrame, best: pd.DataFrame,
+def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
                  root: str | Path = records.ROOT) -> str:
     """Per dataset of the study that is a shortcut-reduced version of another: how far the
     intensity-only model falls on it, and the ImageNet − scratch gap there beside the gap on the
@@ -596,7 +598,7 @@ def reduced_text(exp: dict, experiment: str, diffs: pd.DataFrame, best: pd.DataF
         source = data.get_spec(ds).derived_from
         if not source or source not in exp["datasets"]:
             continue
-        before, after = (shortcut.intensity_correct(experiment, d, root) for d in (source, ds))
+        before, after = (shortcut.intensity_correct(exp, d, root) for d in (source, ds))
         reduction = data.get_spec(ds).reduce
         text = (f"**Shortcut-reduced images** ({100 * reduction.border:.0f}% of each border cropped away"
                 + (", grey levels equalised" if reduction.equalize else "") + "): ")
@@ -608,7 +610,8 @@ def reduced_text(exp: dict, experiment: str, diffs: pd.DataFrame, best: pd.DataF
             parts.append(text + "The networks trained on them are not recorded yet (a later stage).")
             continue
         g, o = gaps[ds], gaps[source]
-        text += f"There, ImageNet − scratch (EfficientNet-Lite0) is {study.fmt_diff(g.difference, g.ci_low, g.ci_high)}"
+        text += (f"There, ImageNet − scratch ({study.arch_label(models.REFERENCE_ARCH)}) is "
+                 f"{study.fmt_diff(g.difference, g.ci_low, g.ci_high)}")
         if o is not None:
             text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
         b = best[(best["dataset"] == ds) & (best["networks"] > 1)] if best is not None else best

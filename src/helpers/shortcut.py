@@ -13,18 +13,17 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from . import metrics, records, study
+from . import metrics, models, records, study
 from .params import ARMS, arm_title
 
 SUBSETS = {"hard": "the intensity-only model is wrong", "easy": "the intensity-only model is right"}
 
 
-def intensity_correct(experiment: str, dataset: str, root: str | Path = records.ROOT) -> pd.Series | None:
+def intensity_correct(exp: dict, dataset: str, root: str | Path = records.ROOT) -> pd.Series | None:
     """Test image path -> whether the intensity-only model got it right (None if not recorded)."""
-    path = records.folder(experiment, root) / "data" / f"{dataset}-shortcut.csv"
+    path = records.folder(exp, root) / "data" / f"{dataset}-shortcut.csv"
     if not path.is_file():
         return None
     frame = pd.read_csv(path)
@@ -43,7 +42,7 @@ def _subsets(class_names: list[str], labels: pd.Series, correct: pd.Series):
             yield title, subset, of_classes & (correct.to_numpy() == (subset == "easy"))
 
 
-def hard_easy(runset: metrics.RunSet, correct: pd.Series, arch: str = "efficientnet_lite0",
+def hard_easy(runset: metrics.RunSet, correct: pd.Series, arch: str = models.REFERENCE_ARCH,
               protocol: str = "", pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
     """Per class group (all classes, each pair) and subset (hard, easy): the number of test
     images, each arm's accuracy and each pair's difference, with the headline interval

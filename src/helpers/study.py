@@ -28,18 +28,23 @@ from .intervals import CONFIDENCE
 from .data.splits import BLOCK_SIZE
 
 COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
-SPLIT_TITLES = {"random": "random split", "block": f"blocks of {BLOCK_SIZE} consecutive slices",
-                "grouped": "near-duplicate groups"}
+# Each split as the pages name it, in the pages' order: (in prose, in a narrow table cell). The
+# one table of them: the pages' other names are derived from it.
+SPLIT_NAMES = {"random": ("random split", "random"),
+               "block": (f"blocks of {BLOCK_SIZE} consecutive slices", "blocks"),
+               "grouped": ("near-duplicate groups", "groups"),
+               "given": ("the download's own split", "given split")}
+SPLIT_TITLES = {split: prose for split, (prose, _) in SPLIT_NAMES.items()}
+SPLIT_CELLS = {split: cell for split, (_, cell) in SPLIT_NAMES.items()}
 
 
-def load(experiment: str, root: str | Path = records.ROOT, answer: bool = True) -> dict[str, metrics.RunSet]:
+def load(exp: dict, root: str | Path = records.ROOT, answer: bool = True) -> dict[str, metrics.RunSet]:
     """dataset -> the RunSet of its records (missing runs listed in ``.missing``). With
     ``answer``, each learning-rate sweep keeps only the rate it chose on validation, which joins
     the runs it tuned (RunId.tuning "tuned"); the other rates' test scores are never read."""
-    exp = ex.load_experiment(experiment, need_data=False)
     out = {}
     for ds in exp["datasets"]:
-        dirs = records.record_dirs(experiment, ds, root)
+        dirs = records.record_dirs(exp, ds, root)
         if dirs:
             out[ds] = metrics.load_runs(ds, runs=dirs)
     return {ds: _borrow(_answer(rs, exp, root), exp) for ds, rs in out.items()} if answer else out
@@ -69,9 +74,7 @@ def sweep_choices(exp: dict, root: str | Path = records.ROOT) -> list[dict]:
     while one of its runs is not recorded): the rows of the learning-rate table."""
     rows = []
     for sweep in ex.all_sweeps(exp):
-        folders = {lr: records.run_record(r, root) for lr, r in sweep.candidates.items()}
-        scores = {lr: ex.sweep_scores(f) for lr, f in folders.items() if (f / "metrics.json").is_file()}
-        chosen = ex.choose_lr(scores, sweep.by) if len(scores) == len(folders) else None
+        scores, chosen = records.recorded_sweep(sweep, root)
         first = next(iter(sweep.candidates.values()))
         rows.append({"dataset": first.dataset, "arch": first.arch, "head": first.head, "arm": first.arm,
                      "split": first.split, "protocol": first.protocol, "by": sweep.by, "chosen": chosen,
@@ -231,7 +234,7 @@ def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list
     return out
 
 
-def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+def arm_table(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """Per dataset, split and arm (whole training split): accuracy, its interval over seeds and
     test images (``interval``: the method, see :data:`INTERVAL_METHODS`), seeds."""
     rows = []
@@ -263,12 +266,12 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite
 
 
 def _order(value):
-    order = {"covid_radiography": 0, "ct_kidney": 1, "random": 0, "block": 1, "grouped": 2,
+    order = {"covid_radiography": 0, "ct_kidney": 1, **{split: k for k, split in enumerate(SPLIT_NAMES)},
              "imagenet": 0, "linear_probe": 1, "scratch": 2, "": 0}
     return order.get(value, 9)
 
 
-def differences(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+def differences(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """ImageNet − scratch and ImageNet − linear probe per dataset and split, on the seeds both
     arms have: the difference in accuracy with its interval over seeds and test images
     (:func:`seed_interval`: a two-level bootstrap, paired by image and by seed; ``interval``
@@ -309,7 +312,7 @@ DIFFERENCE_COLUMNS = ["dataset", "split", "protocol", "comparison", "arm_a", "ar
                       "image_ci_low", "image_ci_high", "p_mcnemar_seed0"]
 
 
-def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_lite0") -> pd.DataFrame:
+def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """Per dataset and split: the network trained from scratch (any arch, fair protocol, whole
     training split) with the highest mean best-epoch *validation* accuracy (picking on test would
     flatter it), and ImageNet ``arch`` against it on the test images, paired image by image,
@@ -341,7 +344,7 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = "efficientnet_l
 
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
-               arch: str = "efficientnet_lite0", head: str = "replace", split: str = "random",
+               arch: str = models.REFERENCE_ARCH, head: str = "replace", split: str = "random",
                confidence: float = CONFIDENCE, protocol: str = "",
                pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
     """Test accuracy against the share of the training split, per arm: the mean over seeds with
@@ -372,11 +375,11 @@ def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                              ).reset_index(drop=True) if len(frame) else frame
 
 
-def train_counts(experiment: str, dataset: str, split: str = "random", root: str | Path = records.ROOT) -> list[int]:
+def train_counts(exp: dict, dataset: str, split: str = "random", root: str | Path = records.ROOT) -> list[int]:
     """Training images per class of a prepared folder, from its record."""
     import json
 
-    info = json.loads((records.folder(experiment, root) / "data" / f"{dataset}-{split}.json").read_text())
+    info = json.loads((records.folder(exp, root) / "data" / f"{dataset}-{split}.json").read_text())
     return [info["counts"][c]["train"] for c in info["class_names"]]
 
 
@@ -449,11 +452,10 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
     return pd.DataFrame(rows)
 
 
-def missing_reasons(experiment: str, dataset: str, root: str | Path = records.ROOT) -> dict[tuple[str, str, str], str]:
+def missing_reasons(exp: dict, dataset: str, root: str | Path = records.ROOT) -> dict[tuple[str, str, str], str]:
     """(arch, head, arm) -> why a run of the grid has no result (its missing.json, shortened)."""
     import json
 
-    exp = ex.load_experiment(experiment, need_data=False)
     out = {}
     for rid in ex.runs(exp):
         path = records.run_record(rid, root) / "missing.json"
@@ -485,10 +487,9 @@ def fmt_diff(value: float, low: float, high: float, unit: bool = True) -> str:
 
 # ---------------------------------------------------------------- protocols, stages, curves
 
-def stage_table(experiment: str, root: str | Path = records.ROOT) -> pd.DataFrame:
+def stage_table(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
     """Per stage of the experiment file: its runs, how many are recorded (complete or missing
     with a reason), and which are not recorded yet."""
-    exp = ex.load_experiment(experiment, need_data=False)
     rows = []
     for rid, stage in ex.stages(exp).items():
         rows.append({"stage": stage, "key": rid.key, "recorded": records.run_record(rid, root).is_dir()})
@@ -498,7 +499,7 @@ def stage_table(experiment: str, root: str | Path = records.ROOT) -> pd.DataFram
     return out
 
 
-def curves(runset: metrics.RunSet, arch: str = "efficientnet_lite0", head: str = "replace",
+def curves(runset: metrics.RunSet, arch: str = models.REFERENCE_ARCH, head: str = "replace",
            split: str = "random", protocol: str = "") -> pd.DataFrame:
     """Validation accuracy by epoch of every run of the answer (whole training split), one row
     per run and epoch."""
@@ -544,25 +545,25 @@ def curves_figure(table: pd.DataFrame, threshold: float | None = None, title: st
 PREVIOUS = "previous_edition.json"
 
 
-def archive(experiment: str, root: str | Path = records.ROOT, note: str = "") -> Path:
+def archive(exp: dict, root: str | Path = records.ROOT, note: str = "") -> Path:
     """Keep the current records' answer (arms and differences, with intervals) in
     ``records/<experiment>/previous_edition.json`` before a new protocol replaces them, so the
     book can say how much of the old answer survived. Records the commit they came from."""
     from . import atomic
     from .training import git_state
 
-    runsets = load(experiment, root)
+    runsets = load(exp, root)
     commit, _ = git_state()
-    out = records.folder(experiment, root) / PREVIOUS
+    out = records.folder(exp, root) / PREVIOUS
     atomic.write_json(out, {"commit": commit, "note": note,
-                            "run_commits": records.load_manifest(experiment, root).get("run_commits"),
+                            "run_commits": records.load_manifest(exp, root).get("run_commits"),
                             "arms": arm_table(runsets).to_dict(orient="records"),
                             "differences": differences(runsets).to_dict(orient="records")})
     return out
 
 
-def previous(experiment: str, root: str | Path = records.ROOT) -> dict | None:
-    path = records.folder(experiment, root) / PREVIOUS
+def previous(exp: dict, root: str | Path = records.ROOT) -> dict | None:
+    path = records.folder(exp, root) / PREVIOUS
     if not path.is_file():
         return None
     import json
@@ -581,7 +582,7 @@ if __name__ == "__main__":
     p.add_argument("experiment")
     p.add_argument("--note", default="")
     args = ap.parse_args()
-    print(f"wrote {archive(args.experiment, note=args.note)}")
+    print(f"wrote {archive(ex.load_experiment(args.experiment, need_data=False), note=args.note)}")
     sys.exit(0)
 
 
@@ -595,13 +596,13 @@ def per_class_table(arms: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def views(experiment: str, dataset: str, root: str | Path = records.ROOT) -> pd.Series | None:
+def views(exp: dict, dataset: str, root: str | Path = records.ROOT) -> pd.Series | None:
     """path -> "axial" or "coronal" for a CT dataset's images (the audit's record), or None."""
-    path = records.folder(experiment, root) / "data" / f"{dataset}-views.csv"
+    path = records.folder(exp, root) / "data" / f"{dataset}-views.csv"
     return pd.read_csv(path).set_index("path")["view"] if path.is_file() else None
 
 
-def view_accuracy(runset: metrics.RunSet, view_of: pd.Series, arch: str = "efficientnet_lite0") -> pd.DataFrame:
+def view_accuracy(runset: metrics.RunSet, view_of: pd.Series, arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """Test accuracy on axial and on coronal test slices, per split, protocol and arm (whole
     training split), with the slices of each view counted."""
     rows = []

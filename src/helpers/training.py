@@ -244,10 +244,7 @@ def _conflict(run_dir: Path, run_params: dict) -> str:
         return f"it holds {leftovers} but no params.json, so it cannot be resumed safely" if leftovers else ""
     old = json.loads(params_file.read_text())
     new = {**_identity(run_params), "prepared_fingerprint": run_params["prepared_fingerprint"]}
-    # A parameter newer than the folder reads as what the code did before it existed: its
-    # default (bf16: on CUDA only), the behaviour the folder was trained with.
-    before = {**{k: f.default for k, f in TrainParams.model_fields.items()}, "bf16": run_params["device"] == "cuda"}
-    old = {**{k: before[k] for k in new if k in before}, **old}
+    old = params_mod.as_recorded(old, cuda=run_params["device"] == "cuda")
     diff = {k: (old.get(k, "<absent>"), v) for k, v in new.items() if old.get(k, "<absent>") != v}
     return "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
 
