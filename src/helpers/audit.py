@@ -562,7 +562,7 @@ def run_audit(progress: bool = True, **step) -> dict:
         view_counts = view_table(prepared, views)
         by_view = view_baseline(prepared, views)
         shortcut = pd.concat([shortcut, pd.DataFrame([{
-            "split": "random", "model": by_view["model"],
+            "split": own, "model": by_view["model"],
             "selected": ", ".join(f"{v} -> {c}" for v, c in by_view["rule"].items()),
             **{k: by_view[k] for k in ("n_test", "test_accuracy", "ci_low", "ci_high")}}])], ignore_index=True)
         write_csv(pd.DataFrame({"path": prepared.paths, "split": prepared.split, "view": views,

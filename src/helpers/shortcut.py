@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import metrics, models, records, study
-from .params import ARMS, arm_title
+from .params import ARMS, PAIR, arm_title
 
 SUBSETS = {"hard": "the intensity-only model is wrong", "easy": "the intensity-only model is right"}
 
@@ -43,7 +43,7 @@ def _subsets(class_names: list[str], labels: pd.Series, correct: pd.Series):
 
 
 def hard_easy(runset: metrics.RunSet, correct: pd.Series, arch: str = models.REFERENCE_ARCH,
-              protocol: str = "", pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
+              protocol: str = "", pairs: tuple = (PAIR,)) -> pd.DataFrame:
     """Per class group (all classes, each pair) and subset (hard, easy): the number of test
     images, each arm's accuracy and each pair's difference, with the headline interval
     (``study.seed_interval``: seeds and images), for ``arch`` under ``protocol``."""
@@ -74,7 +74,7 @@ def hard_easy(runset: metrics.RunSet, correct: pd.Series, arch: str = models.REF
     return pd.DataFrame(rows)
 
 
-def shown(table: pd.DataFrame, pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
+def shown(table: pd.DataFrame, pairs: tuple = (PAIR,)) -> pd.DataFrame:
     """The page's table: one row per class group and subset, accuracies and gaps with intervals."""
     out = []
     for row in table.to_dict("records"):

@@ -22,12 +22,12 @@ import pandas as pd
 
 from . import experiment as ex
 from . import intervals, metrics, models, records
-from .params import ARMS, arm_title, same_training
+from .params import ARMS, PAIR, arm_title, same_training
 from .report import arm_color
 from .intervals import CONFIDENCE
 from .data.splits import BLOCK_SIZE
 
-COMPARISONS = (("imagenet", "scratch"), ("imagenet", "linear_probe"))
+COMPARISONS = (PAIR, ("imagenet", "linear_probe"))
 # Each split as the pages name it, in the pages' order: (in prose, in a narrow table cell). The
 # one table of them: the pages' other names are derived from it.
 SPLIT_NAMES = {"random": ("random split", "random"),
@@ -346,7 +346,7 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENC
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
                arch: str = models.REFERENCE_ARCH, head: str = "replace", split: str = "random",
                confidence: float = CONFIDENCE, protocol: str = "",
-               pairs: tuple = (("imagenet", "scratch"),)) -> pd.DataFrame:
+               pairs: tuple = (PAIR,)) -> pd.DataFrame:
     """Test accuracy against the share of the training split, per arm: the mean over seeds with
     the two-level interval over seeds and test images (a t factor of 12.7 for two seeds made the
     t-interval uninformative); and per share, each pair's difference (``arm`` "imagenet −
