@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import models, training, weights
-from helpers.weights import cli as weights_cli
+from helpers import weights_cli
 
 
 @pytest.fixture

@@ -27,9 +27,15 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import models
-from .data.specs import MIN_PER_CLASS, SPLITS, get_spec, known_datasets  # the dataset table's facts
 
 # ---------------------------------------------------------------- shared choices
+
+# How a dataset may be split 6:2:2. "block": groups of BLOCK_SIZE consecutive file numbers stay in
+# one split (CT slices of one scan). "given": the download's own train/val/test folders
+# (DatasetSpec.split_dirs), never redrawn. Which datasets exist is the dataset table's to say
+# (helpers.data checks the name): this module imports no dataset, so data can import it.
+SPLITS = ("random", "grouped", "block", "given")
+MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,6 @@ PosInt = Annotated[int, Field(ge=1)]
 ImageSize = Annotated[int, Field(ge=MIN_PREP_SIZE, le=MAX_PREP_SIZE)]
 
 
-def _datasets() -> tuple[str, ...]:
-    return known_datasets()
-
-
-def _check_dataset(name: str) -> None:
-    try:   # the table's, or one of one's own that an experiment registered
-        get_spec(name)
-    except ValueError:
-        known = _datasets()
-        raise ValueError(f"parameter 'dataset' must be one of {', '.join(map(repr, known))}, or a dataset of "
-                         f"your own declared in an experiment file; got {name!r}") from None
-
-
 class ParameterError(ValueError):
     """A parameter that cannot be used; the message names it, its value and what is allowed."""
 
@@ -135,7 +128,7 @@ def _allowed(model: type[BaseModel], name: str) -> str:
     field = model.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if extra.get("choices"):
-        choices = _datasets() if extra["choices"] == "datasets" else extra["choices"]
+        choices = extra["choices"]
         return "one of " + ", ".join(map(repr, choices))
     return _describe(field.annotation, field.metadata)
 
@@ -178,7 +171,7 @@ class PrepParams(BaseModel):
 
     model_config = _STRICT
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
+    dataset: str = "covid_radiography"   # a name the dataset table (or an experiment) knows: data checks it
     data_dir: str = ""               # "" = the embedded synthetic phantoms; else checked by
                                      # data.find_class_root, which names the missing class folders
     image_size: ImageSize = 128
@@ -188,12 +181,6 @@ class PrepParams(BaseModel):
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)  # synthetic images per class
     out_dir: str = ""                # "" = the default folder under data/prepared
     progress: bool = True
-
-    @model_validator(mode="after")
-    def _known(self):
-        _check_dataset(self.dataset)
-        return self
-
 
 # ---------------------------------------------------------------- training
 
@@ -326,7 +313,7 @@ def stopped_by(params: dict, stopped_early: bool) -> str:
 class TrainParams(TrainSettings):
     """Every parameter of ``training.train`` / ``train.ipynb`` (paper A's settings by default)."""
 
-    dataset: str = Field("covid_radiography", json_schema_extra={"choices": "datasets"})
+    dataset: str = "covid_radiography"   # a name the dataset table (or an experiment) knows: data checks it
     data_dir: str = Field("", json_schema_extra=MACHINE)
     arch: str = Field("resnet18", json_schema_extra={"choices": list(models.ARCHS)})
     pretrained: bool = True
@@ -360,7 +347,6 @@ class TrainParams(TrainSettings):
 
     @model_validator(mode="after")
     def _consistent(self):
-        _check_dataset(self.dataset)
         if self.arch not in models.ARCHS:
             raise ValueError(f"parameter 'arch' must be one of {', '.join(map(repr, models.ARCHS))}; "
                              f"got {self.arch!r}")

@@ -98,6 +98,10 @@ def validate_params(values: dict) -> dict:
 
 def _validated(values: dict) -> TrainParams:
     p = params_mod.train_params(values)
+    try:   # the dataset table knows it, or an experiment registered it as one of one's own
+        data.get_spec(p.dataset)
+    except ValueError as e:
+        raise params_mod.ParameterError(f"parameter 'dataset' {str(e).removeprefix('dataset ')}") from None
     if not p.prepared_dir:  # by hand: data prep's own checks (data_dir must hold the class folders)
         data.validate_prep_params(**p.prep().model_dump(exclude={"out_dir", "progress"}))
     if p.pretrained:

@@ -12,13 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..augment import Augmentation
+from ..params import MIN_PER_CLASS, SPLITS  # noqa: F401  (every parameter choice lives in params)
 from . import phantoms
-
-# How a dataset may be split 6:2:2 (helpers.params checks the parameter against these).
-# "block": groups of BLOCK_SIZE consecutive file numbers stay in one split (CT slices of one scan).
-# "given": the download's own train/val/test folders (DatasetSpec.split_dirs), never redrawn.
-SPLITS = ("random", "grouped", "block", "given")
-MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 
 ENV_DATA_ROOT = "HELPERS_DATA_ROOT"
 OWN_SPECS = "specs"   # <data root>/specs/<name>.json: the datasets of one's own that an experiment declared

@@ -11,7 +11,7 @@ against the prefix in its name. Weights travel to an air-gapped machine with ``p
     python -m helpers.weights status               # which archs have weights cached
 
 Each function takes an arch's :class:`Source` (``models.spec(arch).weights``); the command line
-(:mod:`helpers.weights.cli`) names archs, through the arch table.
+(:mod:`helpers.weights_cli`, beside this package) names archs, through the arch table.
 
 We use each arch's ``IMAGENET1K_V1`` weights: what ``pretrained=True`` meant when the papers
 were written (torchvision's DEFAULT for mobilenet_v3_large is the later V2 recipe).

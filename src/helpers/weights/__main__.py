@@ -1,5 +1,5 @@
-"""``python -m helpers.weights``: see :mod:`helpers.weights.cli`."""
+"""``python -m helpers.weights``: see :mod:`helpers.weights_cli`."""
 
-from .cli import main
+from ..weights_cli import main
 
 raise SystemExit(main())

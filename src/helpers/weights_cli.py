@@ -1,5 +1,7 @@
 """``python -m helpers.weights``: fetch, pack, unpack and list the archs' ImageNet weights by
-arch name, through the arch table (:data:`helpers.models.ARCHS`)."""
+arch name, through the arch table (:data:`helpers.models.ARCHS`). It sits beside the weights
+package, not in it: the arch table imports the package (each arch's weights ``Source``), and
+this command line reads the arch table."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .. import atomic
-from ..models import ARCHS
-from . import (MANIFEST, _MEMBER_DIR, MissingWeightsError, Source, checkpoints_dir, expected_path, is_cached,
-               missing_message, name_hash_ok, require, sha256)
+from . import atomic
+from .models import ARCHS
+from .weights import (MANIFEST, _MEMBER_DIR, MissingWeightsError, Source, checkpoints_dir, expected_path, is_cached,
+                      missing_message, name_hash_ok, require, sha256)
 
 
 def sources() -> dict[str, Source]:
