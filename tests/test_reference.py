@@ -217,3 +217,34 @@ def test_a_protocol_borrows_the_defaults_scratch_runs_only_where_it_trains_itsel
     scratch = own.set_index("arm").loc["scratch"]
     fair = arms[(arms["protocol"] == "") & (arms["dataset"] == "covid_radiography") & (arms["arm"] == "scratch")].iloc[0]
     assert scratch["accuracy"] == fair["accuracy"] and scratch["seeds"] == fair["seeds"]
+
+
+def test_a_kidney_difference_the_design_cannot_estimate_says_so_and_why():
+    """The small kidney set: its block split tests 1-2 blocks per class, its random split tests
+    near-copies of training slices. Neither gets a verdict or an interval; chest X-rays do."""
+    import json
+
+    exp = _reference()
+    runsets = study.load(exp)
+    info = {p.stem: json.loads(p.read_text()) for p in (records.folder(exp) / "data").glob("*.json")}
+    limits = study.design_limits(runsets, info)
+    assert limits[("covid_radiography", "random")] == ""
+    assert "too few blocks of slices" in limits[("ct_kidney", "block")]
+    assert "near-copy in training" in limits[("ct_kidney", "random")]
+    diffs = study.with_limits(study.differences(runsets), limits)
+    arms = study.arm_table(runsets)
+    text = reference.answer_text(exp, arms, diffs, None, info)
+    kidney = [p for p in text.split("\n\n") if p.startswith("**kidney CT")]
+    assert len(kidney) == 2 and all("cannot be estimated, because" in p for p in kidney), kidney
+    assert not any(w in p for p in kidney for w in ("help:", "hurt:", "no clear difference"))
+    table = reference.answer_table(exp, arms, diffs, info)
+    rows = table[table["data"].str.contains("kidney CT")]
+    assert rows["ImageNet − scratch (pp)"].str.contains("cannot be estimated").all()
+    # with five blocks of every class in its test split, the same runs can be estimated
+    block = next(r for r in runsets["ct_kidney"].runs if r.split == "block")
+    assert study.design_limit(runsets["ct_kidney"], "block", 0.2) == limits[("ct_kidney", "block")]
+    many = [f"{c}- ({25 * b + 1}).jpg" for c in block.class_names for b in range(5)]
+    fake = type(block)(**{**block.__dict__, "predictions": pd.DataFrame(
+        {"path": many, "label": [k for k in range(len(block.class_names)) for _ in range(5)]})})
+    assert study.design_limit(type(runsets["ct_kidney"])(**{**runsets["ct_kidney"].__dict__, "runs": [fake]}),
+                              "block", 0.2) == ""

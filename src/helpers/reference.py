@@ -67,12 +67,18 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
         # narrow enough for the page: test counts and near-copy shares are in the sentences
         title = "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)
         row = {"data": _two_lines(_where(exp, ds, split), title, split_value=False)}
+        gap = _gap(diffs, ds, split, protocol)
+        limited = gap is not None and getattr(gap, "limit", "")
         for r in part.itertuples():
-            row[f"{report.arm_title(r.arm)} (%)"] = _two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False),
-                                                               f"{r.seeds} seed{'s' if r.seeds > 1 else ''}")
+            seeds = f"{r.seeds} seed{'s' if r.seeds > 1 else ''}"
+            row[f"{report.arm_title(r.arm)} (%)"] = (   # an interval over too few blocks measures the class mix
+                _two_lines(f"{100 * r.accuracy:.1f}", f"{seeds}; no interval", split_value=False) if limited
+                else _two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False), seeds))
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)
                        & (diffs["arm_b"] == "scratch")].itertuples():
-            row[f"{d.comparison} (pp)"] = _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))
+            row[f"{d.comparison} (pp)"] = (_two_lines("cannot be estimated", "the design: see the text", split_value=False)
+                                           if getattr(d, "limit", "") else
+                                           _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)))
         rows.append(row)
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
@@ -110,6 +116,10 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     a = arms[(arms["dataset"] == ds) & (arms["split"] == split) & (arms["protocol"] == protocol)].set_index("arm")
     if s is None:
         return ""
+    if getattr(s, "limit", ""):   # the design cannot say: the numbers as measured, and why they answer nothing
+        return (f"whether ImageNet weights help cannot be estimated, because {s.limit} (as measured: "
+                f"{100 * a.loc['imagenet', 'accuracy']:.1f}% against {100 * a.loc['scratch', 'accuracy']:.1f}% from "
+                f"scratch, {study.fmt_diff(s.difference, s.ci_low, s.ci_high)})")
     verdict = ("help" if s.ci_low > 0 else "hurt" if s.ci_high < 0 else "make no clear difference")
     text = (f"ImageNet weights {verdict}: {100 * a.loc['imagenet', 'accuracy']:.1f}% against "
             f"{100 * a.loc['scratch', 'accuracy']:.1f}% from scratch ({study.fmt_diff(s.difference, s.ci_low, s.ci_high)}; "
@@ -123,7 +133,7 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     return text
 
 
-def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str) -> str:
+def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit: str = "") -> str:
     """ImageNet against the best network from scratch, where more than one network ran from scratch."""
     if best is None:
         return ""
@@ -131,6 +141,9 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str) -> st
     if b.empty:
         return ""
     b = b.iloc[0]
+    if limit:
+        return (f" *Against the best network from scratch* ({study.arch_label(b.arch, b.head)}, {100 * b.accuracy:.1f}%): "
+                "cannot be estimated either, for the same reason.")
     verdict = ("still win" if b.ci_low > 0 else "lose" if b.ci_high < 0 else "make no clear difference")
     covers = {"images, seeds of one side": f"; with one seed of {study.arch_label(b.arch, b.head)}, the interval "
                                            "leaves its seed-to-seed variation out",
@@ -162,9 +175,10 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
                 title, _, detail = protocols.protocol_title(exp, p).partition(": ")
                 lead = "At" if title.endswith("budget") else "With"
                 text += f" *{lead} {title}* ({detail}): {budget}."
-        text += _best_scratch_sentence(best, ds, split)
+        gap = _gap(diffs, ds, split, "")
+        text += _best_scratch_sentence(best, ds, split, getattr(gap, "limit", "") if gap is not None else "")
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
-        if now is not None and then is not None:
+        if now is not None and then is not None and not getattr(now, "limit", ""):   # no gap to compare against
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
             if "interval" not in old["differences"].columns:   # archived before intervals covered the seeds
                 text += " (an interval over test images only)"
@@ -196,7 +210,11 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     for d in diffs.itertuples():
         rows.append({"data": _where(exp, d.dataset, d.split, study.SPLIT_CELLS),
                      "protocol": "converged" if not d.protocol else protocols.short_title(exp, d.protocol),
-                     "comparison": d.comparison, "difference (pp)": _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)),
+                     "comparison": d.comparison,
+                     "difference (pp)": (_two_lines("cannot be estimated", "as measured: " + study.fmt_diff(
+                                             d.difference, d.ci_low, d.ci_high, unit=False), split_value=False)
+                                         if getattr(d, "limit", "") else
+                                         _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))),
                      "resampled": _short_method(d.interval, d.dataset),
                      "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
                      "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
@@ -343,8 +361,10 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
         f"`{manifest['report_command']}` regenerates them.")
 
 
-def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.ROOT) -> pd.DataFrame:
-    """A paper's published accuracies beside ours on each split, with the reason where ours is missing."""
+def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.ROOT,
+                  limits: dict | None = None) -> pd.DataFrame:
+    """A paper's published accuracies beside ours on each split, with the reason where ours is
+    missing; no interval on a split whose design cannot give one (``limits``: study.design_limits)."""
     later = {(rid.arch, rid.head, rid.arm): f"not recorded yet (stage {n})" for rid, n in ex.stages(exp).items()
              if rid.dataset == ds and not records.run_record(rid, root).is_dir()}
     table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp, ds, root)})
@@ -356,7 +376,8 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
         split = col.split("|")[1]
         shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
             (r["note"] or "—") if pd.isna(r[col])
-            else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"]) + budget.get(r["protocol"], "")
+            else (f"{100 * r[col]:.1f}% (no interval: see the answer)" if (limits or {}).get((ds, split))
+                  else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"])) + budget.get(r["protocol"], "")
             for _, r in table.iterrows()]
     shown["seeds"] = table["seeds"]
     return pd.DataFrame(shown)

@@ -271,6 +271,50 @@ def _order(value):
     return order.get(value, 9)
 
 
+# What a design must hold for a difference between arms to be estimated at all. With fewer test
+# blocks of a class than this, a bootstrap over blocks draws that class's whole test set or none
+# of it, so the interval measures the class mix, not skill. With more test images having a
+# near-copy in training than not, the test asks for recall of scans seen in training.
+MIN_TEST_BLOCKS = 5
+MAX_NEAR_COPY_SHARE = 0.5
+
+
+def design_limit(runset: metrics.RunSet, split: str, near_copy_share: float | None) -> str:
+    """Why this dataset's ``split`` cannot estimate a difference between arms ("" when it can),
+    as the end of a sentence that starts "cannot be estimated, because"."""
+    if near_copy_share is not None and near_copy_share > MAX_NEAR_COPY_SHARE:
+        return (f"{near_copy_share:.0%} of its test images have a near-copy in training: it measures recall "
+                "of scans seen in training, not accuracy on new ones")
+    run = next((r for r in runset.runs if r.split == split), None)
+    groups = groups_of(runset.dataset, run.predictions["path"], run.labels) if run is not None else None
+    if groups is None:
+        return ""
+    blocks = pd.Series(groups).groupby(run.labels).nunique()
+    few = {run.class_names[k]: int(n) for k, n in blocks.items() if n < MIN_TEST_BLOCKS}
+    if not few:
+        return ""
+    listed = ", ".join(f"{n} of {name}" for name, n in few.items())
+    return (f"its test split holds too few blocks of slices ({listed}; at least {MIN_TEST_BLOCKS} per class are "
+            "needed): a resample of blocks holds a class's whole test set or none of it, so an interval "
+            "measures the class mix, not the difference between arms")
+
+
+def design_limits(runsets: dict[str, metrics.RunSet], data_info: dict) -> dict[tuple[str, str], str]:
+    """(dataset, split) -> :func:`design_limit` ("" where the design can estimate), for every
+    split a dataset's runs used; ``data_info``: the records' prepared-folder infos by stem."""
+    out = {}
+    for ds, runset in runsets.items():
+        for split in sorted({r.split for r in runset.runs}):
+            share = data_info.get(f"{ds}-{split}", {}).get("near_copy_share", {}).get("test")
+            out[(ds, split)] = design_limit(runset, split, share)
+    return out
+
+
+def with_limits(diffs: pd.DataFrame, limits: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """``diffs`` with a ``limit`` column: why each row's design cannot estimate it, or ""."""
+    return diffs.assign(limit=[limits.get((d, s), "") for d, s in zip(diffs["dataset"], diffs["split"])])
+
+
 def differences(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """ImageNet − scratch and ImageNet − linear probe per dataset and split, on the seeds both
     arms have: the difference in accuracy with its interval over seeds and test images
