@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import experiment as ex
 from . import calibration, data, models, protocols, records, report, study
+from .data.splits import ratio_text
 from .params import STOPPED_BY
 
 def dataset_title(ds: str) -> str:
@@ -352,7 +353,8 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
         f"`{fingerprint['covid_radiography']}`) and {image_count(manifest, 'ct_kidney')} kidney CT slices "
         f"(`{fingerprint['ct_kidney']}`), the real images of `../shared/real-study` in the Kaggle layouts. "
         f"**Settings**: chest X-ray {settings(exp, every_run, 'covid_radiography')}; kidney CT "
-        f"{settings(exp, every_run, 'ct_kidney')}; stratified 6:2:2 splits, split seed 0. "
+        f"{settings(exp, every_run, 'ct_kidney')}; stratified {ratio_text()} splits, split seed "
+        f"{', '.join(sorted({str(st['split_seed']) for st in exp['datasets'].values()}))}. "
         f"**Machine**: {device}; torch {manifest['versions']['torch']}, timm {manifest['versions']['timm']}. "
         f"**Commit**: `{', '.join(c[:10] for c in commit)}`. "
         f"**Runs**: {states.get('complete', 0)} complete, {states.get('missing', 0)} could not run, "
@@ -376,7 +378,7 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
         split = col.split("|")[1]
         shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
             (r["note"] or "—") if pd.isna(r[col])
-            else (f"{100 * r[col]:.1f}% (no interval: see the answer)" if (limits or {}).get((ds, split))
+            else (f"{100 * r[col]:.1f}% (no interval)" if (limits or {}).get((ds, split))
                   else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"])) + budget.get(r["protocol"], "")
             for _, r in table.iterrows()]
     shown["seeds"] = table["seeds"]
