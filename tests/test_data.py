@@ -776,3 +776,30 @@ def test_the_shortcut_reduced_version_prepares_the_same_images_and_split(real_sa
     dirs = ex.parse_data_dirs("covid_radiography=/x", ["covid_radiography", "covid_radiography_reduced"])
     assert dirs == {"covid_radiography": "/x", "covid_radiography_reduced": "/x"}
     assert ex.parse_data_dirs("/x", ["covid_radiography", "covid_radiography_reduced"])["covid_radiography_reduced"] == "/x"
+
+
+def test_the_fold_splits_partition_whole_blocks_and_test_each_slice_once():
+    """Cross-validation over blocks: per fold, whole blocks in one part, every class in every
+    part; over the folds, each slice tested exactly once; too few blocks refused by name."""
+    from helpers.data.splits import SplitRefusedError, fold_split
+    from helpers.params import FOLDS
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [60, 90, 35])
+    groups = np.concatenate([np.repeat(np.arange(b) + 100 * k, rng.integers(3, 8, b))[:n]
+                             for k, (b, n) in enumerate([(20, 60), (30, 90), (12, 35)])])
+    assert len(groups) == len(labels)
+    tested = np.zeros(len(labels), int)
+    for fold in range(FOLDS):
+        split = fold_split(labels, groups, ["a", "b", "c"], fold, FOLDS, seed=0)
+        for g in np.unique(groups):
+            assert len(set(split[groups == g])) == 1, "a block is split"
+        for k in range(3):
+            assert set(split[labels == k]) == {"train", "val", "test"}, (fold, k)
+        tested += split == "test"
+        if fold:   # the next fold validates: this fold's validation set is the next one's test set
+            assert (previous_val == (split == "test")).all()
+        previous_val = split == "val"
+    assert (tested == 1).all()
+    with pytest.raises(SplitRefusedError, match=r"class 'c' has only 4 independent near-duplicate group.*fewer than the 5 folds"):
+        fold_split(labels, np.where(labels == 2, groups % 4 + 200, groups), ["a", "b", "c"], 0, FOLDS, seed=0)

@@ -34,7 +34,12 @@ from . import models
 # one split (CT slices of one scan). "given": the download's own train/val/test folders
 # (DatasetSpec.split_dirs), never redrawn. Which datasets exist is the dataset table's to say
 # (helpers.data checks the name): this module imports no dataset, so data can import it.
-SPLITS = ("random", "grouped", "block", "given")
+# "fold<k>": fold k of a FOLDS-fold cross-validation over the same blocks: the fold's blocks are
+# tested, the next fold's blocks validate, the rest train (every image is tested once over the
+# folds; the fold is part of the run's identity through its split).
+FOLDS = 5
+FOLD_SPLITS = tuple(f"fold{k}" for k in range(FOLDS))
+SPLITS = ("random", "grouped", "block", "given", *FOLD_SPLITS)
 MIN_PER_CLASS = 5  # a stratified 6:2:2 split needs at least 3/1/1 images per class
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import experiment as ex
 from . import intervals, metrics, models, records
-from .params import ARMS, PAIR, arm_title, same_training
+from .params import ARMS, FOLD_SPLITS, FOLDS, PAIR, arm_title, same_training
 from .report import arm_color
 from .intervals import CONFIDENCE
 from .data.splits import BLOCK_SIZE
@@ -33,7 +33,9 @@ COMPARISONS = (PAIR, ("imagenet", "linear_probe"))
 SPLIT_NAMES = {"random": ("random split", "random"),
                "block": (f"blocks of {BLOCK_SIZE} consecutive slices", "blocks"),
                "grouped": ("near-duplicate groups", "groups"),
-               "given": ("the download's own split", "given split")}
+               "given": ("the download's own split", "given split"),
+               **{f: (f"fold {k + 1} of {FOLDS} over blocks of {BLOCK_SIZE} consecutive slices", f"blocks, fold {k + 1}")
+                  for k, f in enumerate(FOLD_SPLITS)}}
 SPLIT_TITLES = {split: prose for split, (prose, _) in SPLIT_NAMES.items()}
 SPLIT_CELLS = {split: cell for split, (_, cell) in SPLIT_NAMES.items()}
 

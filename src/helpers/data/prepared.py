@@ -21,9 +21,10 @@ from .. import params as params_mod
 from .build import pool_map, publish_dir
 from .decode import decode_one
 from .discover import Listing, find_class_root, scan
+from ..params import FOLD_SPLITS, FOLDS
 from .specs import MIN_PER_CLASS, DatasetSpec, check_split, data_root, get_spec
-from .splits import (BLOCK_KIND, SPLIT_NAMES, block_groups, components, grouped_split, hamming_pairs, near_copy_share,
-                     perceptual_hashes, random_split)
+from .splits import (BLOCK_KIND, SPLIT_NAMES, block_groups, components, fold_split, grouped_split, hamming_pairs,
+                     near_copy_share, perceptual_hashes, random_split)
 from .summary import print_summary, reason_counts, save_samples
 from .synthetic import find_synthetic_root, synthesize
 
@@ -200,6 +201,10 @@ def _build(tmp: Path, p: dict, spec: DatasetSpec, class_root: Path, synthetic: b
     elif p["split"] == "block":
         groups = block_groups([cands[i][0] for i in sel], labels)
         split = np.asarray(grouped_split(labels, groups, list(spec.classes), seed, group_kind=BLOCK_KIND)).astype(str)
+    elif p["split"] in FOLD_SPLITS:   # a fold of the cross-validation over the same blocks
+        groups = block_groups([cands[i][0] for i in sel], labels)
+        split = fold_split(labels, groups, list(spec.classes), FOLD_SPLITS.index(p["split"]), FOLDS, seed,
+                           group_kind=BLOCK_KIND)
     elif p["split"] == "given":
         split = given[sel]
     else:

@@ -214,6 +214,41 @@ def grouped_split(labels, groups, class_names, seed, ratios=RATIOS,
     return np.asarray(SPLIT_NAMES)[split_of_group[groups]].astype(str)
 
 
+def fold_split(labels, groups, class_names, fold: int, folds: int, seed: int,
+               group_kind: str = "near-duplicate group") -> np.ndarray:
+    """'train'/'val'/'test' per image for fold ``fold`` of a ``folds``-fold cross-validation
+    over groups, every group wholly in one fold, classes stratified: per class, its groups
+    (each counted for its majority class) are shuffled with ``seed``, sorted largest first and
+    dealt each to the fold with the fewest images of the class so far. The dealing does not
+    depend on ``fold``, so the folds partition the images: fold ``fold`` is tested, the next
+    fold validates, the others train (with 5 folds, 3:1:1 by groups). Raises
+    SplitRefusedError, naming the class, when a class has fewer groups than folds."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if labels.shape != groups.shape or labels.ndim != 1:
+        raise ValueError(f"labels and groups: expected two 1-D arrays of equal length, got {labels.shape} and {groups.shape}")
+    if not 0 <= fold < folds or folds < 3:
+        raise ValueError(f"fold: expected 0..{folds - 1} of at least 3 folds, got fold {fold} of {folds}")
+    groups = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    majority, sizes = _group_majority(labels, groups), np.bincount(groups)
+    for row in groups_per_class(labels, groups, class_names).to_dict("records"):
+        if row["groups"] < folds:
+            raise SplitRefusedError(
+                f"fold split: class '{row['class']}' has only {row['groups']} independent {group_kind}(s) "
+                f"({row['images']} images), fewer than the {folds} folds of the cross-validation; use "
+                f"split='block' (one {ratio_text()} split over the same groups) or more data")
+    rng = np.random.default_rng(seed)
+    fold_of_group = np.full(len(sizes), -1)
+    for k in range(len(class_names)):
+        own = np.flatnonzero(majority == k)
+        own = own[rng.permutation(len(own))]
+        filled = np.zeros(folds)
+        for g in own[np.argsort(-sizes[own], kind="stable")]:
+            fold_of_group[g] = int(np.argmin(filled))
+            filled[fold_of_group[g]] += sizes[g]
+    of_image = fold_of_group[groups]
+    return np.where(of_image == fold, "test", np.where(of_image == (fold + 1) % folds, "val", "train")).astype(str)
+
+
 def file_number(path: str) -> int:
     """The last run of digits in a file's stem: ``Tumor- (1203).jpg`` -> 1203."""
     import re
