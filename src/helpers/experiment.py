@@ -94,7 +94,8 @@ class Tune(BaseModel):
     is another entry's (a sweep in one stage, the seeds it tunes in a later one). ``protocol``
     or ``dataset``: the rate is the one chosen by that protocol's (or dataset's) sweep, and every
     run of the entry is a tuned one (the budget-doubling check: the same recipe, twice the
-    epochs, at the rate it chose; a shortcut-reduced version of a dataset at the original's)."""
+    epochs, at the rate it chose; a shortcut-reduced version of a dataset at the original's).
+    ``split`` likewise: every fold of a cross-validation at the rate its first fold's sweep chose."""
 
     model_config = _YAML
 
@@ -103,6 +104,7 @@ class Tune(BaseModel):
     seed: Optional[NonNegInt] = None
     protocol: Optional[str] = None
     dataset: Optional[str] = None
+    split: Optional[Split] = None    # a fold of a cross-validation at the rate fold 0's sweep chose
 
 
 class GridEntry(BaseModel):
@@ -332,7 +334,9 @@ def load_experiment(name_or_path: str | os.PathLike, data_dir: str = "", need_da
             _register_own(path, d, exp["datasets"][d], dirs.get(d, ""))
     for where, ds, split in ([(f"datasets.{d}.split", d, st["split"]) for d, st in exp["datasets"].items()]
                              + [(f"grid[{i}].split", e["dataset"], e["split"]) for i, e in enumerate(exp["grid"])
-                                if e["split"]]):
+                                if e["split"]]
+                             + [(f"grid[{i}].tune.split", e["dataset"], e["tune"]["split"])
+                                for i, e in enumerate(exp["grid"]) if e["tune"] and e["tune"]["split"]]):
         try:
             data.check_split(ds, split)
         except ValueError as e:
@@ -465,7 +469,7 @@ def _build_plan(exp: dict) -> tuple[dict[RunId, dict], dict[RunId, Sweep], dict[
                             raise ExperimentError(f"{exp['path']}: grid[{i}] ({rid.key}): {e}") from None
                         grid[rid] = params
                         stage[rid] = entry["stage"]
-                    group = _sweep_group(rid, **({k: tune[k] for k in ("protocol", "dataset") if tune[k] is not None}
+                    group = _sweep_group(rid, **({k: tune[k] for k in BORROWED if tune[k] is not None}
                                                  if tune else {}))
                     if tuning == "tuned":
                         tuned[rid] = (i, group, tune)
@@ -501,16 +505,20 @@ def _tunings(entry: dict, train: dict) -> list[tuple[int, str, float | None]]:
     sweep_seed = seeds[0] if tune["seed"] is None else tune["seed"]
     out = []
     for seed in seeds:
-        if seed == sweep_seed and train["train_fraction"] == 1 and tune["protocol"] is tune["dataset"] is None:
+        if seed == sweep_seed and train["train_fraction"] == 1 and all(tune[k] is None for k in BORROWED):
             out += [(seed, lr_tag(lr), lr) for lr in tune["lr"]]
         else:
             out.append((seed, "tuned", None))
     return out
 
 
+# What a grid entry may take from another entry's sweep: its protocol's, dataset's or split's choice
+BORROWED = ("protocol", "dataset", "split")
+
+
 def _sweep_group(rid: RunId, **other) -> RunId:
     """What a sweep and the runs it tunes share: the identity less seed, share and rate (and the
-    protocol or dataset, for runs that take another protocol's or dataset's choice)."""
+    protocol, dataset or split, for runs that take another protocol's, dataset's or split's choice)."""
     return rid.model_copy(update={"seed": 0, "train_fraction": 1.0, "tuning": "", **other})
 
 

@@ -138,6 +138,12 @@ def _reduced(name: str, source: str) -> DatasetSpec:
                    reduce=Reduction())
 
 
+# The kidney download's original slices from another copy (../shared/real-kidney: about five times
+# the small set's slices, from far more scans), for a cross-validation over whole blocks. A
+# dataset of its own so that the two copies never share a split: some slices are in both.
+DATASETS["ct_kidney_originals"] = replace(DATASETS["ct_kidney"], name="ct_kidney_originals",
+                                          title="kidney CT, original slices")
+
 # The chest X-rays with borders cropped and grey levels equalised: how much of an answer rests on
 # intensity and marker cues that say where an image was taken rather than what it shows
 DATASETS["covid_radiography_reduced"] = _reduced("covid_radiography_reduced", "covid_radiography")
