@@ -100,7 +100,10 @@ def rows(folder: Path, name="manifest.csv") -> pd.DataFrame:
 
 
 def test_dataset_specs_follow_the_contract():
-    assert list(DATASETS) == ["covid_radiography", "ct_kidney", "chest_xray_pneumonia", "covid_radiography_reduced"]
+    assert list(DATASETS) == ["covid_radiography", "ct_kidney", "chest_xray_pneumonia", "ct_kidney_originals",
+                              "covid_radiography_reduced"]
+    originals = DATASETS["ct_kidney_originals"]   # another copy of the same download: its own name, same facts
+    assert originals.classes == DATASETS["ct_kidney"].classes and originals.ct_slices and not originals.derived_from
     reduced = DATASETS["covid_radiography_reduced"]
     assert reduced.derived_from == "covid_radiography" and reduced.reduce is not None
     assert reduced.classes == DATASETS["covid_radiography"].classes and reduced.layout == DATASETS["covid_radiography"].layout
