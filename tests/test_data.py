@@ -22,6 +22,7 @@ from helpers import data
 from helpers.data import DATASETS, find_class_root, load_prepared, prepare, prepared_dir, synthesize
 from helpers.data import prepared as prepared_module
 from helpers.data.discover import scan
+from helpers.params import FOLD_SPLITS
 
 REPO = Path(__file__).resolve().parents[1]
 COVID_ROOT = "COVID-19_Radiography_Dataset"
@@ -110,7 +111,7 @@ def test_dataset_specs_follow_the_contract():
     kermany = DATASETS["chest_xray_pneumonia"]
     assert kermany.classes == ("NORMAL", "PNEUMONIA") and kermany.ext == ".jpeg"
     assert kermany.kaggle_slug == "paultimothymooney/chest-xray-pneumonia"
-    assert kermany.splits == ("given",) and DATASETS["ct_kidney"].splits == ("random", "grouped", "block")
+    assert kermany.splits == ("given",) and DATASETS["ct_kidney"].splits == ("random", "grouped", "block", *FOLD_SPLITS)
     covid, kidney = DATASETS["covid_radiography"], DATASETS["ct_kidney"]
     assert covid.classes == ("COVID", "Normal", "Viral Pneumonia")
     assert kidney.classes == ("Cyst", "Normal", "Stone", "Tumor")
