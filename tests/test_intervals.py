@@ -76,3 +76,19 @@ def test_the_two_level_bootstrap_is_fixed_and_fast():
     assert time.perf_counter() - start < 1.0
     assert intervals.two_level_ci(a, b, paired_seeds=True) == first   # a fixed seed: the same interval
     assert intervals.two_level_ci(a, b, paired_seeds=True, seed=1) != first
+
+
+def test_a_stratified_block_bootstrap_keeps_every_class_in_every_resample():
+    """Two classes, one block each of very different accuracy: unstratified, some resamples hold
+    one class only and the interval spans the class mix; stratified, each resample holds both."""
+    labels = np.repeat([0, 1, 1, 1], 10)
+    groups = np.repeat([0, 1, 2, 3], 10)
+    w = intervals.unit_weights(len(labels), groups, 500, np.random.default_rng(0), strata=labels)
+    assert (w[:, labels == 0].sum(axis=1) == 10).all(), "the one class-0 block is drawn once in every resample"
+    assert (w[:, labels == 1].sum(axis=1) == 30).all()
+    loose = intervals.unit_weights(len(labels), groups, 500, np.random.default_rng(0))
+    assert (loose[:, labels == 0].sum(axis=1) == 0).any(), "unstratified, some resamples lose class 0"
+    correct = np.where(labels == 0, 0.0, 1.0)
+    assert intervals.two_level_ci(correct, groups=groups, strata=labels).low == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="a group spans more than one stratum"):
+        intervals.unit_weights(len(labels), np.zeros(len(labels)), 10, strata=labels)

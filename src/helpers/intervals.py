@@ -182,18 +182,33 @@ TWO_LEVEL_RESAMPLES = 4000
 
 
 def unit_weights(n_images: int, groups=None, n_resamples: int = TWO_LEVEL_RESAMPLES,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+                 rng: np.random.Generator | None = None, strata=None) -> np.ndarray:
     """(n_resamples, n_images): how many times each image enters each bootstrap resample. Without
     ``groups`` the images are drawn with replacement; with ``groups`` (one id per image, e.g. a
     block of consecutive CT slices) whole groups are drawn, as many as there are, and an image
     counts as often as its group was drawn. The draws are those of :func:`cluster_bootstrap_ci`
-    for the same generator, so the two agree where there is nothing else to resample."""
+    for the same generator, so the two agree where there is nothing else to resample. With
+    ``strata`` (one per image, constant within a group: its class), units are drawn within each
+    stratum, as many as it has, so every resample holds every class in its own proportion."""
     rng = np.random.default_rng(0) if rng is None else rng
     if groups is None:
         inverse, n_units = np.arange(n_images), n_images
     else:
         ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
         inverse, n_units = inverse.reshape(-1), len(ids)
+    if strata is not None:
+        strata = np.asarray(strata)
+        of_unit = np.empty(n_units, dtype=strata.dtype)
+        of_unit[inverse] = strata
+        if (of_unit[inverse] != strata).any():
+            raise ValueError("strata: a group spans more than one stratum")
+        counts = np.zeros((n_resamples, n_units))
+        for s in np.unique(of_unit):
+            members = np.flatnonzero(of_unit == s)
+            draws = rng.integers(0, len(members), size=(n_resamples, len(members)))
+            offsets = (draws + len(members) * np.arange(n_resamples)[:, None]).ravel()
+            counts[:, members] = np.bincount(offsets, minlength=n_resamples * len(members)).reshape(n_resamples, -1)
+        return counts[:, inverse]
     draws = rng.integers(0, n_units, size=(n_resamples, n_units))
     offsets = (draws + n_units * np.arange(n_resamples)[:, None]).ravel()
     counts = np.bincount(offsets, minlength=n_resamples * n_units).reshape(n_resamples, n_units)
@@ -220,7 +235,7 @@ def percentile_interval(estimate: float, resampled: np.ndarray, n: int, confiden
 
 
 def two_level_ci(a, b=None, groups=None, paired_seeds: bool = False, confidence: float = CONFIDENCE,
-                 n_resamples: int = TWO_LEVEL_RESAMPLES, seed: int = 0) -> Interval:
+                 n_resamples: int = TWO_LEVEL_RESAMPLES, seed: int = 0, strata=None) -> Interval:
     """Mean of ``a`` (images x seeds: one column per seed, e.g. 1 where that seed's run got the
     image right), or the paired difference mean(a) - mean(b) on the same images, with a
     two-level percentile bootstrap: each resample draws the test images (or whole ``groups``)
@@ -231,7 +246,7 @@ def two_level_ci(a, b=None, groups=None, paired_seeds: bool = False, confidence:
     two sides draw the same seed indices, so a resample averages the per-seed gaps of the seeds
     drawn; otherwise each side draws its own seeds. A side with one seed has no seed variance to
     resample: its interval covers the test images only. One column on each side and no groups is
-    the ordinary image bootstrap. ``Interval.n`` is the number of images; ``sd`` the bootstrap
+    the ordinary image bootstrap. ``strata``: draw within each (:func:`unit_weights`). ``Interval.n`` is the number of images; ``sd`` the bootstrap
     standard error."""
     a = np.asarray(a, dtype=float)
     a = a[:, None] if a.ndim == 1 else a
@@ -248,7 +263,7 @@ def two_level_ci(a, b=None, groups=None, paired_seeds: bool = False, confidence:
     if n < 2 or (groups is not None and len(np.unique(groups)) < 2):
         return Interval(estimate, math.nan, math.nan, n)
     rng = np.random.default_rng(seed)
-    images = unit_weights(n, groups, n_resamples, rng)                  # (R, n)
+    images = unit_weights(n, groups, n_resamples, rng, strata)          # (R, n)
     wa = seed_weights(a.shape[1], n_resamples, rng)                     # (R, ka)
     per_image = (a @ wa.T).T                                            # (R, n): each image's mean over the seeds drawn
     if b is not None:

@@ -120,7 +120,7 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     if getattr(s, "limit", ""):   # the design cannot say: the numbers as measured, and why they answer nothing
         return (f"whether ImageNet weights help cannot be estimated, because {s.limit} (as measured: "
                 f"{100 * a.loc['imagenet', 'accuracy']:.1f}% against {100 * a.loc['scratch', 'accuracy']:.1f}% from "
-                f"scratch, {study.fmt_diff(s.difference, s.ci_low, s.ci_high)})")
+                f"scratch, {100 * s.difference:+.1f} pp)")
     verdict = ("help" if s.ci_low > 0 else "hurt" if s.ci_high < 0 else "make no clear difference")
     text = (f"ImageNet weights {verdict}: {100 * a.loc['imagenet', 'accuracy']:.1f}% against "
             f"{100 * a.loc['scratch', 'accuracy']:.1f}% from scratch ({study.fmt_diff(s.difference, s.ci_low, s.ci_high)}; "

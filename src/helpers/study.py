@@ -193,8 +193,10 @@ def seed_interval(dataset: str, a: pd.DataFrame, b: pd.DataFrame | None, runs: l
     labels = runs[0].predictions.set_index("path").loc[a.index, "label"]
     groups = groups_of(dataset, a.index, labels)
     paired = b is not None and list(a.columns) == list(b.columns) and a.shape[1] > 1
+    # blocks of slices are drawn within each class: a resample keeps every class's share of the test set
     ci = intervals.two_level_ci(a.to_numpy(), None if b is None else b.loc[a.index].to_numpy(), groups,
-                                paired_seeds=paired, confidence=confidence)
+                                paired_seeds=paired, confidence=confidence,
+                                strata=None if groups is None else labels.to_numpy())
     return ci, interval_method(a.shape[1], None if b is None else b.shape[1], paired)
 
 
