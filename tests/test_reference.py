@@ -32,7 +32,7 @@ def test_the_stage_note_counts_what_is_not_recorded_and_vanishes_when_all_is():
 def test_every_split_has_one_name_in_prose_and_one_in_a_table_cell():
     from helpers.params import SPLITS
 
-    assert set(study.SPLIT_TITLES) == set(study.SPLIT_CELLS) == set(SPLITS)
+    assert set(study.SPLIT_TITLES) == set(study.SPLIT_CELLS) == {*SPLITS, study.POOLED}
     assert study.SPLIT_TITLES["given"] == "the download's own split"
     assert reference.SHORT_SPLITS["random"] == "" and reference.SHORT_SPLITS["block"] == f", {study.SPLIT_CELLS['block']}"
 
@@ -249,3 +249,36 @@ def test_a_kidney_difference_the_design_cannot_estimate_says_so_and_why():
         {"path": many, "label": [k for k in range(len(block.class_names)) for _ in range(5)]})})
     assert study.design_limit(type(runsets["ct_kidney"])(**{**runsets["ct_kidney"].__dict__, "runs": [fake]}),
                               "block", 0.2) == ""
+
+
+def test_the_folds_of_a_cross_validation_pool_into_one_answer_and_a_table_per_fold():
+    """Five fold runs per arm (here the small set's random-split test slices dealt to five folds
+    by block) pool into one run per arm whose accuracy is over every slice once; the per-fold
+    table keeps each fold's accuracies and gap. A fold missing keeps the folds apart."""
+    import dataclasses
+
+    from helpers.data.splits import block_groups
+    from helpers.params import FOLD_SPLITS
+
+    exp = _reference()
+    kidney = study.load(exp, pool=False)["ct_kidney"]
+    runs = {r.arm: r for r in kidney.runs if r.split == "random" and r.seed == 0 and r.id.protocol == ""
+            and r.arch == "efficientnet_lite0" and r.arm in ("imagenet", "scratch")}
+    blocks = block_groups(list(runs["imagenet"].predictions["path"]), runs["imagenet"].labels)
+    folds = []
+    for arm, r in runs.items():
+        fold_of = pd.Series(blocks % 5, index=r.predictions["path"]).loc[r.predictions["path"]].to_numpy()
+        for k, split in enumerate(FOLD_SPLITS):
+            folds.append(dataclasses.replace(r, id=r.id.model_copy(update={"split": split}),
+                                             predictions=r.predictions[fold_of == k].reset_index(drop=True)))
+    runset = dataclasses.replace(kidney, runs=folds)
+    pooled = study.pool_folds(runset)
+    assert sorted((r.arm, r.split) for r in pooled.runs) == [("imagenet", "cv"), ("scratch", "cv")]
+    arms = study.arm_table({"ct_kidney": pooled}).set_index("arm")
+    for arm, r in runs.items():
+        assert arms.loc[arm, "accuracy"] == pytest.approx(float((r.labels == r.preds).mean()))
+    per_fold = study.fold_table(runset, {"ct_kidney-fold0": {"near_copy_share": {"test": 0.2}}})
+    assert list(per_fold["fold"]) == [1, 2, 3, 4, 5] and per_fold["test images"].sum() == len(runs["imagenet"].predictions)
+    assert per_fold.loc[0, "near-copy share"] == 0.2 and per_fold["gap"].notna().all()
+    partial = dataclasses.replace(runset, runs=[r for r in folds if r.split != "fold4"])
+    assert {r.split for r in study.pool_folds(partial).runs} == set(FOLD_SPLITS[:4])

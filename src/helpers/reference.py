@@ -238,6 +238,30 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     return frame
 
 
+def folds_display(exp: dict, root: str | Path = records.ROOT, data_info: dict | None = None):
+    """The cross-validation fold by fold (each arm's accuracy, ImageNet − scratch, the near-copy
+    share of the fold's test slices), or a note saying which stages will record it."""
+    shown = []
+    for ds, runset in study.load(exp, root, pool=False).items():
+        table = study.fold_table(runset, data_info or {})
+        if table.empty:
+            continue
+        table.insert(0, "data", dataset_title(ds))
+        shown.append(table.rename(columns={a: f"{report.arm_title(a)} (%)" for a in study.ARMS} | {
+            "gap": "ImageNet − scratch (pp)", "near-copy share": "near-copies in train (%)"}))
+    if not shown:
+        cv = sorted({ds for ds in exp["datasets"] for rid in ex.runs(exp) if rid.dataset == ds
+                     and rid.split.startswith("fold")})
+        later = sorted({n for rid, n in ex.stages(exp).items() if rid.dataset in cv})
+        return report.markdown_html(f"No fold is recorded yet; the cross-validation's runs are stages "
+                                    f"{', '.join(map(str, later))} of the study." if later else
+                                    "The study runs no cross-validation.")
+    frame = pd.concat(shown, ignore_index=True)
+    percent = [c for c in frame.columns if c.endswith("(%)") or c.endswith("(pp)")]
+    frame[percent] = 100 * frame[percent]
+    return report.styled(frame, digits=1)
+
+
 def kidney_table(exp: dict, runsets: dict, arms: pd.DataFrame, root: str | Path = records.ROOT) -> pd.DataFrame:
     """Kidney CT: accuracy within each class (a high total can hide a class the network never
     gets right) and, where the audit recorded each slice's view, on axial and on coronal slices."""

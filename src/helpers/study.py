@@ -28,6 +28,7 @@ from .intervals import CONFIDENCE
 from .data.splits import BLOCK_SIZE
 
 COMPARISONS = (PAIR, ("imagenet", "linear_probe"))
+POOLED = "cv"   # the split of a cross-validation's folds pooled into one run (pool_folds)
 # Each split as the pages name it, in the pages' order: (in prose, in a narrow table cell). The
 # one table of them: the pages' other names are derived from it.
 SPLIT_NAMES = {"random": ("random split", "random"),
@@ -35,21 +36,69 @@ SPLIT_NAMES = {"random": ("random split", "random"),
                "grouped": ("near-duplicate groups", "groups"),
                "given": ("the download's own split", "given split"),
                **{f: (f"fold {k + 1} of {FOLDS} over blocks of {BLOCK_SIZE} consecutive slices", f"blocks, fold {k + 1}")
-                  for k, f in enumerate(FOLD_SPLITS)}}
+                  for k, f in enumerate(FOLD_SPLITS)},
+               POOLED: (f"{FOLDS}-fold cross-validation over blocks of {BLOCK_SIZE} consecutive slices",
+                      f"blocks, {FOLDS} folds")}
 SPLIT_TITLES = {split: prose for split, (prose, _) in SPLIT_NAMES.items()}
 SPLIT_CELLS = {split: cell for split, (_, cell) in SPLIT_NAMES.items()}
 
 
-def load(exp: dict, root: str | Path = records.ROOT, answer: bool = True) -> dict[str, metrics.RunSet]:
+def load(exp: dict, root: str | Path = records.ROOT, answer: bool = True, pool: bool = True) -> dict[str, metrics.RunSet]:
     """dataset -> the RunSet of its records (missing runs listed in ``.missing``). With
     ``answer``, each learning-rate sweep keeps only the rate it chose on validation, which joins
-    the runs it tuned (RunId.tuning "tuned"); the other rates' test scores are never read."""
+    the runs it tuned (RunId.tuning "tuned"); the other rates' test scores are never read. With
+    ``pool``, the folds of a cross-validation, once all are recorded, become one run (:func:`pool_folds`)."""
     out = {}
     for ds in exp["datasets"]:
         dirs = records.record_dirs(exp, ds, root)
         if dirs:
             out[ds] = metrics.load_runs(ds, runs=dirs)
-    return {ds: _borrow(_answer(rs, exp, root), exp) for ds, rs in out.items()} if answer else out
+    if not answer:
+        return out
+    out = {ds: _borrow(_answer(rs, exp, root), exp) for ds, rs in out.items()}
+    return {ds: pool_folds(rs) for ds, rs in out.items()} if pool else out
+
+
+
+def pool_folds(runset: metrics.RunSet) -> metrics.RunSet:
+    """Each configuration and seed whose every fold (``params.FOLD_SPLITS``) is recorded becomes
+    one run with split ``cv``: its test predictions are all the folds' together, each image
+    tested once, so accuracy is pooled over the folds and an interval resamples the blocks of
+    the whole set. Folds of a configuration not yet complete stay as they are."""
+    import dataclasses
+
+    folds: dict = {}
+    for r in runset.runs:
+        if r.split in FOLD_SPLITS:
+            folds.setdefault(r.id.model_copy(update={"split": POOLED}), {})[r.split] = r
+    pooled, used = [], set()
+    for rid, by_fold in folds.items():
+        if len(by_fold) == FOLDS:
+            runs = [by_fold[f] for f in FOLD_SPLITS]
+            predictions = pd.concat([r.predictions for r in runs], ignore_index=True)
+            if predictions["path"].duplicated().any():
+                raise ValueError(f"{rid.key}: an image is tested in more than one fold")
+            pooled.append(dataclasses.replace(runs[0], id=rid, predictions=predictions))
+            used |= {id(r) for r in runs}
+    if not pooled:
+        return runset
+    return dataclasses.replace(runset, runs=[r for r in runset.runs if id(r) not in used] + pooled)
+
+
+def fold_table(runset: metrics.RunSet, data_info: dict, arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
+    """Per fold of a cross-validation (the unpooled runs): each arm's test accuracy, ImageNet −
+    scratch on the fold's test images, and the share of them with a near-copy in training."""
+    rows = {}
+    for r in runset.runs:
+        if r.split in FOLD_SPLITS and r.arch == arch and r.id.protocol == "" and r.arm in ARMS:
+            row = rows.setdefault(r.split, {"fold": FOLD_SPLITS.index(r.split) + 1, "test images": len(r.predictions)})
+            row[r.arm] = float((r.labels == r.preds).mean())
+    for split, row in rows.items():
+        if PAIR[0] in row and PAIR[1] in row:
+            row["gap"] = row[PAIR[0]] - row[PAIR[1]]
+        share = data_info.get(f"{runset.dataset}-{split}", {}).get("near_copy_share", {}).get("test")
+        row["near-copy share"] = share if share is not None else math.nan
+    return pd.DataFrame(sorted(rows.values(), key=lambda r: r["fold"]))
 
 
 def _borrow(runset: metrics.RunSet, exp: dict) -> metrics.RunSet:
