@@ -807,3 +807,27 @@ def test_the_fold_splits_partition_whole_blocks_and_test_each_slice_once():
     assert (tested == 1).all()
     with pytest.raises(SplitRefusedError, match=r"class 'c' has only 4 independent near-duplicate group.*fewer than the 5 folds"):
         fold_split(labels, np.where(labels == 2, groups % 4 + 200, groups), ["a", "b", "c"], 0, FOLDS, seed=0)
+
+
+def test_a_full_disk_during_data_prep_is_named_and_keeps_the_previous_folder(tmp_path, monkeypatch):
+    """numpy reports a short write as a bare OSError ('... requested and ... written'): data prep
+    names it as a full disk, with the free space, and the folder it replaces stays whole."""
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from helpers.atomic import DiskFullError
+    from helpers.data.build import publish_dir
+
+    final = tmp_path / "prepared" / "x"
+    final.mkdir(parents=True)
+    (final / "kept.txt").write_text("the previous build")
+
+    def build(tmp):
+        raise OSError("1978368 requested and 302976 written")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda p: usage(300 * 1024, 300 * 1024, 0))
+    with pytest.raises(DiskFullError, match=r"disk full: could not write .*prepared/x \(0 B free of 300.0 KiB"):
+        publish_dir(final, build, lambda: False)
+    assert (final / "kept.txt").read_text() == "the previous build"
+    assert sorted(p.name for p in final.parent.iterdir() if p.is_dir()) == ["x"], "nothing half-built is left"

@@ -17,6 +17,8 @@ from typing import Callable
 
 from filelock import FileLock
 
+from .. import atomic
+
 
 def pool_map(func, items: list, *, desc: str, progress: bool, chunksize: int | None = None):
     """Map ``func`` over ``items`` in a process pool (in-process when small), with tqdm."""
@@ -59,7 +61,13 @@ def publish_dir(final: Path, build: Callable[[Path], None], is_current: Callable
             shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
         try:
-            build(tmp)
+            try:
+                build(tmp)
+            except OSError as exc:   # a full disk is named, with the free space (not numpy's short write)
+                full = atomic.disk_full(final, exc)
+                if full is None:
+                    raise
+                raise full from exc
             if final.exists():
                 os.replace(final, old)
             os.replace(tmp, final)
