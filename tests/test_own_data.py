@@ -167,7 +167,7 @@ def test_make_report_runs_a_split_download_and_a_folder_of_ones_own_end_to_end(t
             assert (work / f"results/own/notebooks/{step}_{d}.ipynb").is_file(), (d, step)
     assert (work / "results/own/notebooks/explain_my_xrays.ipynb").is_file()
     # the split the download came with, kept; the audit measured it (no random folder was drawn)
-    prepared = sorted(p.name for p in (work / "data/prepared/chest_xray_pneumonia").iterdir())
+    prepared = sorted(p.name for p in (work / "data/prepared/chest_xray_pneumonia").iterdir() if p.is_dir())
     assert prepared == ["real-32px-given-all-s0"], prepared
     info = json.loads((work / "data/prepared/my_xrays/real-32px-random-bal-s0/info.json").read_text())
     assert sorted(info["counts"]) == ["clear", "covid"]
