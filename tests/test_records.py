@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import data, intervals, records, study
+from helpers import data, designs, intervals, records, study
 from helpers import experiment as ex
 from helpers.params import RunId
 
@@ -151,7 +151,7 @@ def test_kidney_intervals_resample_blocks_of_slices_not_slices():
     by_slice = intervals.bootstrap_ci(values, method="percentile")
     assert by_block.low <= values.mean() <= by_block.high
     assert (by_block.high - by_block.low) > 3 * (by_slice.high - by_slice.low)
-    assert study.resampled_unit("ct_kidney").startswith("blocks") and study.resampled_unit("covid_radiography") == "test images"
+    assert designs.resampled_unit("ct_kidney").startswith("blocks") and designs.resampled_unit("covid_radiography") == "test images"
 
 
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_images():

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import experiment as ex
-from helpers import records, reference, study
+from helpers import designs, records, reference, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_the_stage_note_counts_what_is_not_recorded_and_vanishes_when_all_is():
 def test_every_split_has_one_name_in_prose_and_one_in_a_table_cell():
     from helpers.params import SPLITS
 
-    assert set(study.SPLIT_TITLES) == set(study.SPLIT_CELLS) == {*SPLITS, study.POOLED}
+    assert set(study.SPLIT_TITLES) == set(study.SPLIT_CELLS) == {*SPLITS, designs.POOLED}
     assert study.SPLIT_TITLES["given"] == "the download's own split"
     assert reference.SHORT_SPLITS["random"] == "" and reference.SHORT_SPLITS["block"] == f", {study.SPLIT_CELLS['block']}"
 
@@ -227,11 +227,11 @@ def test_a_kidney_difference_the_design_cannot_estimate_says_so_and_why():
     exp = _reference()
     runsets = study.load(exp)
     info = {p.stem: json.loads(p.read_text()) for p in (records.folder(exp) / "data").glob("*.json")}
-    limits = study.design_limits(runsets, info)
+    limits = designs.design_limits(runsets, info)
     assert limits[("covid_radiography", "random")] == ""
     assert "too few blocks of slices" in limits[("ct_kidney", "block")]
     assert "near-copy in training" in limits[("ct_kidney", "random")]
-    diffs = study.with_limits(study.differences(runsets), limits)
+    diffs = designs.with_limits(study.differences(runsets), limits)
     arms = study.arm_table(runsets)
     text = reference.answer_text(exp, arms, diffs, None, info)
     kidney = [p for p in text.split("\n\n") if p.startswith("**kidney CT") and "not recorded yet" not in p]
@@ -243,11 +243,11 @@ def test_a_kidney_difference_the_design_cannot_estimate_says_so_and_why():
     assert rows["ImageNet − scratch (pp)"].str.contains("cannot be estimated").all()
     # with five blocks of every class in its test split, the same runs can be estimated
     block = next(r for r in runsets["ct_kidney"].runs if r.split == "block")
-    assert study.design_limit(runsets["ct_kidney"], "block", 0.2) == limits[("ct_kidney", "block")]
+    assert designs.design_limit(runsets["ct_kidney"], "block", 0.2) == limits[("ct_kidney", "block")]
     many = [f"{c}- ({25 * b + 1}).jpg" for c in block.class_names for b in range(5)]
     fake = type(block)(**{**block.__dict__, "predictions": pd.DataFrame(
         {"path": many, "label": [k for k in range(len(block.class_names)) for _ in range(5)]})})
-    assert study.design_limit(type(runsets["ct_kidney"])(**{**runsets["ct_kidney"].__dict__, "runs": [fake]}),
+    assert designs.design_limit(type(runsets["ct_kidney"])(**{**runsets["ct_kidney"].__dict__, "runs": [fake]}),
                               "block", 0.2) == ""
 
 
@@ -272,13 +272,13 @@ def test_the_folds_of_a_cross_validation_pool_into_one_answer_and_a_table_per_fo
             folds.append(dataclasses.replace(r, id=r.id.model_copy(update={"split": split}),
                                              predictions=r.predictions[fold_of == k].reset_index(drop=True)))
     runset = dataclasses.replace(kidney, runs=folds)
-    pooled = study.pool_folds(runset)
+    pooled = designs.pool_folds(runset)
     assert sorted((r.arm, r.split) for r in pooled.runs) == [("imagenet", "cv"), ("scratch", "cv")]
     arms = study.arm_table({"ct_kidney": pooled}).set_index("arm")
     for arm, r in runs.items():
         assert arms.loc[arm, "accuracy"] == pytest.approx(float((r.labels == r.preds).mean()))
-    per_fold = study.fold_table(runset, {"ct_kidney-fold0": {"near_copy_share": {"test": 0.2}}})
+    per_fold = designs.fold_table(runset, {"ct_kidney-fold0": {"near_copy_share": {"test": 0.2}}})
     assert list(per_fold["fold"]) == [1, 2, 3, 4, 5] and per_fold["test images"].sum() == len(runs["imagenet"].predictions)
     assert per_fold.loc[0, "near-copy share"] == 0.2 and per_fold["gap"].notna().all()
     partial = dataclasses.replace(runset, runs=[r for r in folds if r.split != "fold4"])
-    assert {r.split for r in study.pool_folds(partial).runs} == set(FOLD_SPLITS[:4])
+    assert {r.split for r in designs.pool_folds(partial).runs} == set(FOLD_SPLITS[:4])

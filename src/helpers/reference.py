@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import experiment as ex
-from . import calibration, data, models, protocols, records, report, study
+from . import calibration, data, designs, models, protocols, records, report, study
 from .data.splits import ratio_text
 from .params import STOPPED_BY
 
@@ -199,7 +199,7 @@ SHORT_METHODS = {"seeds+images": "seeds and {unit}", "seeds+images, paired seeds
 
 def _short_method(method: str, dataset: str) -> str:
     """A narrow cell: what an interval resampled ("seeds (paired) and images")."""
-    unit = "slice blocks" if study.resampled_unit(dataset).startswith("blocks") else "images"
+    unit = "slice blocks" if designs.resampled_unit(dataset).startswith("blocks") else "images"
     return SHORT_METHODS[method].format(unit=unit)
 
 
@@ -243,7 +243,7 @@ def folds_display(exp: dict, root: str | Path = records.ROOT, data_info: dict | 
     share of the fold's test slices), or a note saying which stages will record it."""
     shown = []
     for ds, runset in study.load(exp, root, pool=False).items():
-        table = study.fold_table(runset, data_info or {})
+        table = designs.fold_table(runset, data_info or {})
         if table.empty:
             continue
         table.insert(0, "data", dataset_title(ds))
@@ -390,7 +390,7 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
 def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.ROOT,
                   limits: dict | None = None) -> pd.DataFrame:
     """A paper's published accuracies beside ours on each split, with the reason where ours is
-    missing; no interval on a split whose design cannot give one (``limits``: study.design_limits)."""
+    missing; no interval on a split whose design cannot give one (``limits``: designs.design_limits)."""
     later = {(rid.arch, rid.head, rid.arm): f"not recorded yet (stage {n})" for rid, n in ex.stages(exp).items()
              if rid.dataset == ds and not records.run_record(rid, root).is_dir()}
     table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp, ds, root)})
@@ -490,7 +490,7 @@ def calibration_results(runsets: dict, dataset: str = "covid_radiography", split
         if labels0 is None:
             paths0, labels0 = paths, labels
         probs = [p[pd.Index(paths).get_indexer(paths0)] for p in probs]   # every arm in the first arm's order
-        groups = study.groups_of(dataset, paths0, labels0)
+        groups = designs.groups_of(dataset, paths0, labels0)
         rows.append({"arm": label, "colour arm": arm, **calibration.arm_scores(labels0, probs, groups)})
         bins[label] = (calibration.reliability(np.tile(labels0, len(probs)), np.concatenate(probs)),
                        report.arm_color(arm), "--" if label.startswith("best") else "-")
@@ -499,7 +499,7 @@ def calibration_results(runsets: dict, dataset: str = "covid_radiography", split
     by_arm = {v[0]: (k, v) for k, v in probs_of.items() if not k.startswith("best")}
     if "imagenet" in by_arm and "scratch" in by_arm:
         (_, (_, seeds_i, pi)), (_, (_, seeds_s, ps)) = by_arm["imagenet"], by_arm["scratch"]
-        versus = calibration.compare(labels0, pi, ps, study.groups_of(dataset, paths0, labels0),
+        versus = calibration.compare(labels0, pi, ps, designs.groups_of(dataset, paths0, labels0),
                                      paired_seeds=seeds_i == seeds_s and len(seeds_i) > 1)
     return {"scores": pd.DataFrame(rows), "bins": bins, "imagenet_vs_scratch": versus}
 
