@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import papermill
@@ -657,3 +658,21 @@ def test_explain_waits_for_a_swept_arms_sweep_and_reads_the_rate_it_chose(tmp_pa
     assert [r.name for r in wf.explained_runs(exp, "covid_radiography")] == [
         "resnet18-imagenet-s0", "resnet18-scratch-lr0.001-s0"]
     assert wf.notebook_params(exp, "explain", "covid_radiography")["runs"][1].endswith("resnet18-scratch-lr0.001-s0")
+
+
+def test_the_folds_of_a_cross_validation_take_fold_0s_rate():
+    """tune.split: folds 1-4 (and the random split beside them) wait for fold 0's sweep and take
+    the rate it chose; a split the dataset does not accept is refused naming the entry."""
+    exp = ex.load_experiment("real_study", need_data=False)
+    sweeps = ex.sweeps(exp)
+    tuned = [rid for rid in ex.runs(exp) if rid.dataset == "ct_kidney_originals" and rid.tuning == "tuned"]
+    assert {rid.split for rid in tuned} == {"random", "fold1", "fold2", "fold3", "fold4"}
+    for rid in tuned:
+        assert {c.split for c in sweeps[rid].candidates.values()} == {"fold0"}
+        assert all(c.arm == rid.arm for c in sweeps[rid].candidates.values())
+    raw = yaml.safe_load(open("experiments/pneumonia.yaml"))
+    raw["grid"][0]["tune"]["split"] = "fold0"
+    path = Path(tempfile.mkdtemp()) / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ex.ExperimentError, match=r"grid\[0\].tune.split: parameter 'split' of chest_xray_pneumonia must be one of 'given'"):
+        ex.load_experiment(str(path), "/d")
