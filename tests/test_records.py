@@ -83,8 +83,10 @@ def test_a_tuned_record_is_checked_against_the_rate_its_recorded_sweep_chose(tmp
 def test_the_manifest_fingerprints_the_images_in_shared_real_study():
     manifest = records.load_manifest(ex.load_experiment(records.REFERENCE, need_data=False))
     for dataset, recorded in manifest["images"].items():
-        folder = data.get_spec(dataset).derived_from or dataset   # a version of a dataset reads its files
-        now = records.image_fingerprint(REAL_STUDY / folder, dataset)
+        folder = ROOT / recorded["data_dir"]   # as the export read it, from the repository root
+        if not folder.is_dir():
+            pytest.skip(f"{folder} not here")
+        now = records.image_fingerprint(folder, dataset)
         assert now["per_class"] == recorded["per_class"], dataset
         assert now["sha256"] == recorded["sha256"], f"{dataset}: the images differ from those the records came from"
 
