@@ -238,11 +238,12 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
     return frame
 
 
-def folds_display(exp: dict, root: str | Path = records.ROOT, data_info: dict | None = None):
+def folds_display(exp: dict, by_fold: dict, data_info: dict | None = None):
     """The cross-validation fold by fold (each arm's accuracy, ImageNet − scratch, the near-copy
-    share of the fold's test slices), or a note saying which stages will record it."""
+    share of the fold's test slices; ``by_fold``: study.load(..., pool=False)), or a note saying
+    which stages will record it."""
     shown = []
-    for ds, runset in study.load(exp, root, pool=False).items():
+    for ds, runset in by_fold.items():
         table = designs.fold_table(runset, data_info or {})
         if table.empty:
             continue

@@ -11,33 +11,19 @@ Command line: ``python -m helpers.data {download,synthesize,prepare} DATASET ...
 ``HELPERS_DATA_ROOT`` (environment) replaces the ``data/`` base folder, which tests use to stay
 out of the repository.
 """
-import importlib
+from .cli import main
+from .discover import find_class_root, folder_spec
+from .kaggle import DownloadError, download, manual_download_help
+from .prepared import PREPARED_FILES, Prepared, load_prepared, prepare, prepared_dir, validate_prep_params
+from .specs import (DATASETS, ENV_DATA_ROOT, MIN_PER_CLASS, SPLITS, DatasetSpec, check_split, data_root, get_spec,
+                    known_datasets, register)
+from .splits import SPLIT_NAMES
+from .summary import counts_table, skipped_summary, source_note, stats_table
+from .synthetic import synthesize
 
-# Loaded on first use (PEP 562), so that importing one module of the package (helpers.params
-# reads the dataset table in ``specs``) does not import the rest, which imports helpers.params.
-_EXPORTS = {
-    "main": "cli", "find_class_root": "discover", "folder_spec": "discover",
-    "DownloadError": "kaggle", "download": "kaggle", "manual_download_help": "kaggle",
-    **dict.fromkeys(("PREPARED_FILES", "Prepared", "load_prepared", "prepare", "prepared_dir",
-                     "validate_prep_params"), "prepared"),
-    **dict.fromkeys(("DATASETS", "ENV_DATA_ROOT", "MIN_PER_CLASS", "SPLITS", "DatasetSpec", "check_split",
-                     "data_root", "get_spec", "known_datasets", "register"), "specs"),
-    "SPLIT_NAMES": "splits",
-    **dict.fromkeys(("counts_table", "skipped_summary", "source_note", "stats_table"), "summary"),
-    "synthesize": "synthetic",
-}
-_MODULES = ("build", "cli", "decode", "discover", "kaggle", "phantoms", "prepared", "specs", "splits", "summary",
-            "synthetic")
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    if name in _MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS, *_MODULES])
+__all__ = [
+    "DATASETS", "DatasetSpec", "get_spec", "known_datasets", "register", "folder_spec", "check_split", "SPLITS",
+    "SPLIT_NAMES", "MIN_PER_CLASS", "ENV_DATA_ROOT", "data_root", "synthesize", "find_class_root",
+    "validate_prep_params", "prepared_dir", "prepare", "PREPARED_FILES", "Prepared", "load_prepared", "source_note",
+    "counts_table", "stats_table", "skipped_summary", "DownloadError", "download", "manual_download_help", "main",
+]
