@@ -111,6 +111,28 @@ def test_the_best_network_from_scratch_is_picked_on_validation_not_on_test():
     assert best.accuracy == pytest.approx(test[worst])
 
 
+def test_the_best_network_from_scratch_is_picked_within_each_protocol():
+    exp = _reference()
+    runsets = study.load(exp)
+    recipe = [p for p in exp["protocols"] if reference.protocols.kind(exp, p) == "recipe"]
+    best = study.best_scratch(runsets, protocols=("", *recipe))
+    chest = best[best["dataset"] == "covid_radiography"].set_index("protocol")
+    for protocol, b in chest.iterrows():
+        scratch = [r for r in runsets["covid_radiography"].runs
+                   if r.arm == "scratch" and r.id.protocol == protocol and r.id.train_fraction == 1]
+        # never a network trained under another protocol, whatever its validation score
+        assert {r.arch for r in scratch} >= {b.arch} and len({r.arch for r in scratch}) == b.networks
+        assert b.accuracy == pytest.approx(sum(r.metrics["test_accuracy"] for r in scratch if r.arch == b.arch)
+                                           / sum(r.arch == b.arch for r in scratch))
+    shown = [p for p, b in chest.iterrows() if b.networks > 1 or b.arch != "efficientnet_lite0"]
+    arms, diffs = study.arm_table(runsets), study.differences(runsets)
+    text = reference.answer_text(exp, arms, diffs, None, {}, best)
+    assert text.count("*Against the best network from scratch") == len(shown) + int(
+        ((best["dataset"] != "covid_radiography") & ((best["networks"] > 1) | (best["arch"] != "efficientnet_lite0"))).sum())
+    if any(shown_p for shown_p in shown):   # a recipe's comparison names its protocol
+        assert "*Against the best network from scratch* under it" in text
+
+
 def test_a_sweep_that_chose_an_end_of_its_grid_is_named(monkeypatch):
     exp = ex.load_experiment(records.REFERENCE, need_data=False)
     base = {"dataset": "covid_radiography", "split": "random", "head": "replace", "protocol": "",
@@ -189,7 +211,18 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     verdict = "improve" if v["ece_high"] < 0 else "worsen" if v["ece_low"] > 0 else "do not clearly change"
     assert text.startswith(f"ImageNet weights {verdict} calibration")
     assert f"{100 * scores.loc['ImageNet', 'ece']:.1f}% against {100 * scores.loc['scratch', 'ece']:.1f}%" in text
-    assert len(reference.calibration_display(results["scores"])) == len(scores)
+    exp = _reference()
+    assert len(reference.calibration_display(exp, [results])) == len(scores)
+    # under the recipe: its own runs only, each row naming its protocol
+    recipe = reference.calibration_results(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")),
+                                           protocol="recipe")
+    own = {r.path for r in runsets["covid_radiography"].runs if r.id.protocol == "recipe" and r.id.train_fraction == 1}
+    arms = reference.calibration_arms(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")), protocol="recipe")
+    assert arms and all(r.path in own for _, runs in arms.values() for r in runs)
+    both = reference.calibration_display(exp, [results, recipe])
+    assert len(both) == len(scores) + len(recipe["scores"])
+    assert both["network"].str.contains("the standard recipe").sum() == len(recipe["scores"])
+    assert reference.calibration_text(recipe, exp).startswith("With the standard recipe, ")
 
 
 def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_images():

@@ -57,6 +57,17 @@ def test_the_hard_and_easy_images_split_each_arms_accuracy_and_gap(chest):
     assert list(shown.columns) == ["classes", "test images", "ImageNet", "linear probe", "scratch", "ImageNet − scratch"]
     text = shortcut.sentence(table, float(correct.mean()), "gradient boosting")
     assert f"On the {int((~correct).sum())} it gets wrong" in text and "66.7%" in text
+    # under a named protocol: only its gaps, from that protocol's own runs
+    from helpers import reference
+
+    exp = _reference()
+    recipe = {"table": shortcut.hard_easy(chest, correct, protocol="recipe"), "protocol": "recipe",
+              "accuracy": float(correct.mean()), "model": "gradient boosting"}
+    said = reference.shortcut_text(recipe, exp)
+    if "imagenet-scratch" in recipe["table"]:
+        assert said.startswith("With the standard recipe, on the") and said.endswith(".")
+    else:   # its scratch arm is not recorded yet: nothing to say
+        assert said == "" and "imagenet" in recipe["table"]
 
 
 def test_predictions_of_another_split_are_refused_naming_the_dataset(chest):

@@ -134,11 +134,27 @@ def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, prot
     return text
 
 
-def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit: str = "") -> str:
-    """ImageNet against the best network from scratch, where more than one network ran from scratch."""
+def _imagenet_only(arms: pd.DataFrame, ds: str, split: str, protocol: str) -> str:
+    """The ImageNet arm of a protocol whose own scratch arm is not recorded yet."""
+    i = arms[(arms["dataset"] == ds) & (arms["split"] == split) & (arms["protocol"] == protocol)
+             & (arms["arm"] == "imagenet")].iloc[0]
+    seeds = f"{int(i.seeds)} seed{'s' if i.seeds > 1 else ''}"
+    return (f"ImageNet weights reach {study.fmt_ci(i.accuracy, i.ci_low, i.ci_high)} ({seeds}); "
+            f"{study.arch_label(i.arch, i.head)} from scratch under it is not recorded yet")
+
+
+def _other(best: pd.DataFrame) -> pd.Series:
+    """Rows of :func:`study.best_scratch` that compare against another network than the answer's own
+    scratch arm: several networks trained from scratch, or one of another arch."""
+    return (best["networks"] > 1) | (best["arch"] != models.REFERENCE_ARCH)
+
+
+def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit: str = "", protocol: str = "") -> str:
+    """ImageNet against the best network from scratch under ``protocol``, where more than one
+    network ran from scratch under it."""
     if best is None:
         return ""
-    b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["networks"] > 1)]
+    b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["protocol"] == protocol) & _other(best)]
     if b.empty:
         return ""
     b = b.iloc[0]
@@ -149,9 +165,12 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit
     covers = {"images, seeds of one side": f"; with one seed of {study.arch_label(b.arch, b.head)}, the interval "
                                            "leaves its seed-to-seed variation out",
               "images": "; one seed on each side: the interval covers the test images only"}.get(b.interval, "")
-    return (f" *Against the best network from scratch* ({study.arch_label(b.arch, b.head)}, {100 * b.accuracy:.1f}%, "
-            f"{int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; of {int(b.networks)} networks trained from scratch to "
-            f"convergence, each at its chosen rate, the best on validation): ImageNet weights {verdict} "
+    how = "to convergence" if not protocol else "with the same recipe"
+    return (f" *Against the best network from scratch*{' under it' if protocol else ''} ({study.arch_label(b.arch, b.head)}, "
+            f"{100 * b.accuracy:.1f}%, {int(b.seeds)} seed{'s' if b.seeds > 1 else ''}; "
+            + (f"of {int(b.networks)} networks trained from scratch {how}, each at its chosen rate, the best on validation"
+               if b.networks > 1 else f"so far the only network trained from scratch {how}, at its chosen rate")
+            + f"): ImageNet weights {verdict} "
             f"({study.fmt_diff(b.difference, b.ci_low, b.ci_high)}{covers}).")
 
 
@@ -171,13 +190,14 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         fair_title = protocols.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
-        for p, budget in budgets.items():
-            if budget:
-                title, _, detail = protocols.protocol_title(exp, p).partition(": ")
-                lead = "At" if title.endswith("budget") else "With"
-                text += f" *{lead} {title}* ({detail}): {budget}."
         gap = _gap(diffs, ds, split, "")
         text += _best_scratch_sentence(best, ds, split, getattr(gap, "limit", "") if gap is not None else "")
+        for p, budget in budgets.items():
+            against_best = _best_scratch_sentence(best, ds, split, protocol=p)
+            if budget or against_best:   # the best network from scratch may come before the arch's own scratch arm
+                title, _, detail = protocols.protocol_title(exp, p).partition(": ")
+                lead = "At" if title.endswith("budget") else "With"
+                text += f" *{lead} {title}* ({detail}): {budget or _imagenet_only(arms, ds, split, p)}." + against_best
         now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None and not getattr(now, "limit", ""):   # no gap to compare against
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
@@ -221,8 +241,9 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
                      "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
                                                   f"[{100 * d.gap_t_low:+.1f}, {100 * d.gap_t_high:+.1f}]"),
                      "images only": f"[{100 * d.image_ci_low:+.1f}, {100 * d.image_ci_high:+.1f}]"})
-    for b in ([] if best is None else best[best["networks"] > 1].itertuples()):
-        rows.append({"data": _where(exp, b.dataset, b.split, study.SPLIT_CELLS), "protocol": "converged",
+    for b in ([] if best is None else best[_other(best)].itertuples()):
+        rows.append({"data": _where(exp, b.dataset, b.split, study.SPLIT_CELLS),
+                     "protocol": "converged" if not b.protocol else protocols.short_title(exp, b.protocol),
                      "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
                      "difference (pp)": _two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
                      "resampled": _short_method(b.interval, b.dataset),
@@ -450,21 +471,23 @@ def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------- calibration
 
 def calibration_arms(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
-                     arch: str = models.REFERENCE_ARCH, best: pd.DataFrame | None = None) -> dict[str, tuple[str, list]]:
+                     arch: str = models.REFERENCE_ARCH, best: pd.DataFrame | None = None,
+                     protocol: str = "") -> dict[str, tuple[str, list]]:
     """The runs whose calibration the page shows, label -> (arm, runs): ``arch`` fine-tuned from
-    ImageNet, as a linear probe and from scratch (the converged protocol, whole training split),
-    and the best network from scratch on validation (``best``: :func:`study.best_scratch`) where it
-    is another network."""
+    ImageNet, as a linear probe and from scratch (under ``protocol``, "" the converged one, whole
+    training split), and the best network from scratch on validation under it (``best``:
+    :func:`study.best_scratch`) where it is another network."""
     if dataset not in runsets:
         return {}
-    groups = {k: v for k, v in study._groups(runsets[dataset]).items() if k[3] == 1 and k[4] == "" and k[2] == split}
+    groups = {k: v for k, v in study._groups(runsets[dataset]).items()
+              if k[3] == 1 and k[4] == protocol and k[2] == split}
     out = {}
     for (a, head, _, _, _, arm), runs in sorted(groups.items(), key=lambda kv: study._order(kv[0][5])):
         if a == arch:
             out[report.arm_title(arm)] = (arm, runs)
-    b = None if best is None else best[(best["dataset"] == dataset) & (best["split"] == split)]
+    b = None if best is None else best[(best["dataset"] == dataset) & (best["split"] == split) & (best["protocol"] == protocol)]
     if b is not None and len(b) and b.iloc[0]["arch"] != arch:
-        key = (b.iloc[0]["arch"], b.iloc[0]["head"], split, 1.0, "", "scratch")
+        key = (b.iloc[0]["arch"], b.iloc[0]["head"], split, 1.0, protocol, "scratch")
         if key in groups:
             out[f"best from scratch ({study.arch_label(key[0], key[1])})"] = ("scratch", groups[key])
     return out
@@ -479,12 +502,12 @@ def _aligned(runs: list) -> tuple[list[str], "np.ndarray", list]:
 
 
 def calibration_results(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
-                        best: pd.DataFrame | None = None) -> dict:
+                        best: pd.DataFrame | None = None, protocol: str = "") -> dict:
     """Per arm of :func:`calibration_arms`: ECE (15 bins, interval over seeds and test images),
     NLL and Brier (seed means, with intervals), accuracy and mean confidence (``scores``), its
     reliability bins pooled over seeds (``bins``), and ImageNet − scratch paired by image and by
     seed (``imagenet_vs_scratch``, None without both arms)."""
-    arms = calibration_arms(runsets, dataset, split, best=best)
+    arms = calibration_arms(runsets, dataset, split, best=best, protocol=protocol)
     rows, bins, probs_of, labels0 = [], {}, {}, None
     for label, (arm, runs) in arms.items():
         paths, labels, probs = _aligned(runs)
@@ -502,17 +525,24 @@ def calibration_results(runsets: dict, dataset: str = "covid_radiography", split
         (_, (_, seeds_i, pi)), (_, (_, seeds_s, ps)) = by_arm["imagenet"], by_arm["scratch"]
         versus = calibration.compare(labels0, pi, ps, designs.groups_of(dataset, paths0, labels0),
                                      paired_seeds=seeds_i == seeds_s and len(seeds_i) > 1)
-    return {"scores": pd.DataFrame(rows), "bins": bins, "imagenet_vs_scratch": versus}
+    return {"scores": pd.DataFrame(rows), "bins": bins, "imagenet_vs_scratch": versus, "protocol": protocol}
 
 
-def calibration_display(scores: pd.DataFrame) -> pd.DataFrame:
-    """The calibration table as a reader sees it."""
-    if not len(scores):
+def calibration_display(exp: dict, results: list[dict]) -> pd.DataFrame:
+    """The calibration table as a reader sees it: one row per network of each protocol's
+    :func:`calibration_results` (the protocol under the network where there are several)."""
+    results = [r for r in results if len(r["scores"])]
+    if not results:
         return pd.DataFrame({"note": ["no run of the answer is recorded yet"]})
+    scores = pd.concat([r["scores"].assign(protocol=r["protocol"]) for r in results], ignore_index=True)
+    names = scores["arm"]
+    if len(results) > 1:
+        names = [_two_lines(n, "converged" if not p else protocols.short_title(exp, p), split_value=False)
+                 for n, p in zip(scores["arm"], scores["protocol"])]
     pct = lambda v, lo, hi: f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
     num = lambda v, lo, hi: f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
     return pd.DataFrame({
-        "network": scores["arm"], "seeds": scores["seeds"],
+        "network": names, "seeds": scores["seeds"],
         "accuracy (%)": [f"{100 * v:.1f}" for v in scores["accuracy"]],
         "mean confidence (%)": [f"{100 * v:.1f}" for v in scores["confidence"]],
         "ECE, 15 bins (%)": [pct(r.ece, r.ece_low, r.ece_high) for r in scores.itertuples()],
@@ -520,12 +550,15 @@ def calibration_display(scores: pd.DataFrame) -> pd.DataFrame:
         "Brier": [num(r.brier, r.brier_low, r.brier_high) for r in scores.itertuples()]})
 
 
-def calibration_text(results: dict) -> str:
+def calibration_text(results: dict, exp: dict | None = None) -> str:
     """One sentence: whether ImageNet weights change calibration, from the ECE difference's
-    interval (and NLL and Brier, which also reward accuracy)."""
+    interval (and NLL and Brier, which also reward accuracy); under a named protocol, led by its
+    title (``exp`` names it)."""
     v, scores = results["imagenet_vs_scratch"], results["scores"]
+    lead = f"With {protocols.short_title(exp, results['protocol'])}, " if results.get("protocol") and exp else ""
     if v is None:
-        return "Calibration needs both ImageNet and scratch runs of the answer; one is not recorded yet."
+        return (f"{lead}calibration needs both ImageNet and scratch runs of it; one is not recorded yet." if lead else
+                "Calibration needs both ImageNet and scratch runs of the answer; one is not recorded yet.")
     s = scores.set_index("colour arm")
     i, sc = s.loc["imagenet"], s.loc["scratch"]
     i, sc = (i.iloc[0] if isinstance(i, pd.DataFrame) else i), (sc.iloc[0] if isinstance(sc, pd.DataFrame) else sc)
@@ -534,7 +567,7 @@ def calibration_text(results: dict) -> str:
     side = lambda r: "overconfident" if r.confidence > r.accuracy else "underconfident"
     loss = (f"the negative log-likelihood {moves('nll')} ({i.nll:.3f} against {sc.nll:.3f}) and the Brier score "
             f"{moves('brier')} ({i.brier:.3f} against {sc.brier:.3f}), though both also reward accuracy")
-    return (f"ImageNet weights {verb} calibration: the expected calibration error is {100 * i.ece:.1f}% against "
+    return (f"{lead}ImageNet weights {verb} calibration: the expected calibration error is {100 * i.ece:.1f}% against "
             f"{100 * sc.ece:.1f}% from scratch ({100 * v['ece']:+.1f} points [{100 * v['ece_low']:+.1f}, "
             f"{100 * v['ece_high']:+.1f}] over seeds and test images; from scratch the network is {side(sc)}, "
             f"{100 * sc.confidence:.1f}% sure on average and {100 * sc.accuracy:.1f}% right), and {loss}.")
@@ -608,12 +641,16 @@ def shortcut_results(exp: dict, runsets: dict, dataset: str = "covid_radiography
     if correct is None or dataset not in runsets:
         return {"table": pd.DataFrame(), "accuracy": None, "model": None}
     table = shortcut.hard_easy(runsets[dataset], correct, protocol=protocol)
-    return {"table": table, "accuracy": float(correct.mean()), "model": correct.name}
+    return {"table": table, "accuracy": float(correct.mean()), "model": correct.name, "protocol": protocol}
 
 
-def shortcut_text(results: dict) -> str:
+def shortcut_text(results: dict, exp: dict | None = None) -> str:
+    """The shortcut sentence; under a named protocol (``exp`` names it), only its gaps, or ""."""
     from . import shortcut
 
+    if results.get("protocol") and exp:
+        gaps = shortcut.gaps_clause(results["table"])
+        return f"With {protocols.short_title(exp, results['protocol'])}, {gaps}." if gaps else ""
     if results["table"].empty:
         return "The intensity-only model's test predictions are not recorded yet (the audit step records them)."
     return shortcut.sentence(results["table"], results["accuracy"], results["model"])
@@ -662,7 +699,7 @@ def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
                  f"{study.fmt_diff(g.difference, g.ci_low, g.ci_high)}")
         if o is not None:
             text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
-        b = best[(best["dataset"] == ds) & (best["networks"] > 1)] if best is not None else best
+        b = best[(best["dataset"] == ds) & (best["protocol"] == "") & _other(best)] if best is not None else best
         if b is not None and len(b):
             b = b.iloc[0]
             text += (f"; against the best network from scratch on validation ({study.arch_label(b.arch, b.head)}), "

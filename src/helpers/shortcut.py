@@ -92,7 +92,17 @@ def shown(table: pd.DataFrame, pairs: tuple = (PAIR,)) -> pd.DataFrame:
 def sentence(table: pd.DataFrame, baseline_acc: float, model: str, a: str = "imagenet", b: str = "scratch") -> str:
     """One sentence: what the intensity-only model scores, and the gap on the images it gets
     wrong and right (all classes)."""
-    rows = table[table["classes"] == "all classes"].set_index("subset")
+    gaps = gaps_clause(table, a, b)
+    if not gaps:
+        return ""
+    return (f"An intensity-only model ({model} on a grey-level histogram, mean and SD) classifies "
+            f"{baseline_acc:.1%} of these test images correctly. {gaps[0].upper()}{gaps[1:]}.")
+
+
+def gaps_clause(table: pd.DataFrame, a: str = "imagenet", b: str = "scratch") -> str:
+    """"on the N it gets wrong (shortcut-hard), A − B is ...; on the M it gets right, ...: the gain
+    survives on them" (all classes); "" without both arms."""
+    rows = table[table["classes"] == "all classes"].set_index("subset") if len(table) else table
     if f"{a}-{b}" not in rows or not {"hard", "easy"} <= set(rows.index):
         return ""
     hard, easy = rows.loc["hard"], rows.loc["easy"]
@@ -102,7 +112,5 @@ def sentence(table: pd.DataFrame, baseline_acc: float, model: str, a: str = "ima
 
     survives = ("survives on them" if hard[f"{a}-{b}_low"] > 0 else
                 "cannot be told from zero on them" if hard[f"{a}-{b}_high"] > 0 else "reverses on them")
-    return (f"An intensity-only model ({model} on a grey-level histogram, mean and SD) classifies "
-            f"{baseline_acc:.1%} of these test images correctly. On the {int(hard['n_test'])} it gets wrong "
-            f"(shortcut-hard), {arm_title(a)} − {arm_title(b)} is {gap(hard)}; on the {int(easy['n_test'])} "
-            f"it gets right, {gap(easy)}: the gain {survives}.")
+    return (f"on the {int(hard['n_test'])} it gets wrong (shortcut-hard), {arm_title(a)} − {arm_title(b)} is "
+            f"{gap(hard)}; on the {int(easy['n_test'])} it gets right, {gap(easy)}: the gain {survives}")

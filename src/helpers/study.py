@@ -306,20 +306,22 @@ DIFFERENCE_COLUMNS = ["dataset", "split", "protocol", "comparison", "arm_a", "ar
                       "image_ci_low", "image_ci_high", "p_mcnemar_seed0"]
 
 
-def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
-    """Per dataset and split: the network trained from scratch (any arch, fair protocol, whole
-    training split) with the highest mean best-epoch *validation* accuracy (picking on test would
-    flatter it), and ImageNet ``arch`` against it on the test images, paired image by image,
-    with the interval over seeds and images of :func:`seed_interval` (each side draws its own
-    seeds, unless both have the same ones; ``interval`` names the method: with one seed on a side,
-    that side's seed variance is not covered) and the interval over images alone
-    (``image_ci_*``)."""
+def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH,
+                 protocols: tuple[str, ...] = ("",)) -> pd.DataFrame:
+    """Per dataset, split and protocol (of ``protocols``; "" is the fair one): the network trained
+    from scratch (any arch, whole training split) with the highest mean best-epoch *validation*
+    accuracy (picking on test would flatter it), and ImageNet ``arch`` under the same protocol
+    against it on the test images, paired image by image, with the interval over seeds and
+    images of :func:`seed_interval` (each side draws its own seeds, unless both have the same
+    ones; ``interval`` names the method: with one seed on a side, that side's seed variance is
+    not covered) and the interval over images alone (``image_ci_*``)."""
     rows = []
     for ds, runset in runsets.items():
-        groups = {k: v for k, v in _groups(runset).items() if k[3] == 1 and k[4] == ""}
-        for split in sorted({k[2] for k in groups}, key=_order):
-            scratch = {k: v for k, v in groups.items() if k[2] == split and k[5] == "scratch"}
-            ours = [v for k, v in groups.items() if k[2] == split and k[0] == arch and k[5] == "imagenet"]
+        groups = {k: v for k, v in _groups(runset).items() if k[3] == 1 and k[4] in protocols}
+        for split, protocol in sorted({(k[2], k[4]) for k in groups}, key=lambda sp: (_order(sp[0]), protocols.index(sp[1]))):
+            scratch = {k: v for k, v in groups.items() if k[2] == split and k[4] == protocol and k[5] == "scratch"}
+            ours = [v for k, v in groups.items()
+                    if k[2] == split and k[4] == protocol and k[0] == arch and k[5] == "imagenet"]
             if not scratch or not ours:
                 continue
             key, best = max(scratch.items(), key=lambda kv: np.mean([r.metrics["best_val_acc"] for r in kv[1]]))
@@ -328,11 +330,11 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENC
             diff = ci - cb.loc[ci.index]
             two, method = seed_interval(ds, right_i, right_b, ours[0])
             img_low, img_high = interval(ds, diff, ours[0])
-            rows.append({"dataset": ds, "split": split, "arch": key[0], "head": key[1], "seeds": len(best),
-                         "networks": len({k[:2] for k in scratch}), "accuracy": float(cb.mean()),
+            rows.append({"dataset": ds, "split": split, "protocol": protocol, "arch": key[0], "head": key[1],
+                         "seeds": len(best), "networks": len({k[:2] for k in scratch}), "accuracy": float(cb.mean()),
                          "imagenet_seeds": len(ours[0]), "difference": float(diff.mean()), "interval": method,
                          "ci_low": two.low, "ci_high": two.high, "image_ci_low": img_low, "image_ci_high": img_high})
-    return pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "seeds", "networks", "accuracy",
+    return pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "seeds", "networks", "accuracy",
                                        "imagenet_seeds", "difference", "interval", "ci_low", "ci_high",
                                        "image_ci_low", "image_ci_high"])
 
