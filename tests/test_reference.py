@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import experiment as ex
-from helpers import designs, records, reference, study
+from helpers import designs, protocols, records, reference, robustness, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_the_best_network_from_scratch_is_picked_on_validation_not_on_test():
 def test_the_best_network_from_scratch_is_picked_within_each_protocol():
     exp = _reference()
     runsets = study.load(exp)
-    recipe = [p for p in exp["protocols"] if reference.protocols.kind(exp, p) == "recipe"]
+    recipe = [p for p in exp["protocols"] if protocols.kind(exp, p) == "recipe"]
     best = study.best_scratch(runsets, protocols=("", *recipe))
     chest = best[best["dataset"] == "covid_radiography"].set_index("protocol")
     for protocol, b in chest.iterrows():
@@ -196,7 +196,7 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     from helpers import calibration
 
     runsets = study.load(_reference())
-    results = reference.calibration_results(runsets, best=study.best_scratch(runsets))
+    results = robustness.calibration_results(runsets, best=study.best_scratch(runsets))
     scores = results["scores"].set_index("arm")
     assert {"ImageNet", "linear probe", "scratch"} <= set(scores.index)
     scratch = [r for r in runsets["covid_radiography"].runs if r.arch == "efficientnet_lite0" and r.arm == "scratch"
@@ -206,23 +206,23 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     assert scores.loc["scratch", "brier"] == pytest.approx(sum(calibration.brier(r.labels, r.probs) for r in scratch) / len(scratch))
     assert scores.loc["scratch", "accuracy"] == pytest.approx(sum(r.metrics["test_accuracy"] for r in scratch) / len(scratch))
     assert ((scores["ece_low"] <= scores["ece"]) & (scores["ece"] <= scores["ece_high"])).all()
-    text = reference.calibration_text(results)
+    text = robustness.calibration_text(results)
     v = results["imagenet_vs_scratch"]
     verdict = "improve" if v["ece_high"] < 0 else "worsen" if v["ece_low"] > 0 else "do not clearly change"
     assert text.startswith(f"ImageNet weights {verdict} calibration")
     assert f"{100 * scores.loc['ImageNet', 'ece']:.1f}% against {100 * scores.loc['scratch', 'ece']:.1f}%" in text
     exp = _reference()
-    assert len(reference.calibration_display(exp, [results])) == len(scores)
+    assert len(robustness.calibration_display(exp, [results])) == len(scores)
     # under the recipe: its own runs only, each row naming its protocol
-    recipe = reference.calibration_results(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")),
+    recipe = robustness.calibration_results(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")),
                                            protocol="recipe")
     own = {r.path for r in runsets["covid_radiography"].runs if r.id.protocol == "recipe" and r.id.train_fraction == 1}
-    arms = reference.calibration_arms(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")), protocol="recipe")
+    arms = robustness.calibration_arms(runsets, best=study.best_scratch(runsets, protocols=("", "recipe")), protocol="recipe")
     assert arms and all(r.path in own for _, runs in arms.values() for r in runs)
-    both = reference.calibration_display(exp, [results, recipe])
+    both = robustness.calibration_display(exp, [results, recipe])
     assert len(both) == len(scores) + len(recipe["scores"])
     assert both["network"].str.contains("the standard recipe").sum() == len(recipe["scores"])
-    assert reference.calibration_text(recipe, exp).startswith("With the standard recipe, ")
+    assert robustness.calibration_text(recipe, exp).startswith("With the standard recipe, ")
 
 
 def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_images():

@@ -58,12 +58,12 @@ def test_the_hard_and_easy_images_split_each_arms_accuracy_and_gap(chest):
     text = shortcut.sentence(table, float(correct.mean()), "gradient boosting")
     assert f"On the {int((~correct).sum())} it gets wrong" in text and "66.7%" in text
     # under a named protocol: only its gaps, from that protocol's own runs
-    from helpers import reference
+    from helpers import robustness
 
     exp = _reference()
     recipe = {"table": shortcut.hard_easy(chest, correct, protocol="recipe"), "protocol": "recipe",
               "accuracy": float(correct.mean()), "model": "gradient boosting"}
-    said = reference.shortcut_text(recipe, exp)
+    said = robustness.shortcut_text(recipe, exp)
     if "imagenet-scratch" in recipe["table"]:
         assert said.startswith("With the standard recipe, on the") and said.endswith(".")
     else:   # its scratch arm is not recorded yet: nothing to say

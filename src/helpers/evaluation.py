@@ -306,7 +306,7 @@ def headline(ev: "Evaluation") -> dict[str, str]:
     """The paper's headline comparison (published.yaml ``headline``) in this build: ImageNet and
     scratch test accuracy and their difference, as text; "not run on this machine" where the
     runs are missing, never nan."""
-    paper = metrics.PAPER_VALUES.get(ev.dataset) or {}
+    paper = metrics.paper_values(ev.dataset)
     arch, head = paper.get("headline") or (None, None)
     runs = [r for r in ev.runset.runs if r.arch == arch and r.head == head and r.papers_design]
     label = min((r.label for r in runs), key=len, default=None)

@@ -107,6 +107,15 @@ def load_published(path: str | Path = PUBLISHED_FILE) -> dict[str, dict]:
 PAPER_VALUES: dict[str, dict] = load_published()
 
 
+def paper_values(dataset: str) -> dict:
+    """:data:`PAPER_VALUES` of the paper that ran on ``dataset``, or on the download it is another
+    copy of (its spec's ``published_as``); {} where no paper did."""
+    from .data import DATASETS
+
+    spec = DATASETS.get(dataset)
+    return PAPER_VALUES.get(dataset) or PAPER_VALUES.get(getattr(spec, "published_as", None) or "", {})
+
+
 def arch_order() -> tuple[str, ...]:
     """Archs in display order: the order of the arch table."""
     return tuple(models.ARCHS)

@@ -1,17 +1,18 @@
 """The reference study's pages: the tables and sentences ``notebooks/reference.ipynb`` glues,
-each computed from the committed records (:mod:`helpers.study` reads and compares them)."""
+each computed from the committed records (:mod:`helpers.study` reads and compares them). The
+shortcut and calibration pieces beside the answer are :mod:`helpers.robustness`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import experiment as ex
-from . import calibration, data, designs, models, protocols, records, report, study
+from . import data, designs, models, protocols, records, report, study
 from .data.splits import ratio_text
 from .params import STOPPED_BY
+
 
 def dataset_title(ds: str) -> str:
     """Its name in the pages' prose and tables: the spec's (the table's, or one's own)."""
@@ -67,28 +68,28 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
         # narrow enough for the page: test counts and near-copy shares are in the sentences
         title = "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)
-        row = {"data": _two_lines(_where(exp, ds, split), title, split_value=False)}
-        gap = _gap(diffs, ds, split, protocol)
+        row = {"data": two_lines(_where(exp, ds, split), title, split_value=False)}
+        gap = gap_row(diffs, ds, split, protocol)
         limited = gap is not None and getattr(gap, "limit", "")
         for r in part.itertuples():
             seeds = f"{r.seeds} seed{'s' if r.seeds > 1 else ''}"
             row[f"{report.arm_title(r.arm)} (%)"] = (   # an interval over too few blocks measures the class mix
-                _two_lines(f"{100 * r.accuracy:.1f}", f"{seeds}; no interval", split_value=False) if limited
-                else _two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False), seeds))
+                two_lines(f"{100 * r.accuracy:.1f}", f"{seeds}; no interval", split_value=False) if limited
+                else two_lines(study.fmt_ci(r.accuracy, r.ci_low, r.ci_high, unit=False), seeds))
         for d in diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)
                        & (diffs["arm_b"] == "scratch")].itertuples():
-            row[f"{d.comparison} (pp)"] = (_two_lines("cannot be estimated", "the design: see the text", split_value=False)
+            row[f"{d.comparison} (pp)"] = (two_lines("cannot be estimated", "the design: see the text", split_value=False)
                                            if getattr(d, "limit", "") else
-                                           _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)))
+                                           two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False)))
         rows.append(row)
     for ds in exp["datasets"]:  # a dataset of a later stage: a row that says so
         if ds not in set(arms["dataset"]):
             later = ", ".join(map(str, _later_stages(exp, ds)))
-            rows.append({"data": _two_lines(dataset_title(ds), f"not recorded yet (stage {later})", split_value=False)})
+            rows.append({"data": two_lines(dataset_title(ds), f"not recorded yet (stage {later})", split_value=False)})
     return pd.DataFrame(rows).fillna("—")
 
 
-def _two_lines(text: str, note: str = "", split_value: bool = True) -> str:
+def two_lines(text: str, note: str = "", split_value: bool = True) -> str:
     """ "97.8 [96.6, 98.9]" as the value over its interval (and a note), so that the answer's
     columns fit the page without scrolling sideways; ``split_value=False``: ``text`` over ``note``."""
     if not split_value:
@@ -98,7 +99,7 @@ def _two_lines(text: str, note: str = "", split_value: bool = True) -> str:
     return f'{first}<br><span class="ci">{interval}</span>' if interval else first
 
 
-def _gap(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
+def gap_row(diffs: pd.DataFrame, ds: str, split: str, protocol: str):
     d = diffs[(diffs["dataset"] == ds) & (diffs["split"] == split) & (diffs["protocol"] == protocol)
               & (diffs["arm_b"] == "scratch")]
     return None if d.empty else d.iloc[0]
@@ -113,7 +114,7 @@ def _seeds_note(d) -> str:
 
 
 def _sentence(arms: pd.DataFrame, diffs: pd.DataFrame, ds: str, split: str, protocol: str) -> str:
-    s = _gap(diffs, ds, split, protocol)
+    s = gap_row(diffs, ds, split, protocol)
     a = arms[(arms["dataset"] == ds) & (arms["split"] == split) & (arms["protocol"] == protocol)].set_index("arm")
     if s is None:
         return ""
@@ -143,7 +144,7 @@ def _imagenet_only(arms: pd.DataFrame, ds: str, split: str, protocol: str) -> st
             f"{study.arch_label(i.arch, i.head)} from scratch under it is not recorded yet")
 
 
-def _other(best: pd.DataFrame) -> pd.Series:
+def other_networks(best: pd.DataFrame) -> pd.Series:
     """Rows of :func:`study.best_scratch` that compare against another network than the answer's own
     scratch arm: several networks trained from scratch, or one of another arch."""
     return (best["networks"] > 1) | (best["arch"] != models.REFERENCE_ARCH)
@@ -154,7 +155,7 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit
     network ran from scratch under it."""
     if best is None:
         return ""
-    b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["protocol"] == protocol) & _other(best)]
+    b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["protocol"] == protocol) & other_networks(best)]
     if b.empty:
         return ""
     b = b.iloc[0]
@@ -190,7 +191,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         fair_title = protocols.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
-        gap = _gap(diffs, ds, split, "")
+        gap = gap_row(diffs, ds, split, "")
         text += _best_scratch_sentence(best, ds, split, getattr(gap, "limit", "") if gap is not None else "")
         for p, budget in budgets.items():
             against_best = _best_scratch_sentence(best, ds, split, protocol=p)
@@ -198,7 +199,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
                 title, _, detail = protocols.protocol_title(exp, p).partition(": ")
                 lead = "At" if title.endswith("budget") else "With"
                 text += f" *{lead} {title}* ({detail}): {budget or _imagenet_only(arms, ds, split, p)}." + against_best
-        now, then = _gap(diffs, ds, split, ""), _gap(old["differences"], ds, split, "") if old else None
+        now, then = gap_row(diffs, ds, split, ""), gap_row(old["differences"], ds, split, "") if old else None
         if now is not None and then is not None and not getattr(now, "limit", ""):   # no gap to compare against
             text += f" The first edition ({old['note']}) measured {study.fmt_diff(then.difference, then.ci_low, then.ci_high)}"
             if "interval" not in old["differences"].columns:   # archived before intervals covered the seeds
@@ -232,26 +233,26 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
         rows.append({"data": _where(exp, d.dataset, d.split, study.SPLIT_CELLS),
                      "protocol": "converged" if not d.protocol else protocols.short_title(exp, d.protocol),
                      "comparison": d.comparison,
-                     "difference (pp)": (_two_lines("cannot be estimated", "as measured: " + study.fmt_diff(
+                     "difference (pp)": (two_lines("cannot be estimated", "as measured: " + study.fmt_diff(
                                              d.difference, d.ci_low, d.ci_high, unit=False), split_value=False)
                                          if getattr(d, "limit", "") else
-                                         _two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))),
+                                         two_lines(study.fmt_diff(d.difference, d.ci_low, d.ci_high, unit=False))),
                      "resampled": _short_method(d.interval, d.dataset),
                      "per-seed gaps (pp)": d.seed_gaps if d.seeds > 1 else "—",
                      "t-interval over the gaps": ("—" if pd.isna(d.gap_t_low) else
                                                   f"[{100 * d.gap_t_low:+.1f}, {100 * d.gap_t_high:+.1f}]"),
                      "images only": f"[{100 * d.image_ci_low:+.1f}, {100 * d.image_ci_high:+.1f}]"})
-    for b in ([] if best is None else best[_other(best)].itertuples()):
+    for b in ([] if best is None else best[other_networks(best)].itertuples()):
         rows.append({"data": _where(exp, b.dataset, b.split, study.SPLIT_CELLS),
                      "protocol": "converged" if not b.protocol else protocols.short_title(exp, b.protocol),
                      "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
-                     "difference (pp)": _two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
+                     "difference (pp)": two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
                      "resampled": _short_method(b.interval, b.dataset),
                      "per-seed gaps (pp)": "—", "t-interval over the gaps": "—",
                      "images only": f"[{100 * b.image_ci_low:+.1f}, {100 * b.image_ci_high:+.1f}]"})
     frame = pd.DataFrame(rows)
     if len(frame):   # narrow enough for the page: the protocol under the data, long cells may wrap
-        frame.insert(0, "data ", [_two_lines(d, p, split_value=False) for d, p in zip(frame.pop("data"), frame.pop("protocol"))])
+        frame.insert(0, "data ", [two_lines(d, p, split_value=False) for d, p in zip(frame.pop("data"), frame.pop("protocol"))])
         frame = frame.rename(columns={"data ": "data"})
         frame["comparison"] = [f'<span class="wrap">{c}</span>' for c in frame["comparison"]]
         for col in ("per-seed gaps (pp)", "resampled"):
@@ -468,125 +469,6 @@ def run_list(every_run: dict, runsets: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- calibration
-
-def calibration_arms(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
-                     arch: str = models.REFERENCE_ARCH, best: pd.DataFrame | None = None,
-                     protocol: str = "") -> dict[str, tuple[str, list]]:
-    """The runs whose calibration the page shows, label -> (arm, runs): ``arch`` fine-tuned from
-    ImageNet, as a linear probe and from scratch (under ``protocol``, "" the converged one, whole
-    training split), and the best network from scratch on validation under it (``best``:
-    :func:`study.best_scratch`) where it is another network."""
-    if dataset not in runsets:
-        return {}
-    groups = {k: v for k, v in study._groups(runsets[dataset]).items()
-              if k[3] == 1 and k[4] == protocol and k[2] == split}
-    out = {}
-    for (a, head, _, _, _, arm), runs in sorted(groups.items(), key=lambda kv: study._order(kv[0][5])):
-        if a == arch:
-            out[report.arm_title(arm)] = (arm, runs)
-    b = None if best is None else best[(best["dataset"] == dataset) & (best["split"] == split) & (best["protocol"] == protocol)]
-    if b is not None and len(b) and b.iloc[0]["arch"] != arch:
-        key = (b.iloc[0]["arch"], b.iloc[0]["head"], split, 1.0, protocol, "scratch")
-        if key in groups:
-            out[f"best from scratch ({study.arch_label(key[0], key[1])})"] = ("scratch", groups[key])
-    return out
-
-
-def _aligned(runs: list) -> tuple[list[str], "np.ndarray", list]:
-    paths = list(runs[0].predictions["path"])
-    labels = runs[0].predictions.set_index("path").loc[paths, "label"].to_numpy(dtype=int)
-    cols = [f"prob_{k}" for k in range(len(runs[0].class_names))]
-    probs = [r.predictions.set_index("path").loc[paths, cols].to_numpy(dtype=float) for r in sorted(runs, key=lambda r: r.seed)]
-    return paths, labels, probs
-
-
-def calibration_results(runsets: dict, dataset: str = "covid_radiography", split: str = "random",
-                        best: pd.DataFrame | None = None, protocol: str = "") -> dict:
-    """Per arm of :func:`calibration_arms`: ECE (15 bins, interval over seeds and test images),
-    NLL and Brier (seed means, with intervals), accuracy and mean confidence (``scores``), its
-    reliability bins pooled over seeds (``bins``), and ImageNet − scratch paired by image and by
-    seed (``imagenet_vs_scratch``, None without both arms)."""
-    arms = calibration_arms(runsets, dataset, split, best=best, protocol=protocol)
-    rows, bins, probs_of, labels0 = [], {}, {}, None
-    for label, (arm, runs) in arms.items():
-        paths, labels, probs = _aligned(runs)
-        if labels0 is None:
-            paths0, labels0 = paths, labels
-        probs = [p[pd.Index(paths).get_indexer(paths0)] for p in probs]   # every arm in the first arm's order
-        groups = designs.groups_of(dataset, paths0, labels0)
-        rows.append({"arm": label, "colour arm": arm, **calibration.arm_scores(labels0, probs, groups)})
-        bins[label] = (calibration.reliability(np.tile(labels0, len(probs)), np.concatenate(probs)),
-                       report.arm_color(arm), "--" if label.startswith("best") else "-")
-        probs_of[label] = (arm, [r.seed for r in sorted(runs, key=lambda r: r.seed)], probs)
-    versus = None
-    by_arm = {v[0]: (k, v) for k, v in probs_of.items() if not k.startswith("best")}
-    if "imagenet" in by_arm and "scratch" in by_arm:
-        (_, (_, seeds_i, pi)), (_, (_, seeds_s, ps)) = by_arm["imagenet"], by_arm["scratch"]
-        versus = calibration.compare(labels0, pi, ps, designs.groups_of(dataset, paths0, labels0),
-                                     paired_seeds=seeds_i == seeds_s and len(seeds_i) > 1)
-    return {"scores": pd.DataFrame(rows), "bins": bins, "imagenet_vs_scratch": versus, "protocol": protocol}
-
-
-def calibration_display(exp: dict, results: list[dict]) -> pd.DataFrame:
-    """The calibration table as a reader sees it: one row per network of each protocol's
-    :func:`calibration_results` (the protocol under the network where there are several)."""
-    results = [r for r in results if len(r["scores"])]
-    if not results:
-        return pd.DataFrame({"note": ["no run of the answer is recorded yet"]})
-    scores = pd.concat([r["scores"].assign(protocol=r["protocol"]) for r in results], ignore_index=True)
-    names = scores["arm"]
-    if len(results) > 1:
-        names = [_two_lines(n, "converged" if not p else protocols.short_title(exp, p), split_value=False)
-                 for n, p in zip(scores["arm"], scores["protocol"])]
-    pct = lambda v, lo, hi: f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-    num = lambda v, lo, hi: f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-    return pd.DataFrame({
-        "network": names, "seeds": scores["seeds"],
-        "accuracy (%)": [f"{100 * v:.1f}" for v in scores["accuracy"]],
-        "mean confidence (%)": [f"{100 * v:.1f}" for v in scores["confidence"]],
-        "ECE, 15 bins (%)": [pct(r.ece, r.ece_low, r.ece_high) for r in scores.itertuples()],
-        "NLL": [num(r.nll, r.nll_low, r.nll_high) for r in scores.itertuples()],
-        "Brier": [num(r.brier, r.brier_low, r.brier_high) for r in scores.itertuples()]})
-
-
-def calibration_text(results: dict, exp: dict | None = None) -> str:
-    """One sentence: whether ImageNet weights change calibration, from the ECE difference's
-    interval (and NLL and Brier, which also reward accuracy); under a named protocol, led by its
-    title (``exp`` names it)."""
-    v, scores = results["imagenet_vs_scratch"], results["scores"]
-    lead = f"With {protocols.short_title(exp, results['protocol'])}, " if results.get("protocol") and exp else ""
-    if v is None:
-        return (f"{lead}calibration needs both ImageNet and scratch runs of it; one is not recorded yet." if lead else
-                "Calibration needs both ImageNet and scratch runs of the answer; one is not recorded yet.")
-    s = scores.set_index("colour arm")
-    i, sc = s.loc["imagenet"], s.loc["scratch"]
-    i, sc = (i.iloc[0] if isinstance(i, pd.DataFrame) else i), (sc.iloc[0] if isinstance(sc, pd.DataFrame) else sc)
-    verb = ("improve" if v["ece_high"] < 0 else "worsen" if v["ece_low"] > 0 else "do not clearly change")
-    moves = lambda name: ("falls" if v[f"{name}_high"] < 0 else "rises" if v[f"{name}_low"] > 0 else "does not clearly move")
-    side = lambda r: "overconfident" if r.confidence > r.accuracy else "underconfident"
-    loss = (f"the negative log-likelihood {moves('nll')} ({i.nll:.3f} against {sc.nll:.3f}) and the Brier score "
-            f"{moves('brier')} ({i.brier:.3f} against {sc.brier:.3f}), though both also reward accuracy")
-    return (f"{lead}ImageNet weights {verb} calibration: the expected calibration error is {100 * i.ece:.1f}% against "
-            f"{100 * sc.ece:.1f}% from scratch ({100 * v['ece']:+.1f} points [{100 * v['ece_low']:+.1f}, "
-            f"{100 * v['ece_high']:+.1f}] over seeds and test images; from scratch the network is {side(sc)}, "
-            f"{100 * sc.confidence:.1f}% sure on average and {100 * sc.accuracy:.1f}% right), and {loss}.")
-
-
-def calibration_figure(results: dict, title: str = ""):
-    return calibration.reliability_figure(results["bins"], title)
-
-
-def top_bin_shares(results: dict) -> str:
-    """The share of each arm's predictions in the top confidence bin, lowest to highest:
-    "78% (linear probe) to 97% (ImageNet)"."""
-    shares = {label: float(bins["count"].iloc[-1] / bins["count"].sum()) for label, (bins, _, _) in results["bins"].items()}
-    if not shares:
-        return "—"
-    low, high = min(shares, key=shares.get), max(shares, key=shares.get)
-    return f"{100 * shares[low]:.0f}% ({low}) to {100 * shares[high]:.0f}% ({high})"
-
-
 # ---------------------------------------------------------------- what a protocol changed
 
 def _over(interval: str, dataset: str) -> str:
@@ -626,83 +508,3 @@ def budget_display(checks: pd.DataFrame) -> pd.DataFrame:
                      "gain (pp)": "—" if c.gain is None or pd.isna(c.gain) else f"{100 * c.gain:+.1f}",
                      "budget enough": "—" if c.enough is None or pd.isna(c.enough) else ("yes" if c.enough else "no: longer needed")})
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------- shortcut-hard images
-
-def shortcut_results(exp: dict, runsets: dict, dataset: str = "covid_radiography", protocol: str = "",
-                     root: str | Path = records.ROOT) -> dict:
-    """The intensity-only model's score on ``dataset``'s test images and the arms' accuracy and
-    gap on the images it gets wrong and right (``table``: helpers.shortcut.hard_easy); an empty
-    table where its predictions or the runs are not recorded yet."""
-    from . import shortcut
-
-    correct = shortcut.intensity_correct(exp, dataset, root)
-    if correct is None or dataset not in runsets:
-        return {"table": pd.DataFrame(), "accuracy": None, "model": None}
-    table = shortcut.hard_easy(runsets[dataset], correct, protocol=protocol)
-    return {"table": table, "accuracy": float(correct.mean()), "model": correct.name, "protocol": protocol}
-
-
-def shortcut_text(results: dict, exp: dict | None = None) -> str:
-    """The shortcut sentence; under a named protocol (``exp`` names it), only its gaps, or ""."""
-    from . import shortcut
-
-    if results.get("protocol") and exp:
-        gaps = shortcut.gaps_clause(results["table"])
-        return f"With {protocols.short_title(exp, results['protocol'])}, {gaps}." if gaps else ""
-    if results["table"].empty:
-        return "The intensity-only model's test predictions are not recorded yet (the audit step records them)."
-    return shortcut.sentence(results["table"], results["accuracy"], results["model"])
-
-
-def shortcut_display(results: dict) -> pd.DataFrame:
-    """helpers.shortcut's table, each value over its interval so that it fits the page."""
-    from . import shortcut
-
-    if results["table"].empty:
-        return pd.DataFrame()
-    shown = shortcut.shown(results["table"])
-    out = pd.DataFrame({"test images": [_two_lines(c, t, split_value=False)
-                                        for c, t in zip(shown["classes"], shown["test images"])]})
-    for col in shown.columns[2:]:
-        out[col + (" (pp)" if "−" in col else " (%)")] = [_two_lines(v.replace("%", "").replace(" pp", ""))
-                                                           for v in shown[col]]
-    return out
-
-
-def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
-                 root: str | Path = records.ROOT) -> str:
-    """Per dataset of the study that is a shortcut-reduced version of another: how far the
-    intensity-only model falls on it, and the ImageNet − scratch gap there beside the gap on the
-    original images (the same test images, each arm at the rate chosen on the originals)."""
-    from . import shortcut
-
-    parts = []
-    for ds in exp["datasets"]:
-        source = data.get_spec(ds).derived_from
-        if not source or source not in exp["datasets"]:
-            continue
-        before, after = (shortcut.intensity_correct(exp, d, root) for d in (source, ds))
-        reduction = data.get_spec(ds).reduce
-        text = (f"**Shortcut-reduced images** ({100 * reduction.border:.0f}% of each border cropped away"
-                + (", grey levels equalised" if reduction.equalize else "") + "): ")
-        if before is not None and after is not None:
-            text += (f"the intensity-only model falls from {before.mean():.1%} to {after.mean():.1%} "
-                     f"(chance {1 / len(data.get_spec(ds).classes):.1%}). ")
-        gaps = {d: _gap(diffs, d, "random", "") for d in (source, ds)}
-        if gaps[ds] is None:
-            parts.append(text + "The networks trained on them are not recorded yet (a later stage).")
-            continue
-        g, o = gaps[ds], gaps[source]
-        text += (f"There, ImageNet − scratch ({study.arch_label(models.REFERENCE_ARCH)}) is "
-                 f"{study.fmt_diff(g.difference, g.ci_low, g.ci_high)}")
-        if o is not None:
-            text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
-        b = best[(best["dataset"] == ds) & (best["protocol"] == "") & _other(best)] if best is not None else best
-        if b is not None and len(b):
-            b = b.iloc[0]
-            text += (f"; against the best network from scratch on validation ({study.arch_label(b.arch, b.head)}), "
-                     f"{study.fmt_diff(b.difference, b.ci_low, b.ci_high)}")
-        parts.append(text + ".")
-    return " ".join(parts)

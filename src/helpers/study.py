@@ -403,7 +403,7 @@ def efficiency_figure(table: pd.DataFrame, n_train_full: int | None = None):
 
 
 def published(dataset: str) -> dict[tuple[str, str, str], dict]:
-    return metrics.PAPER_VALUES.get(dataset, {}).get("values", {})
+    return metrics.paper_values(dataset).get("values", {})
 
 
 def arch_label(arch: str, head: str = "replace") -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import CONFIDENCE, accuracy_ci, binomial_ci, mcnemar_exact, mean_ci, paired_test
-from .metrics import PAPER_VALUES, TABLE1_ROWS, Run, RunSet, arch_order
+from .metrics import TABLE1_ROWS, Run, RunSet, arch_order, paper_values
 from .models import ARCHS
 from .params import arm_order, arm_title
 
@@ -187,7 +187,7 @@ def mcnemar_tests(runset: RunSet) -> pd.DataFrame:
 
 def table1_long(runset: RunSet, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Table 1 in long form: one row per (configuration, arm, metric), ours and the paper's value."""
-    paper = PAPER_VALUES.get(runset.dataset, {"name": "", "values": {}})
+    paper = paper_values(runset.dataset) or {"name": "", "values": {}}
     ours, comparable = {}, set()
     for r in runset.runs:
         ours.setdefault((r.label, r.arch, r.head, r.arm), []).append(r)
@@ -256,7 +256,7 @@ def table1(runset: RunSet, confidence: float = CONFIDENCE, formatted: bool = Tru
 
 def loss_scale_note(runset: RunSet) -> str:
     """Say plainly when the paper's losses are on another scale than ours (per-image means)."""
-    paper = PAPER_VALUES.get(runset.dataset)
+    paper = paper_values(runset.dataset)
     if not paper:
         return ""
     val_losses = [v["final_val_loss"] for v in paper["values"].values() if "final_val_loss" in v]

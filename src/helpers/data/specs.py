@@ -59,6 +59,9 @@ class DatasetSpec:
     # (``reduce``); its DATA_DIR defaults to that dataset's, and its split draws the same images.
     derived_from: str | None = None
     reduce: Reduction | None = None
+    # Another copy of a download a paper used (its dataset's name): that paper's published values
+    # stand beside this dataset's results (helpers.metrics.paper_values)
+    published_as: str | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -142,7 +145,7 @@ def _reduced(name: str, source: str) -> DatasetSpec:
 # the small set's slices, from far more scans), for a cross-validation over whole blocks. A
 # dataset of its own so that the two copies never share a split: some slices are in both.
 DATASETS["ct_kidney_originals"] = replace(DATASETS["ct_kidney"], name="ct_kidney_originals",
-                                          title="kidney CT, original slices")
+                                          title="kidney CT, original slices", published_as="ct_kidney")
 
 # The chest X-rays with borders cropped and grey levels equalised: how much of an answer rests on
 # intensity and marker cues that say where an image was taken rather than what it shows
