@@ -156,6 +156,20 @@ def test_a_stages_targets_print_on_one_line_without_the_images(capsys):
     assert out.count("\n") == 1 and out.split() == wanted and len(wanted) > 1
 
 
+def test_one_kidney_fold_trains_exactly_as_the_reference_studys_fold_0():
+    # kidney_fold.yaml promises real_study's fold-0 runs from the kidney download alone
+    fold = ex.runs(ex.load_experiment("kidney_fold", need_data=False))
+    study = ex.runs(ex.load_experiment("real_study", need_data=False))
+    same = lambda p: {k: v for k, v in p.items() if k != "experiment"}
+    ref = {rid.model_copy(update={"experiment": "kidney_fold"}): same(p) for rid, p in study.items()}
+    assert fold and {rid.split for rid in fold} == {"fold0"}
+    assert all(ref.get(rid) == same(p) for rid, p in fold.items())
+    # every arm of fold 0 that real_study sweeps or tunes there
+    assert {(r.arm, r.tuning) for r in fold} == {(r.arm, r.tuning) for r in study
+                                                  if r.dataset == "ct_kidney_originals" and r.split == "fold0"
+                                                  and r.arch == "efficientnet_lite0" and r.protocol == ""}
+
+
 @pytest.mark.parametrize("changes, named", [
     ({"grid": [demo_entry(seeds=[0], train={"train_fraction": 0.5}, tune={"lr": [1e-3, 3e-3]})]},
      "no grid entry"),
