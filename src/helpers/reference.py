@@ -11,7 +11,7 @@ import pandas as pd
 from . import experiment as ex
 from . import data, designs, models, protocols, records, report, study
 from .data.splits import ratio_text
-from .params import STOPPED_BY
+from .params import FOLDS, STOPPED_BY
 
 
 def dataset_title(ds: str) -> str:
@@ -176,11 +176,12 @@ def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit
 
 
 def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | None, data_info: dict,
-                best: pd.DataFrame | None = None) -> str:
-    """Markdown: the answer per dataset and split, at convergence and at paper A's budget, against
-    the best network from scratch (``best``: :func:`study.best_scratch`), and how much of the first
-    edition's gap survives."""
-    parts = []
+                best: pd.DataFrame | None = None, datasets: list[str] | None = None) -> str:
+    """Markdown: the answer per dataset (of ``datasets``, by default the study's) and split, at
+    convergence and at paper A's budget, against the best network from scratch (``best``:
+    :func:`study.best_scratch`), and how much of the first edition's gap survives."""
+    parts, datasets = [], datasets or list(exp["datasets"])
+    arms = arms[arms["dataset"].isin(datasets)]
     for (ds, split) in arms[["dataset", "split"]].drop_duplicates().itertuples(index=False):
         where = _where(exp, ds, split, study.SPLIT_TITLES)
         fair = _sentence(arms, diffs, ds, split, "")
@@ -206,7 +207,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
                 text += " (an interval over test images only)"
             text += (f": {max(0.0, now.difference) / then.difference:.0%} of that gap survives." if then.ci_low > 0 else ".")
         parts.append(text)
-    for ds in exp["datasets"]:
+    for ds in datasets:
         if ds not in set(arms["dataset"]):
             later = _later_stages(exp, ds)
             parts.append(f"**{dataset_title(ds)}**: not recorded yet; its runs are stage{'s' if len(later) > 1 else ''} "
@@ -375,14 +376,13 @@ def settings(exp: dict, every_run: dict, ds: str) -> str:
     p = runs[0].params
     names = sorted({r.id.protocol for r in runs}, key=lambda q: (q != "", q))
     optimizer = {q: {**exp["defaults"], **exp["protocols"].get(q, {})}.get("optimizer", "adam") for q in names}
-    text = f"{p['image_size']} px, batch {p['batch_size']}; " + "; ".join(
-        ("Adam, " if optimizer[q] == "adam" else "") + protocols.protocol_title(exp, q) for q in names)
+    parts = {q: ("Adam, " if optimizer[q] == "adam" else "") + protocols.protocol_title(exp, q) for q in names}
     converged = [r for r in runs if not r.id.protocol and r.params.get("early_stopping_patience")]
-    if converged:
+    if converged:   # said of the converged protocol, beside its title
         n_cap = sum(not r.converged for r in converged)
-        text += (f" ({len(converged) - n_cap} of {len(converged)} such runs stopped by themselves"
-                 + (f"; {n_cap} hit the cap" if n_cap else "") + ")")
-    return text
+        parts[""] += (f" ({len(converged) - n_cap} of {len(converged)} such runs stopped by themselves"
+                      + (f"; {n_cap} hit the cap" if n_cap else "") + ")")
+    return f"{p['image_size']} px, batch {p['batch_size']}; " + "; ".join(parts.values())
 
 
 def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame) -> str:
@@ -394,14 +394,16 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
               + sum(v.get("notebook_seconds") or 0 for v in manifest["runs"].values()))
     states = pd.Series([v["state"] for v in manifest["runs"].values()]).value_counts()
     commit = manifest.get("run_commits") or [manifest["commit"]]
-    fingerprint = {ds: manifest["images"].get(ds, {}).get("sha256", "not recorded")[:12] for ds in exp["datasets"]}
+    sources = [ds for ds in exp["datasets"] if not data.get_spec(ds).derived_from]   # a derived set: the same images
+    images = {ds: manifest["images"].get(ds, {}) for ds in sources}
+    folds = [dataset_title(ds) for ds in sources if exp["datasets"][ds].get("split", "").startswith("fold")]
     return (
-        f"**Data**: {image_count(manifest, 'covid_radiography')} chest X-rays (image-set fingerprint "
-        f"`{fingerprint['covid_radiography']}`) and {image_count(manifest, 'ct_kidney')} kidney CT slices "
-        f"(`{fingerprint['ct_kidney']}`), the real images of `../shared/real-study` in the Kaggle layouts. "
-        f"**Settings**: chest X-ray {settings(exp, every_run, 'covid_radiography')}; kidney CT "
-        f"{settings(exp, every_run, 'ct_kidney')}; stratified {ratio_text()} splits, split seed "
-        f"{', '.join(sorted({str(st['split_seed']) for st in exp['datasets'].values()}))}. "
+        "**Data** (image-set fingerprint, folder): " + "; ".join(
+            f"{image_count(manifest, ds)} images of {dataset_title(ds)} (`{im.get('sha256', 'not recorded')[:12]}`, "
+            f"`{im.get('data_dir', 'not recorded')}`)" for ds, im in images.items()) + ", in the Kaggle layouts. "
+        "**Settings**: " + "; ".join(f"{dataset_title(ds)} {settings(exp, every_run, ds)}" for ds in sources)
+        + f"; stratified {ratio_text()} splits" + (f" ({', '.join(folds)}: {FOLDS} folds of whole blocks)" if folds else "")
+        + f", split seed {', '.join(sorted({str(st['split_seed']) for st in exp['datasets'].values()}))}. "
         f"**Machine**: {device}; torch {manifest['versions']['torch']}, timm {manifest['versions']['timm']}. "
         f"**Commit**: `{', '.join(c[:10] for c in commit)}`. "
         f"**Runs**: {states.get('complete', 0)} complete, {states.get('missing', 0)} could not run, "
@@ -420,16 +422,25 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
     shown = {"model": table["model"], "arm": table["arm"],
              "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}
     # a configuration recorded only at a paper's budget says so beside its number
-    budget = {p: f" ({protocols.protocol_title(exp, p).partition(':')[0]})" for p in set(table["protocol"]) if p}
+    budget = {p: protocols.protocol_title(exp, p).partition(':')[0] for p in set(table["protocol"]) if p}
     for col in [c for c in table.columns if c.startswith("ours|")]:
         split = col.split("|")[1]
-        shown[f"ours, {study.SPLIT_TITLES[split]}"] = [
-            (r["note"] or "—") if pd.isna(r[col])
-            else (f"{100 * r[col]:.1f}% (no interval)" if (limits or {}).get((ds, split))
-                  else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"])) + budget.get(r["protocol"], "")
-            for _, r in table.iterrows()]
+        cells = []
+        for _, r in table.iterrows():   # the value over its interval or note, so that the table fits the page
+            if pd.isna(r[col]):
+                cells.append(f'<span class="wrap">{r["note"] or "—"}</span>')
+                continue
+            notes = (["no interval"] if (limits or {}).get((ds, split)) else []) + (
+                [budget[r["protocol"]]] if r["protocol"] else [])
+            value = (f"{100 * r[col]:.1f}%" if notes and notes[0] == "no interval"
+                     else study.fmt_ci(r[col], r[f"ci_low|{split}"], r[f"ci_high|{split}"]))
+            first, _, interval = value.partition(" ")
+            cells.append(f"{first}<br>" + "<br>".join(f'<span class="ci">{t}</span>' for t in [interval, *notes] if t))
+        shown[f"ours, {study.SPLIT_TITLES[split]}"] = cells
     shown["seeds"] = table["seeds"]
-    return pd.DataFrame(shown)
+    frame = pd.DataFrame(shown)
+    frame["model"] = [f'<span class="wrap">{m}</span>' for m in frame["model"]]
+    return frame
 
 
 def efficiency_display(eff: pd.DataFrame) -> pd.DataFrame:
