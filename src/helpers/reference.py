@@ -151,8 +151,8 @@ def other_networks(best: pd.DataFrame) -> pd.Series:
 
 
 def _best_scratch_sentence(best: pd.DataFrame | None, ds: str, split: str, limit: str = "", protocol: str = "") -> str:
-    """ImageNet against the best network from scratch under ``protocol``, where more than one
-    network ran from scratch under it."""
+    """ImageNet against the best network from scratch under ``protocol``, where that is another
+    network than the arch's own scratch arm (:func:`other_networks`)."""
     if best is None:
         return ""
     b = best[(best["dataset"] == ds) & (best["split"] == split) & (best["protocol"] == protocol) & other_networks(best)]
