@@ -224,6 +224,11 @@ def test_calibration_per_arm_is_computed_from_the_recorded_predictions():
     assert len(both) == len(scores) + len(recipe["scores"])
     assert both["network"].str.contains("the standard recipe").sum() == len(recipe["scores"])
     assert robustness.calibration_text(recipe, exp).startswith("With the standard recipe, ")
+    # the interval's words follow the seeds each side holds: one seed has no seed variance to resample
+    for res in (results, recipe):
+        first = res["scores"].drop_duplicates("colour arm").set_index("colour arm")   # the arch's own arms
+        several = min(int(first.loc["imagenet", "seeds"]), int(first.loc["scratch", "seeds"])) > 1
+        assert ("over seeds and test images" in robustness.calibration_text(res, exp)) == several
 
 
 def test_the_efficiency_curve_gives_each_share_a_paired_gap_over_seeds_and_images():

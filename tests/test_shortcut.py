@@ -66,6 +66,9 @@ def test_the_hard_and_easy_images_split_each_arms_accuracy_and_gap(chest):
     said = robustness.shortcut_text(recipe, exp)
     if "imagenet-scratch" in recipe["table"]:
         assert said.startswith("With the standard recipe, on the") and said.endswith(".")
+        seeds = {r.seed for r in chest.runs if r.id.protocol == "recipe" and r.arch == "efficientnet_lite0"
+                 and r.arm in ("imagenet", "scratch") and r.id.train_fraction == 1}
+        assert ("one seed" in said) == (len(seeds) == 1)   # an interval without seed variance says so
     else:   # its scratch arm is not recorded yet: nothing to say
         assert said == "" and "imagenet" in recipe["table"]
 

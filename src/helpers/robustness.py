@@ -112,9 +112,11 @@ def calibration_text(results: dict, exp: dict | None = None) -> str:
     side = lambda r: "overconfident" if r.confidence > r.accuracy else "underconfident"
     loss = (f"the negative log-likelihood {moves('nll')} ({i.nll:.3f} against {sc.nll:.3f}) and the Brier score "
             f"{moves('brier')} ({i.brier:.3f} against {sc.brier:.3f}), though both also reward accuracy")
+    # a one-seed arm has no seed variance to resample: say the interval covers images only
+    over = "over seeds and test images" if min(i.seeds, sc.seeds) > 1 else "over test images only: one seed"
     return (f"{lead}ImageNet weights {verb} calibration: the expected calibration error is {100 * i.ece:.1f}% against "
             f"{100 * sc.ece:.1f}% from scratch ({100 * v['ece']:+.1f} points [{100 * v['ece_low']:+.1f}, "
-            f"{100 * v['ece_high']:+.1f}] over seeds and test images; from scratch the network is {side(sc)}, "
+            f"{100 * v['ece_high']:+.1f}] {over}; from scratch the network is {side(sc)}, "
             f"{100 * sc.confidence:.1f}% sure on average and {100 * sc.accuracy:.1f}% right), and {loss}.")
 
 
