@@ -210,6 +210,7 @@ rule audit:
     input:
         "notebooks/audit.ipynb",
         lambda wc: prepared(wc.dataset, data.get_spec(wc.dataset).audit_split),
+        lambda wc: [prepared(wc.dataset, fold) for fold in ex.audit_folds(EXP, wc.dataset)],
     output:
         f"{RES}/notebooks/audit_{{dataset}}.ipynb",
     params:

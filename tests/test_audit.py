@@ -412,3 +412,50 @@ def test_the_view_measure_finds_the_coronal_slices_the_real_study_readme_counts(
         images = np.stack([np.asarray(Image.open(f).convert("L")) for f in sorted(folder.glob("*.jpg"))])
         counts[folder.name] = (len(images), int((audit.slice_views(images) == "coronal").sum()))
     assert counts == {"Cyst": (120, 36), "Normal": (200, 69), "Stone": (194, 0), "Tumor": (200, 89)}
+
+
+def test_the_baselines_fold_by_fold_pool_every_slice_once_with_a_block_interval():
+    """Brightness that gives the class away, over a 5-fold cross-validation of whole blocks: each
+    fold's row scores its own test blocks; the pooled row tests every slice once, and its
+    accuracy is the folds' weighted by their test slices."""
+    from helpers.params import FOLD_SPLITS
+
+    per_class, classes = 150, ["Cyst", "Normal", "Stone"]
+    labels = np.repeat(np.arange(3), per_class)
+    paths = [f"{classes[k]}/{classes[k]}- ({n}).jpg" for k in range(3) for n in range(per_class)]
+    rng = np.random.default_rng(0)
+    images = np.clip(textured(len(labels), 32).astype(int) // 2 + labels[:, None, None, None] * 40
+                     + rng.integers(-10, 10, len(labels))[:, None, None, None], 0, 255).astype(np.uint8)
+    groups = data_splits.block_groups(paths, labels)
+    folds = {f: SimpleNamespace(images=images, labels=labels, paths=paths, class_names=classes, info={},
+                                split=data_splits.fold_split(labels, groups, classes, k, len(FOLD_SPLITS), seed=0,
+                                                             group_kind="block"))
+             for k, f in enumerate(FOLD_SPLITS)}
+    views = {p: ("coronal" if k == 0 else "axial") for p, k in zip(paths, labels)}
+    table = audit.fold_baselines(folds, views)
+    per_fold, pooled = table.iloc[:-1], table.iloc[-1]
+    assert list(per_fold["fold"]) == [1, 2, 3, 4, 5] and pooled["fold"] == "pooled"
+    assert pooled["test slices"] == len(labels) == per_fold["test slices"].sum()
+    for name in ("intensity-only", "view alone"):
+        assert pooled[name] == pytest.approx((per_fold[name] * per_fold["test slices"]).sum() / len(labels))
+        assert (table[f"{name} low"] <= table[name]).all() and (table[name] <= table[f"{name} high"]).all()
+    assert pooled["intensity-only"] > 0.8
+    # the view gives Cyst away and nothing else: Normal or Stone by the training majority
+    assert 0.5 < pooled["view alone"] < 0.75
+    shown = audit.fold_baselines_display(table)
+    assert list(shown["fold"]) == ["1", "2", "3", "4", "5", "pooled"]
+    # the pages: the pooled score with its interval and the folds' spread, beside the networks
+    from helpers import robustness
+
+    text = robustness.fold_baselines_text({"ct_kidney_originals": table})
+    assert f"{100 * pooled['intensity-only']:.1f}% [{100 * pooled['intensity-only low']:.1f}, " in text
+    assert f"{100 * per_fold['intensity-only'].min():.1f}% to {100 * per_fold['intensity-only'].max():.1f}%" in text
+    arms = pd.DataFrame([{"dataset": "ct_kidney_originals", "split": "cv", "protocol": "", "arch": "efficientnet_lite0",
+                          "arm": "imagenet", "accuracy": 0.9612}])
+    assert "ImageNet 96.1%" in robustness.fold_baselines_text({"ct_kidney_originals": table}, arms)
+    assert "no pooled score" in robustness.fold_baselines_text({"ct_kidney_originals": per_fold})
+    assert list(robustness.fold_baselines_table({"ct_kidney_originals": table})["data"].unique()) == ["kidney CT, original slices"]
+    # four folds cannot be pooled; a slice tested twice is refused
+    assert "pooled" not in set(audit.fold_baselines({f: folds[f] for f in FOLD_SPLITS[:4]})["fold"])
+    with pytest.raises(ValueError, match="more than one fold"):
+        audit.fold_baselines({**folds, FOLD_SPLITS[1]: folds[FOLD_SPLITS[0]]})

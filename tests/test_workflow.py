@@ -170,6 +170,19 @@ def test_one_kidney_fold_trains_exactly_as_the_reference_studys_fold_0():
                                                   and r.arch == "efficientnet_lite0" and r.protocol == ""}
 
 
+def test_the_audit_of_a_cross_validated_dataset_measures_every_fold():
+    # the audit scores its baselines on all five folds, even where the grid trains fold 0 only,
+    # and the Snakefile's audit rule declares each fold's prepared folder (ex.preps lists them)
+    for name in ("real_study", "kidney_fold"):
+        exp = ex.load_experiment(name, need_data=False)
+        assert wf.notebook_params(exp, "audit", "ct_kidney_originals")["folds"] == list(P.FOLD_SPLITS)
+        prepared = {(p["dataset"], p["split"]) for p in ex.preps(exp)}
+        assert {("ct_kidney_originals", f) for f in P.FOLD_SPLITS} <= prepared
+    exp = ex.load_experiment("real_study", need_data=False)
+    assert wf.notebook_params(exp, "audit", "covid_radiography")["folds"] == []
+    assert wf.notebook_params(exp, "audit", "ct_kidney")["folds"] == []   # its split is not a fold
+
+
 @pytest.mark.parametrize("changes, named", [
     ({"grid": [demo_entry(seeds=[0], train={"train_fraction": 0.5}, tune={"lr": [1e-3, 3e-3]})]},
      "no grid entry"),

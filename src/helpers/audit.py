@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import atomic, metrics, models
 from .intervals import binomial_ci
-from .params import AuditParams, check
+from .params import FOLD_SPLITS, AuditParams, check
 from .data import get_spec, load_prepared, prepare
 from .data.splits import (
     BLOCK_SIZE,
@@ -249,6 +249,70 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0,
     return pd.DataFrame(rows)
 
 
+def fold_baselines(folds: dict, views: dict | None = None, seed: int = 0) -> pd.DataFrame:
+    """The baselines fold by fold of a cross-validation over blocks (``folds``: split name ->
+    its prepared data, the same images in each), and pooled over the folds once every fold is
+    there (each slice tested once): the intensity-only model (the one chosen on each fold's
+    validation blocks) and, with ``views`` (path -> "axial"/"coronal"), the view alone. The pooled
+    interval resamples blocks of consecutive slices within each class, as the networks' pooled
+    accuracy does; a fold's own row gives a Wilson interval over its slices."""
+    from .data.splits import block_groups
+    from .intervals import percentile_interval, unit_weights
+
+    rows, tested = [], []
+    for k, fold in enumerate(FOLD_SPLITS):
+        if fold not in folds:
+            continue
+        prepared = folds[fold]
+        test = np.asarray(prepared.split) == "test"
+        y = np.asarray(prepared.labels)[test]
+        preds: dict = {}
+        table = shortcut_baseline(prepared, seed=seed, predictions=preds)
+        chosen = shortcut_choice(table)
+        row = {"fold": k + 1, "test slices": int(test.sum()),
+               "near-copy share": prepared.info.get("near_copy_share", {}).get("test", float("nan")),
+               "intensity-only model": chosen, "intensity-only": float((preds[chosen] == y).mean())}
+        per_image = {"path": np.asarray(prepared.paths)[test], "label": y, "intensity-only": preds[chosen] == y}
+        if views is not None:
+            by_view = view_baseline(prepared, np.array([views[p] for p in prepared.paths]))
+            row["view alone"] = by_view["test_accuracy"]
+            per_image["view alone"] = by_view["pred"] == y
+        for name in ("intensity-only", "view alone"):
+            if name in row:
+                hits = int(per_image[name].sum())
+                row[f"{name} low"], row[f"{name} high"] = binomial_ci(hits, len(y))
+        rows.append(row)
+        tested.append(pd.DataFrame(per_image))
+    if len(rows) == len(FOLD_SPLITS):
+        every = pd.concat(tested, ignore_index=True)
+        if every["path"].duplicated().any():
+            raise ValueError("fold_baselines: a slice is tested in more than one fold")
+        weights = unit_weights(len(every), groups=block_groups(every["path"], every["label"]), strata=every["label"])
+        pooled = {"fold": "pooled", "test slices": len(every),
+                  "near-copy share": float(np.average([r["near-copy share"] for r in rows],
+                                                      weights=[r["test slices"] for r in rows])),
+                  "intensity-only model": "chosen per fold"}
+        for name in ("intensity-only", "view alone"):
+            if name in every:
+                hit = every[name].to_numpy(dtype=float)
+                ci = percentile_interval(hit.mean(), weights @ hit / weights.sum(axis=1), len(hit))
+                pooled.update({name: ci.mean, f"{name} low": ci.low, f"{name} high": ci.high})
+        rows.append(pooled)
+    return pd.DataFrame(rows)
+
+
+def fold_baselines_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`fold_baselines` for readers: each accuracy over its interval."""
+    pct = lambda v, lo, hi: f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    out = pd.DataFrame({"fold": table["fold"].astype(str), "test slices": table["test slices"],
+                        "near-copy in training (%)": [f"{100 * v:.0f}" for v in table["near-copy share"]],
+                        "intensity-only model": table["intensity-only model"]})
+    for name in ("intensity-only", "view alone"):
+        if name in table:
+            out[f"{name} (%)"] = [pct(r[name], r[f"{name} low"], r[f"{name} high"]) for _, r in table.iterrows()]
+    return out
+
+
 def shortcut_choice(rows: pd.DataFrame) -> str:
     """The intensity-only model a user would pick from ``shortcut_baseline``'s rows: the best
     validation accuracy (first on ties) among the learned ones, never the best test."""
@@ -316,7 +380,7 @@ def view_baseline(prepared, views: np.ndarray | None = None, split=None) -> dict
     low, high = binomial_ci(correct, int(te.sum()))
     return {"model": "view alone (axial or coronal)", "n_test": int(te.sum()),
             "test_accuracy": correct / int(te.sum()), "ci_low": low, "ci_high": high,
-            "rule": {v: prepared.class_names[k] for v, k in rule.items()},
+            "rule": {v: prepared.class_names[k] for v, k in rule.items()}, "pred": pred,
             "majority_accuracy": float((y[te] == majority).mean())}
 
 
@@ -518,7 +582,8 @@ def run_audit(progress: bool = True, **step) -> dict:
     (None if refused), grouped_error (None or the refusal message), shortcut (random and
     grouped rows, column ``split``; with the view-alone row for slice datasets), figure, views
     view_counts and view_blocks (None unless the dataset's spec has ``ct_slices``; then also
-    views.csv, view_counts.csv and view_blocks.csv).
+    views.csv, view_counts.csv and view_blocks.csv), fold_baselines (None unless ``folds`` names
+    a cross-validation's folds; then also fold_baselines.csv).
     """
     p = check(AuditParams, {k: str(v) if isinstance(v, Path) else v for k, v in step.items()})
     dataset, data_dir, image_size, seed = p.dataset, p.data_dir, p.image_size, p.seed
@@ -578,6 +643,12 @@ def run_audit(progress: bool = True, **step) -> dict:
                                            [by_path[p] for p in blocked.paths])
         write_csv(view_blocks, out / "view_blocks.csv")
 
+    folds = None
+    if p.folds:   # the cross-validation's folds: the same baselines fold by fold, then pooled
+        by_path = dict(zip(prepared.paths, views)) if views is not None else None
+        folds = fold_baselines({f: load_prepared(prepare(split=f, **common)) for f in p.folds}, by_path, seed)
+        write_csv(folds, out / "fold_baselines.csv")
+
     probe = feature_probe(prepared, seed=seed, groups=groups)
     fig = plot_closest_pairs(pairs, prepared.images, synthetic=bool(prepared.synthetic))
     write_csv(probe, out / "feature_probe.csv")
@@ -607,6 +678,7 @@ def run_audit(progress: bool = True, **step) -> dict:
         "views": views,              # "axial"/"coronal" per image (datasets with ct_slices), else None
         "view_counts": view_counts,
         "view_blocks": view_blocks,  # could a block split keep the views in proportion (view_balanced_blocks)
+        "fold_baselines": folds,     # per fold of a cross-validation (fold_baselines), None without folds
     }
 
 

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
                       model_validator)
 
 from . import data, models
-from .params import (ARMS, NOTEBOOK_PARAMS, NonNegInt, ParameterError, PosInt, PrepParams, RunId, TrainParams,
+from .params import (ARMS, FOLD_SPLITS, NOTEBOOK_PARAMS, NonNegInt, ParameterError, PosInt, PrepParams, RunId, TrainParams,
                      TrainSettings, check, planned_values)
 
 EXPERIMENTS_DIR = Path("experiments")
@@ -557,12 +557,19 @@ def find_run(exp: dict, run: str) -> RunId:
     raise ExperimentError(f"run {run!r} is not in experiment {exp['name']!r}")
 
 
+def audit_folds(exp: dict, dataset: str) -> list[str]:
+    """The folds whose baselines the audit measures: every fold of the cross-validation where the
+    dataset's split in this experiment is one of its folds, else none."""
+    return list(FOLD_SPLITS) if exp["datasets"][dataset]["split"] in FOLD_SPLITS else []
+
+
 def preps(exp: dict) -> list[dict]:
     """PrepParams values of every prepared folder the experiment reads: the datasets' own
-    splits, the splits of the grid's runs, and the split the audit measures (its spec's)."""
+    splits, the splits of the grid's runs, and the splits the audit measures (its spec's, and a
+    cross-validation's folds: :func:`audit_folds`)."""
     wanted = [(d, s["split"]) for d, s in exp["datasets"].items()]
     wanted += [(rid.dataset, rid.split) for rid in runs(exp)]
-    wanted += [(d, data.get_spec(d).audit_split) for d in exp["audit"]]
+    wanted += [(d, split) for d in exp["audit"] for split in [data.get_spec(d).audit_split, *audit_folds(exp, d)]]
     return [prep_of(exp, d, split) for d, split in dict.fromkeys(wanted)]
 
 

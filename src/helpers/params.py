@@ -543,6 +543,7 @@ class AuditParams(BaseModel):
     balance: bool = False
     n_per_class: int = Field(100, ge=MIN_PER_CLASS)
     out_dir: str = ""                # "" = results/<dataset>/audit
+    folds: list[Literal[FOLD_SPLITS]] = []   # a cross-validation's folds: the baselines fold by fold
 
 
 class SummaryParams(BaseModel):

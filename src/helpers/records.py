@@ -7,8 +7,9 @@ no data and no network shows them (CONTRACTS.md lists the files):
   ``predictions.csv`` (or ``missing.json`` with the reason it could not run);
 * ``data/<prepared folder>.json``: each prepared folder's ``info.json`` (split counts, near-copy
   share of each split, fingerprint); ``data/<dataset>-views.csv``: each CT slice's view (axial or
-  coronal), and ``data/<dataset>-shortcut.csv``: the intensity-only model's prediction for each
-  test image, both from the audit step;
+  coronal), ``data/<dataset>-shortcut.csv``: the intensity-only model's prediction for each
+  test image, and ``data/<dataset>-fold-baselines.csv``: the intensity-only and view-alone
+  baselines fold by fold of a cross-validation, all from the audit step;
 * ``notebooks/``: the executed evaluate, explain, audit and data-prep notebooks (not the summary:
   a study recorded stage by stage has runs of later stages still to train, and the reference
   notebook, rebuilt from these records on every build, is its summary);
@@ -163,7 +164,8 @@ def export(experiment: str, data_dir: str = "", root: str | os.PathLike = ROOT) 
             atomic.copy_file(info, out / "data" / f"{prep['dataset']}-{prep['split']}.json")
     for ds in exp["audit"]:  # each slice's view (CT), for the accuracy per view; the intensity
         audit_dir = Path(wf.notebook_params(exp, "audit", ds)["out_dir"])   # model's test predictions
-        for name, record in (("views.csv", "views"), ("shortcut_predictions.csv", "shortcut")):
+        for name, record in (("views.csv", "views"), ("shortcut_predictions.csv", "shortcut"),
+                             ("fold_baselines.csv", "fold-baselines")):
             if (audit_dir / name).is_file():
                 atomic.copy_file(audit_dir / name, out / "data" / f"{ds}-{record}.csv")
     (out / "notebooks" / "summary.ipynb").unlink(missing_ok=True)   # an earlier edition's, see above

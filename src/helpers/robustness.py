@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import calibration, data, designs, models, protocols, records, report, study
-from .reference import gap_row, other_networks, two_lines
+from .reference import dataset_title, gap_row, other_networks, two_lines
 
 
 # ---------------------------------------------------------------- calibration
@@ -212,3 +212,53 @@ def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
                      f"{study.fmt_diff(b.difference, b.ci_low, b.ci_high)}")
         parts.append(text + ".")
     return " ".join(parts)
+
+
+# ------------------------------------------------- the baselines of a cross-validation
+
+def fold_baselines(exp: dict, root: str | Path = records.ROOT) -> dict[str, pd.DataFrame]:
+    """Per cross-validated dataset of the study: the audit's baselines fold by fold and pooled
+    (``data/<dataset>-fold-baselines.csv``: helpers.audit.fold_baselines), where recorded."""
+    folder = records.folder(exp, root) / "data"
+    return {ds: pd.read_csv(folder / f"{ds}-fold-baselines.csv") for ds in exp["datasets"]
+            if (folder / f"{ds}-fold-baselines.csv").is_file()}
+
+
+def fold_baselines_text(baselines: dict[str, pd.DataFrame], arms: pd.DataFrame | None = None) -> str:
+    """Per cross-validated dataset: what the intensity-only model and the view alone score on the
+    same folds as the networks, pooled with its block interval and fold by fold, beside the
+    networks' pooled accuracy where recorded (``arms``: study.arm_table)."""
+    pct = lambda r, name: f"{100 * r[name]:.1f}% [{100 * r[f'{name} low']:.1f}, {100 * r[f'{name} high']:.1f}]"
+    parts = []
+    for ds, table in baselines.items():
+        per_fold = table[table["fold"].astype(str) != "pooled"]
+        pooled = table[table["fold"].astype(str) == "pooled"]
+        spread = (f"{100 * per_fold['intensity-only'].min():.1f}% to {100 * per_fold['intensity-only'].max():.1f}% "
+                  f"fold by fold")
+        if pooled.empty:
+            parts.append(f"**{dataset_title(ds)}, beside the shortcut baselines:** an intensity-only model scores "
+                         f"{spread} on {len(per_fold)} of {designs.FOLDS} folds (no pooled score until every fold is audited).")
+            continue
+        p = pooled.iloc[0]
+        text = (f"**{dataset_title(ds)}, beside the shortcut baselines:** on the same {designs.FOLDS} folds of whole "
+                f"blocks, an intensity-only model (a grey-level histogram, mean and SD, the model chosen on each "
+                f"fold's validation blocks) classifies {pct(p, 'intensity-only')} of the slices ({spread})")
+        if "view alone" in p and pd.notna(p["view alone"]):
+            text += f", and the view alone (axial or coronal) {pct(p, 'view alone')}"
+        text += f"; {100 * p['near-copy share']:.0f}% of the test slices have a near-copy in training."
+        nets = arms[(arms["dataset"] == ds) & (arms["split"] == designs.POOLED) & (arms["protocol"] == "")
+                    & (arms["arch"] == models.REFERENCE_ARCH)] if arms is not None else pd.DataFrame()
+        if len(nets):
+            text += " The networks, pooled the same way: " + ", ".join(
+                f"{report.arm_title(r.arm)} {100 * r.accuracy:.1f}%" for r in nets.itertuples()) + "."
+        parts.append(text)
+    return " ".join(parts)
+
+
+def fold_baselines_table(baselines: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The baselines fold by fold for readers (helpers.audit.fold_baselines_display), each
+    cross-validated dataset's rows under its title; empty where none is recorded."""
+    from .audit import fold_baselines_display
+
+    shown = [fold_baselines_display(t).assign(data=dataset_title(ds)) for ds, t in baselines.items()]
+    return pd.concat(shown, ignore_index=True).pipe(lambda f: f[["data", *f.columns[:-1]]]) if shown else pd.DataFrame()

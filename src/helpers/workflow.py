@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from . import atomic, data, kernel
-from .experiment import (ExperimentError, all_sweeps, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
+from .experiment import (ExperimentError, all_sweeps, audit_folds, choose_lr, find_run, load_experiment, parse_data_dirs, planned,
                          prep_of, prepared_dir, preps, results_dir, runs, source_of, stages, sweep_scores, sweeps)
 from .params import BOOK_STEPS, NOTEBOOK_PARAMS, PAIR, RunId
 
@@ -243,7 +243,7 @@ def notebook_params(exp: dict, step: str, dataset: str, split: str | None = None
     else:  # audit: measured on the random split (and the grouped one it tries itself), or the given one
         prep = prep_of(exp, dataset, data.get_spec(dataset).audit_split)
         values = {k: prep[k] for k in ("dataset", "data_dir", "image_size", "seed", "balance", "n_per_class")}
-        values["out_dir"] = out_dir
+        values.update(out_dir=out_dir, folds=audit_folds(exp, dataset))
     return planned(NOTEBOOK_PARAMS[step], values)
 
 
