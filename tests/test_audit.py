@@ -436,10 +436,10 @@ def test_the_baselines_fold_by_fold_pool_every_slice_once_with_a_block_interval(
     per_fold, pooled = table.iloc[:-1], table.iloc[-1]
     assert list(per_fold["fold"]) == [1, 2, 3, 4, 5] and pooled["fold"] == "pooled"
     assert pooled["test slices"] == len(labels) == per_fold["test slices"].sum()
-    for name in ("intensity-only", "view alone"):
+    for name in ("intensity-only", "view alone", "majority class"):
         assert pooled[name] == pytest.approx((per_fold[name] * per_fold["test slices"]).sum() / len(labels))
         assert (table[f"{name} low"] <= table[name]).all() and (table[name] <= table[f"{name} high"]).all()
-    assert pooled["intensity-only"] > 0.8
+    assert pooled["intensity-only"] > 0.8 and pooled["majority class"] == pytest.approx(1 / 3, abs=0.05)
     # the view gives Cyst away and nothing else: Normal or Stone by the training majority
     assert 0.5 < pooled["view alone"] < 0.75
     shown = audit.fold_baselines_display(table)

@@ -249,11 +249,15 @@ def shortcut_baseline(prepared, split=None, bins: int = 32, seed: int = 0,
     return pd.DataFrame(rows)
 
 
+BASELINES = ("intensity-only", "view alone", "majority class")   # fold_baselines' scores
+
+
 def fold_baselines(folds: dict, views: dict | None = None, seed: int = 0) -> pd.DataFrame:
     """The baselines fold by fold of a cross-validation over blocks (``folds``: split name ->
     its prepared data, the same images in each), and pooled over the folds once every fold is
     there (each slice tested once): the intensity-only model (the one chosen on each fold's
-    validation blocks) and, with ``views`` (path -> "axial"/"coronal"), the view alone. The pooled
+    validation blocks), the majority class of the fold's training slices and, with ``views``
+    (path -> "axial"/"coronal"), the view alone. The pooled
     interval resamples blocks of consecutive slices within each class, as the networks' pooled
     accuracy does; a fold's own row gives a Wilson interval over its slices."""
     from .data.splits import block_groups
@@ -272,12 +276,14 @@ def fold_baselines(folds: dict, views: dict | None = None, seed: int = 0) -> pd.
         row = {"fold": k + 1, "test slices": int(test.sum()),
                "near-copy share": prepared.info.get("near_copy_share", {}).get("test", float("nan")),
                "intensity-only model": chosen, "intensity-only": float((preds[chosen] == y).mean())}
-        per_image = {"path": np.asarray(prepared.paths)[test], "label": y, "intensity-only": preds[chosen] == y}
+        per_image = {"path": np.asarray(prepared.paths)[test], "label": y, "intensity-only": preds[chosen] == y,
+                     "majority class": preds["majority class"] == y}
+        row["majority class"] = float(per_image["majority class"].mean())
         if views is not None:
             by_view = view_baseline(prepared, np.array([views[p] for p in prepared.paths]))
             row["view alone"] = by_view["test_accuracy"]
             per_image["view alone"] = by_view["pred"] == y
-        for name in ("intensity-only", "view alone"):
+        for name in BASELINES:
             if name in row:
                 hits = int(per_image[name].sum())
                 row[f"{name} low"], row[f"{name} high"] = binomial_ci(hits, len(y))
@@ -292,7 +298,7 @@ def fold_baselines(folds: dict, views: dict | None = None, seed: int = 0) -> pd.
                   "near-copy share": float(np.average([r["near-copy share"] for r in rows],
                                                       weights=[r["test slices"] for r in rows])),
                   "intensity-only model": "chosen per fold"}
-        for name in ("intensity-only", "view alone"):
+        for name in BASELINES:
             if name in every:
                 hit = every[name].to_numpy(dtype=float)
                 ci = percentile_interval(hit.mean(), weights @ hit / weights.sum(axis=1), len(hit))
@@ -307,7 +313,7 @@ def fold_baselines_display(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"fold": table["fold"].astype(str), "test slices": table["test slices"],
                         "near-copy in training (%)": [f"{100 * v:.0f}" for v in table["near-copy share"]],
                         "intensity-only model": table["intensity-only model"]})
-    for name in ("intensity-only", "view alone"):
+    for name in BASELINES:
         if name in table:
             out[f"{name} (%)"] = [pct(r[name], r[f"{name} low"], r[f"{name} high"]) for _, r in table.iterrows()]
     return out

@@ -245,6 +245,8 @@ def fold_baselines_text(baselines: dict[str, pd.DataFrame], arms: pd.DataFrame |
                 f"fold's validation blocks) classifies {pct(p, 'intensity-only')} of the slices ({spread})")
         if "view alone" in p and pd.notna(p["view alone"]):
             text += f", and the view alone (axial or coronal) {pct(p, 'view alone')}"
+        if "majority class" in p and pd.notna(p["majority class"]):
+            text += f", against {100 * p['majority class']:.1f}% for the training folds' majority class"
         text += f"; {100 * p['near-copy share']:.0f}% of the test slices have a near-copy in training."
         nets = arms[(arms["dataset"] == ds) & (arms["split"] == designs.POOLED) & (arms["protocol"] == "")
                     & (arms["arch"] == models.REFERENCE_ARCH)] if arms is not None else pd.DataFrame()
