@@ -10,7 +10,9 @@ runs' ``predictions.csv`` and the audit's ``data/<dataset>-shortcut.csv``.
 """
 from __future__ import annotations
 
+
 import itertools
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -114,7 +116,7 @@ def gaps_clause(table: pd.DataFrame, a: str = "imagenet", b: str = "scratch") ->
                 "cannot be told from zero on them" if hard[f"{a}-{b}_high"] > 0 else "reverses on them")
     # an interval without both sides' seed variance says what it resamples
     method = str(hard.get("interval", "seeds"))
-    over = study.INTERVAL_METHODS.get(method, "").format(unit="test images").replace(" (one seed)", ", one seed")
+    over = re.sub(r" \((.*?)\)", r", \1", study.INTERVAL_METHODS.get(method, "").format(unit="test images"))
     seeds = "" if method.startswith("seeds") else f" (intervals over {over})"
     return (f"on the {int(hard['n_test'])} it gets wrong (shortcut-hard), {arm_title(a)} − {arm_title(b)} is "
             f"{gap(hard)}; on the {int(easy['n_test'])} it gets right, {gap(easy)}{seeds}: the gain {survives}")
