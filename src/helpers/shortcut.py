@@ -10,7 +10,6 @@ runs' ``predictions.csv`` and the audit's ``data/<dataset>-shortcut.csv``.
 """
 from __future__ import annotations
 
-
 import itertools
 import re
 from pathlib import Path
