@@ -321,3 +321,22 @@ def test_the_folds_of_a_cross_validation_pool_into_one_answer_and_a_table_per_fo
     assert per_fold.loc[0, "near-copy share"] == 0.2 and per_fold["gap"].notna().all()
     partial = dataclasses.replace(runset, runs=[r for r in folds if r.split != "fold4"])
     assert {r.split for r in designs.pool_folds(partial).runs} == set(FOLD_SPLITS[:4])
+
+
+def test_the_shortcut_reduced_sentence_gives_each_protocols_gap_beside_the_originals():
+    exp = _reference()
+    runsets = study.load(exp)
+    diffs = study.differences(runsets)
+    best = study.best_scratch(runsets, protocols=("", *protocols.answer_protocols(exp)))
+    text = robustness.reduced_text(exp, diffs, best)
+    fmt = lambda g: study.fmt_diff(g.difference, g.ci_low, g.ci_high)
+    for protocol in ("", "recipe"):
+        reduced = reference.gap_row(diffs, "covid_radiography_reduced", "random", protocol)
+        original = reference.gap_row(diffs, "covid_radiography", "random", protocol)
+        lead = "There, " if not protocol else "With the standard recipe, "
+        if reduced is None:   # its runs are a later stage: the sentence names it
+            stage = min(n for rid, n in ex.stages(exp).items()
+                        if rid.dataset == "covid_radiography_reduced" and rid.protocol == protocol)
+            assert f"{lead}the networks trained on them are not recorded yet (stage {stage})" in text
+        else:
+            assert f"{lead}ImageNet − scratch (EfficientNet-Lite0) is {fmt(reduced)}, against {fmt(original)}" in text

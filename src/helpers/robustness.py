@@ -181,7 +181,9 @@ def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
                  root: str | Path = records.ROOT) -> str:
     """Per dataset of the study that is a shortcut-reduced version of another: how far the
     intensity-only model falls on it, and the ImageNet − scratch gap there beside the gap on the
-    original images (the same test images, each arm at the rate chosen on the originals)."""
+    original images (the same test images, each arm at the rate chosen on the originals), under
+    the fair protocol and under each recipe that trains on them."""
+    from . import experiment as ex
     from . import shortcut
 
     parts = []
@@ -196,22 +198,35 @@ def reduced_text(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame,
         if before is not None and after is not None:
             text += (f"the intensity-only model falls from {before.mean():.1%} to {after.mean():.1%} "
                      f"(chance {1 / len(data.get_spec(ds).classes):.1%}). ")
-        gaps = {d: gap_row(diffs, d, "random", "") for d in (source, ds)}
-        if gaps[ds] is None:
-            parts.append(text + "The networks trained on them are not recorded yet (a later stage).")
-            continue
-        g, o = gaps[ds], gaps[source]
-        text += (f"There, ImageNet − scratch ({study.arch_label(models.REFERENCE_ARCH)}) is "
-                 f"{study.fmt_diff(g.difference, g.ci_low, g.ci_high)}")
-        if o is not None:
-            text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
-        b = best[(best["dataset"] == ds) & (best["protocol"] == "") & other_networks(best)] if best is not None else best
-        if b is not None and len(b):
-            b = b.iloc[0]
-            text += (f"; against the best network from scratch on validation ({study.arch_label(b.arch, b.head)}), "
-                     f"{study.fmt_diff(b.difference, b.ci_low, b.ci_high)}")
-        parts.append(text + ".")
+        trained: dict = {}   # protocol -> the first stage that trains on these images
+        for rid, n in ex.stages(exp).items():
+            if rid.dataset == ds:
+                trained[rid.protocol] = min(n, trained.get(rid.protocol, n))
+        for protocol in ["", *[p for p in protocols.answer_protocols(exp) if p in trained]]:
+            lead = "There, " if not protocol else f" With {protocols.short_title(exp, protocol)}, "
+            clause = _reduced_gaps(diffs, best, ds, source, protocol)
+            text += lead + (clause or "the networks trained on them are not recorded yet (stage "
+                            f"{trained.get(protocol, '?')}).")
+        parts.append(text)
     return " ".join(parts)
+
+
+def _reduced_gaps(diffs: pd.DataFrame, best: pd.DataFrame | None, ds: str, source: str, protocol: str) -> str:
+    """"ImageNet − scratch (Lite0) is ..., against ... on the original images; against the best
+    network from scratch ..." under ``protocol``, or "" while its runs are not recorded."""
+    g, o = gap_row(diffs, ds, "random", protocol), gap_row(diffs, source, "random", protocol)
+    if g is None:
+        return ""
+    text = (f"ImageNet − scratch ({study.arch_label(models.REFERENCE_ARCH)}) is "
+            f"{study.fmt_diff(g.difference, g.ci_low, g.ci_high)}")
+    if o is not None:
+        text += f", against {study.fmt_diff(o.difference, o.ci_low, o.ci_high)} on the original images"
+    b = best[(best["dataset"] == ds) & (best["protocol"] == protocol) & other_networks(best)] if best is not None else best
+    if b is not None and len(b):
+        b = b.iloc[0]
+        text += (f"; against the best network from scratch on validation ({study.arch_label(b.arch, b.head)}), "
+                 f"{study.fmt_diff(b.difference, b.ci_low, b.ci_high)}")
+    return text + "."
 
 
 # ------------------------------------------------- the baselines of a cross-validation
