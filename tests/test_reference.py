@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers import experiment as ex
-from helpers import designs, protocols, records, reference, robustness, study
+from helpers import designs, protocols, records, reference, report, robustness, study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +162,18 @@ def test_a_papers_network_recorded_only_at_its_papers_budget_is_shown_and_says_s
     # a configuration with a fair-protocol run shows that one, unmarked
     lite = shown.loc[(study.arch_label("efficientnet_lite0", "dense1024"), "scratch")]
     assert "budget" not in lite[f"ours, {study.SPLIT_TITLES['random']}"]
+    # every configuration of the grid has a row, a number or the first stage that will record it
+    originals = reference.paper_display(exp, runsets, "ct_kidney_originals")
+    originals = originals.assign(model=originals["model"].str.replace(r"<[^>]+>", "", regex=True)).set_index(["model", "arm"])
+    first: dict = {}
+    for rid, n in ex.stages(exp).items():
+        if rid.dataset == "ct_kidney_originals":
+            key = (study.arch_label(rid.arch, rid.head), report.arm_title(rid.arm))
+            first[key] = min(n, first.get(key, n))
+    assert set(first) <= set(originals.index)
+    for key, n in first.items():
+        cells = " ".join(str(v) for v in originals.loc[key].drop("seeds"))
+        assert "%<br>" in cells or f"not recorded yet (stage {n})" in cells
 
 
 def test_each_difference_has_an_interval_over_seeds_and_images_and_its_per_seed_gaps():

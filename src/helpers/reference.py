@@ -416,8 +416,12 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
                   limits: dict | None = None) -> pd.DataFrame:
     """A paper's published accuracies beside ours on each split, with the reason where ours is
     missing; no interval on a split whose design cannot give one (``limits``: designs.design_limits)."""
-    later = {(rid.arch, rid.head, rid.arm): f"not recorded yet (stage {n})" for rid, n in ex.stages(exp).items()
-             if rid.dataset == ds and not records.run_record(rid, root).is_dir()}
+    first: dict = {}   # each configuration's first stage with a run not recorded yet
+    for rid, n in ex.stages(exp).items():
+        if rid.dataset == ds and not records.run_record(rid, root).is_dir():
+            key = (rid.arch, rid.head, rid.arm)
+            first[key] = min(n, first.get(key, n))
+    later = {key: f"not recorded yet (stage {n})" for key, n in first.items()}
     table = study.paper_table(runsets.get(ds), ds, {**later, **study.missing_reasons(exp, ds, root)})
     shown = {"model": table["model"], "arm": table["arm"],
              "published": [("—" if pd.isna(v) else f"{100 * v:.2f}%") for v in table["published"]]}

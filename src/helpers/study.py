@@ -428,7 +428,8 @@ def paper_table(runset: metrics.RunSet | None, dataset: str, missing: dict | Non
     ours = {k: v[used[k]] for k, v in by_protocol.items()}
     splits = sorted({s for by in ours.values() for s in by}, key=_order) or ["random"]
     archs = metrics.arch_order()    # the arch table's order
-    mine = sorted(ours, key=lambda k: (archs.index(k[0]), k[1], _order(k[2])))
+    # ours, and the grid's configurations with no result yet (``missing`` says why)
+    mine = sorted({*ours, *(missing or {})}, key=lambda k: (archs.index(k[0]), k[1], _order(k[2])))
     rows = []
     for arch, head, arm in dict.fromkeys([*pub, *mine]):
         by_split = ours.get((arch, head, arm), {})
