@@ -352,3 +352,19 @@ def test_the_shortcut_reduced_sentence_gives_each_protocols_gap_beside_the_origi
             assert f"{lead}the networks trained on them are not recorded yet (stage {stage})" in text
         else:
             assert f"{lead}ImageNet − scratch (EfficientNet-Lite0) is {fmt(reduced)}, against {fmt(original)}" in text
+
+
+def test_the_rate_table_gives_each_sweep_its_own_row_under_its_protocol():
+    # one row per sweep: a protocol's sweep never shares a row with another protocol's rates
+    exp = _reference()
+    lr = study.lr_table(exp)
+    shown = reference.lr_display(exp)
+    sweeps = list(lr.groupby(["dataset", "split", "arch", "arm", "protocol"], sort=False))
+    assert len(shown) == len(sweeps)
+    for (key, g), (_, row) in zip(sweeps, shown.iterrows()):
+        protocol = key[-1]
+        assert (protocols.short_title(exp, protocol) if protocol else "converged") in row["data"]
+        cell = row["rate: validation % (best epoch)"]
+        assert cell.count("·") == len(g) - 1 and cell.count("✔") == int(g["chosen"].sum())
+        for r in g.itertuples():
+            assert f"{r.lr:g}: " + ("—" if pd.isna(r.best_val_acc) else f"{100 * r.best_val_acc:.1f}") in cell

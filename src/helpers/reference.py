@@ -311,18 +311,23 @@ def kidney_table(exp: dict, runsets: dict, arms: pd.DataFrame, root: str | Path 
 
 
 def lr_display(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
-    """Validation accuracy per rate and arm (✔: the rate chosen), one row per swept arm."""
+    """One row per sweep (its data and protocol, network and arm): the best validation accuracy
+    at each rate with its epoch (✔: the rate chosen; "—": not recorded yet). The rates share one
+    cell, so that sweeps of different grids fit the page without a column per rate."""
     lr = study.lr_table(exp, root)
     if not len(lr):
         return pd.DataFrame({"note": ["no learning-rate sweep is recorded yet"]})
-    shown = lr.assign(
-        run=[f"{dataset_title(d)}{SHORT_SPLITS[s]}: {models.ARCHS[a].label}, {report.arm_title(arm)}"
-             for d, s, a, arm in zip(lr["dataset"], lr["split"], lr["arch"], lr["arm"])],
-        cell=[("—" if pd.isna(v) else f"{100 * v:.1f} ({int(e)}{', cap' if sb == 'epoch_cap' else ''})"
-               + (" ✔" if c else "")) for v, e, sb, c in zip(lr["best_val_acc"], lr["best_epoch"], lr["stopped_by"], lr["chosen"])],
-        rate=[f"lr {v:g}" for v in lr["lr"]])
-    return (shown.pivot_table(index="run", columns="rate", values="cell", aggfunc="first", sort=False)
-            .reindex(columns=[f"lr {v:g}" for v in sorted(lr["lr"].unique())]).fillna("").reset_index())
+    cell = lambda r: (f"{r.lr:g}: " + ("—" if pd.isna(r.best_val_acc) else
+                      f"{100 * r.best_val_acc:.1f} ({int(r.best_epoch)}{', cap' if r.stopped_by == 'epoch_cap' else ''})")
+                      + (" ✔" if r.chosen else ""))
+    rows = []
+    for (d, s, a, arm, p), g in lr.groupby(["dataset", "split", "arch", "arm", "protocol"], sort=False):
+        rows.append({"data": two_lines(f"{dataset_title(d)}{SHORT_SPLITS[s]}",
+                                       protocols.short_title(exp, p) if p else "converged", split_value=False),
+                     "network": f'{models.ARCHS[a].label}<br><span class="ci">{report.arm_title(arm)}</span>',
+                     "rate: validation % (best epoch)": '<span class="wrap">' + " · ".join(
+                         cell(r) for r in g.sort_values("lr").itertuples()) + "</span>"})
+    return pd.DataFrame(rows)
 
 
 def lr_edges(exp: dict, root: str | Path = records.ROOT) -> str:
