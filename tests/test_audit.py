@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import audit
+from helpers import audit, baselines
 from helpers.data import splits as data_splits
 
 
@@ -256,7 +256,7 @@ def test_shortcut_baseline_learns_brightness_and_reports_ci():
     images = np.clip(base.astype(int) // 2 + labels[:, None, None, None] * 60, 0, 255).astype(np.uint8)
     split = rng.choice(["train", "val", "test"], size=120, p=[0.6, 0.2, 0.2])
     prepared = SimpleNamespace(images=images, labels=labels, split=split, class_names=["dark", "mid", "bright"])
-    table = audit.shortcut_baseline(prepared).set_index("model")
+    table = baselines.shortcut_baseline(prepared).set_index("model")
     assert list(table.index) == ["majority class", "logistic regression", "gradient boosting"]
     assert table.loc["logistic regression", "test_accuracy"] > 0.9
     assert table.loc["majority class", "test_accuracy"] < 0.6
@@ -267,7 +267,7 @@ def test_shortcut_baseline_learns_brightness_and_reports_ci():
 @pytest.mark.parametrize("dataset", ["covid_radiography", "ct_kidney"])
 def test_shortcut_baseline_runs_on_both_synthetic_datasets(dataset, synthetic):
     prepared = synthetic(dataset)
-    table = audit.shortcut_baseline(prepared)
+    table = baselines.shortcut_baseline(prepared)
     assert len(table) == 3
     assert table["n_test"].iloc[0] == int((np.asarray(prepared.split) == "test").sum())
     assert table["test_accuracy"].between(0, 1).all()
@@ -368,8 +368,8 @@ def _silhouette(height: int, width: int, size: int = 128) -> np.ndarray:
 
 def test_a_tall_body_reads_as_coronal_a_wide_one_as_axial():
     tall, wide, empty = _silhouette(110, 60), _silhouette(70, 110), np.zeros((3, 128, 128), np.uint8)
-    assert audit.body_aspect(tall) == pytest.approx(110 / 60) and audit.body_aspect(wide) == pytest.approx(70 / 110)
-    assert list(audit.slice_views(np.stack([tall, wide, empty]))) == ["coronal", "axial", "axial"]
+    assert baselines.body_aspect(tall) == pytest.approx(110 / 60) and baselines.body_aspect(wide) == pytest.approx(70 / 110)
+    assert list(baselines.slice_views(np.stack([tall, wide, empty]))) == ["coronal", "axial", "axial"]
 
 
 def test_the_view_alone_predicts_what_it_can():
@@ -378,10 +378,10 @@ def test_the_view_alone_predicts_what_it_can():
     split = np.array(["train"] * 6 + ["val"] * 6 + ["test"] * 6)
     prepared = SimpleNamespace(labels=labels, split=split, class_names=["Cyst", "Normal", "Stone"],
                                images=np.zeros((18, 3, 8, 8), np.uint8))
-    res = audit.view_baseline(prepared, views)
+    res = baselines.view_baseline(prepared, views)
     assert res["rule"] == {"axial": "Normal", "coronal": "Cyst"}
     assert res["test_accuracy"] == pytest.approx(5 / 6) and res["ci_low"] < 5 / 6 < res["ci_high"]
-    table = audit.view_table(prepared, views).set_index(["class", "split"])
+    table = baselines.view_table(prepared, views).set_index(["class", "split"])
     assert table.loc[("Cyst", "all"), "coronal_share"] == 1 and table.loc[("Stone", "test"), "coronal"] == 0
 
 
@@ -392,14 +392,14 @@ def test_a_class_whose_coronal_slices_fill_whole_blocks_has_no_proportional_bloc
     labels = [0] * 40 + [1] * 40
     views = ["axial"] * 30 + ["coronal"] * 10 + ["coronal" if i % 10 == 0 else "axial" for i in range(40)]
     split = (["train"] * 30 + ["test"] * 10) * 2
-    table = audit.view_balanced_blocks(paths, labels, ["Cyst", "Normal"], split, views, block=10).set_index("class")
+    table = baselines.view_balanced_blocks(paths, labels, ["Cyst", "Normal"], split, views, block=10).set_index("class")
     assert table.loc["Cyst", "coronal (%)"] == 25 and table.loc["Cyst", "block split test (%)"] == 100
     assert table.loc["Cyst", "closest possible test (%)"] == 0 and table.loc["Normal", "closest minus all (pp)"] == 0
-    verdict = audit.view_blocks_verdict(table.reset_index())
+    verdict = baselines.view_blocks_verdict(table.reset_index())
     assert "tests Cyst on 100 % coronal slices (all Cyst: 25 %)" in verdict
     assert "keeps the views of Cyst in proportion (at best 0 %)" in verdict and "Normal" not in verdict
     shifted = table.reset_index().assign(**{"block split test (%)": [25.0, 40.0]})   # Normal's test: 40 %
-    assert "For Normal a choice of blocks closer in view exists (10 % coronal)" in audit.view_blocks_verdict(shifted)
+    assert "For Normal a choice of blocks closer in view exists (10 % coronal)" in baselines.view_blocks_verdict(shifted)
 
 
 REAL_STUDY_KIDNEY = REPO.parent / "shared" / "real-study" / "ct_kidney"
@@ -410,7 +410,7 @@ def test_the_view_measure_finds_the_coronal_slices_the_real_study_readme_counts(
     counts = {}
     for folder in sorted(p for p in REAL_STUDY_KIDNEY.iterdir() if p.is_dir()):
         images = np.stack([np.asarray(Image.open(f).convert("L")) for f in sorted(folder.glob("*.jpg"))])
-        counts[folder.name] = (len(images), int((audit.slice_views(images) == "coronal").sum()))
+        counts[folder.name] = (len(images), int((baselines.slice_views(images) == "coronal").sum()))
     assert counts == {"Cyst": (120, 36), "Normal": (200, 69), "Stone": (194, 0), "Tumor": (200, 89)}
 
 
@@ -432,7 +432,7 @@ def test_the_baselines_fold_by_fold_pool_every_slice_once_with_a_block_interval(
                                                              group_kind="block"))
              for k, f in enumerate(FOLD_SPLITS)}
     views = {p: ("coronal" if k == 0 else "axial") for p, k in zip(paths, labels)}
-    table = audit.fold_baselines(folds, views)
+    table = baselines.fold_baselines(folds, views)
     per_fold, pooled = table.iloc[:-1], table.iloc[-1]
     assert list(per_fold["fold"]) == [1, 2, 3, 4, 5] and pooled["fold"] == "pooled"
     assert pooled["test slices"] == len(labels) == per_fold["test slices"].sum()
@@ -442,7 +442,7 @@ def test_the_baselines_fold_by_fold_pool_every_slice_once_with_a_block_interval(
     assert pooled["intensity-only"] > 0.8 and pooled["majority class"] == pytest.approx(1 / 3, abs=0.05)
     # the view gives Cyst away and nothing else: Normal or Stone by the training majority
     assert 0.5 < pooled["view alone"] < 0.75
-    shown = audit.fold_baselines_display(table)
+    shown = baselines.fold_baselines_display(table)
     assert list(shown["fold"]) == ["1", "2", "3", "4", "5", "pooled"]
     # the pages: the pooled score with its interval and the folds' spread, beside the networks
     from helpers import robustness
@@ -456,6 +456,6 @@ def test_the_baselines_fold_by_fold_pool_every_slice_once_with_a_block_interval(
     assert "no pooled score" in robustness.fold_baselines_text({"ct_kidney_originals": per_fold})
     assert list(robustness.fold_baselines_table({"ct_kidney_originals": table})["data"].unique()) == ["kidney CT, original slices"]
     # four folds cannot be pooled; a slice tested twice is refused
-    assert "pooled" not in set(audit.fold_baselines({f: folds[f] for f in FOLD_SPLITS[:4]})["fold"])
+    assert "pooled" not in set(baselines.fold_baselines({f: folds[f] for f in FOLD_SPLITS[:4]})["fold"])
     with pytest.raises(ValueError, match="more than one fold"):
-        audit.fold_baselines({**folds, FOLD_SPLITS[1]: folds[FOLD_SPLITS[0]]})
+        baselines.fold_baselines({**folds, FOLD_SPLITS[1]: folds[FOLD_SPLITS[0]]})

@@ -233,7 +233,7 @@ def _reduced_gaps(diffs: pd.DataFrame, best: pd.DataFrame | None, ds: str, sourc
 
 def fold_baselines(exp: dict, root: str | Path = records.ROOT) -> dict[str, pd.DataFrame]:
     """Per cross-validated dataset of the study: the audit's baselines fold by fold and pooled
-    (``data/<dataset>-fold-baselines.csv``: helpers.audit.fold_baselines), where recorded."""
+    (``data/<dataset>-fold-baselines.csv``: helpers.baselines.fold_baselines), where recorded."""
     folder = records.folder(exp, root) / "data"
     return {ds: pd.read_csv(folder / f"{ds}-fold-baselines.csv") for ds in exp["datasets"]
             if (folder / f"{ds}-fold-baselines.csv").is_file()}
@@ -273,9 +273,9 @@ def fold_baselines_text(baselines: dict[str, pd.DataFrame], arms: pd.DataFrame |
 
 
 def fold_baselines_table(baselines: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The baselines fold by fold for readers (helpers.audit.fold_baselines_display), each
+    """The baselines fold by fold for readers (helpers.baselines.fold_baselines_display), each
     cross-validated dataset's rows under its title; empty where none is recorded."""
-    from .audit import fold_baselines_display
+    from .baselines import fold_baselines_display
 
     shown = [fold_baselines_display(t).assign(data=dataset_title(ds)) for ds, t in baselines.items()]
     return pd.concat(shown, ignore_index=True).pipe(lambda f: f[["data", *f.columns[:-1]]]) if shown else pd.DataFrame()

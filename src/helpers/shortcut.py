@@ -1,7 +1,7 @@
 """Is the gain about disease? The CNNs' accuracy on the test images an intensity-only model gets
 wrong (shortcut-hard) beside the ones it gets right (shortcut-easy).
 
-The intensity-only model (``audit.shortcut_baseline``: a 32-bin grey-level histogram, mean and
+The intensity-only model (``baselines.shortcut_baseline``: a 32-bin grey-level histogram, mean and
 SD, the model chosen on validation) sees no shape at all; where it is right, the image's
 intensities alone give its class away (an acquisition source, an exposure, a collection), and
 a CNN may be right for the same reason. The gain that survives on the images it gets wrong is

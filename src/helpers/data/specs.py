@@ -45,7 +45,7 @@ class DatasetSpec:
     index_csv: str | None = None     # the download's file index beside the class tree
     # Numbered CT slices: consecutive file numbers are neighbouring slices of one scan, so
     # intervals resample blocks of them (helpers.study), and slices are cut in more than one
-    # plane, so the audit measures each slice's view (helpers.audit.slice_views)
+    # plane, so the audit measures each slice's view (helpers.baselines.slice_views)
     ct_slices: bool = False
     # What the phantom draws for each class (its finding); a class not named is drawn normal.
     findings: dict[str, str] | None = None
