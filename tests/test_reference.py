@@ -368,3 +368,21 @@ def test_the_rate_table_gives_each_sweep_its_own_row_under_its_protocol():
         assert cell.count("·") == len(g) - 1 and cell.count("✔") == int(g["chosen"].sum())
         for r in g.itertuples():
             assert f"{r.lr:g}: " + ("—" if pd.isna(r.best_val_acc) else f"{100 * r.best_val_acc:.1f}") in cell
+
+
+def test_the_best_network_from_scratch_shows_its_per_seed_gaps_where_the_seeds_match():
+    exp = _reference()
+    runsets = study.load(exp)
+    best = study.best_scratch(runsets, protocols=("", "recipe"))
+    row = best[(best["dataset"] == "covid_radiography") & (best["protocol"] == "")].iloc[0]
+    runs = runsets["covid_radiography"].runs
+    acc = lambda arch, arm, seed: next(r.metrics["test_accuracy"] for r in runs if r.arch == arch and r.arm == arm
+                                        and r.seed == seed and r.id.protocol == "" and r.id.train_fraction == 1
+                                        and r.split == "random")
+    seeds = sorted({r.seed for r in runs if r.arch == row.arch and r.arm == "scratch" and r.id.protocol == ""
+                    and r.id.train_fraction == 1})
+    assert len(seeds) > 1   # ResNet-18 and Lite0 ImageNet both trained seeds 0-2
+    expected = ", ".join(f"{100 * (acc('efficientnet_lite0', 'imagenet', s) - acc(row.arch, 'scratch', s)):+.1f}" for s in seeds)
+    assert row.seed_gaps == expected
+    shown = reference.differences_display(exp, study.differences(runsets), best)
+    assert shown["per-seed gaps (pp)"].str.contains(expected, regex=False).any()

@@ -249,7 +249,9 @@ def differences_display(exp: dict, diffs: pd.DataFrame, best: pd.DataFrame | Non
                      "comparison": f"ImageNet − {study.arch_label(b.arch, b.head)} from scratch ({int(b.seeds)}s; best on validation)",
                      "difference (pp)": two_lines(study.fmt_diff(b.difference, b.ci_low, b.ci_high, unit=False)),
                      "resampled": _short_method(b.interval, b.dataset),
-                     "per-seed gaps (pp)": "—", "t-interval over the gaps": "—",
+                     "per-seed gaps (pp)": b.seed_gaps or "—",
+                     "t-interval over the gaps": ("—" if pd.isna(b.gap_t_low) else
+                                                  f"[{100 * b.gap_t_low:+.1f}, {100 * b.gap_t_high:+.1f}]"),
                      "images only": f"[{100 * b.image_ci_low:+.1f}, {100 * b.image_ci_high:+.1f}]"})
     frame = pd.DataFrame(rows)
     if len(frame):   # narrow enough for the page: the protocol under the data, long cells may wrap

@@ -330,13 +330,19 @@ def best_scratch(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENC
             diff = ci - cb.loc[ci.index]
             two, method = seed_interval(ds, right_i, right_b, ours[0])
             img_low, img_high = interval(ds, diff, ours[0])
+            # the per-seed gaps where both sides trained the same seeds (two or more)
+            shared = sorted(set(right_i.columns) & set(right_b.columns))
+            gaps = (intervals.seed_gaps(right_i[shared].to_numpy(), right_b.loc[right_i.index, shared].to_numpy())
+                    if len(shared) > 1 else np.array([]))
+            t = intervals.mean_ci(gaps) if len(gaps) else intervals.Interval(math.nan, math.nan, math.nan, 0)
             rows.append({"dataset": ds, "split": split, "protocol": protocol, "arch": key[0], "head": key[1],
                          "seeds": len(best), "networks": len({k[:2] for k in scratch}), "accuracy": float(cb.mean()),
                          "imagenet_seeds": len(ours[0]), "difference": float(diff.mean()), "interval": method,
-                         "ci_low": two.low, "ci_high": two.high, "image_ci_low": img_low, "image_ci_high": img_high})
+                         "ci_low": two.low, "ci_high": two.high, "image_ci_low": img_low, "image_ci_high": img_high,
+                         "seed_gaps": fmt_gaps(gaps) if len(gaps) else "", "gap_t_low": t.low, "gap_t_high": t.high})
     return pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "seeds", "networks", "accuracy",
                                        "imagenet_seeds", "difference", "interval", "ci_low", "ci_high",
-                                       "image_ci_low", "image_ci_high"])
+                                       "image_ci_low", "image_ci_high", "seed_gaps", "gap_t_low", "gap_t_high"])
 
 
 def efficiency(runset: metrics.RunSet, train_counts: list[int] | None = None,
