@@ -386,3 +386,12 @@ def test_the_best_network_from_scratch_shows_its_per_seed_gaps_where_the_seeds_m
     assert row.seed_gaps == expected
     shown = reference.differences_display(exp, study.differences(runsets), best)
     assert shown["per-seed gaps (pp)"].str.contains(expected, regex=False).any()
+
+
+def test_the_intervals_name_what_they_resample_once_per_kind_of_image():
+    exp = ex.load_experiment("real_study", need_data=False)
+    text = reference.resampled_text(exp)
+    # four datasets, two kinds: the reduced chest X-rays and the original slices count as their sources
+    assert text == "test images (chest X-ray) and blocks of 25 consecutive slices (kidney CT)"
+    assert reference.resampled_text(ex.load_experiment("pneumonia", need_data=False)) == \
+        "test images (pediatric chest X-ray)"

@@ -19,6 +19,20 @@ def dataset_title(ds: str) -> str:
     return data.get_spec(ds).title
 
 
+def resampled_text(exp: dict) -> str:
+    """What the intervals resample, per kind of image: "test images (chest X-ray) and blocks of
+    25 consecutive slices (kidney CT)"; a derived dataset or a second copy counts as its source."""
+    kinds: dict[str, list[str]] = {}
+    for ds in exp["datasets"]:
+        spec = data.get_spec(ds)
+        title = dataset_title(spec.derived_from or spec.published_as or ds)
+        kinds.setdefault(designs.resampled_unit(ds), [])
+        if title not in kinds[designs.resampled_unit(ds)]:
+            kinds[designs.resampled_unit(ds)].append(title)
+    parts = [f"{unit} ({', '.join(titles)})" for unit, titles in kinds.items()]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 2 else parts)
+
+
 # after a run's dataset in a label: the usual split goes unnamed
 SHORT_SPLITS = {split: "" if split == "random" else f", {cell}" for split, cell in study.SPLIT_CELLS.items()}
 
