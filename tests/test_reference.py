@@ -395,3 +395,24 @@ def test_the_intervals_name_what_they_resample_once_per_kind_of_image():
     assert text == "test images (chest X-ray) and blocks of 25 consecutive slices (kidney CT)"
     assert reference.resampled_text(ex.load_experiment("pneumonia", need_data=False)) == \
         "test images (pediatric chest X-ray)"
+
+
+def test_the_stage_table_gives_what_each_stage_trains_and_what_its_recorded_runs_cost():
+    exp = ex.load_experiment("real_study", need_data=False)
+    stages = study.stage_table(exp).set_index("stage")
+    manifest = records.load_manifest(exp)["runs"]
+    by_stage: dict[int, list] = {}
+    for rid, stage in ex.stages(exp).items():
+        by_stage.setdefault(stage, []).append(rid)
+    for stage, rids in by_stage.items():
+        recorded = [rid for rid in rids if records.run_record(rid).is_dir()]
+        epochs = sum(len(pd.read_csv(records.run_record(rid) / "history.csv")) for rid in recorded
+                     if (records.run_record(rid) / "history.csv").is_file())
+        seconds = [manifest[rid.key].get("notebook_seconds") or manifest[rid.key].get("train_seconds") or 0
+                   for rid in recorded]
+        assert (stages.loc[stage, "runs"], stages.loc[stage, "recorded"]) == (len(rids), len(recorded))
+        assert stages.loc[stage, "epochs"] == epochs and stages.loc[stage, "hours"] == pytest.approx(sum(seconds) / 3600)
+    shown = reference.stage_display(exp, stages.reset_index()).set_index("stage")
+    assert shown.loc[1].iloc[0] == reference.two_lines("EfficientNet-Lite0", "chest X-ray; converged, tuned lr",
+                                                        split_value=False)
+    assert all(shown.loc[s, "hours"] == "—" for s in stages[stages["recorded"] == 0].index)

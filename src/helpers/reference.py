@@ -81,8 +81,7 @@ def answer_table(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, data_info: 
     rows = []
     for (ds, split, protocol), part in arms.groupby(["dataset", "split", "protocol"], sort=False):
         # narrow enough for the page: test counts and near-copy shares are in the sentences
-        title = "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)
-        row = {"data": two_lines(_where(exp, ds, split), title, split_value=False)}
+        row = {"data": two_lines(_where(exp, ds, split), protocol_cell(exp, protocol), split_value=False)}
         gap = gap_row(diffs, ds, split, protocol)
         limited = gap is not None and getattr(gap, "limit", "")
         for r in part.itertuples():
@@ -530,6 +529,24 @@ def shift_text(exp: dict, shift: pd.DataFrame, protocol: str) -> str:
 
 def _rates(lrs) -> str:
     return "/".join(f"{lr:g}" for lr in lrs)
+
+
+def protocol_cell(exp: dict, protocol: str) -> str:
+    """A protocol in a narrow cell: "converged, tuned lr" (the default), "the standard recipe"."""
+    return "converged, tuned lr" if not protocol else protocols.short_title(exp, protocol)
+
+
+def stage_display(exp: dict, stages: pd.DataFrame) -> pd.DataFrame:
+    """What each stage trains and what its recorded runs cost, for a reader planning a re-run."""
+    rows = []
+    for s in stages.itertuples():
+        data_protocols = (", ".join(dataset_title(d) for d in s.datasets) + "; "
+                          + ", ".join(protocol_cell(exp, p) for p in s.protocols))
+        rows.append({"stage": s.stage, "what it trains": two_lines(", ".join(s.networks), data_protocols, split_value=False),
+                     "runs recorded": f"{s.recorded} of {s.runs}",
+                     "epochs": f"{s.epochs:,}" if s.recorded else "—",
+                     "hours": f"{s.hours:.1f}" if s.recorded else "—"})
+    return pd.DataFrame(rows)
 
 
 def budget_display(checks: pd.DataFrame) -> pd.DataFrame:

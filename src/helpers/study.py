@@ -492,14 +492,35 @@ def fmt_diff(value: float, low: float, high: float, unit: bool = True) -> str:
 
 def stage_table(exp: dict, root: str | Path = records.ROOT) -> pd.DataFrame:
     """Per stage of the experiment file: its runs, how many are recorded (complete or missing
-    with a reason), and which are not recorded yet."""
+    with a reason), which are not recorded yet, what it trains (datasets, protocols, networks)
+    and what its recorded runs cost (epochs trained; hours, each run's notebook wall time summed)."""
+    try:
+        timed = records.load_manifest(exp, root)["runs"]
+    except FileNotFoundError:
+        timed = {}
     rows = []
     for rid, stage in ex.stages(exp).items():
-        rows.append({"stage": stage, "key": rid.key, "recorded": records.run_record(rid, root).is_dir()})
-    frame = pd.DataFrame(rows, columns=["stage", "key", "recorded"])
-    out = frame.groupby("stage").agg(runs=("key", "size"), recorded=("recorded", "sum")).reset_index()
+        record = records.run_record(rid, root)
+        history = record / "history.csv"
+        cost = timed.get(rid.key, {})
+        rows.append({"stage": stage, "key": rid.key, "recorded": record.is_dir(), "dataset": rid.dataset,
+                     "protocol": rid.protocol, "arch": rid.arch, "head": rid.head,
+                     "epochs": len(pd.read_csv(history)) if history.is_file() else 0,
+                     "seconds": cost.get("notebook_seconds") or cost.get("train_seconds") or 0.0})
+    frame = pd.DataFrame(rows, columns=["stage", "key", "recorded", "dataset", "protocol", "arch", "head",
+                                        "epochs", "seconds"])
+    out = frame.groupby("stage").agg(runs=("key", "size"), recorded=("recorded", "sum"),
+                                     datasets=("dataset", _each_once), protocols=("protocol", _each_once),
+                                     epochs=("epochs", "sum"), hours=("seconds", lambda v: v.sum() / 3600)).reset_index()
+    out["networks"] = [_each_once(arch_label(a, h) for a, h in
+                                  frame[frame["stage"] == s][["arch", "head"]].itertuples(index=False))
+                       for s in out["stage"]]
     out["pending"] = [", ".join(frame[(frame["stage"] == s) & ~frame["recorded"]]["key"]) for s in out["stage"]]
     return out
+
+
+def _each_once(values) -> list:
+    return list(dict.fromkeys(values))   # in first-seen order
 
 
 def curves(runset: metrics.RunSet, arch: str = models.REFERENCE_ARCH, head: str = "replace",
