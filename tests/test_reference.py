@@ -416,3 +416,28 @@ def test_the_stage_table_gives_what_each_stage_trains_and_what_its_recorded_runs
     assert shown.loc[1].iloc[0] == reference.two_lines("EfficientNet-Lite0", "chest X-ray; converged, tuned lr",
                                                         split_value=False)
     assert all(shown.loc[s, "hours"] == "—" for s in stages[stages["recorded"] == 0].index)
+
+
+def test_a_kidney_test_set_names_the_blocks_it_rests_on_per_class():
+    exp = _reference()
+    arms = study.arm_table(study.load(exp)).set_index(["dataset", "split", "protocol", "arm"])
+    chest = arms.loc[("covid_radiography", "random", "", "imagenet")]
+    assert chest.test_blocks is None
+    assert reference.test_set_text(chest, "0%") == "600 test images, 0% of them with a near-copy in train"
+    block = arms.loc[("ct_kidney", "block", "", "imagenet")]
+    # the small set's block split: the design limit lists the same counts as too few
+    assert block.test_blocks == {"Cyst": 1, "Normal": 2, "Stone": 2, "Tumor": 2}
+    assert reference.test_set_text(block, "22%") == (
+        f"{block.n_test} test slices, 22% of them with a near-copy in train; from 7 blocks of 25 consecutive "
+        "slices: Cyst 1, Normal 2, Stone 2, Tumor 2")
+
+
+def test_a_cross_validations_near_copy_share_pools_its_folds_weighted_by_test_images():
+    from helpers.params import FOLD_SPLITS
+
+    info = {f"k-{split}": {"counts": {"a": {"test": n}}, "near_copy_share": {"test": share}}
+            for split, n, share in zip(FOLD_SPLITS, [10, 30, 20, 20, 20], [0.5, 0.1, 0.0, 0.0, 0.2])}
+    pooled = designs.with_pooled(info)
+    assert pooled["k-cv"]["near_copy_share"]["test"] == pytest.approx((5 + 3 + 4) / 100)
+    del info["k-fold4"]
+    assert "k-cv" not in designs.with_pooled(info)

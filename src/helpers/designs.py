@@ -44,17 +44,41 @@ def design_limit(runset: metrics.RunSet, split: str, near_copy_share: float | No
         return (f"{near_copy_share:.0%} of its test images have a near-copy in training: it measures recall "
                 "of scans seen in training, not accuracy on new ones")
     run = next((r for r in runset.runs if r.split == split), None)
-    groups = groups_of(runset.dataset, run.predictions["path"], run.labels) if run is not None else None
-    if groups is None:
+    blocks = test_blocks(run) if run is not None else None
+    if blocks is None:
         return ""
-    blocks = pd.Series(groups).groupby(run.labels).nunique()
-    few = {run.class_names[k]: int(n) for k, n in blocks.items() if n < MIN_TEST_BLOCKS}
+    few = {name: n for name, n in blocks.items() if n < MIN_TEST_BLOCKS}
     if not few:
         return ""
     listed = ", ".join(f"{n} of {name}" for name, n in few.items())
     return (f"its test split holds too few blocks of slices ({listed}; at least {MIN_TEST_BLOCKS} per class are "
             "needed): a resample of blocks holds a class's whole test set or none of it, so an interval "
             "measures the class mix, not the difference between arms")
+
+
+def test_blocks(run: metrics.Run) -> dict[str, int] | None:
+    """Class -> the number of blocks of consecutive slices its test images come from (the
+    independent units an interval resamples), or None where the dataset is not CT slices."""
+    groups = groups_of(run.dataset, run.predictions["path"], run.labels)
+    if groups is None:
+        return None
+    blocks = pd.Series(groups).groupby(run.labels).nunique()
+    return {run.class_names[k]: int(blocks.get(k, 0)) for k in range(len(run.class_names))}
+
+
+def with_pooled(data_info: dict) -> dict:
+    """``data_info`` (the records' prepared-folder infos by "<dataset>-<split>") with one more
+    entry per cross-validation, "<dataset>-cv": its folds' test near-copy shares pooled, each
+    fold weighted by its test images (every image is tested in one fold), once every fold is there."""
+    out = dict(data_info)
+    for ds in {key.rsplit("-", 1)[0] for key in data_info}:
+        folds = [data_info.get(f"{ds}-{split}") for split in FOLD_SPLITS]
+        if any(f is None or "test" not in f.get("near_copy_share", {}) for f in folds):
+            continue
+        n_test = [sum(c["test"] for c in f["counts"].values()) for f in folds]
+        share = sum(f["near_copy_share"]["test"] * n for f, n in zip(folds, n_test)) / sum(n_test)
+        out[f"{ds}-{POOLED}"] = {"near_copy_share": {"test": share}}
+    return out
 
 
 def design_limits(runsets: dict[str, metrics.RunSet], data_info: dict) -> dict[tuple[str, str], str]:

@@ -70,6 +70,19 @@ def near_copies(data_info: dict, ds: str, split: str) -> str:
     return "—" if share is None else f"{100 * share:.0f}%"
 
 
+def test_set_text(arm, near_copy: str = "—") -> str:
+    """What a test set rests on: "600 test images, 0% of them with a near-copy in train", and for
+    CT slices "; from 128 blocks of 25 consecutive slices: Cyst 36, ...", the blocks being the
+    independent units an interval resamples."""
+    blocks = arm.test_blocks
+    unit = "slices" if blocks else "images"
+    text = f"{arm.n_test:,} test {unit}, {near_copy} of them with a near-copy in train"
+    if not blocks:
+        return text
+    per_class = ", ".join(f"{name} {n}" for name, n in blocks.items())
+    return f"{text}; from {sum(blocks.values())} {arm.resampled}: {per_class}"
+
+
 def _later_stages(exp: dict, ds: str) -> list[int]:
     return sorted({n for rid, n in ex.stages(exp).items() if rid.dataset == ds})
 
@@ -199,9 +212,8 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         where = _where(exp, ds, split, study.SPLIT_TITLES)
         fair = _sentence(arms, diffs, ds, split, "")
         budgets = {p: _sentence(arms, diffs, ds, split, p) for p in protocols.answer_protocols(exp)}
-        n_test = int(arms[(arms["dataset"] == ds) & (arms["split"] == split)]["n_test"].iloc[0])
-        text = (f"**{where}** ({n_test} test images, {near_copies(data_info, ds, split)} of them with a near-copy "
-                "in train). ")
+        first = arms[(arms["dataset"] == ds) & (arms["split"] == split)].iloc[0]
+        text = f"**{where}** ({test_set_text(first, near_copies(data_info, ds, split))}). "
         fair_title = protocols.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")
