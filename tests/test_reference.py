@@ -441,3 +441,21 @@ def test_a_cross_validations_near_copy_share_pools_its_folds_weighted_by_test_im
     assert pooled["k-cv"]["near_copy_share"]["test"] == pytest.approx((5 + 3 + 4) / 100)
     del info["k-fold4"]
     assert "k-cv" not in designs.with_pooled(info)
+
+
+def test_paper_as_table_shows_each_configuration_under_the_recipe_beside_the_fair_protocol():
+    import numpy as np
+
+    exp = _reference()
+    runsets = study.load(exp)
+    shown = reference.paper_display(exp, runsets, "covid_radiography")
+    shown = shown.assign(model=shown["model"].str.replace(r"<[^>]+>", "", regex=True)).set_index(["model", "arm"])
+    column = f"ours, {protocols.short_title(exp, 'recipe')}"
+    recipe = [r for r in runsets["covid_radiography"].runs if r.id.protocol == "recipe" and r.id.train_fraction == 1]
+    for (arch, arm), runs in pd.Series(recipe).groupby(lambda i: (recipe[i].arch, recipe[i].arm)):
+        cell = shown.loc[(study.arch_label(arch), report.arm_title(arm)), column]
+        accuracy = np.mean([r.metrics["test_accuracy"] for r in runs])
+        assert cell.startswith(f"{100 * accuracy:.1f}%<br>") and f">{len(runs)} seed" in cell
+    # a network never trained with the recipe shows a dash, not its fair-protocol number
+    assert shown.loc[("AlexNet", "scratch"), column] == "—"
+    assert not any(c.startswith("ours, the standard") for c in reference.paper_display(exp, runsets, "ct_kidney"))

@@ -447,7 +447,8 @@ def provenance(exp: dict, manifest: dict, every_run: dict, stages: pd.DataFrame)
 def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.ROOT,
                   limits: dict | None = None) -> pd.DataFrame:
     """A paper's published accuracies beside ours on each split, with the reason where ours is
-    missing; no interval on a split whose design cannot give one (``limits``: designs.design_limits)."""
+    missing; no interval on a split whose design cannot give one (``limits``: designs.design_limits);
+    and, where the dataset trained under a recipe protocol, ours under it (random split) beside."""
     first: dict = {}   # each configuration's first stage with a run not recorded yet
     for rid, n in ex.stages(exp).items():
         if rid.dataset == ds and not records.run_record(rid, root).is_dir():
@@ -474,6 +475,20 @@ def paper_display(exp: dict, runsets: dict, ds: str, root: str | Path = records.
             cells.append(f"{first}<br>" + "<br>".join(f'<span class="ci">{t}</span>' for t in [interval, *notes] if t))
         shown[f"ours, {study.SPLIT_TITLES[split]}"] = cells
     shown["seeds"] = table["seeds"]
+    # beside the fair protocol, each recipe the dataset trained under (its configurations only)
+    for p in [p for p in protocols.answer_protocols(exp) if protocols.kind(exp, p) == "recipe"]:
+        under = study.paper_table(runsets.get(ds), ds, protocol=p).set_index(["model", "arm"])
+        cells = []
+        for model, arm in zip(table["model"], table["arm"]):
+            r = under.loc[(model, arm)] if (model, arm) in under.index else None
+            if r is None or r["protocol"] != p or pd.isna(r["ours|random"]):
+                cells.append("—")
+                continue
+            first, _, interval = study.fmt_ci(r["ours|random"], r["ci_low|random"], r["ci_high|random"]).partition(" ")
+            seeds = f"{r['seeds']} seed{'s' if r['seeds'] > 1 else ''}"
+            cells.append(f'{first}<br><span class="ci">{interval}</span><br><span class="ci">{seeds}</span>')
+        if any(c != "—" for c in cells):
+            shown[f"ours, {protocols.short_title(exp, p)}"] = cells
     frame = pd.DataFrame(shown)
     frame["model"] = [f'<span class="wrap">{m}</span>' for m in frame["model"]]
     return frame
