@@ -135,3 +135,14 @@ def test_the_experiment_layer_imports_no_torch():
     heavy = sorted(n for n in seen if _imports_torch_at_top(paths[n]))
     assert not heavy, f"imported when the Snakefile is parsed, and they import torch: {heavy}"
     assert _imports_torch_at_top(paths["helpers.training"])  # the check can see a torch import
+
+
+def test_every_notebook_cell_has_an_id():
+    """nbformat 4.5 cells carry ids; one without makes papermill warn on every run (and nbformat
+    will refuse it), so a cell pasted in by hand is caught here."""
+    import json
+
+    for path in sorted(Path("notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        missing = [i for i, cell in enumerate(nb["cells"]) if "id" not in cell]
+        assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5) and not missing, f"{path}: cells {missing} have no id"
