@@ -73,6 +73,10 @@ def test_styled_tables_read_like_tables():
     rounded = report.styled(pd.DataFrame({"img/s": [177.3, 40.0], "acc": [0.95, 0.9533]})).data
     assert ">177.3<" in rounded and ">40.0<" in rounded and "177.300" not in rounded
     assert ">0.950<" in rounded and ">0.953<" in rounded
+    # a measure/value table: counts stay integers, a share shows as it was rounded, not to 3 decimals
+    mixed = report.styled(pd.DataFrame({"measure": ["images", "% with a copy", "none"],
+                                        "value": pd.Series([400, 18.2, float("nan")], dtype=object)})).data
+    assert ">400<" in mixed and ">18.2<" in mixed and "18.200" not in mixed and ">—<" in mixed
     long = report.styled(pd.DataFrame({"x": range(500)})).data
     assert ">499<" in long and "..." not in long  # every row, no truncation
 

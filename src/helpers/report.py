@@ -222,6 +222,12 @@ def styled(df: pd.DataFrame, digits: int = 3, caption: str = "", styler=None):
         for col in df.columns:   # a column already rounded (img/s to 0.1) keeps its own decimals
             if pd.api.types.is_float_dtype(df[col]) and len(df[col].dropna()):
                 styler = styler.format(precision=_decimals(df[col].dropna(), digits), na_rep="—", subset=[col])
+            elif df[col].dtype == object:   # a column of counts and a share: each float as it was rounded
+                floats = pd.Series([v for v in df[col] if isinstance(v, float) and not np.isnan(v)], dtype=float)
+                if len(floats):
+                    d = _decimals(floats, digits)
+                    styler = styler.format(lambda v, d=d: f"{v:.{d}f}" if isinstance(v, float) else v,
+                                           na_rep="—", subset=[col])
         styler = styler.set_properties(subset=text, **{"text-align": "left"})
     # The caption sits above the frame, so that it wraps at page width instead of scrolling.
     note = f'<p class="report-caption">{html.escape(caption)}</p>' if caption else ""
