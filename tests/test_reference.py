@@ -423,11 +423,11 @@ def test_a_kidney_test_set_names_the_blocks_it_rests_on_per_class():
     arms = study.arm_table(study.load(exp)).set_index(["dataset", "split", "protocol", "arm"])
     chest = arms.loc[("covid_radiography", "random", "", "imagenet")]
     assert chest.test_blocks is None
-    assert reference.test_set_text(chest, "0%") == "600 test images, 0% of them with a near-copy in train"
+    assert reference.tested_on_text(chest, "0%") == "600 test images, 0% of them with a near-copy in train"
     block = arms.loc[("ct_kidney", "block", "", "imagenet")]
     # the small set's block split: the design limit lists the same counts as too few
     assert block.test_blocks == {"Cyst": 1, "Normal": 2, "Stone": 2, "Tumor": 2}
-    assert reference.test_set_text(block, "22%") == (
+    assert reference.tested_on_text(block, "22%") == (
         f"{block.n_test} test slices, 22% of them with a near-copy in train; from 7 blocks of 25 consecutive "
         "slices: Cyst 1, Normal 2, Stone 2, Tumor 2")
 

@@ -44,7 +44,7 @@ def design_limit(runset: metrics.RunSet, split: str, near_copy_share: float | No
         return (f"{near_copy_share:.0%} of its test images have a near-copy in training: it measures recall "
                 "of scans seen in training, not accuracy on new ones")
     run = next((r for r in runset.runs if r.split == split), None)
-    blocks = test_blocks(run) if run is not None else None
+    blocks = blocks_per_class(run) if run is not None else None
     if blocks is None:
         return ""
     few = {name: n for name, n in blocks.items() if n < MIN_TEST_BLOCKS}
@@ -56,7 +56,7 @@ def design_limit(runset: metrics.RunSet, split: str, near_copy_share: float | No
             "measures the class mix, not the difference between arms")
 
 
-def test_blocks(run: metrics.Run) -> dict[str, int] | None:
+def blocks_per_class(run: metrics.Run) -> dict[str, int] | None:
     """Class -> the number of blocks of consecutive slices its test images come from (the
     independent units an interval resamples), or None where the dataset is not CT slices."""
     groups = groups_of(run.dataset, run.predictions["path"], run.labels)

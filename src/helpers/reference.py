@@ -70,7 +70,7 @@ def near_copies(data_info: dict, ds: str, split: str) -> str:
     return "—" if share is None else f"{100 * share:.0f}%"
 
 
-def test_set_text(arm, near_copy: str = "—") -> str:
+def tested_on_text(arm, near_copy: str = "—") -> str:
     """What a test set rests on: "600 test images, 0% of them with a near-copy in train", and for
     CT slices "; from 128 blocks of 25 consecutive slices: Cyst 36, ...", the blocks being the
     independent units an interval resamples."""
@@ -213,7 +213,7 @@ def answer_text(exp: dict, arms: pd.DataFrame, diffs: pd.DataFrame, old: dict | 
         fair = _sentence(arms, diffs, ds, split, "")
         budgets = {p: _sentence(arms, diffs, ds, split, p) for p in protocols.answer_protocols(exp)}
         first = arms[(arms["dataset"] == ds) & (arms["split"] == split)].iloc[0]
-        text = f"**{where}** ({test_set_text(first, near_copies(data_info, ds, split))}). "
+        text = f"**{where}** ({tested_on_text(first, near_copies(data_info, ds, split))}). "
         fair_title = protocols.protocol_title(exp, "")
         text += (f"*{fair_title[0].upper() + fair_title[1:]}:* {fair}." if fair
                  else f"*{fair_title[0].upper() + fair_title[1:]}:* not recorded yet (a later stage).")

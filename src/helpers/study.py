@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import experiment as ex
 from . import intervals, metrics, models, records
-from .designs import POOLED, groups_of, pool_folds, resampled_unit, test_blocks
+from .designs import POOLED, blocks_per_class, groups_of, pool_folds, resampled_unit
 from .params import ARMS, FOLD_SPLITS, FOLDS, PAIR, arm_title, same_training
 from .report import arm_color
 from .intervals import CONFIDENCE
@@ -231,7 +231,7 @@ def _groups(runset: metrics.RunSet, arch: str | None = None) -> dict[tuple, list
 def arm_table(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """Per dataset, split and arm (whole training split): accuracy, its interval over seeds and
     test images (``interval``: the method, see :data:`INTERVAL_METHODS`), seeds, and for CT
-    slices the test blocks per class (``test_blocks``, :func:`designs.test_blocks`)."""
+    slices the test blocks per class (``test_blocks``, :func:`designs.blocks_per_class`)."""
     rows = []
     for ds, runset in runsets.items():
         for (a, head, split, fraction, protocol, arm), runs in _groups(runset, arch).items():
@@ -250,7 +250,7 @@ def arm_table(runsets: dict[str, metrics.RunSet], arch: str = models.REFERENCE_A
                          "lr": sorted({r.params.get("lr") for r in runs}),
                          "converged": sum(r.converged for r in runs),
                          "per_class": per_class_accuracy(runs), "resampled": resampled_unit(ds),
-                         "interval": method, "test_blocks": test_blocks(runs[0])})
+                         "interval": method, "test_blocks": blocks_per_class(runs[0])})
     frame = pd.DataFrame(rows, columns=["dataset", "split", "protocol", "arch", "head", "arm", "seeds", "n_test",
                                         "accuracy", "ci_low", "ci_high", "seed_sd", "epochs", "lr", "converged",
                                         "per_class", "resampled", "interval", "test_blocks"])
