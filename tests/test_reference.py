@@ -459,3 +459,27 @@ def test_paper_as_table_shows_each_configuration_under_the_recipe_beside_the_fai
     # a network never trained with the recipe shows a dash, not its fair-protocol number
     assert shown.loc[("AlexNet", "scratch"), column] == "—"
     assert not any(c.startswith("ours, the standard") for c in reference.paper_display(exp, runsets, "ct_kidney"))
+
+
+def test_the_budget_doubling_check_compares_seed_0_at_the_budget_and_at_twice_it():
+    exp = _reference()
+    runsets = study.load(exp)
+    checks = protocols.budget_checks(exp, runsets)
+    assert set(zip(checks["arch"], checks["arm"])) == {("efficientnet_lite0", "imagenet"), ("efficientnet_lite0", "linear_probe"),
+                                                       ("efficientnet_lite0", "scratch"), ("resnet18", "scratch")}
+    runs = {(r.arch, r.arm, r.id.protocol): r for r in runsets["covid_radiography"].runs
+            if r.seed == 0 and r.id.protocol in ("recipe", "recipe_long") and r.id.train_fraction == 1}
+    shown = reference.budget_display(checks)
+    for c, (_, row) in zip(checks.itertuples(), shown.iterrows()):
+        short, long = runs[(c.arch, c.arm, "recipe")], runs.get((c.arch, c.arm, "recipe_long"))
+        assert c.best_val_acc == short.metrics["best_val_acc"] and c.epochs == short.params["epochs"]
+        if long is None:
+            assert row["at twice the budget"] == "not recorded yet (stage 10)" and row["budget enough"] == "—"
+        else:
+            gain = long.metrics["best_val_acc"] - short.metrics["best_val_acc"]
+            assert long.params["epochs"] == 2 * short.params["epochs"] and c.gain == pytest.approx(gain)
+            assert row["budget enough"] == ("yes" if gain <= 0.01 else "no: longer needed")
+    # a doubling that gains more than the noise says the budget was short
+    more = checks.head(1).assign(long_best_val_acc=checks["best_val_acc"].iloc[0] + 0.02, long_best_epoch=50,
+                                 long_epochs=60, gain=0.02, enough=False)
+    assert reference.budget_display(more)["budget enough"].iloc[0] == "no: longer needed"

@@ -125,6 +125,7 @@ def budget_checks(exp: dict, runsets: dict[str, metrics.RunSet], noise: float = 
         base = checks(exp, longer)
         if not base:
             continue
+        stage = min(n for rid, n in ex.stages(exp).items() if rid.protocol == longer)
         for ds, runset in runsets.items():
             got = {(r.arch, r.head, r.split, r.arm, r.id.protocol): r for r in runset.runs
                    if r.id.protocol in (base, longer) and r.seed == 0 and r.id.train_fraction == 1}
@@ -139,8 +140,8 @@ def budget_checks(exp: dict, runsets: dict[str, metrics.RunSet], noise: float = 
                              "long_epochs": None if long_run is None else long_run.params.get("epochs"),
                              "long_best_val_acc": None if long_run is None else long_run.metrics["best_val_acc"],
                              "long_best_epoch": None if long_run is None else long_run.metrics["best_epoch"],
-                             "gain": gain,
+                             "gain": gain, "long_stage": stage,
                              "enough": None if gain is None else bool(gain <= noise)})
     return pd.DataFrame(rows, columns=["dataset", "split", "arch", "head", "arm", "lr", "epochs", "best_val_acc",
                                        "best_epoch", "long_epochs", "long_best_val_acc", "long_best_epoch", "gain",
-                                       "enough"])
+                                       "enough", "long_stage"])

@@ -580,7 +580,7 @@ def budget_display(checks: pd.DataFrame) -> pd.DataFrame:
     """The budget-doubling check for readers: each network and arm at its budget and at twice it."""
     rows = []
     for c in checks.itertuples():
-        doubled = ("not recorded yet" if c.long_best_val_acc is None or pd.isna(c.long_best_val_acc) else
+        doubled = (f"not recorded yet (stage {c.long_stage})" if c.long_best_val_acc is None or pd.isna(c.long_best_val_acc) else
                    f"{100 * c.long_best_val_acc:.1f} (epoch {int(c.long_best_epoch)} of {int(c.long_epochs)})")
         rows.append({"network": study.arch_label(c.arch, c.head), "arm": report.arm_title(c.arm), "lr": f"{c.lr:g}",
                      "best validation % (epoch of budget)": f"{100 * c.best_val_acc:.1f} (epoch {int(c.best_epoch)} of {int(c.epochs)})",
