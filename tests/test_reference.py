@@ -483,3 +483,13 @@ def test_the_budget_doubling_check_compares_seed_0_at_the_budget_and_at_twice_it
     more = checks.head(1).assign(long_best_val_acc=checks["best_val_acc"].iloc[0] + 0.02, long_best_epoch=50,
                                  long_epochs=60, gain=0.02, enough=False)
     assert reference.budget_display(more)["budget enough"].iloc[0] == "no: longer needed"
+
+
+def test_a_budget_checks_runs_are_not_an_answer_row():
+    exp = _reference()
+    runsets = study.load(exp)
+    arms, diffs = study.arm_table(runsets), study.differences(runsets)
+    assert "recipe_long" in set(arms["protocol"])   # recorded (stage 10) ...
+    answer = reference.answer_table(exp, protocols.answering(exp, arms), protocols.answering(exp, diffs), {})
+    assert not answer["data"].str.contains("twice the budget").any()   # ... but no answer row
+    assert set(protocols.answering(exp, diffs)["protocol"]) == {"", *protocols.answer_protocols(exp)} & set(diffs["protocol"])

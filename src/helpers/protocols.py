@@ -87,6 +87,12 @@ def answer_protocols(exp: dict) -> list[str]:
     return [p for p in exp["protocols"] if not checks(exp, p)]
 
 
+def answering(exp: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` (a ``protocol`` column) that answer the question: the default
+    protocol's and the answer protocols'; a budget check's runs only say whether a budget was enough."""
+    return table[table["protocol"].isin(["", *answer_protocols(exp)])].reset_index(drop=True)
+
+
 def protocol_shift(runsets: dict[str, metrics.RunSet], protocol: str, arch: str = models.REFERENCE_ARCH) -> pd.DataFrame:
     """What ``protocol`` changed, per dataset, split and arm that it trained itself (not
     borrowed): the arm's accuracy under the defaults and under ``protocol`` on the seeds both
